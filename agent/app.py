@@ -1,0 +1,240 @@
+"""Composition root of the agent: builds every part from the config and runs them together.
+
+One asyncio loop, one ``TaskGroup``: the MQTT link, the outbox forwarder, the telemetry
+loop, the command dispatcher, board readers and the systemd watchdog. SIGTERM or SIGINT
+starts a graceful stop: a retained ``offline`` status, a clean MQTT disconnect (so the
+broker discards the will), the outbox closed. Anything queued but unsent stays on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import structlog
+
+from agent.commands import CommandDispatcher
+from agent.config import AgentConfig
+from agent.events import EventEmitter
+from agent.forwarder import DiskOutbox, Forwarder
+from agent.health import HealthChange, HealthMonitor, Status
+from agent.mqtt.link import ConnectionInfo, LinkSettings, MqttLink, TlsSettings
+from agent.mqtt.topics import device_commands
+from agent.outbox import Outbox
+from agent.presence import Presence
+from agent.sdnotify import SystemdNotifier
+from agent.telemetry import boards
+from agent.telemetry.collector import ResourceSampler
+from agent.telemetry.service import BoardMonitor, TelemetryService
+
+log = structlog.get_logger("agent.app")
+
+
+class LinkWatcher:
+    """Turns link transitions into health conditions and events with outage lengths."""
+
+    def __init__(self, health: HealthMonitor, events: EventEmitter, outbox: DiskOutbox) -> None:
+        self._health = health
+        self._events = events
+        self._outbox = outbox
+        self._dropped_at_down = 0
+        self._down_since: float | None = time.monotonic()
+        self._first = True
+        self.outages = 0
+        self.last_outage_s: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "connected": self._down_since is None,
+            "outages": self.outages,
+            "last_outage_s": self.last_outage_s,
+        }
+
+    def link_up(self, info: ConnectionInfo) -> None:
+        outage = None if self._down_since is None else time.monotonic() - self._down_since
+        self._down_since = None
+        self._health.update("mqtt", Status.OK)
+        if self._first:
+            self._first = False
+            self._spawn(self._events.emit("agent_started", session_present=info.session_present))
+            return
+        self.last_outage_s = round(outage or 0.0, 3)
+        self._spawn(self._announce_up(self.last_outage_s))
+
+    async def _announce_up(self, outage_s: float) -> None:
+        # Events queued during a long outage may themselves be dropped by the cap, so the
+        # link_up event (queued last, sent first among the newest) carries the outage's drops.
+        stats = await self._outbox.stats()
+        await self._events.emit(
+            "link_up",
+            outage_s=outage_s,
+            dropped_during_outage=stats.dropped_total - self._dropped_at_down,
+            backlog=stats.depth,
+        )
+
+    def link_down(self, reason: str) -> None:
+        self._down_since = time.monotonic()
+        self.outages += 1
+        self._health.update("mqtt", Status.DEGRADED, f"disconnected: {reason}")
+        self._spawn(self._announce_down(reason))
+
+    async def _announce_down(self, reason: str) -> None:
+        self._dropped_at_down = (await self._outbox.stats()).dropped_total
+        await self._events.emit("link_down", reason=reason)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def link_settings(config: AgentConfig, presence: Presence) -> LinkSettings:
+    mqtt = config.mqtt
+    tls = None
+    if mqtt.tls.ca_file is not None:
+        tls = TlsSettings(
+            ca_file=mqtt.tls.ca_file,
+            cert_file=mqtt.tls.cert_file,
+            key_file=mqtt.tls.key_file,
+            server_hostname=mqtt.tls.server_hostname,
+        )
+    return LinkSettings(
+        host=mqtt.host,
+        port=mqtt.port,
+        client_id=config.client_id,
+        keepalive_s=mqtt.keepalive_s,
+        session_expiry_s=mqtt.session_expiry_s,
+        clean_start=False,
+        will=presence.will(mqtt.will_delay_s),
+        tls=tls,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        reconnect_min_s=mqtt.reconnect_min_s,
+        reconnect_max_s=mqtt.reconnect_max_s,
+        connect_timeout_s=mqtt.connect_timeout_s,
+        max_inflight=mqtt.max_inflight,
+    )
+
+
+class Agent:
+    """All parts of a running agent, wired together."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        state_dir = config.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.health = HealthMonitor()
+        self.outbox = DiskOutbox(
+            Outbox(state_dir / "outbox.sqlite3", max_bytes=config.queue.max_bytes)
+        )
+        self.events = EventEmitter(config.device_id, self.outbox)
+        self.presence = Presence(config.device_id)
+        self.link = MqttLink(link_settings(config, self.presence))
+        self.commands = CommandDispatcher(config.device_id, self.link)
+        self.link.set_message_handler(self.commands.on_message)
+        self.link.add_subscription(device_commands(config.device_id), qos=1)
+        self.presence.attach(self.link)
+        self.forwarder = Forwarder(self.link, self.outbox, batch=config.queue.batch)
+        self.link_watcher = LinkWatcher(self.health, self.events, self.outbox)
+        self.link.add_listener(self.link_watcher)
+        self.board = BoardMonitor(
+            boards.detect_board(), tegrastats_interval_ms=config.telemetry.tegrastats_interval_ms
+        )
+        self.telemetry = TelemetryService(
+            device_id=config.device_id,
+            interval_s=config.telemetry.interval_s,
+            outbox=self.outbox,
+            sampler=ResourceSampler(state_dir),
+            board=self.board,
+            health=self.health,
+            link_state=self.link_watcher.state,
+            on_health_change=self._health_changed,
+        )
+        self.notifier = SystemdNotifier()
+        self.commands.register("ping", self._ping)
+        self.commands.register("health", self._health_report)
+
+    async def _health_changed(self, change: HealthChange) -> None:
+        if change.before is None and change.after.status is Status.OK:
+            return  # the first "ok" of a subsystem is not news
+        await self.events.emit(
+            "health_changed",
+            subsystem=change.subsystem,
+            before=change.before.status.value if change.before else None,
+            after=change.after.status.value,
+            reason=change.after.reason,
+        )
+
+    async def _ping(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return {"pong": True}
+
+    async def _health_report(self, _request: dict[str, Any]) -> dict[str, Any]:
+        stats = await self.outbox.stats()
+        return {
+            "health": self.health.snapshot(),
+            "queue": {
+                "depth": stats.depth,
+                "bytes": stats.bytes,
+                "dropped_total": stats.dropped_total,
+            },
+            "link": self.link_watcher.state(),
+        }
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT, then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "agent.starting",
+            device_id=self.config.device_id,
+            broker=f"{self.config.mqtt.host}:{self.config.mqtt.port}",
+            state_dir=str(self.config.state_dir),
+            board=self.board.kind,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                workers = [
+                    group.create_task(self.link.run(), name="mqtt-link"),
+                    group.create_task(self.forwarder.run(), name="forwarder"),
+                    group.create_task(self.telemetry.run(), name="telemetry"),
+                    group.create_task(self.commands.run(), name="commands"),
+                    group.create_task(self.board.run(), name="board"),
+                    group.create_task(self._watchdog(), name="watchdog"),
+                ]
+                self.notifier.notify("READY=1")
+                await stop.wait()
+                log.info("agent.stopping")
+                self.notifier.notify("STOPPING=1")
+                await self._shutdown()
+                for task in workers:
+                    task.cancel()
+        finally:
+            await self.outbox.close()
+        log.info("agent.stopped")
+
+    async def _shutdown(self) -> None:
+        if self.link.connected:
+            await self.presence.publish("offline", reason="shutdown", timeout=2.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    while self.forwarder.inflight:  # noqa: ASYNC110 - a counter, no event to wait on
+                        await asyncio.sleep(0.02)
+            await self.forwarder.flush_acks()
+        await self.link.close()
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog only while the telemetry loop is alive."""
+        interval = self.notifier.watchdog_interval_s
+        if interval is None:
+            return
+        limit = max(self.config.telemetry.interval_s * 3, interval * 2)
+        while True:
+            if time.monotonic() - self.telemetry.last_tick < limit:
+                self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)

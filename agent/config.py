@@ -1,0 +1,269 @@
+"""The agent's configuration: one TOML file, overridable from the environment.
+
+Precedence, highest first: ``EDGE_AGENT_*`` environment variables (``__`` between nested
+levels, e.g. ``EDGE_AGENT_MQTT__PORT``), the TOML file, built-in defaults. Models are frozen
+and forbid unknown keys, so a typo is an error that names the key instead of a silently
+ignored setting. Every failure surfaces as ``ConfigError`` (exit code 78).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from agent.errors import ConfigError
+from agent.mqtt.topics import DEVICE_ID_PATTERN
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
+ENV_PREFIX = "EDGE_AGENT_"
+
+_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Section):
+    """TLS towards the broker; a client certificate authenticates the device."""
+
+    ca_file: Path | None = Field(
+        default=None, description="CA bundle that signed the broker's certificate."
+    )
+    cert_file: Path | None = Field(default=None, description="Device client certificate (PEM).")
+    key_file: Path | None = Field(default=None, description="Private key of the client cert.")
+    server_hostname: str | None = Field(
+        default=None, description="Name to verify in the broker's certificate, if not the host."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.ca_file is not None
+
+
+class MqttConfig(_Section):
+    """How to reach the broker and keep the session."""
+
+    host: str = Field(default="localhost", description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port.")
+    client_id: str | None = Field(
+        default=None, description="MQTT client id; the device id when unset."
+    )
+    username: str | None = Field(default=None, description="Broker user name, if required.")
+    password: SecretStr | None = Field(default=None, description="Broker password, if required.")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, seconds.")
+    session_expiry_s: int = Field(
+        default=86400,
+        ge=0,
+        description="How long the broker keeps the session (subscriptions, queued commands) "
+        "after a disconnect, seconds.",
+    )
+    will_delay_s: int = Field(
+        default=5,
+        ge=0,
+        description="Grace period before the broker announces the device offline, seconds; "
+        "a reconnect within it suppresses the will.",
+    )
+    reconnect_min_s: float = Field(
+        default=0.5, gt=0, description="First reconnect delay, seconds (doubles, with jitter)."
+    )
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay, s.")
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time allowed for TCP/TLS connect and CONNACK, seconds."
+    )
+    max_inflight: int = Field(
+        default=20,
+        ge=1,
+        le=65535,
+        description="Most QoS 1 messages awaiting PUBACK at once (capped by the broker's "
+        "Receive Maximum).",
+    )
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+
+
+class TelemetryConfig(_Section):
+    """What is measured and how often."""
+
+    interval_s: float = Field(
+        default=10.0, ge=0.05, le=86400, description="Seconds between telemetry messages."
+    )
+    tegrastats_interval_ms: int = Field(
+        default=1000, ge=100, description="tegrastats sampling period on Jetson boards, ms."
+    )
+
+
+class QueueConfig(_Section):
+    """The on-disk store-and-forward queue for telemetry and events."""
+
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=4096,
+        description="Cap on queued payload bytes; when full, the oldest messages are dropped "
+        "and the drop is counted in the next telemetry message.",
+    )
+    batch: int = Field(default=256, ge=1, le=10000, description="Rows read per drain step.")
+
+
+class LogConfig(_Section):
+    """Logging output."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level logged."
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="json for journald and files, console for a terminal; auto picks by tty.",
+    )
+
+
+def _default_device_id() -> str:
+    cleaned = re.sub(r"[^a-z0-9_-]", "-", socket.gethostname().lower()).strip("-_")
+    return (cleaned or "device")[:64]
+
+
+class AgentConfig(BaseSettings):
+    """Effective configuration of one agent."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    device_id: str = Field(
+        default_factory=_default_device_id,
+        description="This device's id in topics: ^[a-z0-9][a-z0-9_-]{0,63}$ (default: hostname).",
+    )
+    state_dir: Path = Field(
+        default=Path("/var/lib/edge-agent"),
+        description="Where the agent keeps its queue, counters and models.",
+    )
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")
+    telemetry: TelemetryConfig = Field(
+        default_factory=TelemetryConfig, description="Telemetry sampling."
+    )
+    queue: QueueConfig = Field(default_factory=QueueConfig, description="Store-and-forward.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+
+    @field_validator("device_id")
+    @classmethod
+    def _check_device_id(cls, value: str) -> str:
+        if not DEVICE_ID_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} does not match {DEVICE_ID_PATTERN.pattern}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or self.device_id
+
+
+def load_config(path: Path | None = None) -> AgentConfig:
+    """Load the effective config from ``path`` (or the default file) and the environment.
+
+    Raises:
+        ConfigError: the file is missing (when named explicitly), unreadable, not TOML, or
+            any value is invalid; the message names the key and the problem.
+    """
+    toml_file = _resolve_file(path)
+    source = str(toml_file) if toml_file else "environment"
+    unknown = unknown_env_keys(os.environ)
+    if unknown:
+        raise ConfigError(
+            "; ".join(f"{name}: unknown setting" for name in unknown), source="environment"
+        )
+    token = _toml_path.set(toml_file)
+    try:
+        return AgentConfig()
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc), source=source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=source) from None
+    finally:
+        _toml_path.reset(token)
+
+
+def _resolve_file(path: Path | None) -> Path | None:
+    if path is None:
+        # The packaged default is optional: a bare board runs on defaults plus environment.
+        return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+    if not path.is_file():
+        raise ConfigError("config file does not exist", source=str(path))
+    try:
+        path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", source=str(path)) from None
+    return path
+
+
+def unknown_env_keys(environ: Mapping[str, str]) -> list[str]:
+    """``EDGE_AGENT_*`` variables that name no setting: a typo there must not pass silently."""
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and not _names_field(AgentConfig, name[len(ENV_PREFIX) :].lower().split("__"))
+    )
+
+
+def _names_field(model: type[BaseModel], path: list[str]) -> bool:
+    field = model.model_fields.get(path[0])
+    if field is None:
+        return False
+    if len(path) == 1:
+        return True
+    annotation = field.annotation
+    return (
+        isinstance(annotation, type)
+        and issubclass(annotation, BaseModel)
+        and _names_field(annotation, path[1:])
+    )
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``key.path: what is wrong (got VALUE)``."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+            continue
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{key}: {err['msg']}{shown}")
+    return "; ".join(lines)
+
+
+def masked_dump(config: AgentConfig) -> dict[str, Any]:
+    """The effective config as plain data, with secrets replaced by ``'**********'``."""
+    return config.model_dump(mode="json")

@@ -1,0 +1,86 @@
+"""The agent's error hierarchy: every error the agent raises on purpose derives from AgentError.
+
+Errors carry the offending value as an attribute and name it in their message, so a log line
+or a CLI message says what was wrong without a traceback. Foreign exceptions (paho, sqlite3,
+pydantic, OSError) are wrapped at the boundary that caught them, with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+# sysexits.h EX_CONFIG: systemd units list it in RestartPreventExitStatus= so that a config
+# typo stops the service instead of restarting it forever.
+EXIT_CONFIG = 78
+EXIT_RUNTIME = 1
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """The configuration file or environment is invalid; the agent cannot start."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        self.source = source
+        super().__init__(f"{source}: {message}" if source else message)
+
+
+class TopicError(AgentError, ValueError):
+    """A topic or device id does not follow the fleet's topic scheme."""
+
+    def __init__(self, message: str, *, topic: str) -> None:
+        self.topic = topic
+        super().__init__(f"{message}: {topic!r}")
+
+
+class PayloadError(AgentError, ValueError):
+    """A message payload is not valid JSON of the expected shape."""
+
+    def __init__(self, message: str, *, excerpt: str) -> None:
+        self.excerpt = excerpt
+        super().__init__(f"{message}: {excerpt!r}")
+
+
+class MqttError(AgentError):
+    """The MQTT link failed or refused an operation."""
+
+
+class NotConnectedError(MqttError):
+    """An operation needed a connected link and the broker is not reachable right now."""
+
+
+class PacketTooLargeError(MqttError):
+    """A publish would exceed the broker's Maximum Packet Size and was refused locally.
+
+    Sending it anyway makes the broker drop the connection, and the client would resend the
+    same packet on every reconnect: a disconnect loop.
+    """
+
+    def __init__(self, *, topic: str, size: int, limit: int) -> None:
+        self.topic = topic
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"publish to {topic!r} is {size} bytes, over the broker's maximum packet size "
+            f"of {limit} bytes"
+        )
+
+
+class PublishRejectedError(MqttError):
+    """The broker answered a QoS 1 publish with a failure reason code."""
+
+    def __init__(self, *, topic: str, reason: str, code: int) -> None:
+        self.topic = topic
+        self.reason = reason
+        self.code = code
+        super().__init__(f"broker rejected publish to {topic!r}: {reason} (0x{code:02x})")
+
+
+class StoreError(AgentError):
+    """The on-disk store (outbox, sequence counter) could not be read or written."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(f"{message}: {path}")

@@ -1,0 +1,1 @@
+"""MQTT: the pure topic schema and payload codecs, and the one module that talks to paho."""

@@ -1,0 +1,572 @@
+"""The MQTT link: the only module that imports paho.
+
+One ``MqttLink`` keeps one MQTT v5 connection alive on the running asyncio loop. paho's
+socket callbacks are bridged into the loop (``add_reader``/``add_writer``), so every paho
+callback runs on the loop thread and no lock is needed above this module. The blocking part of
+a connect (TCP, TLS handshake) runs in a worker thread; its socket callbacks are marshalled
+back with ``call_soon_threadsafe``.
+
+Guarantees:
+- reconnects forever with exponential backoff and jitter, so a fleet that loses its broker
+  does not reconnect in lock-step;
+- clean start false with a session expiry: the broker keeps subscriptions across restarts;
+- QoS 1 publishes resolve a future on PUBACK; messages in flight when the link drops are
+  resent by paho on the next connect, so callers must not resend them;
+- a publish larger than the broker's Maximum Packet Size (from CONNACK) is refused locally
+  with ``PacketTooLargeError`` instead of triggering a disconnect-and-resend loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent.errors import (
+    MqttError,
+    NotConnectedError,
+    PacketTooLargeError,
+    PublishRejectedError,
+)
+
+log = structlog.get_logger("agent.mqtt")
+
+# paho drives keepalive and retries from loop_misc(); once a second is what its own loop does.
+_MISC_PERIOD_S = 1.0
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Files for a TLS connection; a client certificate is optional."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_hostname: str | None = None
+
+
+@dataclass(frozen=True)
+class Will:
+    """The Last Will, published by the broker ``delay_s`` after an unclean disconnect."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+    delay_s: int = 0
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """Everything needed to open and keep the connection."""
+
+    host: str
+    port: int
+    client_id: str
+    keepalive_s: int = 30
+    session_expiry_s: int = 86400
+    clean_start: bool = False
+    will: Will | None = None
+    tls: TlsSettings | None = None
+    username: str | None = None
+    password: str | None = None
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    max_inflight: int = 20
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """What the broker told us in CONNACK."""
+
+    session_present: bool
+    max_packet_size: int | None
+    receive_maximum: int
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """A message delivered to us, with the v5 request/response properties we use."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class PublishOptions:
+    """Optional v5 properties of an outgoing publish."""
+
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    message_expiry_s: int | None = None
+    content_type: str | None = "application/json"
+
+
+class LinkListener(Protocol):
+    """Told on the loop thread when the link comes up or goes down."""
+
+    def link_up(self, info: ConnectionInfo) -> None: ...
+
+    def link_down(self, reason: str) -> None: ...
+
+
+@dataclass
+class _Attempt:
+    connack: asyncio.Future[ConnectionInfo]
+    subscribed: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
+    """Delay before reconnect attempt ``attempt`` (0-based): doubling, capped, equal jitter.
+
+    Half of the delay is fixed and half random, so a fleet that lost the same broker spreads
+    its reconnects while each device still backs off.
+    """
+    ceiling = min(max_s, min_s * float(2 ** min(attempt, 32)))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def _varint_len(value: int) -> int:
+    length = 1
+    while value >= 128:
+        value //= 128
+        length += 1
+    return length
+
+
+def publish_packet_size(topic: str, payload_len: int, qos: int, properties_len: int) -> int:
+    """Size in bytes of an MQTT v5 PUBLISH packet, as the broker counts Maximum Packet Size."""
+    properties_total = _varint_len(properties_len) + properties_len
+    remaining = 2 + len(topic.encode()) + (2 if qos > 0 else 0) + properties_total + payload_len
+    return 1 + _varint_len(remaining) + remaining
+
+
+class MqttLink:
+    """One MQTT v5 connection, kept alive by ``run()`` until it is cancelled or closed."""
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        *,
+        on_message: Callable[[InboundMessage], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._on_message = on_message
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._listeners: list[LinkListener] = []
+        self._subscriptions: dict[str, int] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future[None]]] = {}
+        self._subacks: dict[int, asyncio.Future[None]] = {}
+        self._info: ConnectionInfo | None = None
+        self._attempt: _Attempt | None = None
+        self._disconnected = asyncio.Event()
+        self._up = asyncio.Event()
+        self._closing = False
+        self._disconnect_reason = "connection lost"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._client = self._make_client()
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._info is not None
+
+    @property
+    def info(self) -> ConnectionInfo | None:
+        return self._info
+
+    @property
+    def settings(self) -> LinkSettings:
+        return self._settings
+
+    @property
+    def window(self) -> int:
+        """How many QoS 1 messages may await PUBACK at once on the current connection."""
+        limit = self._info.receive_maximum if self._info else self._settings.max_inflight
+        return max(1, min(self._settings.max_inflight, limit))
+
+    def set_message_handler(self, handler: Callable[[InboundMessage], None]) -> None:
+        """Called on the loop thread for every message received; must not block."""
+        self._on_message = handler
+
+    def add_listener(self, listener: LinkListener) -> None:
+        self._listeners.append(listener)
+
+    def add_subscription(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now if connected, and again on every later connect."""
+        self._subscriptions[topic_filter] = qos
+        if self.connected:
+            self._send_subscribe({topic_filter: qos})
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        options: PublishOptions | None = None,
+    ) -> asyncio.Future[None]:
+        """Send one message; the future resolves on PUBACK (at once for QoS 0).
+
+        Raises:
+            NotConnectedError: the link is down; nothing was queued.
+            PacketTooLargeError: the broker's Maximum Packet Size would be exceeded.
+            MqttError: paho refused the publish.
+        """
+        info = self._info
+        if info is None or self._loop is None:
+            raise NotConnectedError(f"not connected to {self._settings.host}:{self._settings.port}")
+        properties = _publish_properties(options)
+        packed = len(properties.pack()) if properties is not None else 0  # type: ignore[no-untyped-call]
+        size = publish_packet_size(topic, len(payload), qos, packed)
+        if info.max_packet_size is not None and size > info.max_packet_size:
+            raise PacketTooLargeError(topic=topic, size=size, limit=info.max_packet_size)
+        result = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if result.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
+            raise MqttError(f"publish to {topic!r} failed: {paho.error_string(result.rc)}")
+        future: asyncio.Future[None] = self._loop.create_future()
+        if qos == 0:
+            future.set_result(None)
+        else:
+            self._pending[result.mid] = (topic, future)
+        return future
+
+    async def wait_subscribed(self, timeout: float | None = None) -> None:
+        """Wait for the SUBACKs of every subscription sent so far on this connection."""
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*self._subacks.values())
+
+    async def wait_connected(self, timeout: float | None = None) -> ConnectionInfo:
+        """Wait until the link is up; raises ``TimeoutError`` after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while self._info is None:
+                await self._up.wait()
+            return self._info
+
+    async def run(self) -> None:
+        """Connect, and reconnect after every loss, until cancelled or ``close()`` is called."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        failures = 0
+        while not self._closing:
+            try:
+                info = await self._connect_once()
+            except (OSError, MqttError, TimeoutError, ssl.SSLError) as exc:
+                delay = backoff_delay(
+                    failures,
+                    self._settings.reconnect_min_s,
+                    self._settings.reconnect_max_s,
+                    self._rng,
+                )
+                failures += 1
+                log.warning(
+                    "mqtt.connect_failed",
+                    host=self._settings.host,
+                    port=self._settings.port,
+                    error=str(exc) or type(exc).__name__,
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            await self._serve(info)
+
+    async def close(self, timeout: float = 3.0) -> None:
+        """Disconnect cleanly (the broker then discards the Last Will)."""
+        self._closing = True
+        if self._info is not None:
+            self._disconnected.clear()
+            self._client.disconnect(
+                reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Normal disconnection")
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._disconnected.wait()
+        for _topic, future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+
+    # -- connection lifecycle ---------------------------------------------------------------
+
+    async def _connect_once(self) -> ConnectionInfo:
+        assert self._loop is not None
+        self._attempt = _Attempt(connack=self._loop.create_future())
+        self._disconnected.clear()
+        s = self._settings
+        self._client.connect_async(
+            s.host,
+            s.port,
+            keepalive=s.keepalive_s,
+            clean_start=s.clean_start,
+            properties=self._connect_properties(),
+        )
+        try:
+            rc = await asyncio.to_thread(self._client.reconnect)
+            if rc != paho.MQTT_ERR_SUCCESS:
+                raise MqttError(f"connect failed: {paho.error_string(rc)}")
+            async with asyncio.timeout(s.connect_timeout_s):
+                return await self._attempt.connack
+        except BaseException:
+            self._attempt = None
+            self._client.disconnect()
+            raise
+
+    async def _serve(self, info: ConnectionInfo) -> None:
+        self._info = info
+        self._up.set()
+        log.info(
+            "mqtt.connected",
+            host=self._settings.host,
+            port=self._settings.port,
+            session_present=info.session_present,
+            max_packet_size=info.max_packet_size,
+            receive_maximum=info.receive_maximum,
+        )
+        if self._subscriptions:
+            self._send_subscribe(dict(self._subscriptions))
+        for listener in list(self._listeners):
+            listener.link_up(info)
+        try:
+            while not self._disconnected.is_set():
+                self._client.loop_misc()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_MISC_PERIOD_S):
+                        await self._disconnected.wait()
+        finally:
+            self._info = None
+            self._up.clear()
+        reason = self._disconnect_reason
+        if self._closing:
+            log.info("mqtt.disconnected", reason=reason)
+        else:
+            log.warning("mqtt.disconnected", reason=reason)
+        for listener in list(self._listeners):
+            listener.link_down(reason)
+
+    def _connect_properties(self) -> Properties:
+        props = _properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._settings.session_expiry_s
+        return props
+
+    def _send_subscribe(self, filters: dict[str, int]) -> None:
+        topics = [(f, SubscribeOptions(qos=q)) for f, q in filters.items()]
+        rc, mid = self._client.subscribe(topics)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            log.error("mqtt.subscribe_failed", filters=list(filters), error=paho.error_string(rc))
+            return
+        assert self._loop is not None
+        self._subacks[mid] = self._loop.create_future()
+
+    # -- paho client and callbacks (all on the loop thread, see module docstring) -------------
+
+    def _make_client(self) -> paho.Client:
+        s = self._settings
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=paho.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        client.connect_timeout = s.connect_timeout_s
+        client.max_inflight_messages_set(s.max_inflight)
+        # We pace publishes ourselves (bounded window), so paho's queue never grows unbounded.
+        client.max_queued_messages_set(0)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls is not None:
+            client.tls_set(
+                ca_certs=str(s.tls.ca_file),
+                certfile=str(s.tls.cert_file) if s.tls.cert_file else None,
+                keyfile=str(s.tls.key_file) if s.tls.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if s.will is not None:
+            will_props = _properties(PacketTypes.WILLMESSAGE)
+            will_props.WillDelayInterval = s.will.delay_s
+            client.will_set(
+                s.will.topic,
+                s.will.payload,
+                qos=s.will.qos,
+                retain=s.will.retain,
+                properties=will_props,
+            )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_paho_message
+        client.on_subscribe = self._on_subscribe
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        return client
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` on the loop thread: now if we are on it, else as soon as possible."""
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._on_loop(self._add_reader, sock.fileno())
+
+    def _add_reader(self, fd: int) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(fd, self._client.loop_read)
+
+    def _on_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._on_loop(self._loop.remove_reader, sock.fileno())
+
+    def _on_socket_register_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._on_loop(self._add_writer, sock.fileno())
+
+    def _add_writer(self, fd: int) -> None:
+        assert self._loop is not None
+        self._loop.add_writer(fd, self._client.loop_write)
+
+    def _on_socket_unregister_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._on_loop(self._loop.remove_writer, sock.fileno())
+
+    def _on_connect(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        attempt = self._attempt
+        if attempt is None or attempt.connack.done():
+            return
+        if reason_code.is_failure:
+            attempt.connack.set_exception(
+                MqttError(f"broker refused the connection: {reason_code.getName()}")
+            )
+            return
+        max_packet = getattr(properties, "MaximumPacketSize", None) if properties else None
+        receive_max = getattr(properties, "ReceiveMaximum", 65535) if properties else 65535
+        attempt.connack.set_result(
+            ConnectionInfo(
+                session_present=flags.session_present,
+                max_packet_size=max_packet,
+                receive_maximum=receive_max,
+            )
+        )
+
+    def _on_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        self._disconnect_reason = reason_code.getName()
+        attempt = self._attempt
+        if attempt is not None and not attempt.connack.done():
+            attempt.connack.set_exception(
+                MqttError(f"connection closed before CONNACK: {reason_code.getName()}")
+            )
+        self._disconnected.set()
+
+    def _on_publish(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        _properties: Properties,
+    ) -> None:
+        entry = self._pending.pop(mid, None)
+        if entry is None:
+            return
+        topic, future = entry
+        if future.done():
+            return
+        if reason_code.is_failure:
+            future.set_exception(
+                PublishRejectedError(
+                    topic=topic, reason=reason_code.getName(), code=reason_code.value
+                )
+            )
+        else:
+            future.set_result(None)
+
+    def _on_subscribe(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        future = self._subacks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+        refused = [rc.getName() for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("mqtt.subscribe_refused", reasons=refused)
+
+    def _on_paho_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self._on_message is None:
+            return
+        props = msg.properties
+        message = InboundMessage(
+            topic=msg.topic,
+            payload=bytes(msg.payload),
+            qos=msg.qos,
+            retain=bool(msg.retain),
+            response_topic=getattr(props, "ResponseTopic", None) if props else None,
+            correlation_data=getattr(props, "CorrelationData", None) if props else None,
+        )
+        try:
+            self._on_message(message)
+        except Exception:
+            # A handler bug must not tear down the connection for every other message.
+            log.exception("mqtt.handler_failed", topic=msg.topic)
+
+
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+
+
+def _publish_properties(options: PublishOptions | None) -> Properties | None:
+    if options is None:
+        return None
+    props = _properties(PacketTypes.PUBLISH)
+    if options.response_topic is not None:
+        props.ResponseTopic = options.response_topic
+    if options.correlation_data is not None:
+        props.CorrelationData = options.correlation_data
+    if options.message_expiry_s is not None:
+        props.MessageExpiryInterval = options.message_expiry_s
+    if options.content_type is not None:
+        props.ContentType = options.content_type
+    return props

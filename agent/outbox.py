@@ -1,0 +1,252 @@
+"""The on-disk store-and-forward queue (the outbox) and the telemetry sequence counter.
+
+Every telemetry message and event is written here first and deleted only after the broker's
+PUBACK, so nothing is lost across a broker outage, an agent crash or a power cut. SQLite in
+WAL mode with ``synchronous=FULL``: a committed append survives power loss (``NORMAL`` may
+lose the last commits).
+
+The queue is capped in payload bytes. When an append would exceed the cap, the oldest rows
+that are not in flight are dropped and counted; the count is handed to the next sequenced
+message (``append_sequenced``), so the loss is reported, never silent. ``seq`` is allocated
+in the same transaction as the row it numbers, so a crash cannot leave a gap that looks like
+a loss, nor reuse a number.
+
+Not thread-safe: the agent uses one instance from a single worker thread (see ``DiskOutbox``
+in ``agent.forwarder``), which keeps fsync latency off the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic   TEXT    NOT NULL,
+    payload BLOB    NOT NULL,
+    qos     INTEGER NOT NULL,
+    retain  INTEGER NOT NULL,
+    size    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One queued message."""
+
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+@dataclass(frozen=True)
+class DropReport:
+    """Drops to report in the message being built: since the last report, and ever."""
+
+    since_last: int
+    total: int
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """Queue depth and drop counters, for telemetry and health."""
+
+    depth: int
+    bytes: int
+    max_bytes: int
+    dropped_total: int
+
+
+class Outbox:
+    """A byte-capped FIFO of messages on disk; see the module docstring for guarantees."""
+
+    def __init__(self, path: Path, *, max_bytes: int) -> None:
+        self._path = path
+        self._max_bytes = max_bytes
+        self._inflight: set[int] = set()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we open transactions explicitly, one per operation.
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            # Keep the WAL file from growing without bound after a long outage drains.
+            self._db.execute("PRAGMA journal_size_limit=4194304")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM outbox").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open outbox ({exc})", path=str(path)) from exc
+        self._bytes, self._depth = int(row[0]), int(row[1])
+        self.stream = self._stream_id()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue one message (events, replies); may drop the oldest to stay under the cap."""
+        with self._transaction():
+            self._insert(topic, payload, qos, retain)
+
+    def append_sequenced(
+        self,
+        topic: str,
+        build: Callable[[int, DropReport], bytes],
+        *,
+        counter: str = "telemetry_seq",
+        qos: int = 1,
+    ) -> int:
+        """Allocate the next ``seq`` of ``counter``, build the payload and queue it atomically.
+
+        ``build(seq, drops)`` gets the drops not yet reported; they count as reported once the
+        transaction commits. Returns the seq used.
+        """
+        with self._transaction():
+            seq = self._counter(counter) + 1
+            drops = DropReport(self._counter("dropped_unreported"), self._counter("dropped_total"))
+            payload = build(seq, drops)
+            self._set_counter(counter, seq)
+            self._set_counter("dropped_unreported", 0)
+            self._insert(topic, payload, qos, retain=False)
+        return seq
+
+    def delete(self, ids: Iterable[int]) -> None:
+        """Forget messages the broker acknowledged (or that can never be sent)."""
+        id_list = list(ids)
+        if not id_list:
+            return
+        with self._transaction():
+            for start in range(0, len(id_list), 500):
+                chunk = id_list[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                sizes = self._db.execute(
+                    f"SELECT COALESCE(SUM(size), 0), COUNT(*) FROM outbox WHERE id IN ({marks})",  # noqa: S608 - only placeholders
+                    chunk,
+                ).fetchone()
+                self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)  # noqa: S608
+                self._bytes -= int(sizes[0])
+                self._depth -= int(sizes[1])
+        self._inflight.difference_update(id_list)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def fetch(self, *, after_id: int, limit: int) -> list[OutboxRow]:
+        """The oldest ``limit`` messages with an id above ``after_id``, oldest first."""
+        try:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos, retain FROM outbox "
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read outbox ({exc})", path=str(self._path)) from exc
+        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
+
+    def mark_inflight(self, ids: Iterable[int]) -> None:
+        """Protect rows handed to the broker from being dropped by the cap."""
+        self._inflight.update(ids)
+
+    def stats(self) -> OutboxStats:
+        return OutboxStats(
+            depth=self._depth,
+            bytes=self._bytes,
+            max_bytes=self._max_bytes,
+            dropped_total=self._counter("dropped_total"),
+        )
+
+    def peek_counter(self, name: str) -> int:
+        return self._counter(name)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _stream_id(self) -> str:
+        """A random id made once per outbox: seq numbers are unique within it.
+
+        If the state dir is wiped, seq restarts at 1 under a new stream, so receivers do not
+        mistake the new messages for duplicates of old ones.
+        """
+        with self._transaction():
+            value = self._counter("stream")
+            if value == 0:
+                value = secrets.randbits(62) + 1
+                self._set_counter("stream", value)
+        return f"{value:016x}"
+
+    # -- internals -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT; on any error roll back and restore the counts."""
+        saved = (self._bytes, self._depth)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._bytes, self._depth = saved
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot write outbox ({exc})", path=str(self._path)) from exc
+            raise
+
+    def _insert(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        size = len(payload) + len(topic)
+        if size > self._max_bytes:
+            # Larger than the whole queue: keeping it would evict everything else.
+            self._count_drops(1)
+            return
+        self._make_room(size)
+        self._db.execute(
+            "INSERT INTO outbox (topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?)",
+            (topic, payload, qos, int(retain), size),
+        )
+        self._bytes += size
+        self._depth += 1
+
+    def _make_room(self, size: int) -> None:
+        dropped = 0
+        while self._bytes + size > self._max_bytes:
+            victims = self._db.execute(
+                "SELECT id, size FROM outbox ORDER BY id LIMIT 64"
+            ).fetchall()
+            victims = [v for v in victims if v[0] not in self._inflight]
+            if not victims:
+                break
+            for victim_id, victim_size in victims:
+                if self._bytes + size <= self._max_bytes:
+                    break
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (victim_id,))
+                self._bytes -= victim_size
+                self._depth -= 1
+                dropped += 1
+        if dropped:
+            self._count_drops(dropped)
+
+    def _count_drops(self, count: int) -> None:
+        self._set_counter("dropped_unreported", self._counter("dropped_unreported") + count)
+        self._set_counter("dropped_total", self._counter("dropped_total") + count)
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_counter(self, name: str, value: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )

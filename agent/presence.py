@@ -1,0 +1,90 @@
+"""Presence on the retained ``fleet/<device_id>/status`` topic.
+
+``online`` is published (retained) on every connect; the broker publishes the retained
+``offline`` Last Will after ``will_delay_s`` if the agent vanishes; a clean shutdown
+publishes ``offline`` itself before disconnecting, since a normal DISCONNECT discards the will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psutil
+import structlog
+
+import agent
+from agent.errors import MqttError
+from agent.mqtt import payloads
+from agent.mqtt.link import ConnectionInfo, MqttLink, Will
+from agent.mqtt.topics import DELIVERY, Channel, topic_for
+
+log = structlog.get_logger("agent.presence")
+
+
+class Presence:
+    """Builds status payloads and publishes ``online`` whenever the link comes up."""
+
+    def __init__(self, device_id: str) -> None:
+        self._device_id = device_id
+        self._topic = topic_for(device_id, Channel.STATUS)
+        self._boot_time = payloads.to_iso_ts(psutil.boot_time())
+        self._started_at = payloads.utc_now()
+        self._link: MqttLink | None = None
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self.models: dict[str, str] = {}
+
+    def status(self, state: str, reason: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "device_id": self._device_id,
+            "state": state,
+            "agent_version": agent.__version__,
+            "models": dict(self.models),
+            "boot_time": self._boot_time,
+            "started_at": self._started_at,
+            "ts": payloads.utc_now(),
+        }
+        if reason is not None:
+            body["reason"] = reason
+        return body
+
+    def will(self, delay_s: int) -> Will:
+        delivery = DELIVERY[Channel.STATUS]
+        return Will(
+            topic=self._topic,
+            payload=payloads.encode(self.status("offline", reason="connection lost")),
+            qos=delivery.qos,
+            retain=delivery.retain,
+            delay_s=delay_s,
+        )
+
+    def attach(self, link: MqttLink) -> None:
+        self._link = link
+        link.add_listener(self)
+
+    def link_up(self, info: ConnectionInfo) -> None:
+        task = asyncio.get_running_loop().create_task(self.publish("online"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def link_down(self, reason: str) -> None:
+        pass
+
+    async def publish(self, state: str, reason: str | None = None, timeout: float = 5.0) -> bool:
+        """Publish a retained status and wait for its PUBACK; False if that was not possible."""
+        if self._link is None:
+            return False
+        delivery = DELIVERY[Channel.STATUS]
+        try:
+            future = self._link.publish(
+                self._topic,
+                payloads.encode(self.status(state, reason)),
+                qos=delivery.qos,
+                retain=delivery.retain,
+            )
+            async with asyncio.timeout(timeout):
+                await future
+        except (MqttError, TimeoutError) as exc:
+            log.warning("presence.publish_failed", state=state, error=str(exc))
+            return False
+        return True

@@ -1,0 +1,1 @@
+"""Telemetry sampling: host resources, board-specific readings, health."""

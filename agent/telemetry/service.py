@@ -1,0 +1,211 @@
+"""The telemetry loop: measure every ``interval_s``, number the message, queue it.
+
+Each message carries ``seq`` (allocated atomically with the queued row, growing across
+restarts) and ``ts`` (when measured, not when sent), the readings, board-specific readings,
+queue state with drops since the previous message, link state and the health block. The
+loop keeps a fixed cadence from a monotonic clock and skips ticks rather than bursting when
+it falls behind. Measuring runs in a worker thread; queuing in the outbox's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from agent.forwarder import DiskOutbox
+from agent.health import HealthChange, HealthMonitor, Status
+from agent.mqtt import payloads
+from agent.mqtt.topics import Channel, topic_for
+from agent.outbox import DropReport, OutboxStats
+from agent.telemetry import boards
+from agent.telemetry.collector import ResourceSampler
+
+log = structlog.get_logger("agent.telemetry")
+
+DISK_DEGRADED_PERCENT = 90.0
+DISK_FAILED_PERCENT = 98.0
+QUEUE_DEGRADED_FRACTION = 0.8
+
+
+class BoardMonitor:
+    """Raspberry Pi throttling flags per sample; Jetson tegrastats from a long-lived process."""
+
+    def __init__(self, kind: boards.BoardKind, *, tegrastats_interval_ms: int = 1000) -> None:
+        self.kind = kind
+        self._interval_ms = tegrastats_interval_ms
+        self._latest: boards.TegraStats | None = None
+        self._error: str | None = None
+
+    def read(self) -> tuple[dict[str, Any] | None, str | None]:
+        """Blocking; returns (reading, error). Generic boards have neither."""
+        if self.kind == "raspberry_pi":
+            try:
+                return {"throttled": boards.read_pi_throttled().as_dict()}, None
+            except (boards.BoardReadError, boards.BoardParseError) as exc:
+                return None, str(exc)
+        if self.kind == "jetson":
+            reading = {"tegrastats": self._latest.as_dict()} if self._latest else None
+            return reading, self._error
+        return None, None
+
+    async def run(self) -> None:
+        """Follow ``tegrastats`` on Jetson boards (restarting it if it exits); else return."""
+        if self.kind != "jetson":
+            return
+        while True:
+            await self._follow_tegrastats()
+            await asyncio.sleep(5.0)
+
+    async def _follow_tegrastats(self) -> None:
+        command = boards.tegrastats_command(self._interval_ms)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            )
+        except OSError as exc:
+            self._error = f"cannot start {command[0]}: {exc}"
+            return
+        assert process.stdout is not None
+        try:
+            async for raw in process.stdout:
+                self._consume(raw.decode(errors="replace"))
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        self._error = f"{command[0]} exited with {process.returncode}"
+
+    def _consume(self, line: str) -> None:
+        try:
+            self._latest = boards.parse_tegrastats(line)
+            self._error = None
+        except boards.BoardParseError as exc:
+            self._error = str(exc)
+
+
+class TelemetryService:
+    """Produces one telemetry message per interval; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        interval_s: float,
+        outbox: DiskOutbox,
+        sampler: ResourceSampler,
+        board: BoardMonitor,
+        health: HealthMonitor,
+        link_state: Callable[[], dict[str, Any]],
+        on_health_change: Callable[[HealthChange], Awaitable[None]],
+    ) -> None:
+        self._device_id = device_id
+        self._topic = topic_for(device_id, Channel.TELEMETRY)
+        self._interval_s = interval_s
+        self._outbox = outbox
+        self._sampler = sampler
+        self._board = board
+        self._health = health
+        self._link_state = link_state
+        self._on_health_change = on_health_change
+        self._dropped_seen: int | None = None
+        self.last_tick = time.monotonic()
+
+    async def run(self) -> None:
+        """Publish one message per interval until cancelled."""
+        next_at = time.monotonic()
+        while True:
+            self.last_tick = time.monotonic()
+            await self.publish_once()
+            next_at += self._interval_s
+            delay = next_at - time.monotonic()
+            if delay < 0:
+                next_at = time.monotonic()
+                delay = 0.0
+            await asyncio.sleep(delay)
+
+    async def publish_once(self) -> int:
+        """Measure now and queue the message; returns its seq."""
+        measured_at = payloads.utc_now()
+        readings, errors, board_reading = await asyncio.to_thread(self._measure)
+        stats = await self._outbox.stats()
+        await self._update_health(readings, errors, stats)
+        health = self._health.snapshot()
+        link = self._link_state()
+
+        def build(seq: int, drops: DropReport) -> bytes:
+            body: dict[str, Any] = {
+                "device_id": self._device_id,
+                "stream": self._outbox.stream,
+                "seq": seq,
+                "ts": measured_at,
+                **readings,
+                "queue": {
+                    "depth": stats.depth,
+                    "bytes": stats.bytes,
+                    "max_bytes": stats.max_bytes,
+                    "dropped": drops.since_last,
+                    "dropped_total": drops.total,
+                },
+                "link": link,
+                "health": health,
+            }
+            if board_reading is not None:
+                body["board"] = {"kind": self._board.kind, **board_reading}
+            if errors:
+                body["errors"] = errors
+            return payloads.encode(body)
+
+        return await self._outbox.append_sequenced(self._topic, build)
+
+    def _measure(self) -> tuple[dict[str, Any], dict[str, str], dict[str, Any] | None]:
+        readings, errors = self._sampler.sample()
+        board_reading, board_error = self._board.read()
+        if board_error:
+            errors["board"] = board_error
+        return readings, errors, board_reading
+
+    async def _update_health(
+        self, readings: dict[str, Any], errors: dict[str, str], stats: OutboxStats
+    ) -> None:
+        changes = [
+            self._health.update("telemetry", *_telemetry_condition(errors)),
+            self._health.update("disk", *_disk_condition(readings.get("disk"))),
+            self._health.update("queue", *self._queue_condition(stats)),
+        ]
+        if self._board.kind != "generic":
+            board_error = errors.get("board")
+            status = Status.DEGRADED if board_error else Status.OK
+            changes.append(self._health.update("board", status, board_error or ""))
+        for change in changes:
+            if change is not None:
+                await self._on_health_change(change)
+
+    def _queue_condition(self, stats: OutboxStats) -> tuple[Status, str]:
+        previous, self._dropped_seen = self._dropped_seen, stats.dropped_total
+        if previous is not None and stats.dropped_total > previous:
+            return Status.DEGRADED, f"dropped {stats.dropped_total - previous} oldest messages"
+        if stats.bytes > QUEUE_DEGRADED_FRACTION * stats.max_bytes:
+            return Status.DEGRADED, f"queue {stats.bytes}/{stats.max_bytes} bytes"
+        return Status.OK, ""
+
+
+def _telemetry_condition(errors: dict[str, str]) -> tuple[Status, str]:
+    if not errors:
+        return Status.OK, ""
+    return Status.DEGRADED, "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
+
+
+def _disk_condition(disk: dict[str, Any] | None) -> tuple[Status, str]:
+    if disk is None:
+        return Status.DEGRADED, "disk usage unknown"
+    used = float(disk["used_percent"])
+    if used >= DISK_FAILED_PERCENT:
+        return Status.FAILED, f"state dir disk {used}% full"
+    if used >= DISK_DEGRADED_PERCENT:
+        return Status.DEGRADED, f"state dir disk {used}% full"
+    return Status.OK, ""

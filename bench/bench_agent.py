@@ -1,0 +1,969 @@
+"""Agent core benchmark: QoS 1 telemetry publish rate and the agent's idle footprint.
+
+Everything runs in one process run against one private mosquitto on 127.0.0.1
+(``fleet.localbroker.PrivateBroker``); no traffic leaves the loopback interface and every
+loop is bounded by a message count or a deadline.
+
+1. Publish rate at QoS 1. The payload is one real telemetry message, built by the agent's
+   own ``TelemetryService`` on this machine. Three ways to publish N copies of it:
+
+   - ``raw`` (the baseline): a bare paho client (MQTT v5, ``loop_start()``) with the same
+     in-flight window as the agent's link (20, mosquitto's default Receive Maximum) publishes
+     the N messages and waits for every PUBACK;
+   - ``drain``: the agent's store-and-forward path. An ``Outbox`` is prefilled with the N
+     messages (not timed; a copy of a template database), then ``Forwarder`` drains it
+     through an ``MqttLink`` until the outbox is empty, i.e. every row was PUBACKed and
+     deleted. This is what happens after an outage, and the upper bound of the agent's rate;
+   - ``live``: ``DiskOutbox.append`` of each message one at a time (one fsynced SQLite commit
+     each, as the telemetry loop does) while the ``Forwarder`` publishes, until all N are
+     PUBACKed and deleted. One fsync per message bounds this path, by design: a queued
+     message must survive a power cut.
+
+   Rate = N / elapsed. Each path runs ``repeats`` times, interleaved with the others (the
+   order rotates every round, so no path always runs first on a warm or cold machine), and
+   the medians are reported with the ratio agent / raw of the medians.
+
+   No subscriber is connected: mosquitto acknowledges QoS 1 publishes anyway. An MQTT v5
+   broker may answer with reason code 0x10 "No matching subscribers", which is a success
+   code; the benchmark records the reason codes the raw client saw and checks that the
+   agent's forwarder counted every message as sent (none discarded).
+
+2. The real agent process (``python -m agent run``) at a 1 s telemetry interval, idle (no
+   commands, broker up): RSS (median of 1 Hz samples, MiB) and CPU (``cpu_times`` delta over
+   wall time, percent of one core, children included) over a window after a warm-up. A bare
+   interpreter (``python -c "import time; time.sleep(...)"``) is sampled in the same window
+   for context; the table gives the agent's RSS minus the bare interpreter's.
+
+Why: the agent runs on small boards next to ML workloads. Its publish path should not be
+much slower than the MQTT client it wraps (target: drain rate >= 0.8 x raw paho), and when
+idle it should cost next to nothing (target: CPU < 1 % of one core). The machine running the
+benchmark is shared and noisy, so absolute figures move between runs; the ratios against
+baselines measured in the same run are the ones to compare.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.bench_agent [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paho.mqtt.client as paho
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import MqttConfig, QueueConfig
+from agent.forwarder import DiskOutbox, Forwarder
+from agent.health import HealthChange, HealthMonitor
+from agent.log import configure_logging
+from agent.mqtt.link import ConnectionInfo, LinkSettings, MqttLink
+from agent.mqtt.topics import Channel, topic_for
+from agent.outbox import Outbox
+from agent.telemetry import boards
+from agent.telemetry.collector import ResourceSampler
+from agent.telemetry.service import BoardMonitor, TelemetryService
+from fleet.localbroker import PrivateBroker
+
+HOST = "127.0.0.1"
+PUBLISH_DEVICE = "bench-publisher"
+AGENT_DEVICE = "bench-agent"
+DRAIN_RATIO_TARGET = 0.8
+IDLE_CPU_TARGET_PERCENT = 1.0
+CONNECT_TIMEOUT_S = 10.0
+POLL_S = 0.002
+MIB = 1024 * 1024
+
+# The agent's own defaults: the forwarder's batch, the queue cap and the in-flight window.
+QUEUE = QueueConfig()
+WINDOW = MqttConfig().max_inflight
+
+# Reason codes a PUBACK may carry (MQTT v5, section 3.4.2.1): 0x00 and 0x10 are successes.
+PUBACK_REASONS = {0x00: "Success", 0x10: "No matching subscribers"}
+
+
+class BenchError(Exception):
+    """A benchmark step failed (broker, agent or a run that did not finish in time)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much work one benchmark run does."""
+
+    messages: int
+    repeats: int
+    warmup_s: float
+    idle_s: float
+    interval_s: float = 1.0
+
+
+FULL = Profile(messages=5000, repeats=5, warmup_s=5.0, idle_s=30.0)
+QUICK = Profile(messages=2000, repeats=3, warmup_s=5.0, idle_s=15.0)
+
+
+@dataclass
+class RateRun:
+    """One timed publish run."""
+
+    path: str
+    round: int
+    messages: int
+    elapsed_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.elapsed_s
+
+
+@dataclass
+class Footprint:
+    """The agent process and a bare interpreter, sampled over the same idle window."""
+
+    window_s: float
+    samples: int
+    agent_rss_mib: float
+    agent_rss_min_mib: float
+    agent_rss_max_mib: float
+    agent_cpu_percent: float
+    agent_uss_mib: float | None
+    agent_threads: int
+    agent_children: int
+    bare_rss_mib: float
+    bare_cpu_percent: float
+    bare_uss_mib: float | None
+    telemetry_in_window: int
+    telemetry_payload_bytes: int
+    host_cpu_percent: float
+    agent_exit_code: int | None = None
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _rm_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _copy_db(source: Path, target: Path) -> None:
+    _rm_db(target)
+    shutil.copyfile(source, target)
+    wal = Path(f"{source}-wal")
+    if wal.exists():
+        shutil.copyfile(wal, Path(f"{target}-wal"))
+
+
+def _mosquitto_version() -> str:
+    binary = shutil.which("mosquitto") or shutil.which(
+        "mosquitto", path="/usr/sbin:/usr/local/sbin"
+    )
+    if binary is None:
+        return "unknown"
+    try:
+        result = subprocess.run(
+            [binary, "-h"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    match = re.search(r"mosquitto version (\S+)", result.stdout + result.stderr)
+    return match.group(1) if match else "unknown"
+
+
+def _stop_process(process: subprocess.Popen[bytes], sig: int, timeout_s: float = 10.0) -> int:
+    """Signal a child we started and reap it; SIGKILL if it does not exit in time."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+# -- the payload and the prefilled outbox ---------------------------------------------------
+
+
+async def build_telemetry_payload(state_dir: Path) -> bytes:
+    """One telemetry message as the agent builds it on this machine (the second one, so its
+    CPU figures cover a real interval)."""
+    disk = DiskOutbox(Outbox(state_dir / "payload.sqlite3", max_bytes=QUEUE.max_bytes))
+
+    async def ignore(_change: HealthChange) -> None:
+        return None
+
+    try:
+        service = TelemetryService(
+            device_id=PUBLISH_DEVICE,
+            interval_s=1.0,
+            outbox=disk,
+            sampler=ResourceSampler(state_dir),
+            board=BoardMonitor(boards.detect_board()),
+            health=HealthMonitor(),
+            link_state=lambda: {"connected": True, "outages": 0, "last_outage_s": None},
+            on_health_change=ignore,
+        )
+        await service.publish_once()
+        await asyncio.sleep(0.5)
+        await service.publish_once()
+        rows = await disk.fetch(after_id=0, limit=10)
+    finally:
+        await disk.close()
+    return rows[-1].payload
+
+
+def make_template(path: Path, topic: str, payload: bytes, count: int) -> None:
+    """An outbox database holding ``count`` copies of the message, through the public API."""
+    _rm_db(path)
+    outbox = Outbox(path, max_bytes=QUEUE.max_bytes)
+    try:
+        for _ in range(count):
+            outbox.append(topic, payload)
+    finally:
+        outbox.close()
+
+
+# -- baseline: raw paho ---------------------------------------------------------------------
+
+
+def raw_paho_run(
+    port: int,
+    topic: str,
+    payload: bytes,
+    count: int,
+    *,
+    client_id: str,
+    round_no: int,
+    reasons: Counter[int],
+) -> RateRun:
+    """Publish ``count`` QoS 1 messages with a plain paho client; time until the last PUBACK."""
+    connected = threading.Event()
+    done = threading.Event()
+    acked = 0
+    failed = 0
+
+    def on_connect(
+        _client: paho.Client,
+        _userdata: Any,
+        _flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if not reason_code.is_failure:
+            connected.set()
+
+    def on_publish(
+        _client: paho.Client,
+        _userdata: Any,
+        _mid: int,
+        reason_code: ReasonCode,
+        _properties: Properties,
+    ) -> None:
+        nonlocal acked, failed
+        reasons[reason_code.value] += 1
+        failed += reason_code.is_failure
+        acked += 1
+        if acked >= count:
+            done.set()
+
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5,
+    )
+    client.max_inflight_messages_set(WINDOW)
+    client.max_queued_messages_set(0)  # paho holds what does not fit in the window
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    client.connect(HOST, port, keepalive=30, clean_start=True)
+    client.loop_start()
+    try:
+        if not connected.wait(CONNECT_TIMEOUT_S):
+            raise BenchError(f"raw paho client did not connect to {HOST}:{port}")
+        start = time.perf_counter()
+        for _ in range(count):
+            info = client.publish(topic, payload, qos=1)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
+                raise BenchError(f"raw publish failed: {paho.error_string(info.rc)}")
+        if not done.wait(_run_timeout_s(count)):
+            raise BenchError(f"raw paho: {acked}/{count} PUBACKs before the deadline")
+        elapsed = time.perf_counter() - start
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return RateRun("raw", round_no, count, elapsed, {"rejected": failed})
+
+
+def _run_timeout_s(count: int) -> float:
+    # Generous: a run taking this long is broken, not slow.
+    return max(60.0, count / 50)
+
+
+# -- the agent's paths ----------------------------------------------------------------------
+
+
+def _link_settings(port: int, client_id: str) -> LinkSettings:
+    # A clean, non-persistent session per run keeps the broker's state from growing; the
+    # publish path itself is the agent's, with its default in-flight window.
+    return LinkSettings(
+        host=HOST,
+        port=port,
+        client_id=client_id,
+        clean_start=True,
+        session_expiry_s=0,
+        max_inflight=WINDOW,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``coro`` as a task for the duration of the block; cancel and reap it after."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def _link_up(link: MqttLink) -> AsyncIterator[ConnectionInfo]:
+    """Keep ``link`` connected for the duration of the block; close it cleanly after."""
+    async with _background(link.run()):
+        try:
+            yield await link.wait_connected(CONNECT_TIMEOUT_S)
+        finally:
+            await link.close()
+
+
+async def _wait_drained(
+    forwarder: Forwarder, disk: DiskOutbox, count: int, task: asyncio.Task[None]
+) -> None:
+    """Until ``count`` messages are acknowledged and the outbox is empty."""
+    deadline = time.monotonic() + _run_timeout_s(count)
+    while True:
+        if task.done():
+            task.result()
+            raise BenchError("the forwarder stopped")
+        if forwarder.sent + forwarder.discarded >= count and (await disk.stats()).depth == 0:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"forwarder: {forwarder.sent}/{count} acknowledged by the deadline")
+        await asyncio.sleep(POLL_S)
+
+
+def _forwarder_extra(
+    forwarder: Forwarder, link_info: ConnectionInfo, window: int
+) -> dict[str, Any]:
+    return {
+        "sent": forwarder.sent,
+        "discarded": forwarder.discarded,
+        "window": window,
+        "receive_maximum": link_info.receive_maximum,
+    }
+
+
+async def agent_drain_run(
+    port: int, template: Path, db: Path, count: int, *, client_id: str, round_no: int
+) -> RateRun:
+    """Drain a prefilled outbox through the forwarder and the link; time until it is empty."""
+    _copy_db(template, db)
+    disk = DiskOutbox(Outbox(db, max_bytes=QUEUE.max_bytes))
+    try:
+        depth = (await disk.stats()).depth
+        if depth != count:
+            raise BenchError(f"prefilled outbox holds {depth} rows, expected {count}")
+        link = MqttLink(_link_settings(port, client_id))
+        forwarder = Forwarder(link, disk, batch=QUEUE.batch)  # registered before link-up
+        async with _link_up(link) as info:
+            window = link.window
+            start = time.perf_counter()
+            async with _background(forwarder.run()) as task:
+                await _wait_drained(forwarder, disk, count, task)
+                elapsed = time.perf_counter() - start
+    finally:
+        await disk.close()
+        _rm_db(db)
+    return RateRun("drain", round_no, count, elapsed, _forwarder_extra(forwarder, info, window))
+
+
+async def agent_live_run(
+    port: int, topic: str, payload: bytes, db: Path, count: int, *, client_id: str, round_no: int
+) -> RateRun:
+    """Append messages one by one while the forwarder publishes; time until all are acked."""
+    _rm_db(db)
+    disk = DiskOutbox(Outbox(db, max_bytes=QUEUE.max_bytes))
+    try:
+        link = MqttLink(_link_settings(port, client_id))
+        forwarder = Forwarder(link, disk, batch=QUEUE.batch)
+        async with _link_up(link) as info, _background(forwarder.run()) as task:
+            window = link.window
+            await asyncio.sleep(0.1)  # let the forwarder's first (empty) step pass
+            start = time.perf_counter()
+            for _ in range(count):
+                await disk.append(topic, payload)
+            appended_s = time.perf_counter() - start
+            await _wait_drained(forwarder, disk, count, task)
+            elapsed = time.perf_counter() - start
+    finally:
+        await disk.close()
+        _rm_db(db)
+    extra = _forwarder_extra(forwarder, info, window)
+    extra["append_rate"] = count / appended_s
+    return RateRun("live", round_no, count, elapsed, extra)
+
+
+# -- the agent process at idle --------------------------------------------------------------
+
+
+class TelemetryWatch:
+    """Counts the agent's telemetry messages as the broker delivers them (a paho subscriber)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self._port = port
+        self._topic = topic
+        self.arrivals: list[tuple[float, int]] = []
+        self.first = threading.Event()
+        self._subscribed = threading.Event()
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id="bench-telemetry-watch",
+            protocol=paho.MQTTv5,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    def start(self) -> None:
+        self._client.connect(HOST, self._port, keepalive=30, clean_start=True)
+        self._client.loop_start()
+        if not self._subscribed.wait(CONNECT_TIMEOUT_S):
+            raise BenchError("telemetry watcher did not subscribe")
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def count_between(self, start: float, end: float) -> int:
+        return sum(1 for at, _size in list(self.arrivals) if start <= at <= end)
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        _userdata: Any,
+        _flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if not reason_code.is_failure:
+            client.subscribe(self._topic, qos=1)
+
+    def _on_subscribe(self, *_args: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        self.arrivals.append((time.monotonic(), len(msg.payload)))
+        self.first.set()
+
+
+def _tree(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return [process]
+
+
+def _tree_cpu_s(process: psutil.Process) -> float:
+    """CPU seconds of a process, its live descendants and its reaped children."""
+    total = 0.0
+    for proc in _tree(process):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for proc in _tree(process):
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def _uss_mib(process: psutil.Process) -> float | None:
+    try:
+        return float(process.memory_full_info().uss) / MIB
+    except (psutil.Error, AttributeError):
+        return None
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _spawn_agent(port: int, workdir: Path, interval_s: float) -> subprocess.Popen[bytes]:
+    """``python -m agent run`` with a private state dir and an empty config file."""
+    state_dir = workdir / "agent-state"
+    state_dir.mkdir(parents=True)
+    config = workdir / "agent.toml"
+    config.write_text("# empty: defaults plus the EDGE_AGENT_* environment\n")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("EDGE_AGENT_")}
+    env |= {
+        "EDGE_AGENT_DEVICE_ID": AGENT_DEVICE,
+        "EDGE_AGENT_MQTT__HOST": HOST,
+        "EDGE_AGENT_MQTT__PORT": str(port),
+        "EDGE_AGENT_STATE_DIR": str(state_dir),
+        "EDGE_AGENT_TELEMETRY__INTERVAL_S": f"{interval_s:g}",
+    }
+    with (workdir / "agent.log").open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+@dataclass
+class _IdleSamples:
+    start: float
+    end: float
+    agent_rss: list[int]
+    bare_rss: list[int]
+    agent_cpu_s: float
+    bare_cpu_s: float
+    agent_children: int
+    host_cpu_percent: float
+
+    @property
+    def wall_s(self) -> float:
+        return self.end - self.start
+
+
+def _sample_idle(agent: psutil.Process, bare: psutil.Process, window_s: float) -> _IdleSamples:
+    """RSS once a second and the CPU time used, of both processes, over ``window_s``."""
+    psutil.cpu_percent(None)
+    start = time.monotonic()
+    agent_cpu0, bare_cpu0 = _tree_cpu_s(agent), _tree_cpu_s(bare)
+    agent_rss: list[int] = []
+    bare_rss: list[int] = []
+    children = 0
+    next_at = start
+    while next_at < start + window_s:
+        agent_rss.append(_tree_rss(agent))
+        bare_rss.append(_tree_rss(bare))
+        children = max(children, len(_tree(agent)) - 1)
+        next_at += 1.0
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    agent_cpu1, bare_cpu1 = _tree_cpu_s(agent), _tree_cpu_s(bare)
+    end = time.monotonic()
+    return _IdleSamples(
+        start=start,
+        end=end,
+        agent_rss=agent_rss,
+        bare_rss=bare_rss,
+        agent_cpu_s=agent_cpu1 - agent_cpu0,
+        bare_cpu_s=bare_cpu1 - bare_cpu0,
+        agent_children=children,
+        host_cpu_percent=psutil.cpu_percent(None),
+    )
+
+
+def measure_footprint(port: int, workdir: Path, profile: Profile) -> Footprint:
+    """Start the real agent and a bare interpreter, warm up, sample both, stop both."""
+    agent_log = workdir / "agent.log"
+    watch = TelemetryWatch(port, topic_for(AGENT_DEVICE, Channel.TELEMETRY))
+    watch.start()
+    agent_proc: subprocess.Popen[bytes] | None = None
+    bare_proc: subprocess.Popen[bytes] | None = None
+    try:
+        agent_proc = _spawn_agent(port, workdir, profile.interval_s)
+        sleep_s = int(profile.warmup_s + profile.idle_s + 30)  # outlives the window
+        bare_proc = subprocess.Popen(
+            [sys.executable, "-c", f"import time; time.sleep({sleep_s})"],
+            stdin=subprocess.DEVNULL,
+        )
+        started = time.monotonic()
+        agent_ps, bare_ps = psutil.Process(agent_proc.pid), psutil.Process(bare_proc.pid)
+        if not watch.first.wait(20.0):
+            raise BenchError(f"the agent sent no telemetry in 20 s; log:\n{_log_tail(agent_log)}")
+        time.sleep(max(0.0, profile.warmup_s - (time.monotonic() - started)))
+        if agent_proc.poll() is not None:
+            raise BenchError(f"the agent exited early; log:\n{_log_tail(agent_log)}")
+
+        idle = _sample_idle(agent_ps, bare_ps, profile.idle_s)
+
+        if agent_proc.poll() is not None or bare_proc.poll() is not None:
+            raise BenchError(f"a sampled process exited early; log:\n{_log_tail(agent_log)}")
+        sizes = [size for _at, size in list(watch.arrivals)]
+        footprint = Footprint(
+            window_s=idle.wall_s,
+            samples=len(idle.agent_rss),
+            agent_rss_mib=median(idle.agent_rss) / MIB,
+            agent_rss_min_mib=min(idle.agent_rss) / MIB,
+            agent_rss_max_mib=max(idle.agent_rss) / MIB,
+            agent_cpu_percent=100.0 * idle.agent_cpu_s / idle.wall_s,
+            agent_uss_mib=_uss_mib(agent_ps),
+            agent_threads=agent_ps.num_threads(),
+            agent_children=idle.agent_children,
+            bare_rss_mib=median(idle.bare_rss) / MIB,
+            bare_cpu_percent=100.0 * idle.bare_cpu_s / idle.wall_s,
+            bare_uss_mib=_uss_mib(bare_ps),
+            telemetry_in_window=watch.count_between(idle.start, idle.end),
+            telemetry_payload_bytes=int(median(sizes)),
+            host_cpu_percent=idle.host_cpu_percent,
+        )
+        footprint.agent_exit_code = _stop_process(agent_proc, signal.SIGTERM)
+        return footprint
+    finally:
+        if agent_proc is not None:
+            _stop_process(agent_proc, signal.SIGTERM)
+        if bare_proc is not None:
+            _stop_process(bare_proc, signal.SIGTERM)
+        watch.stop()
+
+
+# -- orchestration --------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    """Everything one benchmark run measured, for the table and ``--json``."""
+
+    meta: dict[str, Any]
+    runs: list[RateRun]
+    footprint: Footprint
+    puback_reasons: dict[str, int]
+
+    def puback_reasons_int(self) -> dict[int, int]:
+        return {int(code, 16): n for code, n in self.puback_reasons.items()}
+
+    def rates(self, path: str) -> list[float]:
+        return [run.rate for run in self.runs if run.path == path]
+
+    def summary(self) -> dict[str, Any]:
+        raw = median(self.rates("raw"))
+        out: dict[str, Any] = {"raw_msgs_per_s": raw}
+        for path in ("drain", "live"):
+            value = median(self.rates(path))
+            out[f"{path}_msgs_per_s"] = value
+            out[f"{path}_ratio"] = value / raw
+        live_appends = [run.extra["append_rate"] for run in self.runs if run.path == "live"]
+        out["live_append_only_msgs_per_s"] = median(live_appends)
+        fp = self.footprint
+        out["idle_cpu_percent"] = fp.agent_cpu_percent
+        out["idle_rss_mib"] = fp.agent_rss_mib
+        out["bare_rss_mib"] = fp.bare_rss_mib
+        out["idle_rss_over_bare_mib"] = fp.agent_rss_mib - fp.bare_rss_mib
+        out["drain_pass"] = out["drain_ratio"] >= DRAIN_RATIO_TARGET
+        out["idle_cpu_pass"] = fp.agent_cpu_percent < IDLE_CPU_TARGET_PERCENT
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "meta": self.meta,
+            "summary": self.summary(),
+            "puback_reasons": self.puback_reasons,
+            "footprint": asdict(self.footprint),
+            "runs": [{**asdict(run), "rate": run.rate} for run in self.runs],
+        }
+
+
+def run_publish_rounds(
+    port: int, workdir: Path, profile: Profile, topic: str, payload: bytes
+) -> tuple[list[RateRun], Counter[int]]:
+    """Warm up each path once, then ``repeats`` interleaved rounds of raw, drain and live."""
+    reasons: Counter[int] = Counter()
+    template = workdir / "template.sqlite3"
+    warm_template = workdir / "warm-template.sqlite3"
+    warm = min(1000, profile.messages)
+    make_template(template, topic, payload, profile.messages)
+    make_template(warm_template, topic, payload, warm)
+    db = workdir / "run.sqlite3"
+
+    def one(path: str, round_no: int, count: int, source: Path) -> RateRun:
+        client_id = f"bench-{path}-{round_no}"
+        if path == "raw":
+            return raw_paho_run(
+                port, topic, payload, count, client_id=client_id, round_no=round_no, reasons=reasons
+            )
+        if path == "drain":
+            return asyncio.run(
+                agent_drain_run(port, source, db, count, client_id=client_id, round_no=round_no)
+            )
+        return asyncio.run(
+            agent_live_run(port, topic, payload, db, count, client_id=client_id, round_no=round_no)
+        )
+
+    print(f"warm-up: {warm} messages per path (not reported)", flush=True)
+    for path in ("raw", "drain", "live"):
+        one(path, 0, warm, warm_template)
+    reasons.clear()
+
+    runs: list[RateRun] = []
+    paths = ["raw", "drain", "live"]
+    for round_no in range(1, profile.repeats + 1):
+        shift = (round_no - 1) % len(paths)
+        order = paths[shift:] + paths[:shift]
+        figures = []
+        for path in order:
+            run = one(path, round_no, profile.messages, template)
+            runs.append(run)
+            figures.append(f"{path} {run.rate:,.0f}")
+        print(f"round {round_no}/{profile.repeats}: " + ", ".join(figures) + " msgs/s", flush=True)
+    for run in runs:
+        if run.path != "raw" and (run.extra["discarded"] or run.extra["sent"] != run.messages):
+            raise BenchError(f"{run.path} round {run.round}: forwarder counts {run.extra}")
+    return runs, reasons
+
+
+def _fmt_rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _span(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+
+def render_table(results: Results) -> str:
+    s = results.summary()
+    fp = results.footprint
+    raw_rates = results.rates("raw")
+    raw = s["raw_msgs_per_s"]
+    raw_text = f"{_fmt_rate(raw)} raw paho"
+    drain_verdict = "PASS" if s["drain_pass"] else "MISS"
+    cpu_verdict = "PASS" if s["idle_cpu_pass"] else "MISS"
+    header = ("figure", "median", "range", "baseline", "ratio", "target", "result")
+    rows: list[tuple[str, ...]] = [
+        (
+            "QoS1 publish, raw paho (msgs/s)",
+            _fmt_rate(raw),
+            _span(raw_rates),
+            "(is the baseline)",
+            "1.00",
+            "-",
+            "-",
+        ),
+        (
+            "QoS1 publish, agent outbox drain (msgs/s)",
+            _fmt_rate(s["drain_msgs_per_s"]),
+            _span(results.rates("drain")),
+            raw_text,
+            f"{s['drain_ratio']:.2f}",
+            f">= {DRAIN_RATIO_TARGET:.2f}",
+            drain_verdict,
+        ),
+        (
+            "QoS1 publish, agent live append+forward (msgs/s)",
+            _fmt_rate(s["live_msgs_per_s"]),
+            _span(results.rates("live")),
+            raw_text,
+            f"{s['live_ratio']:.2f}",
+            "none (fsync-bound)",
+            "info",
+        ),
+        (
+            f"agent idle CPU @ {results.meta['telemetry_interval_s']:g} s telemetry (% of 1 core)",
+            f"{fp.agent_cpu_percent:.2f}",
+            f"{fp.window_s:.0f} s window",
+            f"{fp.bare_cpu_percent:.2f} bare python",
+            "-",
+            f"< {IDLE_CPU_TARGET_PERCENT:.2f}",
+            cpu_verdict,
+        ),
+        (
+            "agent idle RSS (MiB)",
+            f"{fp.agent_rss_mib:.1f}",
+            f"{fp.agent_rss_min_mib:.1f}-{fp.agent_rss_max_mib:.1f}",
+            f"{fp.bare_rss_mib:.1f} bare python",
+            f"{fp.agent_rss_mib / fp.bare_rss_mib:.2f}",
+            "none",
+            "info",
+        ),
+        (
+            "agent idle RSS minus bare python (MiB)",
+            f"{s['idle_rss_over_bare_mib']:.1f}",
+            "-",
+            "-",
+            "-",
+            "none",
+            "info",
+        ),
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "-" * len(line(header))
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def render_notes(results: Results) -> str:
+    s = results.summary()
+    fp = results.footprint
+    m = results.meta
+    reasons = ", ".join(
+        f"0x{code:02x} {PUBACK_REASONS.get(code, 'other')}: {n}"
+        for code, n in sorted(results.puback_reasons_int().items())
+    )
+    windows = sorted({run.extra["window"] for run in results.runs if run.path != "raw"})
+    receive = sorted({run.extra["receive_maximum"] for run in results.runs if run.path != "raw"})
+    uss = (
+        f"{fp.agent_uss_mib:.1f} MiB (bare python {fp.bare_uss_mib:.1f} MiB)"
+        if fp.agent_uss_mib is not None and fp.bare_uss_mib is not None
+        else "unavailable"
+    )
+    return "\n".join(
+        [
+            f"- medians of {m['repeats']} interleaved runs of {m['messages']:,} messages "
+            f"({m['payload_bytes']:,} B telemetry payload, topic {m['topic']})",
+            f"- in-flight window: agent link {windows}, raw paho {WINDOW}; "
+            f"broker Receive Maximum {receive}",
+            f"- PUBACK reason codes seen by raw paho (timed runs): {reasons}; "
+            "agent forwarder: all messages counted as sent, none discarded",
+            f"- live path, DiskOutbox.append alone (one fsynced commit each): "
+            f"{_fmt_rate(s['live_append_only_msgs_per_s'])} msgs/s",
+            f"- idle window: {fp.window_s:.1f} s after a {m['warmup_s']:g} s warm-up, "
+            f"{fp.samples} samples; {fp.telemetry_in_window} telemetry messages received "
+            f"(median {fp.telemetry_payload_bytes:,} B); agent threads {fp.agent_threads}, "
+            f"child processes {fp.agent_children}; agent USS {uss}",
+            f"- whole-machine CPU during the idle window: {fp.host_cpu_percent:.1f} % "
+            f"({m['cpu_count']} cores); agent exit code after SIGTERM: {fp.agent_exit_code}",
+        ]
+    )
+
+
+def run_benchmark(profile: Profile, *, quick: bool) -> Results:
+    workdir = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    broker = PrivateBroker(workdir / "broker")
+    try:
+        broker.start()
+        print(f"broker: mosquitto on {HOST}:{broker.port} (private, {workdir})", flush=True)
+        topic = topic_for(PUBLISH_DEVICE, Channel.TELEMETRY)
+        payload_state = workdir / "payload-state"
+        payload_state.mkdir()
+        payload = asyncio.run(build_telemetry_payload(payload_state))
+        print(f"payload: one real telemetry message, {len(payload):,} bytes", flush=True)
+        runs, reasons = run_publish_rounds(broker.port, workdir, profile, topic, payload)
+        print(
+            f"idle footprint: agent at {profile.interval_s:g} s telemetry, "
+            f"{profile.warmup_s:g} s warm-up + {profile.idle_s:g} s sampling",
+            flush=True,
+        )
+        footprint = measure_footprint(broker.port, workdir, profile)
+    finally:
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "profile": "quick" if quick else "full",
+        "messages": profile.messages,
+        "repeats": profile.repeats,
+        "warmup_s": profile.warmup_s,
+        "idle_s": profile.idle_s,
+        "telemetry_interval_s": profile.interval_s,
+        "payload_bytes": len(payload),
+        "topic": topic,
+        "window": WINDOW,
+        "forwarder_batch": QUEUE.batch,
+        "python": platform.python_version(),
+        "paho_mqtt": importlib.metadata.version("paho-mqtt"),
+        "mosquitto": _mosquitto_version(),
+        "cpu_count": psutil.cpu_count(),
+        "platform": platform.platform(),
+    }
+    return Results(
+        meta=meta,
+        runs=runs,
+        footprint=footprint,
+        puback_reasons={f"0x{code:02x}": n for code, n in sorted(reasons.items())},
+    )
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_agent", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer messages, runs and seconds")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
+    parser.add_argument("--messages", type=int, help="messages per publish run (override)")
+    parser.add_argument("--repeats", type=int, help="runs per publish path (override)")
+    args = parser.parse_args(argv)
+    profile = QUICK if args.quick else FULL
+    if args.messages is not None or args.repeats is not None:
+        profile = Profile(
+            messages=max(1, args.messages or profile.messages),
+            repeats=max(1, args.repeats or profile.repeats),
+            warmup_s=profile.warmup_s,
+            idle_s=profile.idle_s,
+        )
+    configure_logging("warning", "console")  # the link's info lines would clutter the table
+    signal.signal(signal.SIGTERM, _interrupt)  # clean up on SIGTERM as on Ctrl-C
+    try:
+        results = run_benchmark(profile, quick=args.quick)
+    except KeyboardInterrupt:
+        print("\ninterrupted; broker, agent and temp dirs cleaned up", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    m = results.meta
+    print()
+    print(
+        f"Agent core benchmark, {m['date']}: Python {m['python']}, paho-mqtt {m['paho_mqtt']}, "
+        f"mosquitto {m['mosquitto']}, {m['cpu_count']} cores, loopback only"
+    )
+    print()
+    print(render_table(results))
+    print()
+    print(render_notes(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results.to_json(), indent=2) + "\n")
+        print(f"\nfigures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

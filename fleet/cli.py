@@ -1,0 +1,155 @@
+"""``fleet``: the operator's command line (device view, controller service).
+
+Tables for people, ``--json`` for scripts. Device queries go to the controller over MQTT
+(``--broker``), or straight to its database with ``--db`` on the controller's own host.
+Exit codes: 0 ok, 2 unknown device, 69 controller unavailable, 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from fleet.config import FleetConfig, load_fleet_config
+from fleet.errors import FleetError
+from fleet.view import device_detail_view, devices_table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+devices_app = typer.Typer(no_args_is_help=True, help="Devices seen by the controller.")
+app.add_typer(devices_app, name="devices")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="fleet TOML config file")]
+BrokerOpt = Annotated[
+    str | None, typer.Option("--broker", help="mqtt://host:port or mqtts://host:port")
+]
+CaOpt = Annotated[Path | None, typer.Option("--ca-file", help="CA of the broker (TLS)")]
+CertOpt = Annotated[Path | None, typer.Option("--cert-file", help="client certificate (TLS)")]
+KeyOpt = Annotated[Path | None, typer.Option("--key-file", help="client key (TLS)")]
+DbOpt = Annotated[Path | None, typer.Option("--db", help="read the controller database directly")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="seconds to wait")]
+
+
+def _config(
+    config: Path | None,
+    broker: str | None,
+    ca: Path | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+    db: Path | None = None,
+    timeout: float | None = None,
+) -> FleetConfig:
+    tls = None
+    if ca or cert or key:
+        tls = {"ca_file": ca, "cert_file": cert, "key_file": key}
+    return load_fleet_config(config, broker=broker, tls=tls, db=db, rpc_timeout_s=timeout)
+
+
+def _fail(exc: FleetError) -> None:
+    Console(stderr=True).print(f"[red]fleet: {exc}[/red]", highlight=False)
+    raise typer.Exit(exc.exit_code)
+
+
+def _query(config: FleetConfig, direct: bool, method: str, request: dict[str, Any]) -> Any:
+    if direct:
+        from fleet.store import SqliteFleetStore  # noqa: PLC0415
+
+        if not config.db.is_file():
+            raise FleetError(f"no controller database at {config.db}")
+        store = SqliteFleetStore(config.db)
+        try:
+            if method == "devices-list":
+                return {"devices": store.list_devices()}
+            return {"device": store.device_detail(str(request["device_id"]))}
+        finally:
+            store.close()
+    from fleet.rpc import call  # noqa: PLC0415
+
+    return asyncio.run(call(config, method, request))
+
+
+@devices_app.command("list")
+def devices_list(
+    json_out: JsonOpt = False,
+    broker: BrokerOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    ca_file: CaOpt = None,
+    cert_file: CertOpt = None,
+    key_file: KeyOpt = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """Every device seen: online/offline, last telemetry age, CPU, memory, temperature."""
+    try:
+        cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
+        reply = _query(cfg, db is not None, "devices-list", {})
+    except FleetError as exc:
+        _fail(exc)
+        return
+    if json_out:
+        sys.stdout.write(json.dumps(reply["devices"], indent=2) + "\n")
+    else:
+        Console().print(devices_table(reply["devices"]))
+
+
+@devices_app.command("show")
+def devices_show(
+    device_id: Annotated[str, typer.Argument(help="device id")],
+    json_out: JsonOpt = False,
+    broker: BrokerOpt = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+    ca_file: CaOpt = None,
+    cert_file: CertOpt = None,
+    key_file: KeyOpt = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """The latest telemetry and recent events of one device."""
+    try:
+        cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
+        reply = _query(cfg, db is not None, "devices-show", {"device_id": device_id})
+    except FleetError as exc:
+        _fail(exc)
+        return
+    if json_out:
+        sys.stdout.write(json.dumps(reply["device"], indent=2) + "\n")
+    else:
+        device_detail_view(Console(), reply["device"])
+
+
+@app.command("serve")
+def serve(
+    broker: BrokerOpt = None,
+    db: Annotated[Path | None, typer.Option("--db", help="controller database")] = None,
+    config: ConfigOpt = None,
+    ca_file: CaOpt = None,
+    cert_file: CertOpt = None,
+    key_file: KeyOpt = None,
+    log_format: Annotated[str, typer.Option("--log-format", help="auto, json or console")] = "auto",
+) -> None:
+    """Run the controller: record every device's status, telemetry and events."""
+    from agent.log import configure_logging  # noqa: PLC0415
+    from fleet.service import Controller  # noqa: PLC0415
+
+    if log_format not in ("auto", "json", "console"):
+        _fail(FleetError(f"--log-format must be auto, json or console, not {log_format!r}"))
+    configure_logging("info", log_format)  # type: ignore[arg-type]
+    try:
+        cfg = _config(config, broker, ca_file, cert_file, key_file, db)
+        asyncio.run(Controller(cfg).run())
+    except FleetError as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    from agent.log import configure_logging  # noqa: PLC0415
+
+    # Library logs (link state) go to stderr and only when they matter, so --json stays clean.
+    configure_logging("warning", "console")
+    app()

@@ -1,0 +1,133 @@
+"""The fleet controller's and CLI's configuration: TOML file, ``FLEET_*`` environment, options.
+
+Precedence, highest first: command-line options, ``FLEET_*`` variables (``__`` between
+levels, e.g. ``FLEET_BROKER``, ``FLEET_DB``, ``FLEET_RETENTION__MAX_AGE_S``), the TOML file
+(``--config`` or ``/etc/fleet/fleet.toml`` when present), defaults.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from agent.config import format_validation_error
+from fleet.errors import BrokerUrlError, FleetConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/fleet/fleet.toml")
+_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("fleet_toml", default=None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsOptions(_Section):
+    """TLS towards the broker."""
+
+    ca_file: Path | None = Field(default=None, description="CA that signed the broker cert.")
+    cert_file: Path | None = Field(default=None, description="Client certificate (PEM).")
+    key_file: Path | None = Field(default=None, description="Client certificate key (PEM).")
+
+
+class RetentionOptions(_Section):
+    """History kept by the controller."""
+
+    max_age_s: float = Field(default=7 * 86400, gt=0, description="Oldest telemetry kept, s.")
+    max_telemetry_rows: int = Field(default=10000, ge=1, description="Telemetry rows per device.")
+    max_event_rows: int = Field(default=1000, ge=1, description="Event rows per device.")
+
+
+def _default_db() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "fleet" / "fleet.sqlite3"
+
+
+class FleetConfig(BaseSettings):
+    """Effective fleet configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    broker: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt:// or mqtts:// URL.")
+    db: Path = Field(default_factory=_default_db, description="Controller database (SQLite).")
+    client_id: str = Field(default="fleet-controller", description="Controller's MQTT client id.")
+    rpc_timeout_s: float = Field(default=5.0, gt=0, description="CLI wait for the controller.")
+    tls: TlsOptions = Field(default_factory=TlsOptions, description="Broker TLS.")
+    retention: RetentionOptions = Field(
+        default_factory=RetentionOptions, description="History retention."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def load_fleet_config(path: Path | None = None, **overrides: object) -> FleetConfig:
+    """Load the config; ``overrides`` (non-None only) come from command-line options.
+
+    Raises:
+        FleetConfigError: missing file, bad TOML, or an invalid value (named in the message).
+    """
+    if path is not None and not path.is_file():
+        raise FleetConfigError(f"{path}: config file does not exist")
+    toml_file = path or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None)
+    token = _toml_path.set(toml_file)
+    try:
+        given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        config = FleetConfig(**given)
+    except ValidationError as exc:
+        raise FleetConfigError(
+            f"{toml_file or 'fleet config'}: {format_validation_error(exc)}"
+        ) from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError
+        raise FleetConfigError(f"{toml_file}: not valid TOML: {exc}") from None
+    finally:
+        _toml_path.reset(token)
+    parse_broker_url(config.broker)
+    return config
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://host[:port]`` (default 1883) or ``mqtts://host[:port]`` (default 8883)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise BrokerUrlError(url, "scheme must be mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise BrokerUrlError(url, "no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise BrokerUrlError(url, "port must be a number from 1 to 65535") from None
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls)

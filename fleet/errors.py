@@ -1,0 +1,58 @@
+"""The fleet package's error hierarchy; each error names the value it is about."""
+
+from __future__ import annotations
+
+EXIT_CONFIG = 78
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: the controller or broker did not answer
+EXIT_NOT_FOUND = 2
+
+
+class FleetError(Exception):
+    """Base of every error the fleet package raises on purpose."""
+
+    exit_code = 1
+
+
+class FleetConfigError(FleetError):
+    """The fleet configuration (file, environment or options) is invalid."""
+
+    exit_code = EXIT_CONFIG
+
+
+class BrokerUrlError(FleetConfigError):
+    """A ``--broker`` URL that is not ``mqtt://host:port`` or ``mqtts://host:port``."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        super().__init__(f"invalid broker URL {url!r}: {reason}")
+
+
+class ControllerUnavailableError(FleetError):
+    """No controller answered a request in time."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, broker: str, timeout_s: float) -> None:
+        self.broker = broker
+        super().__init__(
+            f"no fleet controller answered on {broker} within {timeout_s:g}s "
+            "(is `fleet serve` running?)"
+        )
+
+
+class UnknownDeviceError(FleetError):
+    """The device id has never been seen by the controller."""
+
+    exit_code = EXIT_NOT_FOUND
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        super().__init__(f"unknown device {device_id!r}")
+
+
+class StoreError(FleetError):
+    """The controller's database could not be read or written."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(f"{message}: {path}")

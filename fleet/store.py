@@ -1,0 +1,283 @@
+"""The controller's device store: presence, telemetry and events of every device, in SQLite.
+
+``FleetStore`` is the interface the controller and CLI use; ``SqliteFleetStore`` is the
+embedded default. The SQL is plain (no SQLite-only syntax beyond ``INSERT OR IGNORE`` /
+upserts that PostgreSQL spells ``ON CONFLICT``), so a PostgreSQL implementation can take its
+place behind the same interface.
+
+Telemetry is keyed by (device, stream, seq): a resent message (agent restarted before the
+PUBACK was recorded) is counted as a duplicate, not stored twice. ``stream`` changes only
+when a device's state dir is recreated, so its seq restarting at 1 is not mistaken for
+duplicates. Retention is bounded by age and by rows per device.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from fleet.errors import StoreError, UnknownDeviceError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    device_id        TEXT PRIMARY KEY,
+    state            TEXT,
+    status_json      TEXT,
+    status_received  REAL,
+    telemetry_json   TEXT,
+    telemetry_seq    INTEGER,
+    telemetry_received REAL,
+    first_seen       REAL NOT NULL,
+    last_seen        REAL NOT NULL,
+    duplicates       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    device_id TEXT NOT NULL,
+    stream    TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    ts        TEXT NOT NULL,
+    received  REAL NOT NULL,
+    payload   TEXT NOT NULL,
+    PRIMARY KEY (device_id, stream, seq)
+);
+CREATE INDEX IF NOT EXISTS telemetry_received ON telemetry (device_id, received);
+CREATE TABLE IF NOT EXISTS events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    ts        TEXT NOT NULL,
+    received  REAL NOT NULL,
+    payload   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_device ON events (device_id, id);
+"""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much history is kept per device."""
+
+    max_age_s: float = 7 * 86400
+    max_telemetry_rows: int = 10000
+    max_event_rows: int = 1000
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One validated message from a device, ready to store."""
+
+    device_id: str
+    kind: str  # "status" | "telemetry" | "events" | "reported"
+    body: dict[str, Any]
+    received: float
+
+
+class FleetStore(Protocol):
+    """What the controller needs from storage."""
+
+    def ingest(self, batch: list[Inbound]) -> None: ...
+
+    def list_devices(self, now: float | None = None) -> list[dict[str, Any]]: ...
+
+    def device_detail(self, device_id: str, *, events: int = 20) -> dict[str, Any]: ...
+
+    def telemetry_seqs(self, device_id: str) -> list[int]: ...
+
+    def prune(self, now: float | None = None) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteFleetStore:
+    """SQLite implementation of ``FleetStore``; safe to call from several threads."""
+
+    def __init__(self, path: Path, retention: Retention | None = None) -> None:
+        self._path = path
+        self._retention = retention or Retention()
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the fleet database ({exc})", path=str(path)) from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"database error ({exc})", path=str(self._path)) from exc
+                raise
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def ingest(self, batch: list[Inbound]) -> None:
+        """Store a batch of messages in one transaction."""
+        with self._tx() as db:
+            for item in batch:
+                self._touch(db, item)
+                if item.kind == "status":
+                    self._status(db, item)
+                elif item.kind == "telemetry":
+                    self._telemetry(db, item)
+                elif item.kind == "events":
+                    self._event(db, item)
+
+    def _touch(self, db: sqlite3.Connection, item: Inbound) -> None:
+        db.execute(
+            "INSERT INTO devices (device_id, first_seen, last_seen) VALUES (?, ?, ?) "
+            "ON CONFLICT(device_id) DO UPDATE SET last_seen = excluded.last_seen",
+            (item.device_id, item.received, item.received),
+        )
+
+    def _status(self, db: sqlite3.Connection, item: Inbound) -> None:
+        db.execute(
+            "UPDATE devices SET state = ?, status_json = ?, status_received = ? "
+            "WHERE device_id = ?",
+            (str(item.body.get("state")), json.dumps(item.body), item.received, item.device_id),
+        )
+
+    def _telemetry(self, db: sqlite3.Connection, item: Inbound) -> None:
+        body = item.body
+        seq = int(body["seq"])
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO telemetry (device_id, stream, seq, ts, received, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                item.device_id,
+                str(body.get("stream", "")),
+                seq,
+                str(body["ts"]),
+                item.received,
+                json.dumps(body),
+            ),
+        )
+        if cursor.rowcount == 0:
+            db.execute(
+                "UPDATE devices SET duplicates = duplicates + 1 WHERE device_id = ?",
+                (item.device_id,),
+            )
+            return
+        # A backlog drains oldest first, so the newest measurement is the one with the
+        # latest ts, not the one that arrived last.
+        db.execute(
+            "UPDATE devices SET telemetry_json = ?, telemetry_seq = ?, telemetry_received = ? "
+            "WHERE device_id = ? AND (telemetry_json IS NULL "
+            "OR json_extract(telemetry_json, '$.ts') <= ?)",
+            (json.dumps(body), seq, item.received, item.device_id, str(body["ts"])),
+        )
+
+    def _event(self, db: sqlite3.Connection, item: Inbound) -> None:
+        db.execute(
+            "INSERT INTO events (device_id, event, ts, received, payload) VALUES (?, ?, ?, ?, ?)",
+            (
+                item.device_id,
+                str(item.body.get("event")),
+                str(item.body.get("ts", "")),
+                item.received,
+                json.dumps(item.body),
+            ),
+        )
+
+    def prune(self, now: float | None = None) -> int:
+        """Apply retention; returns the number of rows removed."""
+        cutoff = (now or time.time()) - self._retention.max_age_s
+        keep_t, keep_e = self._retention.max_telemetry_rows, self._retention.max_event_rows
+        with self._tx() as db:
+            removed = db.execute("DELETE FROM telemetry WHERE received < ?", (cutoff,)).rowcount
+            removed += db.execute("DELETE FROM events WHERE received < ?", (cutoff,)).rowcount
+            removed += db.execute(
+                "DELETE FROM telemetry WHERE rowid IN (SELECT rowid FROM (SELECT rowid, "
+                "ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY received DESC) AS n "
+                "FROM telemetry) WHERE n > ?)",
+                (keep_t,),
+            ).rowcount
+            removed += db.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, "
+                "ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY id DESC) AS n "
+                "FROM events) WHERE n > ?)",
+                (keep_e,),
+            ).rowcount
+        return int(removed)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def list_devices(self, now: float | None = None) -> list[dict[str, Any]]:
+        """A summary row per device, sorted by id."""
+        rows = self._query("SELECT * FROM devices ORDER BY device_id")
+        return [device_summary(row, now or time.time()) for row in rows]
+
+    def device_detail(self, device_id: str, *, events: int = 20) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM devices WHERE device_id = ?", (device_id,))
+        if not rows:
+            raise UnknownDeviceError(device_id)
+        row = rows[0]
+        recent = self._query(
+            "SELECT payload FROM events WHERE device_id = ? ORDER BY id DESC LIMIT ?",
+            (device_id, events),
+        )
+        return {
+            "summary": device_summary(row, time.time()),
+            "status": json.loads(row["status_json"]) if row["status_json"] else None,
+            "telemetry": json.loads(row["telemetry_json"]) if row["telemetry_json"] else None,
+            "events": [json.loads(r["payload"]) for r in recent],
+        }
+
+    def telemetry_seqs(self, device_id: str) -> list[int]:
+        """Stored seqs of a device in arrival order (for tests and gap reports)."""
+        rows = self._query(
+            "SELECT seq FROM telemetry WHERE device_id = ? ORDER BY received, seq", (device_id,)
+        )
+        return [int(r["seq"]) for r in rows]
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                cursor = self._db.execute(sql, params)
+                cursor.row_factory = sqlite3.Row
+                return list(cursor.fetchall())
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error ({exc})", path=str(self._path)) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def device_summary(row: sqlite3.Row, now: float) -> dict[str, Any]:
+    """The device-list view of one device row."""
+    telemetry = json.loads(row["telemetry_json"]) if row["telemetry_json"] else {}
+    status = json.loads(row["status_json"]) if row["status_json"] else {}
+    temps = telemetry.get("temperatures_c") or {}
+    received = row["telemetry_received"]
+    return {
+        "device_id": row["device_id"],
+        "online": row["state"] == "online",
+        "state": row["state"] or "unknown",
+        "agent_version": status.get("agent_version"),
+        "last_telemetry_age_s": round(now - received, 1) if received else None,
+        "last_seq": row["telemetry_seq"],
+        "cpu_percent": (telemetry.get("cpu") or {}).get("percent"),
+        "memory_percent": (telemetry.get("memory") or {}).get("used_percent"),
+        "temperature_c": max(temps.values()) if temps else None,
+        "health": (telemetry.get("health") or {}).get("status"),
+        "queue_depth": (telemetry.get("queue") or {}).get("depth"),
+        "duplicates": row["duplicates"],
+    }

@@ -1,0 +1,65 @@
+"""Rich renderings of the device view for people (the CLI's non-JSON output and the demo)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def devices_table(devices: list[dict[str, Any]], title: str = "Devices") -> Table:
+    """One row per device."""
+    table = Table(title=title)
+    for column in (
+        "device",
+        "state",
+        "last telemetry",
+        "cpu",
+        "memory",
+        "temp",
+        "health",
+        "queue",
+        "agent",
+    ):
+        table.add_column(column)
+    for d in devices:
+        state = "[green]online[/green]" if d["online"] else f"[red]{d['state']}[/red]"
+        age = d.get("last_telemetry_age_s")
+        table.add_row(
+            d["device_id"],
+            state,
+            "-" if age is None else f"{age:.1f}s ago",
+            _fmt(d.get("cpu_percent"), "%"),
+            _fmt(d.get("memory_percent"), "%"),
+            _fmt(d.get("temperature_c"), "°C"),
+            d.get("health") or "-",
+            _fmt(d.get("queue_depth")),
+            d.get("agent_version") or "-",
+        )
+    return table
+
+
+def device_detail_view(console: Console, detail: dict[str, Any]) -> None:
+    """Summary table, latest telemetry and recent events of one device."""
+    console.print(devices_table([detail["summary"]], title=detail["summary"]["device_id"]))
+    telemetry = detail.get("telemetry")
+    if telemetry:
+        console.print("[bold]Latest telemetry[/bold]")
+        console.print_json(json.dumps(telemetry))
+    events = Table(title="Recent events")
+    for column in ("ts", "event", "details"):
+        events.add_column(column)
+    for event in detail.get("events", []):
+        extra = {k: v for k, v in event.items() if k not in ("ts", "event", "device_id")}
+        events.add_row(event.get("ts", "-"), event.get("event", "-"), json.dumps(extra))
+    console.print(events)

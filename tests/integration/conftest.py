@@ -1,0 +1,38 @@
+"""Fixtures for integration tests: a private Mosquitto per test, on a free loopback port."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.localbroker import PrivateBroker
+from tests.integration.harness import ManagedProcess
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A fresh broker with its own config and data dir; tests may stop and restart it."""
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.fail("mosquitto is not installed: run `make test`, which installs it")
+    instance = PrivateBroker(tmp_path / "broker")
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ManagedProcess]]:
+    """Processes registered here are killed at the end of the test, whatever happens."""
+    started: list[ManagedProcess] = []
+    yield started
+    for process in started:
+        process.stop()

@@ -1,0 +1,198 @@
+"""Real processes for integration tests: the agent, the controller, the fleet CLI, a recorder.
+
+Everything talks to a private Mosquitto on 127.0.0.1 (``fleet.localbroker``). The recorder is
+a real paho client with a persistent session, so it keeps receiving across broker restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_AGENT_", "FLEET_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ManagedProcess:
+    """A child process with its output in a log file."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+            )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up code runs, as in a crash or power cut."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.alive:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait(10)
+
+
+def agent_process(
+    tmp: Path, port: int, device_id: str, *, interval_s: float = 1.0, **env: str
+) -> ManagedProcess:
+    variables = {
+        "EDGE_AGENT_DEVICE_ID": device_id,
+        "EDGE_AGENT_MQTT__HOST": "127.0.0.1",
+        "EDGE_AGENT_MQTT__PORT": str(port),
+        "EDGE_AGENT_STATE_DIR": str(tmp / f"state-{device_id}"),
+        "EDGE_AGENT_TELEMETRY__INTERVAL_S": str(interval_s),
+        "EDGE_AGENT_MQTT__RECONNECT_MAX_S": "1",
+        "EDGE_AGENT_LOG__FORMAT": "json",
+        **{f"EDGE_AGENT_{k.upper()}": v for k, v in env.items()},
+    }
+    return ManagedProcess(
+        [sys.executable, "-m", "agent", "run"],
+        _child_env(variables),
+        tmp / f"agent-{device_id}.log",
+    )
+
+
+def controller_process(tmp: Path, port: int) -> ManagedProcess:
+    return ManagedProcess(
+        [
+            sys.executable,
+            "-m",
+            "fleet",
+            "serve",
+            "--broker",
+            f"mqtt://127.0.0.1:{port}",
+            "--db",
+            str(tmp / "fleet.sqlite3"),
+            "--log-format",
+            "json",
+        ],
+        _child_env({}),
+        tmp / "controller.log",
+    )
+
+
+def fleet_cli(port: int, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleet", *args, "--broker", f"mqtt://127.0.0.1:{port}"],
+        env=_child_env({}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def fleet_devices(port: int) -> list[dict[str, Any]]:
+    result = fleet_cli(port, "devices", "list", "--json", "--timeout", "3")
+    if result.returncode != 0:
+        return []
+    devices: list[dict[str, Any]] = json.loads(result.stdout)
+    return devices
+
+
+@dataclass
+class Recorder:
+    """A real MQTT v5 subscriber with a persistent session that records what it receives."""
+
+    port: int
+    topic_filter: str
+    client_id: str = "test-recorder"
+    messages: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5,
+        )
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self._subscribed = threading.Event()
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not rc.is_failure:
+            client.subscribe(self.topic_filter, qos=1)
+            self._subscribed.set()
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            body = {"_raw": msg.payload.decode(errors="replace")}
+        with self._lock:
+            self.messages.append((msg.topic, body, bool(msg.retain)))
+
+    def start(self) -> Recorder:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect(
+            "127.0.0.1", self.port, keepalive=10, clean_start=False, properties=props
+        )
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "recorder did not connect"
+        time.sleep(0.2)  # let the SUBACK in
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def bodies(self, suffix: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [body for topic, body, _r in self.messages if topic.endswith(suffix)]
