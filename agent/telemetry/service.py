@@ -133,7 +133,7 @@ class TelemetryService:
         measured_at = payloads.utc_now()
         readings, errors, board_reading = await asyncio.to_thread(self._measure)
         stats = await self._outbox.stats()
-        await self._update_health(readings, errors, stats)
+        await self._update_health(readings, errors, stats, board_reading)
         health = self._health.snapshot()
         link = self._link_state()
 
@@ -170,7 +170,11 @@ class TelemetryService:
         return readings, errors, board_reading
 
     async def _update_health(
-        self, readings: dict[str, Any], errors: dict[str, str], stats: OutboxStats
+        self,
+        readings: dict[str, Any],
+        errors: dict[str, str],
+        stats: OutboxStats,
+        board_reading: dict[str, Any] | None,
     ) -> None:
         changes = [
             self._health.update("telemetry", *_telemetry_condition(errors)),
@@ -178,9 +182,7 @@ class TelemetryService:
             self._health.update("queue", *self._queue_condition(stats)),
         ]
         if self._board.kind != "generic":
-            board_error = errors.get("board")
-            status = Status.DEGRADED if board_error else Status.OK
-            changes.append(self._health.update("board", status, board_error or ""))
+            changes.append(self._health.update("board", *_board_condition(board_reading, errors)))
         for change in changes:
             if change is not None:
                 await self._on_health_change(change)
@@ -192,6 +194,20 @@ class TelemetryService:
         if stats.bytes > QUEUE_DEGRADED_FRACTION * stats.max_bytes:
             return Status.DEGRADED, f"queue {stats.bytes}/{stats.max_bytes} bytes"
         return Status.OK, ""
+
+
+def _board_condition(
+    reading: dict[str, Any] | None, errors: dict[str, str]
+) -> tuple[Status, str]:
+    if "board" in errors:
+        return Status.DEGRADED, errors["board"]
+    flags = (reading or {}).get("throttled") or {}
+    # Only conditions present now degrade health; "has occurred" bits stay in telemetry.
+    active = [name for name in ("under_voltage_now", "throttled_now", "freq_capped_now",
+                                "soft_temp_limit_now") if flags.get(name)]
+    if active:
+        return Status.DEGRADED, "raspberry pi: " + ", ".join(active)
+    return Status.OK, ""
 
 
 def _telemetry_condition(errors: dict[str, str]) -> tuple[Status, str]:
