@@ -92,7 +92,7 @@ class TestJetson:
 
         async def scenario() -> tuple[dict[str, object], list[str]]:
             board = BoardMonitor("jetson")
-            await asyncio.wait_for(board._follow_tegrastats(), 5)  # noqa: SLF001
+            await asyncio.wait_for(board._follow_tegrastats(), 5)
             return await _one_message(board, tmp_path)
 
         body, changes = asyncio.run(scenario())
