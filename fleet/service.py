@@ -64,6 +64,7 @@ def link_settings_for(
         tls=tls,
         reconnect_max_s=10.0,
         max_inflight=100,
+        manual_ack=persistent,
     )
 
 
@@ -114,7 +115,9 @@ class Controller:
         for channel in _RECORDED:
             self.link.add_subscription(all_devices(channel), qos=1)
         self.link.add_subscription(controller_rpc_filter(), qos=1)
-        self._queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=_QUEUE_LIMIT)
+        self._queue: asyncio.Queue[tuple[Inbound, InboundMessage]] = asyncio.Queue(
+            maxsize=_QUEUE_LIMIT
+        )
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
         self.rejected: Counter[str] = Counter()
         self._rpc_tasks: set[asyncio.Task[None]] = set()
@@ -124,6 +127,9 @@ class Controller:
         }
 
     def _on_message(self, message: InboundMessage) -> None:
+        if message.topic.startswith(CONTROLLER_ROOT + "/") or not message.payload:
+            # Requests and cleared retained messages are not stored: nothing to lose.
+            self.link.ack(message)
         if message.topic.startswith(CONTROLLER_ROOT + "/"):
             task = asyncio.get_running_loop().create_task(self._answer(message))
             self._rpc_tasks.add(task)
@@ -136,10 +142,12 @@ class Controller:
         except (TopicError, PayloadError) as exc:
             self.rejected[type(exc).__name__] += 1
             log.warning("controller.rejected", topic=message.topic, error=str(exc))
+            self.link.ack(message)
             return
         try:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait((item, message))
         except asyncio.QueueFull:
+            # Not acknowledged: the broker redelivers it after the controller reconnects.
             self.rejected["QueueFull"] += 1
             log.error("controller.overloaded", topic=message.topic, queue=_QUEUE_LIMIT)
 
@@ -179,9 +187,15 @@ class Controller:
             while len(batch) < _BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._in_store(functools.partial(self.store.ingest, batch))
+                await self._in_store(functools.partial(self.store.ingest, [i for i, _ in batch]))
             except FleetError as exc:
-                log.error("controller.store_failed", error=str(exc), lost=len(batch))
+                # Unacknowledged, so the broker redelivers them on the next connection.
+                log.error("controller.store_failed", error=str(exc), pending=len(batch))
+            else:
+                # Acknowledge only what is committed: a crash before this makes the broker
+                # redeliver, and the store de-duplicates telemetry by (device, stream, seq).
+                for _, message in batch:
+                    self.link.ack(message)
             finally:
                 for _ in batch:
                     self._queue.task_done()

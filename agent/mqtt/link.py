@@ -88,6 +88,9 @@ class LinkSettings:
     reconnect_max_s: float = 30.0
     connect_timeout_s: float = 10.0
     max_inflight: int = 20
+    # Acknowledge inbound QoS 1 messages only when ``ack()`` is called (after they are stored),
+    # so a crash between receipt and storage makes the broker redeliver instead of losing them.
+    manual_ack: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class InboundMessage:
     retain: bool
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    mid: int = 0
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,11 @@ class MqttLink:
             self._pending[result.mid] = (topic, future)
         return future
 
+    def ack(self, message: InboundMessage) -> None:
+        """Acknowledge a message received with ``manual_ack``; a no-op for QoS 0."""
+        if self._settings.manual_ack and message.qos > 0 and self.connected:
+            self._client.ack(message.mid, message.qos)
+
     async def wait_subscribed(self, timeout: float | None = None) -> None:
         """Wait for the SUBACKs of every subscription sent so far on this connection."""
         async with asyncio.timeout(timeout):
@@ -389,6 +398,7 @@ class MqttLink:
             client_id=s.client_id,
             protocol=paho.MQTTv5,
             reconnect_on_failure=False,
+            manual_ack=s.manual_ack,
         )
         client.connect_timeout = s.connect_timeout_s
         client.max_inflight_messages_set(s.max_inflight)
@@ -545,6 +555,7 @@ class MqttLink:
             retain=bool(msg.retain),
             response_topic=getattr(props, "ResponseTopic", None) if props else None,
             correlation_data=getattr(props, "CorrelationData", None) if props else None,
+            mid=msg.mid,
         )
         try:
             self._on_message(message)

@@ -196,15 +196,16 @@ class TelemetryService:
         return Status.OK, ""
 
 
-def _board_condition(
-    reading: dict[str, Any] | None, errors: dict[str, str]
-) -> tuple[Status, str]:
+def _board_condition(reading: dict[str, Any] | None, errors: dict[str, str]) -> tuple[Status, str]:
     if "board" in errors:
         return Status.DEGRADED, errors["board"]
     flags = (reading or {}).get("throttled") or {}
     # Only conditions present now degrade health; "has occurred" bits stay in telemetry.
-    active = [name for name in ("under_voltage_now", "throttled_now", "freq_capped_now",
-                                "soft_temp_limit_now") if flags.get(name)]
+    active = [
+        name
+        for name in ("under_voltage_now", "throttled_now", "freq_capped_now", "soft_temp_limit_now")
+        if flags.get(name)
+    ]
     if active:
         return Status.DEGRADED, "raspberry pi: " + ", ".join(active)
     return Status.OK, ""

@@ -211,3 +211,31 @@ class TestStoreAndForward:
         )
         assert link_up[-1]["dropped_during_outage"] >= len(lost)
         recorder.stop()
+
+
+class TestControllerRestart:
+    def test_controller_killed_misses_no_telemetry(
+        self, tmp_path: Path, broker: PrivateBroker, processes: list[ManagedProcess]
+    ) -> None:
+        """The broker queues for the controller's persistent session while it is down."""
+        from fleet.store import SqliteFleetStore
+
+        controller = controller_process(tmp_path, broker.port).start()
+        processes.append(controller)
+        processes.append(agent_process(tmp_path, broker.port, "pi-40", interval_s=0.5).start())
+        wait_until(lambda: (d := _device(broker.port, "pi-40")) and d["last_seq"], 30, "pi-40")
+
+        controller.kill()
+        time.sleep(4)
+        restarted = controller_process(tmp_path, broker.port).start()
+        processes.append(restarted)
+        device = wait_until(
+            lambda: (d := _device(broker.port, "pi-40")) and d["last_seq"] >= 14 and d,
+            30,
+            "telemetry after the restart",
+        )
+        store = SqliteFleetStore(tmp_path / "fleet.sqlite3")
+        seqs = sorted(store.telemetry_seqs("pi-40"))
+        store.close()
+        assert seqs == list(range(1, seqs[-1] + 1)), f"controller lost telemetry: {seqs}"
+        assert device["duplicates"] == 0

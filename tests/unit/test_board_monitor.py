@@ -50,8 +50,13 @@ async def _one_message(board: BoardMonitor, state: Path) -> tuple[dict[str, obje
         changes.append(change)
 
     service = TelemetryService(
-        device_id="jetson-1", interval_s=1, outbox=outbox, sampler=ResourceSampler(state),
-        board=board, health=HealthMonitor(), link_state=lambda: {"connected": False},
+        device_id="jetson-1",
+        interval_s=1,
+        outbox=outbox,
+        sampler=ResourceSampler(state),
+        board=board,
+        health=HealthMonitor(),
+        link_state=lambda: {"connected": False},
         on_health_change=record,
     )
     await service.publish_once()
