@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := mosquitto
+SYSTEM_PACKAGES := mosquitto gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev pkg-config
 PYTEST_ARGS ?=
 
 .PHONY: test demo deps system-deps lint typecheck unit integration bench clean

@@ -12,23 +12,28 @@ import asyncio
 import contextlib
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from agent.commands import CommandDispatcher
-from agent.config import AgentConfig
+from agent.config import AgentConfig, SerialConfig
 from agent.events import EventEmitter
 from agent.forwarder import DiskOutbox, Forwarder
 from agent.health import HealthChange, HealthMonitor, Status
 from agent.mqtt.link import ConnectionInfo, LinkSettings, MqttLink, TlsSettings
 from agent.mqtt.topics import device_commands
 from agent.outbox import Outbox
+from agent.pipeline import PipelineSpec, SensorPipeline, ThresholdModel
 from agent.presence import Presence
 from agent.sdnotify import SystemdNotifier
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.service import BoardMonitor, TelemetryService
+
+if TYPE_CHECKING:
+    from agent.serial.relay import SerialRelay
+    from agent.serial.session import Transport
 
 log = structlog.get_logger("agent.app")
 
@@ -68,7 +73,7 @@ class LinkWatcher:
     async def _announce_up(self, outage_s: float) -> None:
         # Events queued during a long outage may themselves be dropped by the cap, so the
         # link_up event (queued last, sent first among the newest) carries the outage's drops.
-        stats = await self._outbox.stats()
+        stats = self._outbox.last_stats
         await self._events.emit(
             "link_up",
             outage_s=outage_s,
@@ -83,7 +88,7 @@ class LinkWatcher:
         self._spawn(self._announce_down(reason))
 
     async def _announce_down(self, reason: str) -> None:
-        self._dropped_at_down = (await self._outbox.stats()).dropped_total
+        self._dropped_at_down = self._outbox.last_stats.dropped_total
         await self._events.emit("link_down", reason=reason)
 
     def _spawn(self, coro: Any) -> None:
@@ -153,10 +158,88 @@ class Agent:
             health=self.health,
             link_state=self.link_watcher.state,
             on_health_change=self._health_changed,
+            extras=self._telemetry_extras,
         )
+        self.relay: SerialRelay | None = None
+        self.pipelines: list[SensorPipeline] = []
+        if config.serial.enabled:
+            self.relay = self._build_relay(config.serial)
+            relay = self.relay
+            self.pipelines = [
+                SensorPipeline(
+                    PipelineSpec(
+                        p.name,
+                        p.channel,
+                        p.scale,
+                        p.threshold,
+                        p.hysteresis,
+                        p.actuator,
+                        p.on_label,
+                    ),
+                    ThresholdModel(p.threshold, p.hysteresis),
+                    relay.actuate,
+                    self.events.emit,
+                )
+                for p in config.pipelines
+            ]
         self.notifier = SystemdNotifier()
         self.commands.register("ping", self._ping)
         self.commands.register("health", self._health_report)
+
+    def _build_relay(self, cfg: SerialConfig) -> SerialRelay:
+        # Imported here: an agent without a peripheral never loads the serial stack.
+        from agent.serial import messages_gen  # noqa: PLC0415
+        from agent.serial.relay import SerialRelay  # noqa: PLC0415
+
+        async def open_transport() -> Transport:
+            from agent.serial.transport import SerialTransport, find_port  # noqa: PLC0415
+
+            path = cfg.port if cfg.port is not None else find_port(str(cfg.usb_id))
+            return await SerialTransport.open(path, cfg.baudrate)
+
+        return SerialRelay(
+            open_transport,
+            on_sensor=self._on_sensor,
+            emit=self._serial_event,
+            heartbeat_s=cfg.heartbeat_s,
+            reset_wait_s=cfg.reset_wait_s,
+            handshake_timeout_s=cfg.handshake_timeout_s,
+            ack_timeout_s=cfg.ack_timeout_s,
+            max_retries=cfg.max_retries,
+            reconnect_min_s=cfg.reconnect_min_s,
+            reconnect_max_s=cfg.reconnect_max_s,
+            configure=messages_gen.Configure(
+                cfg.sensor_period_ms, cfg.failsafe_ms, cfg.sensor_mask
+            ),
+            port_label=cfg.port or f"usb:{cfg.usb_id}",
+        )
+
+    async def _on_sensor(self, channel: int, value: int) -> None:
+        for pipeline in self.pipelines:
+            await pipeline.on_sensor(channel, value)
+
+    async def _serial_event(self, event: str, **fields: Any) -> None:
+        condition = {
+            "serial_connected": (Status.OK, ""),
+            "serial_disconnected": (Status.DEGRADED, "peripheral disconnected"),
+            "serial_refused": (Status.FAILED, str(fields.get("reason", ""))),
+        }.get(event)
+        if event == "serial_connected":
+            for pipeline in self.pipelines:
+                pipeline.reset()  # the board may have rebooted into its safe state
+        await self.events.emit(event, **fields)
+        if condition is not None:
+            change = self.health.update("serial", *condition)
+            if change is not None:
+                await self._health_changed(change)
+
+    def _telemetry_extras(self) -> dict[str, Any]:
+        if self.relay is None:
+            return {}
+        return {
+            "serial": self.relay.snapshot(),
+            "pipelines": {p.spec.name: p.snapshot() for p in self.pipelines},
+        }
 
     async def _health_changed(self, change: HealthChange) -> None:
         if change.before is None and change.after.status is Status.OK:
@@ -207,6 +290,8 @@ class Agent:
                     group.create_task(self.board.run(), name="board"),
                     group.create_task(self._watchdog(), name="watchdog"),
                 ]
+                if self.relay is not None:
+                    workers.append(group.create_task(self.relay.run(), name="serial"))
                 self.notifier.notify("READY=1")
                 await stop.wait()
                 log.info("agent.stopping")

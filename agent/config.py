@@ -130,6 +130,60 @@ class LogConfig(_Section):
     )
 
 
+class SerialConfig(_Section):
+    """The Arduino peripheral on a serial port; disabled unless a port or USB id is set."""
+
+    port: str | None = Field(default=None, description="Serial device, e.g. /dev/ttyACM0.")
+    usb_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$",
+        description="Find the board by USB VID:PID in hex (e.g. 2341:0043) instead of a path.",
+    )
+    baudrate: int = Field(default=115200, gt=0, description="Line speed, bits per second.")
+    reset_wait_s: float = Field(
+        default=2.0, ge=0, description="Wait after opening: an Arduino resets when opened, s."
+    )
+    heartbeat_s: float = Field(default=0.5, gt=0, description="Heartbeat period, seconds.")
+    handshake_timeout_s: float = Field(default=5.0, gt=0, description="Hello timeout, s.")
+    ack_timeout_s: float = Field(default=0.3, gt=0, description="Resend after this, seconds.")
+    max_retries: int = Field(default=5, ge=0, description="Resends before giving up a frame.")
+    reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay, s.")
+    reconnect_max_s: float = Field(default=10.0, gt=0, description="Longest reconnect delay, s.")
+    sensor_period_ms: int = Field(
+        default=100, ge=0, le=65535, description="ADC sampling period on the board, ms (0 stops)."
+    )
+    sensor_mask: int = Field(default=1, ge=0, le=0x3F, description="ADC channels, bit n = An.")
+    failsafe_ms: int = Field(
+        default=1500,
+        ge=100,
+        le=65535,
+        description="Board drives actuators to their safe state after this long without a "
+        "heartbeat, ms.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.port is not None or self.usb_id is not None
+
+
+class PipelineConfig(_Section):
+    """A sensor-to-actuator pipeline: source, pre-processing, model, post-processing."""
+
+    name: str = Field(description="Pipeline name, used in events and telemetry.")
+    source: Literal["serial"] = Field(default="serial", description="Where inputs come from.")
+    channel: int = Field(ge=0, le=5, description="ADC channel of the peripheral (A0..A5).")
+    scale: float = Field(default=1 / 1023, description="Pre-processing: input = raw * scale.")
+    model: Literal["threshold"] = Field(
+        default="threshold", description="Built-in threshold classifier (classes high, low)."
+    )
+    threshold: float = Field(default=0.5, description="Class boundary on the scaled input.")
+    hysteresis: float = Field(default=0.05, ge=0, description="Dead band around the threshold.")
+    actuator: int = Field(ge=0, le=5, description="Post-processing: PORTB pin to drive.")
+    on_label: Literal["high", "low"] = Field(
+        default="high", description="Class that switches the actuator on."
+    )
+
+
 def _default_device_id() -> str:
     cleaned = re.sub(r"[^a-z0-9_-]", "-", socket.gethostname().lower()).strip("-_")
     return (cleaned or "device")[:64]
@@ -160,6 +214,10 @@ class AgentConfig(BaseSettings):
     )
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Store-and-forward.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    serial: SerialConfig = Field(default_factory=SerialConfig, description="Serial peripheral.")
+    pipelines: list[PipelineConfig] = Field(
+        default_factory=list, description="Sensor-to-actuator pipelines."
+    )
 
     @field_validator("device_id")
     @classmethod

@@ -84,3 +84,28 @@ class StoreError(AgentError):
     def __init__(self, message: str, *, path: str) -> None:
         self.path = path
         super().__init__(f"{message}: {path}")
+
+
+class SerialLinkError(AgentError):
+    """The serial link to a peripheral failed: port, handshake, or protocol."""
+
+
+class FrameError(SerialLinkError, ValueError):
+    """Bytes on the serial line are not a valid frame (COBS, length, CRC)."""
+
+    def __init__(self, message: str, *, data: bytes) -> None:
+        self.data = data
+        super().__init__(f"{message}: {data[:32].hex()}")
+
+
+class MessageError(SerialLinkError, ValueError):
+    """A valid frame carries a message that does not decode (unknown type, bad length)."""
+
+    def __init__(self, message: str, *, msg_type: int, payload: bytes) -> None:
+        self.msg_type = msg_type
+        self.payload = payload
+        super().__init__(f"{message} (type 0x{msg_type:02x}, payload {payload[:32].hex()})")
+
+
+class HandshakeError(SerialLinkError):
+    """The peripheral speaks another protocol version: the two sides refuse each other."""

@@ -6,6 +6,7 @@ turns changes into events. The snapshot goes into every telemetry message.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -43,6 +44,8 @@ class HealthMonitor:
 
     def __init__(self) -> None:
         self._conditions: dict[str, Condition] = {}
+        # Telemetry updates health on the outbox worker thread, the link on the loop thread.
+        self._lock = threading.Lock()
 
     def update(self, subsystem: str, status: Status, reason: str = "") -> HealthChange | None:
         """Record a condition; returns the change when the status differs from before.
@@ -50,25 +53,28 @@ class HealthMonitor:
         Only a change of status counts: a reason that varies from sample to sample (a byte
         count, a duration) must not produce an event per telemetry message.
         """
-        before = self._conditions.get(subsystem)
         after = Condition(status, reason if status is not Status.OK else "")
-        self._conditions[subsystem] = after
+        with self._lock:
+            before = self._conditions.get(subsystem)
+            self._conditions[subsystem] = after
         if before is not None and before.status is status:
             return None
         return HealthChange(subsystem, before, after)
 
     @property
     def overall(self) -> Status:
-        if not self._conditions:
-            return Status.OK
-        return max((c.status for c in self._conditions.values()), key=_RANK.__getitem__)
+        with self._lock:
+            statuses = [c.status for c in self._conditions.values()]
+        return max(statuses, key=_RANK.__getitem__, default=Status.OK)
 
     def snapshot(self) -> dict[str, object]:
         """JSON-ready: ``{"status": worst, "subsystems": {name: {status, reason}}}``."""
+        with self._lock:
+            conditions = sorted(self._conditions.items())
+        worst = max((c.status for _n, c in conditions), key=_RANK.__getitem__, default=Status.OK)
         return {
-            "status": self.overall.value,
+            "status": worst.value,
             "subsystems": {
-                name: {"status": c.status.value, "reason": c.reason}
-                for name, c in sorted(self._conditions.items())
+                name: {"status": c.status.value, "reason": c.reason} for name, c in conditions
             },
         }

@@ -95,10 +95,16 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def append(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Queue one message (events, replies); may drop the oldest to stay under the cap."""
+    def append(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> OutboxRow | None:
+        """Queue one message; may drop the oldest to stay under the cap.
+
+        Returns the queued row, or None when the message alone exceeds the cap (counted as
+        a drop).
+        """
         with self._transaction():
-            self._insert(topic, payload, qos, retain)
+            return self._insert(topic, payload, qos, retain)
 
     def append_sequenced(
         self,
@@ -113,14 +119,25 @@ class Outbox:
         ``build(seq, drops)`` gets the drops not yet reported; they count as reported once the
         transaction commits. Returns the seq used.
         """
+        return self.append_sequenced_row(topic, build, counter=counter, qos=qos)[0]
+
+    def append_sequenced_row(
+        self,
+        topic: str,
+        build: Callable[[int, DropReport], bytes],
+        *,
+        counter: str = "telemetry_seq",
+        qos: int = 1,
+    ) -> tuple[int, OutboxRow | None]:
+        """``append_sequenced`` that also returns the queued row (None if it was dropped)."""
         with self._transaction():
             seq = self._counter(counter) + 1
             drops = DropReport(self._counter("dropped_unreported"), self._counter("dropped_total"))
             payload = build(seq, drops)
             self._set_counter(counter, seq)
             self._set_counter("dropped_unreported", 0)
-            self._insert(topic, payload, qos, retain=False)
-        return seq
+            row = self._insert(topic, payload, qos, retain=False)
+        return seq, row
 
     def delete(self, ids: Iterable[int]) -> None:
         """Forget messages the broker acknowledged (or that can never be sent)."""
@@ -138,7 +155,8 @@ class Outbox:
                 self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)  # noqa: S608
                 self._bytes -= int(sizes[0])
                 self._depth -= int(sizes[1])
-        self._inflight.difference_update(id_list)
+        for row_id in id_list:
+            self._inflight.discard(row_id)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -155,8 +173,12 @@ class Outbox:
         return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4])) for r in rows]
 
     def mark_inflight(self, ids: Iterable[int]) -> None:
-        """Protect rows handed to the broker from being dropped by the cap."""
-        self._inflight.update(ids)
+        """Protect rows handed to the broker from being dropped by the cap.
+
+        Safe to call from another thread than the one writing: set operations are atomic.
+        """
+        for row_id in ids:
+            self._inflight.add(row_id)
 
     def stats(self) -> OutboxStats:
         return OutboxStats(
@@ -203,19 +225,20 @@ class Outbox:
                 raise StoreError(f"cannot write outbox ({exc})", path=str(self._path)) from exc
             raise
 
-    def _insert(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _insert(self, topic: str, payload: bytes, qos: int, retain: bool) -> OutboxRow | None:
         size = len(payload) + len(topic)
         if size > self._max_bytes:
             # Larger than the whole queue: keeping it would evict everything else.
             self._count_drops(1)
-            return
+            return None
         self._make_room(size)
-        self._db.execute(
+        cursor = self._db.execute(
             "INSERT INTO outbox (topic, payload, qos, retain, size) VALUES (?, ?, ?, ?, ?)",
             (topic, payload, qos, int(retain), size),
         )
         self._bytes += size
         self._depth += 1
+        return OutboxRow(int(cursor.lastrowid or 0), topic, payload, qos, retain)
 
     def _make_room(self, size: int) -> None:
         dropped = 0

@@ -136,6 +136,18 @@ def fleet_cli(port: int, *args: str, timeout: float = 30) -> subprocess.Complete
     )
 
 
+def start_controller(tmp: Path, port: int) -> ManagedProcess:
+    """Start the controller and wait until it answers, so its session exists before devices
+    publish anything (messages sent before a subscriber's first connect cannot be queued)."""
+    controller = controller_process(tmp, port).start()
+    wait_until(
+        lambda: fleet_cli(port, "devices", "list", "--timeout", "2").returncode == 0,
+        30,
+        "controller answering",
+    )
+    return controller
+
+
 def fleet_devices(port: int) -> list[dict[str, Any]]:
     result = fleet_cli(port, "devices", "list", "--json", "--timeout", "3")
     if result.returncode != 0:

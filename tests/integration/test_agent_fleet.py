@@ -16,6 +16,7 @@ from tests.integration.harness import (
     agent_process,
     controller_process,
     fleet_cli,
+    start_controller,
     fleet_devices,
     wait_until,
 )
@@ -38,7 +39,7 @@ class TestPresenceAndDeviceView:
         self, tmp_path: Path, broker: PrivateBroker, processes: list[ManagedProcess]
     ) -> None:
         """A started agent shows up online, with fresh telemetry, in `fleet devices list --json`."""
-        processes.append(controller_process(tmp_path, broker.port).start())
+        processes.append(start_controller(tmp_path, broker.port))
         processes.append(agent_process(tmp_path, broker.port, "pi-01").start())
 
         device = wait_until(
@@ -220,7 +221,7 @@ class TestControllerRestart:
         """The broker queues for the controller's persistent session while it is down."""
         from fleet.store import SqliteFleetStore
 
-        controller = controller_process(tmp_path, broker.port).start()
+        controller = start_controller(tmp_path, broker.port)
         processes.append(controller)
         processes.append(agent_process(tmp_path, broker.port, "pi-40", interval_s=0.5).start())
         wait_until(lambda: (d := _device(broker.port, "pi-40")) and d["last_seq"], 30, "pi-40")

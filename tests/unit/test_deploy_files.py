@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,9 @@ needs_systemd_analyze = pytest.mark.skipif(
 
 # A setting line of an example config, active ("key = value") or commented out ("# key = value").
 _SETTING = re.compile(r"^(?P<hash>#\s?)?(?P<key>[a-z][a-z0-9_]*)\s*=\s*(?P<value>\S.*)$")
-_HEADER = re.compile(r"^\[(?P<name>[a-z0-9_.]+)\]\s*$")
+_HEADER = re.compile(r"^(?P<hash>#\s?)?\[(?P<array>\[)?(?P<name>[a-z0-9_.]+)\]\]?\s*(#.*)?$")
+# A trailing comment after a value is not part of it.
+_TRAILING_COMMENT = re.compile(r"\s+#.*$")
 
 
 # --- helpers: systemd unit files ------------------------------------------------------------
@@ -123,20 +126,30 @@ def field_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tu
     """Every leaf setting of ``model`` as a key path, nested sections walked recursively."""
     paths: list[tuple[str, ...]] = []
     for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        annotation = _element_model(info.annotation)
+        if annotation is not None:
             paths.extend(field_paths(annotation, (*prefix, name)))
         else:
             paths.append((*prefix, name))
     return paths
 
 
+def _element_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a section (``Model``) or of an array of tables (``list[Model]``)."""
+    if typing.get_origin(annotation) is list:
+        (annotation,) = typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
 def field_info(model: type[BaseModel], path: tuple[str, ...]) -> FieldInfo:
     info = model.model_fields[path[0]]
     if len(path) == 1:
         return info
-    assert isinstance(info.annotation, type)
-    return field_info(info.annotation, path[1:])
+    section = _element_model(info.annotation)
+    assert section is not None
+    return field_info(section, path[1:])
 
 
 def example_settings(text: str) -> dict[tuple[str, ...], tuple[bool, str]]:
@@ -149,16 +162,29 @@ def example_settings(text: str) -> dict[tuple[str, ...], tuple[bool, str]]:
         elif setting := _SETTING.match(line):
             path = (*section, setting["key"])
             assert path not in settings, f"{'.'.join(path)} appears twice in the example"
-            settings[path] = (setting["hash"] is not None, setting["value"])
+            value = _TRAILING_COMMENT.sub("", setting["value"])
+            settings[path] = (setting["hash"] is not None, value)
     return settings
 
 
 def uncomment_all(text: str) -> str:
     """The example with every commented-out setting switched on."""
-    return "\n".join(
-        f"{m['key']} = {m['value']}" if (m := _SETTING.match(line)) and m["hash"] else line
-        for line in text.splitlines()
-    )
+    lines = []
+    for raw in text.splitlines():
+        if (m := _SETTING.match(raw)) and m["hash"]:
+            lines.append(f"{m['key']} = {m['value']}")
+        elif (h := _HEADER.match(raw)) and h["hash"]:
+            lines.append(raw.lstrip("# "))
+        else:
+            lines.append(raw)
+    return "\n".join(lines)
+
+
+def _env_path(model: type[BaseModel], path: tuple[str, ...]) -> tuple[str, ...]:
+    """An array of tables is set from the environment as one JSON value, not per key."""
+    if typing.get_origin(model.model_fields[path[0]].annotation) is list:
+        return path[:1]
+    return path
 
 
 def env_var(prefix: str, path: tuple[str, ...]) -> str:
@@ -260,7 +286,7 @@ class TestExampleConfigs:
         text = example.read_text()
         missing = [
             name
-            for name in (env_var(prefix, p) for p in field_paths(model))
+            for name in {env_var(prefix, _env_path(model, p)) for p in field_paths(model)}
             if not re.search(rf"\b{name}\b", text)
         ]
         assert not missing, f"{example.name} does not name: {', '.join(missing)}"
