@@ -16,8 +16,8 @@ from tests.integration.harness import (
     agent_process,
     controller_process,
     fleet_cli,
-    start_controller,
     fleet_devices,
+    start_controller,
     wait_until,
 )
 
