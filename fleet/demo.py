@@ -2,14 +2,19 @@
 
 Everything runs on this machine on embedded defaults: Mosquitto on a free loopback port with
 a throw-away config and data dir, the controller on SQLite, three agents with their own
-state dirs. The table refreshes every second until Ctrl-C or ``DEMO_SECONDS`` elapse; then
-every process the demo started is stopped and its files removed (``DEMO_KEEP=1`` keeps them).
-Half-way through, one agent is killed with SIGKILL so the table shows the Last Will turning
-it offline, and is started again.
+state dirs, and an emulated Arduino (the real firmware in simavr) on one agent's serial port.
+The light level on the board's A0 input swings up and down; the agent's pipeline turns pin B5
+on above the threshold and off below it, and the line under the table shows both. The table
+refreshes every second until Ctrl-C or ``DEMO_SECONDS`` elapse; then every process the demo
+started is stopped and its files removed (``DEMO_KEEP=1`` keeps them). Part-way through, one
+agent is killed with SIGKILL so the table shows the Last Will turning it offline, and it is
+started again.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import signal
@@ -23,11 +28,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from fleet.emulated_board import EmulatedBoard
 from fleet.localbroker import PrivateBroker
 from fleet.store import SqliteFleetStore
 from fleet.view import devices_table
 
 DEVICES = ("pi-kitchen", "pi-garage", "jetson-yard")
+SERIAL_DEVICE = "pi-garage"
+PIPELINE = [{"name": "light", "channel": 0, "threshold": 0.5, "hysteresis": 0.05, "actuator": 5}]
 
 
 def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -35,8 +43,16 @@ def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _agent(workdir: Path, port: int, device_id: str) -> subprocess.Popen[bytes]:
+def _agent(
+    workdir: Path, port: int, device_id: str, tty: Path | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    if tty is not None:
+        env.update({
+            "EDGE_AGENT_SERIAL__PORT": str(tty),
+            "EDGE_AGENT_SERIAL__RESET_WAIT_S": "0.05",
+            "EDGE_AGENT_PIPELINES": json.dumps(PIPELINE),
+        })
     env.update(
         {
             "EDGE_AGENT_DEVICE_ID": device_id,
@@ -61,8 +77,17 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _light_level(elapsed: float) -> int:
+    """Millivolts on A0: a slow swing between 0.3 V and 4.7 V."""
+    return int(2500 + 2200 * math.sin(elapsed / 3))
+
+
 def run(seconds: float | None, workdir: Path) -> None:
     console = Console()
+    board = EmulatedBoard(log_path=workdir / "sim.log")
+    board.start()
+    tty = workdir / "ttyEMU0"
+    tty.symlink_to(board.pty_path)
     broker = PrivateBroker(workdir / "broker")
     broker.start()
     db = workdir / "fleet.sqlite3"
@@ -82,7 +107,10 @@ def run(seconds: float | None, workdir: Path) -> None:
         dict(os.environ),
         workdir / "controller.log",
     )
-    agents = {device: _agent(workdir, broker.port, device) for device in DEVICES}
+    agents = {
+        device: _agent(workdir, broker.port, device, tty if device == SERIAL_DEVICE else None)
+        for device in DEVICES
+    }
     console.print(f"broker {broker.url}, controller db {db}, logs in {workdir}")
     console.print(f"try it: .venv/bin/fleet devices list --broker {broker.url}")
     started = time.monotonic()
@@ -103,8 +131,18 @@ def run(seconds: float | None, workdir: Path) -> None:
                     agents[victim] = _agent(workdir, broker.port, victim)
                 if killed_at is not None and agents[victim].poll() is not None:
                     note = f"{victim} was killed with SIGKILL: its Last Will marks it offline"
+                millivolts = _light_level(elapsed)
+                board.set_adc(0, millivolts)
+                pin = "ON" if board.pin_state(5) else "off"
+                serial = (
+                    f"emulated Arduino on {SERIAL_DEVICE}: A0 = {millivolts / 1000:.2f} V -> "
+                    f"pipeline 'light' (on above 2.75 V, off below 2.25 V) -> pin B5 {pin}"
+                )
                 table = devices_table(store.list_devices(), title=f"Fleet ({elapsed:.0f}s)")
-                live.update(Group(table, Text(note, style="yellow")), refresh=True)
+                live.update(
+                    Group(table, Text(serial, style="cyan"), Text(note, style="yellow")),
+                    refresh=True,
+                )
                 time.sleep(1)
         store.close()
         console.print(devices_table(SqliteFleetStore(db).list_devices(), title="Fleet at the end"))
@@ -114,6 +152,7 @@ def run(seconds: float | None, workdir: Path) -> None:
         for process in [*agents.values(), controller]:
             _stop(process)
         broker.stop()
+        board.stop()
 
 
 def _kill_after(seconds: float | None) -> float:
