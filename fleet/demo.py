@@ -48,11 +48,13 @@ def _agent(
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
     if tty is not None:
-        env.update({
-            "EDGE_AGENT_SERIAL__PORT": str(tty),
-            "EDGE_AGENT_SERIAL__RESET_WAIT_S": "0.05",
-            "EDGE_AGENT_PIPELINES": json.dumps(PIPELINE),
-        })
+        env.update(
+            {
+                "EDGE_AGENT_SERIAL__PORT": str(tty),
+                "EDGE_AGENT_SERIAL__RESET_WAIT_S": "0.05",
+                "EDGE_AGENT_PIPELINES": json.dumps(PIPELINE),
+            }
+        )
     env.update(
         {
             "EDGE_AGENT_DEVICE_ID": device_id,

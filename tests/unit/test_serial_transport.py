@@ -22,8 +22,11 @@ def _port(device: str, vid: int | None, pid: int | None) -> ListPortInfo:
 class TestFindPort:
     def test_matches_vid_and_pid(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """The first port whose USB ids match is chosen; other boards are skipped."""
-        ports = [_port("/dev/ttyS0", None, None), _port("/dev/ttyUSB0", 0x1A86, 0x7523),
-                 _port("/dev/ttyACM0", 0x2341, 0x0043)]
+        ports = [
+            _port("/dev/ttyS0", None, None),
+            _port("/dev/ttyUSB0", 0x1A86, 0x7523),
+            _port("/dev/ttyACM0", 0x2341, 0x0043),
+        ]
         monkeypatch.setattr(serial.tools.list_ports, "comports", lambda: ports)
         assert find_port("2341:0043") == "/dev/ttyACM0"
         assert find_port("1a86:7523") == "/dev/ttyUSB0"
