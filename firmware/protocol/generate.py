@@ -36,12 +36,15 @@ GOLDEN_JSON = ROOT / "firmware/protocol/golden_vectors.json"
 GOLDEN_C = ROOT / "firmware/tests/golden_gen.h"
 FRAMING_PY = ROOT / "agent/serial/framing.py"
 BANNER = (
-    "GENERATED from firmware/protocol/messages.toml by firmware/protocol/generate.py"
-    " — do not edit"
+    "GENERATED from firmware/protocol/messages.toml by firmware/protocol/generate.py — do not edit"
 )
 
-INT_TYPES = {"u8": (1, 0, 0xFF), "u16": (2, 0, 0xFFFF), "u32": (4, 0, 0xFFFFFFFF),
-             "i16": (2, -0x8000, 0x7FFF)}
+INT_TYPES = {
+    "u8": (1, 0, 0xFF),
+    "u16": (2, 0, 0xFFFF),
+    "u32": (4, 0, 0xFFFFFFFF),
+    "i16": (2, -0x8000, 0x7FFF),
+}
 C_TYPES = {"u8": "uint8_t", "u16": "uint16_t", "u32": "uint32_t", "i16": "int16_t"}
 # The C codec indexes frames with uint8_t: the COBS-encoded frame plus delimiter fits 255.
 MAX_PAYLOAD_LIMIT = 249
@@ -117,8 +120,11 @@ def _require(condition: bool, where: str, problem: str) -> None:
 
 def _int(table: dict[str, Any], key: str, where: str, low: int, high: int) -> int:
     value = table.get(key)
-    _require(type(value) is int and low <= value <= high, where, f"{key} must be an integer in "
-             f"{low}..{high}, got {value!r}")
+    _require(
+        type(value) is int and low <= value <= high,
+        where,
+        f"{key} must be an integer in {low}..{high}, got {value!r}",
+    )
     assert isinstance(value, int)
     return value
 
@@ -140,10 +146,14 @@ def _parse_field(table: Any, where: str) -> Field:
     name, kind = table.get("name"), table.get("type")
     _require(isinstance(name, str) and bool(NAME_RE.match(name)), where, f"bad name {name!r}")
     where = f"{where} {name!r}"
-    _require(not keyword.iskeyword(str(name)) and name not in RESERVED_FIELDS, where,
-             "name is reserved")
-    _require(kind in INT_TYPES or kind == "str", where,
-             f"unknown type {kind!r} (known: {', '.join([*INT_TYPES, 'str'])})")
+    _require(
+        not keyword.iskeyword(str(name)) and name not in RESERVED_FIELDS, where, "name is reserved"
+    )
+    _require(
+        kind in INT_TYPES or kind == "str",
+        where,
+        f"unknown type {kind!r} (known: {', '.join([*INT_TYPES, 'str'])})",
+    )
     if kind == "str":
         _require("max" in table, where, "a str field needs max")
         size = _int(table, "max", where, 1, MAX_PAYLOAD_LIMIT - 1)
@@ -171,8 +181,11 @@ def _parse_message(table: Any, index: int, max_payload: int) -> Message:
     names = [field.name for field in fields]
     _require(len(set(names)) == len(names), where, f"duplicate field names in {names}")
     message = Message(str(name), ident, str(direction), bool(ack), _doc(table, where), fields)
-    _require(message.max_len <= max_payload, where,
-             f"payload of up to {message.max_len} bytes exceeds max_payload {max_payload}")
+    _require(
+        message.max_len <= max_payload,
+        where,
+        f"payload of up to {message.max_len} bytes exceeds max_payload {max_payload}",
+    )
     return message
 
 
@@ -245,9 +258,11 @@ def _c_comment(text: str) -> str:
 def _c_pack_field(field: Field) -> list[str]:
     f = field.name
     if field.kind == "str":
-        return [f"buf[n] = (uint8_t)(m->{f}_len > {field.max} ? {field.max} : m->{f}_len);",
-                f"for (i = 0; i < buf[n]; i++) buf[n + 1 + i] = (uint8_t)m->{f}[i];",
-                "n = (uint8_t)(n + 1 + buf[n]);"]
+        return [
+            f"buf[n] = (uint8_t)(m->{f}_len > {field.max} ? {field.max} : m->{f}_len);",
+            f"for (i = 0; i < buf[n]; i++) buf[n + 1 + i] = (uint8_t)m->{f}[i];",
+            "n = (uint8_t)(n + 1 + buf[n]);",
+        ]
     if field.kind == "u8":
         return [f"buf[n++] = m->{f};"]
     size = INT_TYPES[field.kind][0]
@@ -258,10 +273,13 @@ def _c_pack_field(field: Field) -> list[str]:
 def _c_unpack_field(field: Field, fixed: bool) -> list[str]:
     f = field.name
     if field.kind == "str":
-        return ["if (len - n < 1) return -1;", f"m->{f}_len = buf[n++];",
-                f"if (m->{f}_len > {field.max} || len - n < m->{f}_len) return -1;",
-                f"for (i = 0; i < m->{f}_len; i++) m->{f}[i] = (char)buf[n + i];",
-                f"n = (uint8_t)(n + m->{f}_len);"]
+        return [
+            "if (len - n < 1) return -1;",
+            f"m->{f}_len = buf[n++];",
+            f"if (m->{f}_len > {field.max} || len - n < m->{f}_len) return -1;",
+            f"for (i = 0; i < m->{f}_len; i++) m->{f}[i] = (char)buf[n + i];",
+            f"n = (uint8_t)(n + m->{f}_len);",
+        ]
     size = INT_TYPES[field.kind][0]
     check = [] if fixed else [f"if (len - n < {size}) return -1;"]
     if field.kind == "u8":
@@ -274,15 +292,21 @@ def _c_unpack_field(field: Field, fixed: bool) -> list[str]:
 def _c_message(message: Message) -> str:
     upper, name = message.name.upper(), message.name
     doc = _c_comment(message.doc or message.name)
-    lines = [f"/* {name} (0x{message.id:02X}, {message.direction}): {doc} */",
-             f"#define MSG_{upper} 0x{message.id:02X}",
-             f"#define MSG_{upper}_NEEDS_ACK {int(message.ack)}",
-             f"#define MSG_{upper}_MAX_LEN {message.max_len}", "", "typedef struct {"]
+    lines = [
+        f"/* {name} (0x{message.id:02X}, {message.direction}): {doc} */",
+        f"#define MSG_{upper} 0x{message.id:02X}",
+        f"#define MSG_{upper}_NEEDS_ACK {int(message.ack)}",
+        f"#define MSG_{upper}_MAX_LEN {message.max_len}",
+        "",
+        "typedef struct {",
+    ]
     for field in message.fields:
         note = f" /* {_c_comment(field.doc)} */" if field.doc else ""
         if field.kind == "str":
-            lines += [f"    uint8_t {field.name}_len;",
-                      f"    char {field.name}[{field.max}];{note}"]
+            lines += [
+                f"    uint8_t {field.name}_len;",
+                f"    char {field.name}[{field.max}];{note}",
+            ]
         else:
             lines.append(f"    {C_TYPES[field.kind]} {field.name};{note}")
     if not message.fields:
@@ -297,10 +321,18 @@ def _c_message(message: Message) -> str:
     pack_body = "".join(f"    {line}\n" for line in pack)
     unpack_body = "".join(f"    {line}\n" for line in unpack)
     n = "n" if message.fields else "0"
-    lines += ["", f"static inline uint8_t msg_{name}_pack(const msg_{name}_t *m, uint8_t *buf)",
-              "{", f"{decl}{pack_body}    return {n};", "}", "",
-              f"static inline int8_t msg_{name}_unpack(const uint8_t *buf, uint8_t len, "
-              f"msg_{name}_t *m)", "{", f"{decl}{unpack_body}    return {n} == len ? 0 : -1;", "}"]
+    lines += [
+        "",
+        f"static inline uint8_t msg_{name}_pack(const msg_{name}_t *m, uint8_t *buf)",
+        "{",
+        f"{decl}{pack_body}    return {n};",
+        "}",
+        "",
+        f"static inline int8_t msg_{name}_unpack(const uint8_t *buf, uint8_t len, msg_{name}_t *m)",
+        "{",
+        f"{decl}{unpack_body}    return {n} == len ? 0 : -1;",
+        "}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -428,22 +460,31 @@ def _py_message(message: Message) -> str:
     cls = message.camel
     ack = "; acknowledged with ack/nack" if message.ack else ""
     first = _py_text(message.doc or f"The {message.name} message.")
-    wrapped = textwrap.wrap(first, 92, initial_indent="    \"\"\"",
-                            subsequent_indent="    ")
-    lines = ["", "", "@dataclass(frozen=True)", f"class {cls}(Message):", *wrapped, "",
-             f"    Type 0x{message.id:02x}, {message.direction.replace('_', ' ')}{ack}.",
-             '    """', "", f"    TYPE: ClassVar[int] = 0x{message.id:02x}",
-             f"    NEEDS_ACK: ClassVar[bool] = {message.ack}",
-             f'    NAME: ClassVar[str] = "{message.name}"',
-             "    FIELDS: ClassVar[tuple[FieldSpec, ...]] = ("]
+    wrapped = textwrap.wrap(first, 92, initial_indent='    """', subsequent_indent="    ")
+    lines = [
+        "",
+        "",
+        "@dataclass(frozen=True)",
+        f"class {cls}(Message):",
+        *wrapped,
+        "",
+        f"    Type 0x{message.id:02x}, {message.direction.replace('_', ' ')}{ack}.",
+        '    """',
+        "",
+        f"    TYPE: ClassVar[int] = 0x{message.id:02x}",
+        f"    NEEDS_ACK: ClassVar[bool] = {message.ack}",
+        f'    NAME: ClassVar[str] = "{message.name}"',
+        "    FIELDS: ClassVar[tuple[FieldSpec, ...]] = (",
+    ]
     for field in message.fields:
         extra = f", {field.max}" if field.kind == "str" else ""
         lines.append(f'        FieldSpec("{field.name}", "{field.kind}"{extra}),')
     lines += ["    )", ""]
     for field in message.fields:
         if field.doc:
-            lines += textwrap.wrap(field.doc, 92, initial_indent="    #: ",
-                                   subsequent_indent="    #: ")
+            lines += textwrap.wrap(
+                field.doc, 92, initial_indent="    #: ", subsequent_indent="    #: "
+            )
         lines.append(f"    {field.name}: {'str' if field.kind == 'str' else 'int'}")
     return "\n".join(lines + _py_methods(message)) + "\n"
 
@@ -462,10 +503,18 @@ def _py_methods(message: Message) -> list[str]:
     encode = f"({joined}\n        )" if len(parts) > 1 else (parts[0] if parts else 'b""')
     args = "".join(f"            {read},\n" for read in reads)
     build = f"cls(\n{args}        )" if reads else "cls()"
-    return ["", "    def encode(self) -> bytes:", f"        return {encode}", "",
-            "    @classmethod", "    def decode(cls, payload: bytes) -> Self:",
-            "        reader = _Reader(cls.TYPE, payload)", f"        message = {build}",
-            "        reader.done()", "        return message"]
+    return [
+        "",
+        "    def encode(self) -> bytes:",
+        f"        return {encode}",
+        "",
+        "    @classmethod",
+        "    def decode(cls, payload: bytes) -> Self:",
+        "        reader = _Reader(cls.TYPE, payload)",
+        f"        message = {build}",
+        "        reader.done()",
+        "        return message",
+    ]
 
 
 def _export_order(name: str) -> tuple[int, str]:
@@ -500,9 +549,21 @@ SENSORS = {spec.sensors}
 '''
     classes = "".join(_py_message(message) for message in spec.messages)
     table = "".join(f"    {m.camel}.TYPE: {m.camel},\n" for m in spec.messages)
-    names = sorted(["ACTUATORS", "MAX_PAYLOAD", "MESSAGE_TYPES", "PROTOCOL_HASH",
-                    "PROTOCOL_VERSION", "SENSORS", "FieldSpec", "Message", "decode_message",
-                    *(m.camel for m in spec.messages)], key=_export_order)
+    names = sorted(
+        [
+            "ACTUATORS",
+            "MAX_PAYLOAD",
+            "MESSAGE_TYPES",
+            "PROTOCOL_HASH",
+            "PROTOCOL_VERSION",
+            "SENSORS",
+            "FieldSpec",
+            "Message",
+            "decode_message",
+            *(m.camel for m in spec.messages),
+        ],
+        key=_export_order,
+    )
     exports = "".join(f'    "{name}",\n' for name in names)
     tail = f'''
 
@@ -602,8 +663,13 @@ def _frame_vector(
     wire: bytes = codec.framing.encode_frame(seq, msg_type, payload)
     decoded = codec.framing.decode_frame(wire[:-1])
     assert (decoded.seq, decoded.msg_type, decoded.payload) == (seq, msg_type, payload), name
-    return {"name": name, "seq": seq, "type": msg_type, "payload": payload.hex(),
-            "wire": wire.hex()}
+    return {
+        "name": name,
+        "seq": seq,
+        "type": msg_type,
+        "payload": payload.hex(),
+        "wire": wire.hex(),
+    }
 
 
 def _message_vectors(spec: Spec, codec: Codec) -> list[dict[str, Any]]:
@@ -622,17 +688,25 @@ def _message_vectors(spec: Spec, codec: Codec) -> list[dict[str, Any]]:
 
 def _framing_vectors(spec: Spec, codec: Codec) -> list[dict[str, Any]]:
     size = spec.max_payload
-    cases = [("empty_payload", 0, 0x00, b""), ("max_payload_zeros", 1, 0xFF, bytes(size)),
-             ("max_payload_ff", 255, 0xFF, b"\xff" * size),
-             ("max_payload_count", 0x80, 0x7F, bytes(range(1, size + 1)))]
+    cases = [
+        ("empty_payload", 0, 0x00, b""),
+        ("max_payload_zeros", 1, 0xFF, bytes(size)),
+        ("max_payload_ff", 255, 0xFF, b"\xff" * size),
+        ("max_payload_count", 0x80, 0x7F, bytes(range(1, size + 1))),
+    ]
     return [_frame_vector(codec, *case) for case in cases]
 
 
 def _cobs_vectors(codec: Codec) -> list[dict[str, Any]]:
-    cases = [("one_zero", b"\x00"), ("two_zeros", b"\x00\x00"),
-             ("zero_inside", b"\x11\x22\x00\x33"), ("zero_last", b"\x11\x22\x33\x00"),
-             ("run_253", bytes(range(1, 254))), ("run_254_code_ff", bytes(range(1, 255))),
-             ("run_253_zero", bytes(range(1, 254)) + b"\0")]
+    cases = [
+        ("one_zero", b"\x00"),
+        ("two_zeros", b"\x00\x00"),
+        ("zero_inside", b"\x11\x22\x00\x33"),
+        ("zero_last", b"\x11\x22\x33\x00"),
+        ("run_253", bytes(range(1, 254))),
+        ("run_254_code_ff", bytes(range(1, 255))),
+        ("run_253_zero", bytes(range(1, 254)) + b"\0"),
+    ]
     vectors = []
     for name, data in cases:
         encoded: bytes = codec.framing.cobs_encode(data)
@@ -647,12 +721,16 @@ def _invalid_cases(spec: Spec, codec: Codec, reference: dict[str, Any]) -> list[
     good = body + crc16(body).to_bytes(2, "little")
     flipped = body[:-1] + bytes((body[-1] ^ 0x01,)) + good[-2:]
     big = bytes((0, 0)) + bytes(range(1, spec.max_payload + 2))
-    return [("empty", b""), ("bad_crc", cobs(body + (crc16(body) ^ 0x8001).to_bytes(2, "little"))),
-            ("payload_bit_flip", cobs(flipped)),
-            ("truncated", bytes.fromhex(reference["wire"])[:-2]),
-            ("bad_cobs", b"\x05\x11\x22"), ("too_short", cobs(b"\x01\x02\x03")),
-            ("oversize_payload", cobs(big + crc16(big).to_bytes(2, "little"))),
-            ("oversize_run", b"\x41" * 2 * int(codec.framing.MAX_ENCODED))]
+    return [
+        ("empty", b""),
+        ("bad_crc", cobs(body + (crc16(body) ^ 0x8001).to_bytes(2, "little"))),
+        ("payload_bit_flip", cobs(flipped)),
+        ("truncated", bytes.fromhex(reference["wire"])[:-2]),
+        ("bad_cobs", b"\x05\x11\x22"),
+        ("too_short", cobs(b"\x01\x02\x03")),
+        ("oversize_payload", cobs(big + crc16(big).to_bytes(2, "little"))),
+        ("oversize_run", b"\x41" * 2 * int(codec.framing.MAX_ENCODED)),
+    ]
 
 
 EXPECTED_INVALID = {
@@ -678,8 +756,15 @@ def _invalid_vectors(spec: Spec, codec: Codec, reference: dict[str, Any]) -> lis
         assert codec.framing._parse(encoded).kind == error, name
         assert not found, name
         assert counts == {key: int(key == counter) for key in COUNTERS}, name
-        vectors.append({"name": name, "encoded": encoded.hex(), "wire": wire.hex(),
-                        "error": error, "counter": counter})
+        vectors.append(
+            {
+                "name": name,
+                "encoded": encoded.hex(),
+                "wire": wire.hex(),
+                "error": error,
+                "counter": counter,
+            }
+        )
     return vectors
 
 
@@ -695,7 +780,7 @@ def build_golden(spec: Spec, codec: Codec) -> dict[str, Any]:
         "max_payload": spec.max_payload,
         "max_encoded": int(codec.framing.MAX_ENCODED),
         "notes": "COBS code 0xFF needs 254 non-zero bytes in a row: no frame is that long "
-                 "(see max_encoded), so only the cobs vectors exercise it.",
+        "(see max_encoded), so only the cobs vectors exercise it.",
         "messages": messages,
         "frames": _framing_vectors(spec, codec),
         "cobs": _cobs_vectors(codec),
@@ -778,7 +863,8 @@ def _c_wrappers(spec: Spec) -> str:
             f"static uint8_t golden_pack_{m.name}(const void *m, uint8_t *buf)\n{{\n"
             f"    return msg_{m.name}_pack((const msg_{m.name}_t *)m, buf);\n}}\n\n"
             f"static int8_t golden_unpack_{m.name}(const uint8_t *buf, uint8_t len, void *m)\n{{\n"
-            f"    return msg_{m.name}_unpack(buf, len, (msg_{m.name}_t *)m);\n}}\n")
+            f"    return msg_{m.name}_unpack(buf, len, (msg_{m.name}_t *)m);\n}}\n"
+        )
     return "\n".join(out)
 
 
@@ -790,38 +876,56 @@ def render_golden_c(spec: Spec, golden: dict[str, Any]) -> str:
     for i, vector in enumerate(frames):
         payload, wire = bytes.fromhex(vector["payload"]), bytes.fromhex(vector["wire"])
         parts += [_c_bytes(f"golden_f{i}_payload", payload), _c_bytes(f"golden_f{i}_wire", wire)]
-        rows.append(f'    {{ "{vector["name"]}", {vector["seq"]}, 0x{vector["type"]:02X}, '
-                    f"golden_f{i}_payload, {len(payload)}, golden_f{i}_wire, {len(wire)} }},")
+        rows.append(
+            f'    {{ "{vector["name"]}", {vector["seq"]}, 0x{vector["type"]:02X}, '
+            f"golden_f{i}_payload, {len(payload)}, golden_f{i}_wire, {len(wire)} }},"
+        )
         if "message" in vector:
             message = by_name[vector["message"]]
-            parts.append(f"static const msg_{message.name}_t golden_f{i}_expect = "
-                         f"{_c_init(message, vector['fields'])};\n")
-            msg_rows.append(f"    {{ {i}, &golden_f{i}_expect, golden_pack_{message.name}, "
-                            f"golden_unpack_{message.name} }},")
+            parts.append(
+                f"static const msg_{message.name}_t golden_f{i}_expect = "
+                f"{_c_init(message, vector['fields'])};\n"
+            )
+            msg_rows.append(
+                f"    {{ {i}, &golden_f{i}_expect, golden_pack_{message.name}, "
+                f"golden_unpack_{message.name} }},"
+            )
     cobs_rows, bad_rows = [], []
     for i, vector in enumerate(golden["cobs"]):
         decoded, encoded = bytes.fromhex(vector["decoded"]), bytes.fromhex(vector["encoded"])
-        parts += [_c_bytes(f"golden_c{i}_decoded", decoded),
-                  _c_bytes(f"golden_c{i}_encoded", encoded)]
-        cobs_rows.append(f'    {{ "{vector["name"]}", golden_c{i}_decoded, {len(decoded)}, '
-                         f"golden_c{i}_encoded, {len(encoded)} }},")
+        parts += [
+            _c_bytes(f"golden_c{i}_decoded", decoded),
+            _c_bytes(f"golden_c{i}_encoded", encoded),
+        ]
+        cobs_rows.append(
+            f'    {{ "{vector["name"]}", golden_c{i}_decoded, {len(decoded)}, '
+            f"golden_c{i}_encoded, {len(encoded)} }},"
+        )
     for i, vector in enumerate(golden["invalid"]):
         wire = bytes.fromhex(vector["wire"])
         parts.append(_c_bytes(f"golden_i{i}_wire", wire))
         counter = COUNTERS.get(vector["counter"], "NONE")
-        bad_rows.append(f'    {{ "{vector["name"]}", golden_i{i}_wire, {len(wire)}, '
-                        f'"{vector["error"]}", GOLDEN_COUNTER_{counter} }},')
-    tables = [("golden_frame_t golden_frames", "GOLDEN_FRAME_COUNT", rows),
-              ("golden_message_t golden_messages", "GOLDEN_MESSAGE_COUNT", msg_rows),
-              ("golden_cobs_t golden_cobs", "GOLDEN_COBS_COUNT", cobs_rows),
-              ("golden_invalid_t golden_invalid", "GOLDEN_INVALID_COUNT", bad_rows)]
-    table_text = "".join(f"#define {count} {len(body)}\nstatic const {decl}[] = {{\n"
-                         + "\n".join(body) + "\n};\n\n" for decl, count, body in tables)
-    return (f"/* {BANNER} */\n/* The golden vectors of golden_vectors.json, for test_codec.c. */\n"
-            "#ifndef GOLDEN_GEN_H\n#define GOLDEN_GEN_H\n\n#include <stdint.h>\n\n"
-            '#include "protocol_gen.h"\n\n'
-            f"#define GOLDEN_PROTOCOL_HASH 0x{spec.hash:08X}UL\n\n{GOLDEN_TYPES}\n"
-            f"{_c_wrappers(spec)}\n{''.join(parts)}\n{table_text}#endif /* GOLDEN_GEN_H */\n")
+        bad_rows.append(
+            f'    {{ "{vector["name"]}", golden_i{i}_wire, {len(wire)}, '
+            f'"{vector["error"]}", GOLDEN_COUNTER_{counter} }},'
+        )
+    tables = [
+        ("golden_frame_t golden_frames", "GOLDEN_FRAME_COUNT", rows),
+        ("golden_message_t golden_messages", "GOLDEN_MESSAGE_COUNT", msg_rows),
+        ("golden_cobs_t golden_cobs", "GOLDEN_COBS_COUNT", cobs_rows),
+        ("golden_invalid_t golden_invalid", "GOLDEN_INVALID_COUNT", bad_rows),
+    ]
+    table_text = "".join(
+        f"#define {count} {len(body)}\nstatic const {decl}[] = {{\n" + "\n".join(body) + "\n};\n\n"
+        for decl, count, body in tables
+    )
+    return (
+        f"/* {BANNER} */\n/* The golden vectors of golden_vectors.json, for test_codec.c. */\n"
+        "#ifndef GOLDEN_GEN_H\n#define GOLDEN_GEN_H\n\n#include <stdint.h>\n\n"
+        '#include "protocol_gen.h"\n\n'
+        f"#define GOLDEN_PROTOCOL_HASH 0x{spec.hash:08X}UL\n\n{GOLDEN_TYPES}\n"
+        f"{_c_wrappers(spec)}\n{''.join(parts)}\n{table_text}#endif /* GOLDEN_GEN_H */\n"
+    )
 
 
 # ---- command line ---------------------------------------------------------------------------
@@ -832,14 +936,21 @@ def render_all(spec_path: Path = SPEC_PATH) -> dict[Path, str]:
     spec = load_spec(spec_path)
     python = render_python(spec)
     golden = build_golden(spec, load_codec(python))
-    return {C_HEADER: render_c_header(spec), PY_MODULE: python,
-            GOLDEN_JSON: render_json(golden), GOLDEN_C: render_golden_c(spec, golden)}
+    return {
+        C_HEADER: render_c_header(spec),
+        PY_MODULE: python,
+        GOLDEN_JSON: render_json(golden),
+        GOLDEN_C: render_golden_c(spec, golden),
+    }
 
 
 def stale_files(rendered: dict[Path, str]) -> list[Path]:
     """The generated files whose content on disk differs from ``rendered``."""
-    return [path for path, text in rendered.items()
-            if not path.is_file() or path.read_text(encoding="utf-8") != text]
+    return [
+        path
+        for path, text in rendered.items()
+        if not path.is_file() or path.read_text(encoding="utf-8") != text
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
