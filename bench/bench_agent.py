@@ -440,9 +440,13 @@ async def _wait_drained(
             task.result()
             raise BenchError("the forwarder stopped")
         # Only ask the outbox (a trip to its worker thread) once every PUBACK is in: polling
-        # it meanwhile would queue work behind the forwarder's own reads and deletes.
-        if forwarder.sent + forwarder.discarded >= count and (await disk.stats()).depth == 0:
-            return
+        # it meanwhile would queue work behind the forwarder's own reads and deletes. Then
+        # delete what is left at once instead of waiting out the forwarder's batching delay,
+        # so the clock stops when every message is acknowledged and deleted.
+        if forwarder.sent + forwarder.discarded >= count:
+            await forwarder.flush_acks()
+            if (await disk.stats()).depth == 0:
+                return
         if time.monotonic() > deadline:
             raise BenchError(f"forwarder: {forwarder.sent}/{count} acknowledged by the deadline")
         await asyncio.sleep(POLL_S)

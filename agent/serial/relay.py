@@ -108,9 +108,10 @@ class SerialRelay:
                     await self._serve_once()
                     failures = 0
                 except HandshakeError as exc:
+                    if self.refused != str(exc):  # report a refusal once, not every retry
+                        log.error("serial.refused", error=str(exc))
+                        await self._emit("serial_refused", reason=str(exc))
                     self.refused = str(exc)
-                    log.error("serial.refused", error=str(exc))
-                    await self._emit("serial_refused", reason=str(exc))
                 except SerialLinkError as exc:
                     log.warning("serial.link_failed", error=str(exc))
                 delay = backoff_delay(failures, *self._reconnect, self._rng)

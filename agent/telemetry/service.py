@@ -4,7 +4,8 @@ Each message carries ``seq`` (allocated atomically with the queued row, growing 
 restarts) and ``ts`` (when measured, not when sent), the readings, board-specific readings,
 queue state with drops since the previous message, link state and the health block. The
 loop keeps a fixed cadence from a monotonic clock and skips ticks rather than bursting when
-it falls behind. Measuring runs in a worker thread; queuing in the outbox's thread.
+it falls behind. Measuring, the health update and queuing run in one call on the outbox's
+worker thread, so the loop is free and an idle agent wakes as little as possible.
 """
 
 from __future__ import annotations
