@@ -75,8 +75,11 @@ void board_init(void)
 	DDRB |= BOARD_ACTUATOR_MASK;
 
 	/* UART0: 115200 8N1; 16 MHz / (8 * (16 + 1)) = 117647 baud, +2.1 % */
-	UBRR0 = 16;
+	/* U2X0 first: simavr derives the byte time when UBRR0 is written, so writing the divisor
+	 * before the double-speed bit makes the emulated line run at half speed. Real hardware
+	 * does not care about the order. */
 	UCSR0A = _BV(U2X0);
+	UBRR0 = 16;
 	UCSR0C = _BV(UCSZ01) | _BV(UCSZ00);
 	UCSR0B = _BV(RXEN0) | _BV(TXEN0) | _BV(RXCIE0);
 
