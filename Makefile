@@ -45,6 +45,7 @@ demo: deps
 
 bench: deps
 	@$(PY) -m bench.bench_agent
+	@$(PY) -m bench.bench_serial
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info
