@@ -195,7 +195,9 @@ class Forwarder:
     async def _read_ahead(self) -> None:
         # Offline, rows stay on disk: read-ahead rows are protected from the byte cap, and
         # the cap must be free to drop the oldest during an outage.
-        if self._link.connected and not self._caught_up and len(self._ahead) < self._batch:
+        # Refill only below half: each fetch is a round trip to the worker thread (several ms
+        # when the cores are busy), so it must bring many rows, not top up a few.
+        if self._link.connected and not self._caught_up and len(self._ahead) <= self._batch // 2:
             limit = self._batch - len(self._ahead)
             rows = await self._outbox.fetch(after_id=self._last_fetched_id, limit=limit)
             if rows:
