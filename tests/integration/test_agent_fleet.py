@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +56,15 @@ class TestPresenceAndDeviceView:
         assert shown.returncode == 0, shown.stderr
         assert '"seq"' in shown.stdout
         assert "agent_started" in shown.stdout
+
+        # On the controller's host the same view can be read from its database directly.
+        direct = fleet_cli(
+            broker.port, "devices", "list", "--json", "--db", str(tmp_path / "fleet.sqlite3")
+        )
+        assert direct.returncode == 0, direct.stderr
+        assert [d["device_id"] for d in json.loads(direct.stdout)] == ["pi-01"]
+        table = fleet_cli(broker.port, "devices", "list")
+        assert "pi-01" in table.stdout and "online" in table.stdout
 
     def test_kill_9_turns_device_offline_through_the_will(
         self, tmp_path: Path, broker: PrivateBroker, processes: list[ManagedProcess]
