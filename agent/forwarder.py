@@ -32,8 +32,8 @@ from agent.outbox import DropReport, Outbox, OutboxRow, OutboxStats
 log = structlog.get_logger("agent.forwarder")
 T = TypeVar("T")
 
-# Deleting acknowledged rows costs an fsync; batching them trades a few possible resends
-# after a crash for far fewer disk syncs (and wake-ups) in steady state.
+# Deleting acknowledged rows costs a trip to the worker thread and a commit; batching them
+# trades a few possible resends after a crash for far fewer wake-ups in steady state.
 DELETE_BATCH = 256
 DELETE_DELAY_S = 5.0
 # After a backlog drains, delete at once rather than waiting out the delay.
