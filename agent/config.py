@@ -8,12 +8,13 @@ ignored setting. Every failure surfaces as ``ConfigError`` (exit code 78).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,12 +185,41 @@ class PipelineConfig(_Section):
     )
 
 
+class TomlBackedSettings(BaseSettings):
+    """Settings from init values, then the environment, then the TOML file of ``toml_file``."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+@contextlib.contextmanager
+def toml_file(path: Path | None) -> Iterator[None]:
+    """Within the block, ``TomlBackedSettings`` read ``path`` (None: no file)."""
+    token = _toml_path.set(path)
+    try:
+        yield
+    finally:
+        _toml_path.reset(token)
+
+
 def _default_device_id() -> str:
     cleaned = re.sub(r"[^a-z0-9_-]", "-", socket.gethostname().lower()).strip("-_")
     return (cleaned or "device")[:64]
 
 
-class AgentConfig(BaseSettings):
+class AgentConfig(TomlBackedSettings):
     """Effective configuration of one agent."""
 
     model_config = SettingsConfigDict(
@@ -226,21 +256,6 @@ class AgentConfig(BaseSettings):
             raise ValueError(f"{value!r} does not match {DEVICE_ID_PATTERN.pattern}")
         return value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _toml_path.get()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
-
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or self.device_id
@@ -253,22 +268,20 @@ def load_config(path: Path | None = None) -> AgentConfig:
         ConfigError: the file is missing (when named explicitly), unreadable, not TOML, or
             any value is invalid; the message names the key and the problem.
     """
-    toml_file = _resolve_file(path)
-    source = str(toml_file) if toml_file else "environment"
+    toml_path = _resolve_file(path)
+    source = str(toml_path) if toml_path else "environment"
     unknown = unknown_env_keys(os.environ)
     if unknown:
         raise ConfigError(
             "; ".join(f"{name}: unknown setting" for name in unknown), source="environment"
         )
-    token = _toml_path.set(toml_file)
     try:
-        return AgentConfig()
+        with toml_file(toml_path):
+            return AgentConfig()
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc), source=source) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=source) from None
-    finally:
-        _toml_path.reset(token)
 
 
 def _resolve_file(path: Path | None) -> Path | None:

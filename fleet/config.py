@@ -7,7 +7,6 @@ levels, e.g. ``FLEET_BROKER``, ``FLEET_DB``, ``FLEET_RETENTION__MAX_AGE_S``), th
 
 from __future__ import annotations
 
-import contextvars
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +15,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
-from agent.config import format_validation_error
+from agent.config import TomlBackedSettings, format_validation_error, toml_file
 from fleet.errors import BrokerUrlError, FleetConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/fleet/fleet.toml")
-_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("fleet_toml", default=None)
 
 
 class _Section(BaseModel):
@@ -54,7 +49,7 @@ def _default_db() -> Path:
     return Path(state) / "fleet" / "fleet.sqlite3"
 
 
-class FleetConfig(BaseSettings):
+class FleetConfig(TomlBackedSettings):
     """Effective fleet configuration."""
 
     model_config = SettingsConfigDict(
@@ -70,21 +65,6 @@ class FleetConfig(BaseSettings):
         default_factory=RetentionOptions, description="History retention."
     )
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _toml_path.get()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
-
 
 def load_fleet_config(path: Path | None = None, **overrides: object) -> FleetConfig:
     """Load the config; ``overrides`` (non-None only) come from command-line options.
@@ -94,19 +74,17 @@ def load_fleet_config(path: Path | None = None, **overrides: object) -> FleetCon
     """
     if path is not None and not path.is_file():
         raise FleetConfigError(f"{path}: config file does not exist")
-    toml_file = path or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None)
-    token = _toml_path.set(toml_file)
+    config_file = path or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None)
     try:
         given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
-        config = FleetConfig(**given)
+        with toml_file(config_file):
+            config = FleetConfig(**given)
     except ValidationError as exc:
         raise FleetConfigError(
-            f"{toml_file or 'fleet config'}: {format_validation_error(exc)}"
+            f"{config_file or 'fleet config'}: {format_validation_error(exc)}"
         ) from None
     except ValueError as exc:  # tomllib.TOMLDecodeError
-        raise FleetConfigError(f"{toml_file}: not valid TOML: {exc}") from None
-    finally:
-        _toml_path.reset(token)
+        raise FleetConfigError(f"{config_file}: not valid TOML: {exc}") from None
     parse_broker_url(config.broker)
     return config
 
