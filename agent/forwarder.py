@@ -112,6 +112,10 @@ class DiskOutbox:
         self._outbox.mark_inflight(row.id for row in rows)
         return rows
 
+    def mark_acked(self, row_id: int) -> None:
+        # Same reasoning as mark_inflight: single set operations from the loop thread.
+        self._outbox.mark_acked(row_id)
+
     def mark_inflight(self, row: OutboxRow) -> None:
         # Called on the loop thread without a trip to the worker: the in-flight set only sees
         # single add / membership / discard operations, each atomic in CPython.
@@ -256,6 +260,7 @@ class Forwarder:
 
     def _acknowledged(self, row_id: int) -> None:
         self._acked.append(row_id)
+        self._outbox.mark_acked(row_id)
         # Wake the deleter only to start its delay or when it should delete now, not per ack.
         if len(self._acked) == 1 or self._delete_now():
             self._ack_ready.set()

@@ -63,7 +63,11 @@ class DropReport:
 
 @dataclass(frozen=True)
 class OutboxStats:
-    """Queue depth and drop counters, for telemetry and health."""
+    """Queue depth and drop counters, for telemetry and health.
+
+    ``depth`` counts messages not yet acknowledged by the broker; ``bytes`` is what the queue
+    holds on disk, which includes acknowledged rows waiting for their batched delete.
+    """
 
     depth: int
     bytes: int
@@ -78,6 +82,7 @@ class Outbox:
         self._path = path
         self._max_bytes = max_bytes
         self._inflight: set[int] = set()
+        self._acked: set[int] = set()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we open transactions explicitly, one per operation.
@@ -158,6 +163,7 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")
         for row_id in id_list:
             self._inflight.discard(row_id)
+            self._acked.discard(row_id)
 
     def _delete_run(self, first: int, last: int, chunk: list[int]) -> None:
         if last - first + 1 == len(chunk):
@@ -195,9 +201,13 @@ class Outbox:
         for row_id in ids:
             self._inflight.add(row_id)
 
+    def mark_acked(self, row_id: int) -> None:
+        """The broker has this row; it only waits for a batched delete (any thread)."""
+        self._acked.add(row_id)
+
     def stats(self) -> OutboxStats:
         return OutboxStats(
-            depth=self._depth,
+            depth=self._depth - len(self._acked),
             bytes=self._bytes,
             max_bytes=self._max_bytes,
             dropped_total=self._counter("dropped_total"),

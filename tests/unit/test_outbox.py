@@ -116,3 +116,14 @@ class TestOutbox:
         path.write_bytes(b"this is not sqlite" * 100)
         with pytest.raises(StoreError, match="cannot open outbox"):
             Outbox(path, max_bytes=4096)
+
+    def test_acknowledged_rows_leave_the_depth_before_their_delete(self, tmp_path: Path) -> None:
+        """depth counts what the broker does not have yet; bytes what is still on disk."""
+        box = Outbox(tmp_path / "q.db", max_bytes=1 << 20)
+        for n in range(3):
+            box.append("t", bytes([n]) * 9)
+        first = box.fetch(after_id=0, limit=1)[0]
+        box.mark_acked(first.id)
+        assert (box.stats().depth, box.stats().bytes) == (2, 30)
+        box.delete([first.id])
+        assert (box.stats().depth, box.stats().bytes) == (2, 20)
