@@ -21,7 +21,8 @@ from agent.config import AgentConfig, SerialConfig
 from agent.events import EventEmitter
 from agent.forwarder import DiskOutbox, Forwarder
 from agent.health import HealthChange, HealthMonitor, Status
-from agent.mqtt.link import ConnectionInfo, LinkSettings, MqttLink, TlsSettings
+from agent.mqtt.base import ConnectionInfo, LinkSettings, TlsSettings
+from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import device_commands
 from agent.outbox import Outbox
 from agent.pipeline import PipelineSpec, SensorPipeline, ThresholdModel
@@ -105,7 +106,6 @@ def link_settings(config: AgentConfig, presence: Presence) -> LinkSettings:
             ca_file=mqtt.tls.ca_file,
             cert_file=mqtt.tls.cert_file,
             key_file=mqtt.tls.key_file,
-            server_hostname=mqtt.tls.server_hostname,
         )
     return LinkSettings(
         host=mqtt.host,

@@ -17,7 +17,8 @@ import structlog
 
 from agent.errors import MqttError, PayloadError, TopicError
 from agent.mqtt import payloads
-from agent.mqtt.link import InboundMessage, MqttLink, PublishOptions
+from agent.mqtt.base import InboundMessage, PublishOptions
+from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Channel, parse, topic_for
 
 log = structlog.get_logger("agent.commands")

@@ -47,9 +47,6 @@ class TlsConfig(_Section):
     )
     cert_file: Path | None = Field(default=None, description="Device client certificate (PEM).")
     key_file: Path | None = Field(default=None, description="Private key of the client cert.")
-    server_hostname: str | None = Field(
-        default=None, description="Name to verify in the broker's certificate, if not the host."
-    )
 
     @property
     def enabled(self) -> bool:

@@ -26,7 +26,8 @@ from typing import TypeVar
 import structlog
 
 from agent.errors import MqttError, NotConnectedError, PacketTooLargeError, PublishRejectedError
-from agent.mqtt.link import ConnectionInfo, MqttLink
+from agent.mqtt.base import ConnectionInfo
+from agent.mqtt.link import MqttLink
 from agent.outbox import DropReport, Outbox, OutboxRow, OutboxStats
 
 log = structlog.get_logger("agent.forwarder")

@@ -16,7 +16,8 @@ import structlog
 import agent
 from agent.errors import MqttError
 from agent.mqtt import payloads
-from agent.mqtt.link import ConnectionInfo, MqttLink, Will
+from agent.mqtt.base import ConnectionInfo, Will
+from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import DELIVERY, Channel, topic_for
 
 log = structlog.get_logger("agent.presence")

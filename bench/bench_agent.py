@@ -90,7 +90,8 @@ from agent.config import MqttConfig, QueueConfig
 from agent.forwarder import DiskOutbox, Forwarder
 from agent.health import HealthChange, HealthMonitor
 from agent.log import configure_logging
-from agent.mqtt.link import ConnectionInfo, LinkSettings, MqttLink
+from agent.mqtt.base import ConnectionInfo, LinkSettings
+from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Channel, topic_for
 from agent.outbox import Outbox
 from agent.telemetry import boards

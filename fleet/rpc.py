@@ -15,7 +15,8 @@ from typing import Any
 
 from agent.errors import MqttError, PayloadError
 from agent.mqtt import payloads
-from agent.mqtt.link import InboundMessage, MqttLink, PublishOptions
+from agent.mqtt.base import InboundMessage, PublishOptions
+from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import controller_rpc, reply_inbox
 from fleet.config import FleetConfig
 from fleet.errors import ControllerUnavailableError, FleetError, UnknownDeviceError

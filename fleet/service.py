@@ -24,7 +24,8 @@ import structlog
 
 from agent.errors import MqttError, PayloadError, TopicError
 from agent.mqtt import payloads
-from agent.mqtt.link import InboundMessage, LinkSettings, MqttLink, PublishOptions, TlsSettings
+from agent.mqtt.base import InboundMessage, LinkSettings, PublishOptions, TlsSettings
+from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import (
     CONTROLLER_ROOT,
     Channel,

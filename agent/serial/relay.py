@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from agent.errors import HandshakeError, SerialLinkError
-from agent.mqtt.link import backoff_delay
+from agent.mqtt.base import backoff_delay
 from agent.serial import messages_gen as msg
 from agent.serial.session import LinkStats, PeripheralSession, Transport
 

@@ -20,7 +20,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import PacketTooLargeError
-from agent.mqtt.link import LinkSettings, MqttLink, publish_packet_size
+from agent.mqtt.base import LinkSettings, publish_packet_size
+from agent.mqtt.link import MqttLink
 from fleet.localbroker import BrokerError, PrivateBroker, free_port
 from tests.integration.harness import (
     ManagedProcess,

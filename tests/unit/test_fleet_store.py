@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import PayloadError, TopicError
-from agent.mqtt.link import InboundMessage
+from agent.mqtt.base import InboundMessage
 from fleet.config import parse_broker_url
 from fleet.errors import BrokerUrlError, UnknownDeviceError
 from fleet.service import validate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from agent.mqtt.link import backoff_delay, publish_packet_size
+from agent.mqtt.base import backoff_delay, publish_packet_size
 
 
 class TestBackoff:
