@@ -7,105 +7,17 @@ validates every field (``ValueError`` naming it); ``decode`` raises ``MessageErr
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple, Self
+from typing import ClassVar, Self
 
 from agent.errors import MessageError
+from agent.serial.message_base import FieldSpec, Message, PayloadReader, pack_int, pack_str
 
 PROTOCOL_VERSION = 1
 PROTOCOL_HASH = 0xb053cba3
 MAX_PAYLOAD = 48
 ACTUATORS = 6
 SENSORS = 6
-
-_INTS: dict[str, tuple[struct.Struct, int, int]] = {
-    "u8": (struct.Struct("<B"), 0, 0xFF),
-    "u16": (struct.Struct("<H"), 0, 0xFFFF),
-    "u32": (struct.Struct("<I"), 0, 0xFFFFFFFF),
-    "i16": (struct.Struct("<h"), -0x8000, 0x7FFF),
-}
-
-
-class FieldSpec(NamedTuple):
-    """A payload field: ``kind`` is u8, u16, u32, i16 or str (``max`` UTF-8 bytes)."""
-
-    name: str
-    kind: str
-    max: int = 0
-
-
-def _pack_int(kind: str, name: str, value: int) -> bytes:
-    layout, low, high = _INTS[kind]
-    if not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
-    return layout.pack(value)
-
-
-def _pack_str(name: str, value: str, max_len: int) -> bytes:
-    try:
-        data = value.encode("utf-8")
-    except (AttributeError, UnicodeEncodeError) as exc:
-        raise ValueError(f"{name} must be a str encodable as UTF-8, got {value!r}") from exc
-    if len(data) > max_len:
-        raise ValueError(f"{name} is {len(data)} bytes of UTF-8, over its maximum of {max_len}")
-    return bytes((len(data),)) + data
-
-
-class _Reader:
-    """Reads a payload front to back; every failure is a MessageError."""
-
-    def __init__(self, msg_type: int, payload: bytes) -> None:
-        self._type = msg_type
-        self._payload = payload
-        self._offset = 0
-
-    def _fail(self, problem: str) -> MessageError:
-        return MessageError(problem, msg_type=self._type, payload=self._payload)
-
-    def _take(self, size: int, name: str) -> bytes:
-        end = self._offset + size
-        if end > len(self._payload):
-            raise self._fail(f"payload too short for {name}")
-        data = self._payload[self._offset : end]
-        self._offset = end
-        return data
-
-    def number(self, kind: str, name: str) -> int:
-        layout = _INTS[kind][0]
-        value: int = layout.unpack(self._take(layout.size, name))[0]
-        return value
-
-    def text(self, name: str, max_len: int) -> str:
-        size = self.number("u8", name)
-        if size > max_len:
-            raise self._fail(f"{name} is {size} bytes, over its maximum of {max_len}")
-        try:
-            return self._take(size, name).decode("utf-8")
-        except UnicodeDecodeError:
-            raise self._fail(f"{name} is not valid UTF-8") from None
-
-    def done(self) -> None:
-        if self._offset != len(self._payload):
-            raise self._fail(f"payload has {len(self._payload) - self._offset} extra bytes")
-
-
-class Message:
-    """Base of the generated messages: a payload codec tagged with its type id."""
-
-    TYPE: ClassVar[int]
-    NEEDS_ACK: ClassVar[bool]
-    NAME: ClassVar[str]
-    FIELDS: ClassVar[tuple[FieldSpec, ...]]
-
-    def encode(self) -> bytes:
-        """The payload (no seq, type or CRC); raises ValueError naming a bad field."""
-        raise NotImplementedError
-
-    @classmethod
-    def decode(cls, payload: bytes) -> Self:
-        """Parse a payload; raises MessageError for a wrong length, bad UTF-8 or long str."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -128,13 +40,13 @@ class HelloRequest(Message):
 
     def encode(self) -> bytes:
         return (
-            _pack_int("u16", "HelloRequest.host_version", self.host_version)
-            + _pack_int("u32", "HelloRequest.protocol_hash", self.protocol_hash)
+            pack_int("u16", "HelloRequest.host_version", self.host_version)
+            + pack_int("u32", "HelloRequest.protocol_hash", self.protocol_hash)
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             host_version=reader.number("u16", "host_version"),
             protocol_hash=reader.number("u32", "protocol_hash"),
@@ -177,18 +89,18 @@ class Hello(Message):
 
     def encode(self) -> bytes:
         return (
-            _pack_int("u16", "Hello.firmware_version", self.firmware_version)
-            + _pack_int("u32", "Hello.protocol_hash", self.protocol_hash)
-            + _pack_int("u8", "Hello.sensor_mask", self.sensor_mask)
-            + _pack_int("u8", "Hello.actuator_mask", self.actuator_mask)
-            + _pack_int("u16", "Hello.failsafe_ms", self.failsafe_ms)
-            + _pack_int("u16", "Hello.sensor_period_ms", self.sensor_period_ms)
-            + _pack_int("u8", "Hello.reset_cause", self.reset_cause)
+            pack_int("u16", "Hello.firmware_version", self.firmware_version)
+            + pack_int("u32", "Hello.protocol_hash", self.protocol_hash)
+            + pack_int("u8", "Hello.sensor_mask", self.sensor_mask)
+            + pack_int("u8", "Hello.actuator_mask", self.actuator_mask)
+            + pack_int("u16", "Hello.failsafe_ms", self.failsafe_ms)
+            + pack_int("u16", "Hello.sensor_period_ms", self.sensor_period_ms)
+            + pack_int("u8", "Hello.reset_cause", self.reset_cause)
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             firmware_version=reader.number("u16", "firmware_version"),
             protocol_hash=reader.number("u32", "protocol_hash"),
@@ -223,13 +135,13 @@ class Heartbeat(Message):
 
     def encode(self) -> bytes:
         return (
-            _pack_int("u32", "Heartbeat.uptime_ms", self.uptime_ms)
-            + _pack_int("u8", "Heartbeat.flags", self.flags)
+            pack_int("u32", "Heartbeat.uptime_ms", self.uptime_ms)
+            + pack_int("u8", "Heartbeat.flags", self.flags)
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             uptime_ms=reader.number("u32", "uptime_ms"),
             flags=reader.number("u8", "flags"),
@@ -261,14 +173,14 @@ class Sensor(Message):
 
     def encode(self) -> bytes:
         return (
-            _pack_int("u8", "Sensor.channel", self.channel)
-            + _pack_int("u16", "Sensor.value", self.value)
-            + _pack_int("u32", "Sensor.uptime_ms", self.uptime_ms)
+            pack_int("u8", "Sensor.channel", self.channel)
+            + pack_int("u16", "Sensor.value", self.value)
+            + pack_int("u32", "Sensor.uptime_ms", self.uptime_ms)
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             channel=reader.number("u8", "channel"),
             value=reader.number("u16", "value"),
@@ -300,13 +212,13 @@ class Actuate(Message):
 
     def encode(self) -> bytes:
         return (
-            _pack_int("u8", "Actuate.actuator", self.actuator)
-            + _pack_int("u8", "Actuate.value", self.value)
+            pack_int("u8", "Actuate.actuator", self.actuator)
+            + pack_int("u8", "Actuate.value", self.value)
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             actuator=reader.number("u8", "actuator"),
             value=reader.number("u8", "value"),
@@ -332,11 +244,11 @@ class Ack(Message):
     seq: int
 
     def encode(self) -> bytes:
-        return _pack_int("u8", "Ack.seq", self.seq)
+        return pack_int("u8", "Ack.seq", self.seq)
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             seq=reader.number("u8", "seq"),
         )
@@ -365,13 +277,13 @@ class Nack(Message):
 
     def encode(self) -> bytes:
         return (
-            _pack_int("u8", "Nack.seq", self.seq)
-            + _pack_int("u8", "Nack.reason", self.reason)
+            pack_int("u8", "Nack.seq", self.seq)
+            + pack_int("u8", "Nack.reason", self.reason)
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             seq=reader.number("u8", "seq"),
             reason=reader.number("u8", "reason"),
@@ -401,13 +313,13 @@ class Log(Message):
 
     def encode(self) -> bytes:
         return (
-            _pack_int("u8", "Log.level", self.level)
-            + _pack_str("Log.text", self.text, 40)
+            pack_int("u8", "Log.level", self.level)
+            + pack_str("Log.text", self.text, 40)
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             level=reader.number("u8", "level"),
             text=reader.text("text", 40),
@@ -437,13 +349,13 @@ class Error(Message):
 
     def encode(self) -> bytes:
         return (
-            _pack_int("u8", "Error.code", self.code)
-            + _pack_int("u32", "Error.detail", self.detail)
+            pack_int("u8", "Error.code", self.code)
+            + pack_int("u32", "Error.detail", self.detail)
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             code=reader.number("u8", "code"),
             detail=reader.number("u32", "detail"),
@@ -478,16 +390,16 @@ class Stats(Message):
 
     def encode(self) -> bytes:
         return (
-            _pack_int("u16", "Stats.rx_frames", self.rx_frames)
-            + _pack_int("u16", "Stats.crc_errors", self.crc_errors)
-            + _pack_int("u16", "Stats.framing_errors", self.framing_errors)
-            + _pack_int("u16", "Stats.rx_overflows", self.rx_overflows)
-            + _pack_int("u16", "Stats.failsafe_trips", self.failsafe_trips)
+            pack_int("u16", "Stats.rx_frames", self.rx_frames)
+            + pack_int("u16", "Stats.crc_errors", self.crc_errors)
+            + pack_int("u16", "Stats.framing_errors", self.framing_errors)
+            + pack_int("u16", "Stats.rx_overflows", self.rx_overflows)
+            + pack_int("u16", "Stats.failsafe_trips", self.failsafe_trips)
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             rx_frames=reader.number("u16", "rx_frames"),
             crc_errors=reader.number("u16", "crc_errors"),
@@ -522,14 +434,14 @@ class Configure(Message):
 
     def encode(self) -> bytes:
         return (
-            _pack_int("u16", "Configure.sensor_period_ms", self.sensor_period_ms)
-            + _pack_int("u16", "Configure.failsafe_ms", self.failsafe_ms)
-            + _pack_int("u8", "Configure.sensor_mask", self.sensor_mask)
+            pack_int("u16", "Configure.sensor_period_ms", self.sensor_period_ms)
+            + pack_int("u16", "Configure.failsafe_ms", self.failsafe_ms)
+            + pack_int("u8", "Configure.sensor_mask", self.sensor_mask)
         )
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
-        reader = _Reader(cls.TYPE, payload)
+        reader = PayloadReader(cls.TYPE, payload)
         message = cls(
             sensor_period_ms=reader.number("u16", "sensor_period_ms"),
             failsafe_ms=reader.number("u16", "failsafe_ms"),
