@@ -727,43 +727,6 @@ def _c_init(message: Message, fields: dict[str, Any]) -> str:
     return "{ " + ", ".join(parts or ["0"]) + " }"
 
 
-GOLDEN_TYPES = """\
-typedef struct {
-    const char *name;
-    uint8_t seq, type;
-    const uint8_t *payload;
-    uint8_t payload_len;
-    const uint8_t *wire; /* COBS-encoded frame and its 0x00 delimiter */
-    uint16_t wire_len;
-} golden_frame_t;
-
-typedef struct {
-    uint8_t frame; /* index into golden_frames */
-    const void *expect;
-    uint8_t (*pack)(const void *m, uint8_t *buf);
-    int8_t (*unpack)(const uint8_t *buf, uint8_t len, void *m);
-} golden_message_t;
-
-typedef struct {
-    const char *name;
-    const uint8_t *decoded;
-    uint16_t decoded_len;
-    const uint8_t *encoded;
-    uint16_t encoded_len;
-} golden_cobs_t;
-
-enum { GOLDEN_COUNTER_NONE, GOLDEN_COUNTER_CRC, GOLDEN_COUNTER_FRAMING, GOLDEN_COUNTER_OVERFLOW };
-
-typedef struct {
-    const char *name;
-    const uint8_t *wire;
-    uint16_t wire_len;
-    const char *error; /* empty, cobs, short, long or crc */
-    uint8_t counter;   /* the decoder counter it bumps */
-} golden_invalid_t;
-"""
-
-
 def _c_wrappers(spec: Spec) -> str:
     members = "".join(f"    msg_{m.name}_t {m.name};\n" for m in spec.messages)
     out = [f"typedef union {{\n{members}}} golden_msg_t;\n"]
@@ -831,8 +794,8 @@ def render_golden_c(spec: Spec, golden: dict[str, Any]) -> str:
     return (
         f"/* {BANNER} */\n/* The golden vectors of golden_vectors.json, for test_codec.c. */\n"
         "#ifndef GOLDEN_GEN_H\n#define GOLDEN_GEN_H\n\n#include <stdint.h>\n\n"
-        '#include "protocol_gen.h"\n\n'
-        f"#define GOLDEN_PROTOCOL_HASH 0x{spec.hash:08X}UL\n\n{GOLDEN_TYPES}\n"
+        '#include "golden_types.h"\n#include "protocol_gen.h"\n\n'
+        f"#define GOLDEN_PROTOCOL_HASH 0x{spec.hash:08X}UL\n\n"
         f"{_c_wrappers(spec)}\n{''.join(parts)}\n{table_text}#endif /* GOLDEN_GEN_H */\n"
     )
 
