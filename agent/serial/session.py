@@ -20,7 +20,7 @@ from typing import Protocol
 
 import structlog
 
-from agent.errors import FrameError, HandshakeError, MessageError, SerialLinkError
+from agent.errors import HandshakeError, MessageError, SerialLinkError
 from agent.serial import messages_gen as msg
 from agent.serial.framing import Frame, FrameDecoder, encode_frame
 
@@ -233,4 +233,4 @@ class PeripheralSession:
             self._hello.set_exception(error)
 
 
-__all__ = ["FrameError", "LinkStats", "PeripheralSession", "Transport"]
+__all__ = ["LinkStats", "PeripheralSession", "Transport"]
