@@ -28,7 +28,7 @@ import structlog
 from agent.errors import MqttError, NotConnectedError, PacketTooLargeError, PublishRejectedError
 from agent.mqtt.base import ConnectionInfo
 from agent.mqtt.link import MqttLink
-from agent.outbox import DropReport, Outbox, OutboxRow, OutboxStats
+from agent.outbox import Outbox, OutboxRow, OutboxStats
 
 log = structlog.get_logger("agent.forwarder")
 T = TypeVar("T")
@@ -86,18 +86,6 @@ class DiskOutbox:
         row = self._outbox.append(topic, payload, qos=qos, retain=retain)
         self.last_stats = self._outbox.stats()
         return row
-
-    async def append_sequenced(self, topic: str, build: Callable[[int, DropReport], bytes]) -> int:
-        seq, row = await self._call(lambda: self._append_sequenced(topic, build))
-        self._announce(row)
-        return seq
-
-    def _append_sequenced(
-        self, topic: str, build: Callable[[int, DropReport], bytes]
-    ) -> tuple[int, OutboxRow | None]:
-        result = self._outbox.append_sequenced_row(topic, build)
-        self.last_stats = self._outbox.stats()
-        return result
 
     def _announce(self, row: OutboxRow | None) -> None:
         if row is None:

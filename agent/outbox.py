@@ -213,9 +213,6 @@ class Outbox:
             dropped_total=self._counter("dropped_total"),
         )
 
-    def peek_counter(self, name: str) -> int:
-        return self._counter(name)
-
     def close(self) -> None:
         self._db.close()
 
