@@ -140,6 +140,7 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._ack_ready = asyncio.Event()
         self._flush_requested = False
+        self._fill_scheduled = False
         self.sent = 0
         self.discarded = 0
         link.add_listener(self)
@@ -245,6 +246,19 @@ class Forwarder:
         else:
             self.sent += 1
         self._acknowledged(row_id)
+        self._schedule_fill()
+
+    def _schedule_fill(self) -> None:
+        # PUBACK callbacks run inside paho's packet handling, before paho frees the slot in
+        # its own in-flight count: a publish made there is queued by paho and found later by
+        # a scan of every message in flight. Refilling on the next loop pass avoids that, and
+        # one pass refills for every PUBACK read from the same socket read.
+        if not self._fill_scheduled:
+            self._fill_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_fill)
+
+    def _scheduled_fill(self) -> None:
+        self._fill_scheduled = False
         self._fill_window()
 
     def _acknowledged(self, row_id: int) -> None:
