@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml
 deps: system-deps $(STAMP)
 
 lint: deps
-	@$(VENV)/bin/ruff check agent fleet tests bench firmware/protocol
-	@$(VENV)/bin/ruff format --check --quiet agent fleet tests bench firmware/protocol
+	@$(VENV)/bin/ruff check agent fleet tests bench firmware/protocol models
+	@$(VENV)/bin/ruff format --check --quiet agent fleet tests bench firmware/protocol models
 
 typecheck: deps
 	@$(VENV)/bin/mypy

@@ -109,3 +109,82 @@ class MessageError(SerialLinkError, ValueError):
 
 class HandshakeError(SerialLinkError):
     """The peripheral speaks another protocol version: the two sides refuse each other."""
+
+
+class InferenceError(AgentError):
+    """A model could not be loaded or run, or a request to it was invalid."""
+
+
+class ModelLoadError(InferenceError):
+    """A model file cannot be loaded: missing, corrupt, truncated, or for another runtime."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(f"{message}: {path}")
+
+
+class ModelSignatureError(InferenceError):
+    """A loaded model's inputs or outputs differ from its card (the I/O contract)."""
+
+    def __init__(self, message: str, *, model: str) -> None:
+        self.model = model
+        super().__init__(f"{model}: {message}")
+
+
+class GoldenMismatchError(InferenceError):
+    """A model's output for its golden input is outside the card's tolerance."""
+
+    def __init__(self, *, model: str, max_abs_error: float, tolerance: float) -> None:
+        self.model = model
+        self.max_abs_error = max_abs_error
+        self.tolerance = tolerance
+        super().__init__(
+            f"{model}: golden output off by {max_abs_error:.3g}, tolerance {tolerance:.3g}"
+        )
+
+
+class InvalidInputError(InferenceError, ValueError):
+    """A request's input has the wrong name, shape or dtype for the model."""
+
+    def __init__(self, message: str, *, model: str, detail: str = "") -> None:
+        self.model = model
+        self.detail = detail
+        super().__init__(f"{model}: {message}")
+
+
+class NonFiniteOutputError(InferenceError):
+    """A model returned NaN or Inf: its result is not passed on."""
+
+    def __init__(self, *, model: str, output: str, count: int) -> None:
+        self.model = model
+        self.output = output
+        self.count = count
+        super().__init__(f"{model}: output {output!r} has {count} NaN/Inf values")
+
+
+class UnknownModelError(InferenceError, LookupError):
+    """No model (or no such version of it) is loaded under that name."""
+
+    def __init__(self, name: str, version: str | None = None) -> None:
+        self.name = name
+        self.version = version
+        what = f"{name!r} version {version!r}" if version is not None else repr(name)
+        super().__init__(f"no model {what} is loaded")
+
+
+class ServiceBusyError(InferenceError):
+    """The inference queue is full: the request is refused instead of waiting without bound."""
+
+    def __init__(self, *, model: str, queued: int) -> None:
+        self.model = model
+        self.queued = queued
+        super().__init__(f"{model}: {queued} requests already queued")
+
+
+class UnknownPredictionError(InferenceError, LookupError):
+    """Feedback names a prediction id that is unknown or has aged out of the window."""
+
+    def __init__(self, *, model: str, prediction_id: str) -> None:
+        self.model = model
+        self.prediction_id = prediction_id
+        super().__init__(f"{model}: no recent prediction with id {prediction_id!r}")
