@@ -7,6 +7,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# tflite-runtime 2.14, its last release, crashes with NumPy 2: its backend is tested in a
+# separate environment with numpy<2, as part of `make test`.
+TFLITE_VENV := .venv-tflite
+TFLITE_PY := $(TFLITE_VENV)/bin/python
+TFLITE_STAMP := $(TFLITE_VENV)/.installed
+TFLITE_COMPAT_TESTS := tests/integration/test_tflite_runtime_compat.py
 SYSTEM_PACKAGES := mosquitto gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev pkg-config
 PYTEST_ARGS ?=
 
@@ -21,6 +27,14 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(PY) -c 'import agent, fleet, paho, pydantic_settings, typer, pytest' 
 	@touch $(STAMP)
+
+$(TFLITE_STAMP): pyproject.toml
+	@test -x $(TFLITE_PY) || $(PYTHON) -m venv $(TFLITE_VENV)
+	@echo "installing tflite-runtime with numpy<2 into $(TFLITE_VENV)"
+	@$(TFLITE_PY) -m pip install -q --disable-pip-version-check 'numpy<2' 'tflite-runtime==2.14.0' pytest pydantic structlog 2>&1 | grep -v '^WARNING: Location' || true
+	@$(TFLITE_PY) -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
+	@$(TFLITE_PY) -c 'import agent, numpy, tflite_runtime.interpreter, pytest'
+	@touch $(TFLITE_STAMP)
 
 deps: system-deps $(STAMP)
 
@@ -37,8 +51,9 @@ unit: deps
 integration: deps
 	@$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: lint typecheck
-	@$(PY) -m pytest $(PYTEST_ARGS)
+test: lint typecheck $(TFLITE_STAMP)
+	@$(PY) -m pytest --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
+	@$(TFLITE_PY) -m pytest -q -p no:cacheprovider --noconftest $(TFLITE_COMPAT_TESTS)
 
 demo: deps
 	@$(PY) -m fleet.demo
@@ -48,4 +63,4 @@ bench: deps
 	@$(PY) -m bench.bench_serial
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TFLITE_VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -17,15 +17,17 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from agent.commands import CommandDispatcher
-from agent.config import AgentConfig, SerialConfig
+from agent.config import AgentConfig, PipelineConfig, SerialConfig
+from agent.errors import InferenceError, PayloadError, TopicError
 from agent.events import EventEmitter
 from agent.forwarder import DiskOutbox, Forwarder
 from agent.health import HealthChange, HealthMonitor, Status
-from agent.mqtt.base import ConnectionInfo, LinkSettings, TlsSettings
+from agent.mqtt import payloads
+from agent.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings, TlsSettings
 from agent.mqtt.link import MqttLink
-from agent.mqtt.topics import device_commands
+from agent.mqtt.topics import Channel, device_commands, device_inputs, parse, topic_for
 from agent.outbox import Outbox
-from agent.pipeline import PipelineSpec, SensorPipeline, ThresholdModel
+from agent.pipeline import Classify, PipelineSpec, SensorPipeline, ThresholdModel, parse_input
 from agent.presence import Presence
 from agent.sdnotify import SystemdNotifier
 from agent.telemetry import boards
@@ -33,6 +35,7 @@ from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.service import BoardMonitor, TelemetryService
 
 if TYPE_CHECKING:
+    from agent.inference.service import InferenceService
     from agent.serial.relay import SerialRelay
     from agent.serial.session import Transport
 
@@ -140,8 +143,10 @@ class Agent:
         self.presence = Presence(config.device_id)
         self.link = MqttLink(link_settings(config, self.presence))
         self.commands = CommandDispatcher(config.device_id, self.link)
-        self.link.set_message_handler(self.commands.on_message)
+        self.link.set_message_handler(self._on_message)
         self.link.add_subscription(device_commands(config.device_id), qos=1)
+        if any(p.source == "mqtt" for p in config.pipelines):
+            self.link.add_subscription(device_inputs(config.device_id), qos=1)
         self.presence.attach(self.link)
         self.forwarder = Forwarder(self.link, self.outbox, batch=config.queue.batch)
         self.link_watcher = LinkWatcher(self.health, self.events, self.outbox)
@@ -161,30 +166,19 @@ class Agent:
             extras=self._telemetry_extras,
         )
         self.relay: SerialRelay | None = None
-        self.pipelines: list[SensorPipeline] = []
         if config.serial.enabled:
             self.relay = self._build_relay(config.serial)
-            relay = self.relay
-            self.pipelines = [
-                SensorPipeline(
-                    PipelineSpec(
-                        p.name,
-                        p.channel,
-                        p.scale,
-                        p.threshold,
-                        p.hysteresis,
-                        p.actuator,
-                        p.on_label,
-                    ),
-                    ThresholdModel(p.threshold, p.hysteresis),
-                    relay.actuate,
-                    self.events.emit,
-                )
-                for p in config.pipelines
-            ]
+        self.inference: InferenceService | None = None
+        if config.models:
+            # Imported here: an agent without models never loads numpy or a runtime.
+            from agent.inference.service import InferenceService  # noqa: PLC0415
+
+            self.inference = InferenceService(config, self.events.emit)
+        self.pipelines: list[SensorPipeline] = []  # built in run(), once models are loaded
         self.notifier = SystemdNotifier()
         self.commands.register("ping", self._ping)
         self.commands.register("health", self._health_report)
+        self.commands.register("capture", self._capture)
 
     def _build_relay(self, cfg: SerialConfig) -> SerialRelay:
         # Imported here: an agent without a peripheral never loads the serial stack.
@@ -214,9 +208,85 @@ class Agent:
             port_label=cfg.port or f"usb:{cfg.usb_id}",
         )
 
+    async def _start_inference(self) -> None:
+        if self.inference is not None:
+            await self.inference.start()
+            failed = self.inference.load_failures
+            reason = "; ".join(failed.values())
+            change = self.health.update("models", Status.DEGRADED if failed else Status.OK, reason)
+            if change is not None:
+                await self._health_changed(change)
+        built = [self._build_pipeline(p) for p in self.config.pipelines]
+        self.pipelines = [p for p in built if p is not None]
+
+    def _build_pipeline(self, p: PipelineConfig) -> SensorPipeline | None:
+        classify: Classify
+        if p.model == "threshold":
+            classify = ThresholdModel(p.threshold, p.hysteresis)
+        else:
+            try:
+                if self.inference is None:
+                    raise InferenceError(f"model {p.model!r} is not configured under [[models]]")
+                classify = self.inference.classifier(p.model, top_k=p.top_k)
+            except InferenceError as exc:
+                # The pipeline stays off; the agent and the other pipelines keep running.
+                log.error("pipeline.disabled", pipeline=p.name, error=str(exc))
+                self.health.update("pipelines", Status.DEGRADED, f"{p.name}: {exc}")
+                return None
+        spec = PipelineSpec(
+            p.name,
+            p.channel,
+            p.scale,
+            p.actuator,
+            on_label=p.on_label,
+            window=p.window,
+            min_score=p.min_score,
+            top_k=p.top_k,
+            publish_results=p.publish_results,
+            queue=p.queue,
+        )
+        actuate = self.relay.actuate if self.relay is not None else None
+        return SensorPipeline(spec, classify, actuate, self.events.emit, self._publish_result)
+
+    async def _publish_result(self, body: dict[str, Any]) -> None:
+        body = {"device_id": self.config.device_id, "ts": payloads.utc_now(), **body}
+        await self.outbox.append(
+            topic_for(self.config.device_id, Channel.RESULTS), payloads.encode(body)
+        )
+
+    def _on_message(self, message: InboundMessage) -> None:
+        """Link callback: pipeline inputs go to their pipeline, the rest to the commands."""
+        try:
+            topic = parse(message.topic)
+        except TopicError:
+            topic = None
+        if topic is None or topic.channel is not Channel.INPUT:
+            self.commands.on_message(message)
+            return
+        pipeline = next((p for p in self.pipelines if p.spec.name == topic.name), None)
+        if pipeline is None or pipeline.spec.channel is not None:
+            log.warning("pipeline.no_mqtt_source", topic=message.topic)
+            return
+        try:
+            pipeline.submit(parse_input(message.payload))
+        except PayloadError as exc:
+            pipeline.reject(str(exc))
+
+    async def _capture(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.inference is None:
+            from agent.commands import CommandError  # noqa: PLC0415
+
+            raise CommandError("no models are configured")
+        topic = topic_for(self.config.device_id, Channel.CAPTURE)
+
+        async def publish(body: dict[str, Any]) -> None:
+            await self.outbox.append(topic, payloads.encode(body))
+
+        return await self.inference.capture_command(request, publish)
+
     async def _on_sensor(self, channel: int, value: int) -> None:
         for pipeline in self.pipelines:
-            await pipeline.on_sensor(channel, value)
+            pipeline.on_sensor(channel, value)
 
     async def _serial_event(self, event: str, **fields: Any) -> None:
         condition = {
@@ -234,12 +304,14 @@ class Agent:
                 await self._health_changed(change)
 
     def _telemetry_extras(self) -> dict[str, Any]:
-        if self.relay is None:
-            return {}
-        return {
-            "serial": self.relay.snapshot(),
-            "pipelines": {p.spec.name: p.snapshot() for p in self.pipelines},
-        }
+        extras: dict[str, Any] = {}
+        if self.relay is not None:
+            extras["serial"] = self.relay.snapshot()
+        if self.pipelines:
+            extras["pipelines"] = {p.spec.name: p.snapshot() for p in self.pipelines}
+        if self.inference is not None:
+            extras["inference"] = self.inference.snapshot()
+        return extras
 
     async def _health_changed(self, change: HealthChange) -> None:
         if change.before is None and change.after.status is Status.OK:
@@ -281,6 +353,7 @@ class Agent:
             board=self.board.kind,
         )
         try:
+            await self._start_inference()
             async with asyncio.TaskGroup() as group:
                 workers = [
                     group.create_task(self.link.run(), name="mqtt-link"),
@@ -292,6 +365,9 @@ class Agent:
                 ]
                 if self.relay is not None:
                     workers.append(group.create_task(self.relay.run(), name="serial"))
+                for pipeline in self.pipelines:
+                    name = f"pipeline-{pipeline.spec.name}"
+                    workers.append(group.create_task(pipeline.run(), name=name))
                 self.notifier.notify("READY=1")
                 await stop.wait()
                 log.info("agent.stopping")
@@ -300,6 +376,8 @@ class Agent:
                 for task in workers:
                     task.cancel()
         finally:
+            if self.inference is not None:
+                await self.inference.close()
             await self.outbox.close()
         log.info("agent.stopped")
 

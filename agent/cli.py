@@ -1,4 +1,4 @@
-"""``edge-agent``: the daemon's command line (run, check-config, version).
+"""``edge-agent``: the daemon's command line (run, check-config, serve, version).
 
 Exit codes: 0 success, 78 configuration error (listed in the unit's
 ``RestartPreventExitStatus=``), 1 any other failure.
@@ -32,7 +32,39 @@ def _parser() -> argparse.ArgumentParser:
             help=f"TOML config file (default: {DEFAULT_CONFIG_PATH} if it exists)",
         )
     sub.add_parser("version", help="print the agent version")
+    _add_serve_parser(sub)
     return parser
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve models over TensorFlow Serving's REST API, without a fleet",
+        description="Load each model (its card beside the file) and serve it over TensorFlow "
+        "Serving's REST API until SIGINT or SIGTERM.",
+    )
+    serve.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a model file to serve under NAME (repeat; the same NAME twice serves two versions)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8501, help="TCP port, 0 for any (default 8501)")
+    serve.add_argument("--unix", type=Path, default=None, help="serve on this Unix socket instead")
+    serve.add_argument(
+        "--threads", type=int, default=0, help="threads per model run (default: the runtime's)"
+    )
+    serve.add_argument(
+        "--providers",
+        default="CPUExecutionProvider",
+        help="ONNX Runtime execution providers in order of preference, comma-separated",
+    )
+    serve.add_argument("--workers", type=int, default=2, help="model runs at once (default 2)")
+    serve.add_argument(
+        "--max-body-mb", type=float, default=16, help="largest request body in MiB (default 16)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         sys.stdout.write(f"edge-agent {agent.__version__}\n")
         return 0
+    if args.command == "serve":
+        return _serve(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -61,6 +95,40 @@ def _run(config: object) -> int:
     try:
         asyncio.run(Agent(config).run())
     except AgentError as exc:
+        sys.stderr.write(f"edge-agent: {exc}\n")
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Imported here: serving needs numpy and a runtime, the daemon's other commands do not.
+    from agent.inference.backends import BackendOptions  # noqa: PLC0415
+    from agent.inference.serve import ServeSettings, parse_model_arg, serve  # noqa: PLC0415
+    from agent.log import configure_logging  # noqa: PLC0415
+
+    configure_logging("info", "auto")
+    try:
+        threads = args.threads
+        settings = ServeSettings(
+            models=tuple(parse_model_arg(text) for text in args.model),
+            host=args.host,
+            port=args.port,
+            unix_path=args.unix,
+            backend=BackendOptions(
+                onnx_providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+                intra_op_threads=threads,
+                tflite_threads=threads or None,
+            ),
+            workers=args.workers,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        )
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        sys.stderr.write(f"edge-agent: config error: {exc}\n")
+        return exc.exit_code
+    except (AgentError, OSError) as exc:
         sys.stderr.write(f"edge-agent: {exc}\n")
         return EXIT_RUNTIME
     except KeyboardInterrupt:

@@ -18,7 +18,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -164,22 +172,104 @@ class SerialConfig(_Section):
         return self.port is not None or self.usb_id is not None
 
 
-class PipelineConfig(_Section):
-    """A sensor-to-actuator pipeline: source, pre-processing, model, post-processing."""
+class InferenceConfig(_Section):
+    """The local inference service: runtimes, the REST API and model monitoring."""
 
-    name: str = Field(description="Pipeline name, used in events and telemetry.")
-    source: Literal["serial"] = Field(default="serial", description="Where inputs come from.")
-    channel: int = Field(ge=0, le=5, description="ADC channel of the peripheral (A0..A5).")
+    rest: bool = Field(
+        default=True, description="Serve the TF Serving REST API and /metrics when models load."
+    )
+    host: str = Field(default="127.0.0.1", description="REST address; loopback by default.")
+    port: int = Field(default=8501, ge=0, le=65535, description="REST TCP port (0: any free).")
+    unix_socket: Path | None = Field(
+        default=None, description="Serve REST on this Unix socket instead of TCP."
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted, bytes."
+    )
+    workers: int = Field(default=2, ge=1, le=64, description="Inference threads.")
+    max_queue: int = Field(
+        default=64, ge=1, description="Requests queued or running before new ones are refused."
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers, in order of preference.",
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads (0: auto).")
+    inter_op_threads: int = Field(default=0, ge=0, description="ORT inter-op threads (0: auto).")
+    tflite_threads: int | None = Field(default=None, ge=1, description="LiteRT threads.")
+    tflite_runtime: Literal["auto", "litert", "tflite-runtime"] = Field(
+        default="auto", description="TFLite interpreter: auto prefers LiteRT."
+    )
+    low_confidence_threshold: float | None = Field(
+        default=None, ge=0, le=1, description="Capture inputs whose top-1 confidence is below."
+    )
+    capture_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="Cap of the low-confidence capture, bytes."
+    )
+
+
+class ModelConfig(_Section):
+    """One model to load at start; its card lies beside it unless ``card`` says otherwise."""
+
+    path: Path = Field(description="Model file (.onnx or .tflite).")
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+        description="Name to serve it under (default: the card's name).",
+    )
+    card: Path | None = Field(default=None, description="Model card (default: <path>.card.json).")
+
+
+class PipelineConfig(_Section):
+    """Source, pre-processing, model, post-processing and sinks of one pipeline."""
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_-]{0,63}$", description="Pipeline name (events, topics)."
+    )
+    source: Literal["serial", "mqtt"] = Field(
+        default="serial",
+        description="serial: sensor frames of `channel`; mqtt: JSON on fleet/<id>/input/<name>.",
+    )
+    channel: int | None = Field(
+        default=None, ge=0, le=5, description="ADC channel of the peripheral (A0..A5)."
+    )
+    window: int = Field(
+        default=1, ge=1, le=4096, description="Serial source: readings per inference."
+    )
+    queue: int = Field(
+        default=4,
+        ge=1,
+        le=10000,
+        description="Inputs waiting for the model; beyond it the oldest is dropped and counted.",
+    )
     scale: float = Field(default=1 / 1023, description="Pre-processing: input = raw * scale.")
-    model: Literal["threshold"] = Field(
-        default="threshold", description="Built-in threshold classifier (classes high, low)."
+    model: str = Field(
+        default="threshold",
+        description="'threshold' (built-in, classes high/low) or the name of a loaded model.",
     )
     threshold: float = Field(default=0.5, description="Class boundary on the scaled input.")
     hysteresis: float = Field(default=0.05, ge=0, description="Dead band around the threshold.")
-    actuator: int = Field(ge=0, le=5, description="Post-processing: PORTB pin to drive.")
-    on_label: Literal["high", "low"] = Field(
-        default="high", description="Class that switches the actuator on."
+    min_score: float = Field(
+        default=0.0, ge=0, le=1, description="Results below this confidence change nothing."
     )
+    top_k: int = Field(default=1, ge=1, le=100, description="Classes reported per result.")
+    actuator: int | None = Field(
+        default=None, ge=0, le=5, description="Serial sink: PORTB pin to drive."
+    )
+    on_label: str = Field(default="high", description="Class that switches the actuator on.")
+    publish_results: bool = Field(
+        default=False, description="MQTT sink: publish each result on fleet/<id>/results."
+    )
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> PipelineConfig:
+        if self.source == "serial" and self.channel is None:
+            raise ValueError("a serial pipeline needs `channel`")
+        if self.model == "threshold" and self.window != 1:
+            raise ValueError("the threshold model takes one reading: window must be 1")
+        if self.actuator is None and not self.publish_results and self.source == "serial":
+            raise ValueError("the pipeline has no sink: set `actuator` or `publish_results`")
+        return self
 
 
 class TomlBackedSettings(BaseSettings):
@@ -242,9 +332,25 @@ class AgentConfig(TomlBackedSettings):
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Store-and-forward.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
     serial: SerialConfig = Field(default_factory=SerialConfig, description="Serial peripheral.")
+    inference: InferenceConfig = Field(
+        default_factory=InferenceConfig, description="Local inference service."
+    )
+    models: list[ModelConfig] = Field(default_factory=list, description="Models loaded at start.")
     pipelines: list[PipelineConfig] = Field(
         default_factory=list, description="Sensor-to-actuator pipelines."
     )
+
+    @model_validator(mode="after")
+    def _check_pipelines(self) -> AgentConfig:
+        names = [p.name for p in self.pipelines]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"pipeline names must be unique: {duplicated}")
+        for pipeline in self.pipelines:
+            uses_serial = pipeline.source == "serial" or pipeline.actuator is not None
+            if uses_serial and not self.serial.enabled:
+                raise ValueError(f"pipeline {pipeline.name!r} needs [serial] (port or usb_id)")
+        return self
 
     @field_validator("device_id")
     @classmethod

@@ -188,3 +188,11 @@ class UnknownPredictionError(InferenceError, LookupError):
         self.model = model
         self.prediction_id = prediction_id
         super().__init__(f"{model}: no recent prediction with id {prediction_id!r}")
+
+
+class ModelRunError(InferenceError):
+    """The runtime failed while running a model on a request that passed validation."""
+
+    def __init__(self, message: str, *, model: str) -> None:
+        self.model = model
+        super().__init__(f"{model}: {message}")

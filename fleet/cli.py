@@ -147,6 +147,74 @@ def serve(
         _fail(exc)
 
 
+model_app = typer.Typer(no_args_is_help=True, help="Model optimization on this machine.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("optimize")
+def model_optimize(
+    model: Annotated[Path, typer.Argument(help="fp32 ONNX model to optimize")],
+    eval_data: Annotated[
+        Path, typer.Option("--eval", help=".npz held-out split: input arrays (or x), labels y")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="folder for the variants and the report")],
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help=".npz calibration split")
+    ] = None,
+    mode: Annotated[
+        str, typer.Option("--mode", help="int8 quantization: auto, static or dynamic")
+    ] = "auto",
+    sparsity: Annotated[
+        float, typer.Option("--sparsity", help="magnitude pruning sparsity, 0 to skip")
+    ] = 0.5,
+    tf_model: Annotated[
+        Path | None,
+        typer.Option("--tf-model", help="Keras file or SavedModel for the TFLite int8 variant"),
+    ] = None,
+    compare: Annotated[
+        list[Path] | None, typer.Option("--compare", help="extra ONNX model to measure (repeat)")
+    ] = None,
+    runs: Annotated[int, typer.Option("--runs", help="timed single-example runs")] = 200,
+    threads: Annotated[int, typer.Option("--threads", help="intra-op threads")] = 1,
+) -> None:
+    """Quantize and prune an ONNX model, then compare size, latency and accuracy."""
+    if mode not in ("auto", "static", "dynamic"):
+        _fail(FleetError(f"--mode must be auto, static or dynamic, not {mode!r}"))
+    try:
+        from rich.markup import escape  # noqa: PLC0415
+        from rich.progress import Progress  # noqa: PLC0415
+
+        from fleet.modelopt.pipeline import OptimizeOptions, optimize  # noqa: PLC0415
+        from fleet.modelopt.report import render_table  # noqa: PLC0415
+    except ImportError as exc:
+        # No brackets in the message: the console would read "[optimize]" as markup.
+        _fail(FleetError(f"{exc.name} is missing: install the optimize extra of edge-fleet"))
+        return
+    options = OptimizeOptions(
+        model=model,
+        eval_data=eval_data,
+        out=out,
+        calibration=calibration,
+        mode=mode,  # type: ignore[arg-type]  # checked above
+        sparsity=sparsity,
+        tf_model=tf_model,
+        compare=tuple(compare or ()),
+        runs=runs,
+        threads=threads,
+    )
+    console = Console()
+    try:
+        with Progress(console=console, transient=True) as progress:
+            report = optimize(options, progress)
+    except FleetError as exc:
+        _fail(exc)
+        return
+    console.print(render_table(report))
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
+    console.print(f"report: {out / 'report.json'}, {out / 'report.png'}", highlight=False)
+
+
 def main() -> None:
     from agent.log import configure_logging  # noqa: PLC0415
 

@@ -9,6 +9,9 @@ Pure (no IO, no paho), shared by the agent and the fleet controller. Per device:
     fleet/<device_id>/reply           device -> controller responses
     fleet/<device_id>/desired         retained, controller -> device
     fleet/<device_id>/reported        retained, device -> controller
+    fleet/<device_id>/results         pipeline results, device -> anyone, QoS 1
+    fleet/<device_id>/input/<name>    inputs for the pipeline <name> (its MQTT source)
+    fleet/<device_id>/capture         low-confidence inputs uploaded on command, QoS 1
 
 The controller answers the CLI on ``fleet-controller/rpc/<method>``. ``topic_for`` and
 ``parse`` are inverses; a topic that does not fit raises ``TopicError``.
@@ -38,6 +41,13 @@ class Channel(StrEnum):
     REPLY = "reply"
     DESIRED = "desired"
     REPORTED = "reported"
+    RESULTS = "results"
+    INPUT = "input"
+    CAPTURE = "capture"
+
+
+# Channels whose topics carry one more level: the command or pipeline name.
+_NAMED_CHANNELS = frozenset({Channel.CMD, Channel.INPUT})
 
 
 @dataclass(frozen=True)
@@ -56,12 +66,15 @@ DELIVERY: dict[Channel, Delivery] = {
     Channel.REPLY: Delivery(qos=1, retain=False),
     Channel.DESIRED: Delivery(qos=1, retain=True),
     Channel.REPORTED: Delivery(qos=1, retain=True),
+    Channel.RESULTS: Delivery(qos=1, retain=False),
+    Channel.INPUT: Delivery(qos=1, retain=False),
+    Channel.CAPTURE: Delivery(qos=1, retain=False),
 }
 
 
 @dataclass(frozen=True)
 class DeviceTopic:
-    """A parsed per-device topic; ``name`` is set for ``cmd/<name>`` only."""
+    """A parsed per-device topic; ``name`` is set for ``cmd/<name>`` and ``input/<name>``."""
 
     device_id: str
     channel: Channel
@@ -76,12 +89,12 @@ def validate_device_id(device_id: str) -> str:
 
 
 def topic_for(device_id: str, channel: Channel, name: str | None = None) -> str:
-    """Build the topic of ``channel`` for ``device_id`` (``name`` only for commands)."""
+    """Build the topic of ``channel`` for ``device_id`` (``name`` for cmd and input only)."""
     validate_device_id(device_id)
-    if channel is Channel.CMD:
+    if channel in _NAMED_CHANNELS:
         if name is None or not _COMMAND_NAME_PATTERN.fullmatch(name):
             raise TopicError(
-                "command topics need a name matching [a-z][a-z0-9_-]*", topic=str(name)
+                f"{channel.value} topics need a name matching [a-z][a-z0-9_-]*", topic=str(name)
             )
         return f"{ROOT}/{device_id}/{channel.value}/{name}"
     if name is not None:
@@ -101,9 +114,9 @@ def parse(topic: str) -> DeviceTopic:
         channel = Channel(parts[2])
     except ValueError:
         raise TopicError("unknown channel in topic", topic=topic) from None
-    if channel is Channel.CMD:
+    if channel in _NAMED_CHANNELS:
         if len(parts) != 4 or not _COMMAND_NAME_PATTERN.fullmatch(parts[3]):
-            raise TopicError("malformed command topic", topic=topic)
+            raise TopicError(f"malformed {channel.value} topic", topic=topic)
         return DeviceTopic(device_id, channel, parts[3])
     if len(parts) != 3:
         raise TopicError("unexpected levels after the channel", topic=topic)
@@ -112,13 +125,18 @@ def parse(topic: str) -> DeviceTopic:
 
 def all_devices(channel: Channel) -> str:
     """Subscription filter for ``channel`` of every device."""
-    suffix = "/+" if channel is Channel.CMD else ""
+    suffix = "/+" if channel in _NAMED_CHANNELS else ""
     return f"{ROOT}/+/{channel.value}{suffix}"
 
 
 def device_commands(device_id: str) -> str:
     """Subscription filter for every command addressed to ``device_id``."""
     return f"{ROOT}/{validate_device_id(device_id)}/{Channel.CMD.value}/+"
+
+
+def device_inputs(device_id: str) -> str:
+    """Subscription filter for the inputs of every MQTT-sourced pipeline of ``device_id``."""
+    return f"{ROOT}/{validate_device_id(device_id)}/{Channel.INPUT.value}/+"
 
 
 def controller_rpc(method: str) -> str:

@@ -12,6 +12,10 @@ from fleet.localbroker import PrivateBroker
 from tests.integration.harness import ManagedProcess
 
 
+# Runs only in .venv-tflite (numpy<2 + tflite-runtime 2.14); `make test` runs it there by path.
+collect_ignore = ["test_tflite_runtime_compat.py"]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.path):

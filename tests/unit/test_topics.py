@@ -11,7 +11,8 @@ from agent.mqtt import topics
 from agent.mqtt.topics import Channel
 
 device_ids = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,63}\Z")
-plain_channels = st.sampled_from([c for c in Channel if c is not Channel.CMD])
+named_channels = st.sampled_from([Channel.CMD, Channel.INPUT])
+plain_channels = st.sampled_from([c for c in Channel if c not in (Channel.CMD, Channel.INPUT)])
 
 
 class TestTopicScheme:
@@ -21,11 +22,11 @@ class TestTopicScheme:
         parsed = topics.parse(topics.topic_for(device_id, channel))
         assert (parsed.device_id, parsed.channel, parsed.name) == (device_id, channel, None)
 
-    @given(device_ids, st.from_regex(r"\A[a-z][a-z0-9_-]{0,20}\Z"))
-    def test_commands_round_trip(self, device_id: str, name: str) -> None:
-        """Command topics keep their name."""
-        parsed = topics.parse(topics.topic_for(device_id, Channel.CMD, name))
-        assert parsed == topics.DeviceTopic(device_id, Channel.CMD, name)
+    @given(device_ids, named_channels, st.from_regex(r"\A[a-z][a-z0-9_-]{0,20}\Z"))
+    def test_named_channels_round_trip(self, device_id: str, channel: Channel, name: str) -> None:
+        """Command and pipeline-input topics keep their name."""
+        parsed = topics.parse(topics.topic_for(device_id, channel, name))
+        assert parsed == topics.DeviceTopic(device_id, channel, name)
 
     def test_documented_examples(self) -> None:
         """The scheme is exactly the documented one."""
@@ -33,6 +34,9 @@ class TestTopicScheme:
         assert topics.topic_for("pi-01", Channel.CMD, "ping") == "fleet/pi-01/cmd/ping"
         assert topics.all_devices(Channel.STATUS) == "fleet/+/status"
         assert topics.device_commands("pi-01") == "fleet/pi-01/cmd/+"
+        assert topics.topic_for("pi-01", Channel.INPUT, "light") == "fleet/pi-01/input/light"
+        assert topics.topic_for("pi-01", Channel.RESULTS) == "fleet/pi-01/results"
+        assert topics.all_devices(Channel.INPUT) == "fleet/+/input/+"
         assert topics.controller_rpc("devices-list") == "fleet-controller/rpc/devices-list"
         assert topics.parse_controller_rpc("fleet-controller/rpc/devices-show") == "devices-show"
 

@@ -1,0 +1,262 @@
+"""Runtime backends: one interface over ONNX Runtime and LiteRT / tflite-runtime.
+
+This package owns the contract between the agent and a runtime: ``BackendOptions`` (what the
+config may tune), the ``Backend`` protocol every runtime module implements, ``open_backend``
+(checks the file, then imports the runtime module lazily so a board with one runtime never
+imports the other), ``check_signature`` (the card's I/O contract against what the file
+declares) and ``conform_feeds``, the input validation both backends run before a runtime
+sees a request. Only ``onnx.py`` and ``litert.py`` import a runtime.
+
+Callers always speak float: a quantized input takes float32 (the backend quantizes with the
+model's own scale and zero point) and a quantized output comes back dequantized as float32.
+Outputs are passed on as the model computed them, NaN and Inf included: deciding that a
+non-finite result is an error (``NonFiniteOutputError``) belongs to the registry, which also
+counts it for monitoring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import InvalidInputError, ModelLoadError, ModelSignatureError
+from agent.inference.card import DType, ModelCard, Quantization, Runtime, TensorSpec
+
+TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
+# An ONNX ModelProto serializes ir_version (field 1, varint) first: tag byte 0x08.
+ONNX_FIRST_BYTE = 0x08
+SCALE_RELATIVE_TOLERANCE = 1e-6
+
+TfliteRuntimeChoice = Literal["auto", "litert", "tflite-runtime"]
+# A tensor of any element type, batch first (float32 wherever the model is quantized).
+Tensor = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Runtime settings from the agent's config."""
+
+    # Tried in order; unavailable ones are skipped with one log line; CPU is always last.
+    onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0  # 0: the runtime's default
+    inter_op_threads: int = 0
+    tflite_threads: int | None = None  # None: the runtime's default
+    tflite_runtime: TfliteRuntimeChoice = "auto"  # auto: LiteRT preferred, else tflite-runtime
+
+
+class Backend(Protocol):
+    """A loaded model file, ready to run. Thread-safe."""
+
+    runtime: str  # e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)", "litert 2.3.0"
+    path: Path
+    inputs: tuple[TensorSpec, ...]  # as the model file declares them
+    outputs: tuple[TensorSpec, ...]
+
+    def run(self, feeds: Mapping[str, npt.ArrayLike]) -> dict[str, Tensor]:
+        """Outputs by name for ``feeds`` by input name; float in and out for quantized tensors.
+
+        ``InvalidInputError`` for unknown or missing names, wrong shape or dtype;
+        ``ModelRunError`` when the runtime fails.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the runtime's resources; later calls to ``run`` raise ``ModelRunError``."""
+        ...
+
+
+def open_backend(path: Path, runtime: Runtime, options: BackendOptions, *, model: str) -> Backend:
+    """Load ``path`` with ``runtime``; ``ModelLoadError`` if that cannot be done."""
+    check_model_file(path, runtime)
+    # Imported here, not at the top: each runtime is an optional install.
+    if runtime == "onnx":
+        from agent.inference.backends.onnx import open_onnx  # noqa: PLC0415
+
+        return open_onnx(path, options, model=model)
+    if runtime == "tflite":
+        from agent.inference.backends.litert import open_tflite  # noqa: PLC0415
+
+        return open_tflite(path, options, model=model)
+    raise ModelLoadError(
+        f"unknown runtime {runtime!r} (expected 'onnx' or 'tflite')", path=str(path)
+    )
+
+
+def check_model_file(path: Path, runtime: Runtime) -> None:
+    """A clear ``ModelLoadError`` for files no runtime should be given: missing, empty, or
+    another runtime's format (read from the file's first bytes)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(8)
+    except FileNotFoundError as exc:
+        raise ModelLoadError("model file does not exist", path=str(path)) from exc
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file ({exc.strerror})", path=str(path)) from exc
+    if not head:
+        raise ModelLoadError("model file is empty (0 bytes)", path=str(path))
+    is_tflite = head[4:8] == TFLITE_IDENTIFIER
+    if runtime == "onnx" and is_tflite:
+        raise ModelLoadError(
+            "file is a TFLite flatbuffer (TFL3), not an ONNX model: use runtime 'tflite'",
+            path=str(path),
+        )
+    if runtime == "tflite" and not is_tflite:
+        hint = (
+            " (it looks like an ONNX model: use runtime 'onnx')" if _looks_like_onnx(head) else ""
+        )
+        raise ModelLoadError(
+            f"file is not a TFLite flatbuffer: no TFL3 identifier at bytes 4..8{hint}",
+            path=str(path),
+        )
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    return head[0] == ONNX_FIRST_BYTE
+
+
+def caller_dtype(spec: TensorSpec) -> DType:
+    """The dtype callers use for ``spec``: float32 for a quantized tensor, else its own."""
+    return "float32" if spec.quantization is not None else spec.dtype
+
+
+def conform_feeds(
+    model: str, specs: tuple[TensorSpec, ...], feeds: Mapping[str, npt.ArrayLike]
+) -> dict[str, Tensor]:
+    """``feeds`` checked against ``specs`` and converted to each input's caller dtype.
+
+    ``InvalidInputError`` naming the input, what was expected and what was given, for an
+    unknown or missing name, a wrong rank or size, an empty batch, or a dtype that does not
+    convert without changing values (float for an integer input, out-of-range integers).
+    """
+    names = [spec.name for spec in specs]
+    unknown = sorted(set(feeds) - set(names))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown input {unknown[0]!r}; the model takes {names}", model=model, detail=unknown[0]
+        )
+    missing = [name for name in names if name not in feeds]
+    if missing:
+        raise InvalidInputError(
+            f"missing input {missing[0]!r}; the model takes {names}", model=model, detail=missing[0]
+        )
+    return {spec.name: _conform(model, spec, feeds[spec.name]) for spec in specs}
+
+
+def _conform(model: str, spec: TensorSpec, value: npt.ArrayLike) -> Tensor:
+    array = np.asarray(value)
+    shape = tuple(int(size) for size in array.shape)
+    if not spec.accepts_shape(shape):
+        raise InvalidInputError(
+            f"input {spec.name!r} has shape {list(shape)}, expected {list(spec.shape)} "
+            "(-1: any size)",
+            model=model,
+            detail=spec.name,
+        )
+    if shape and shape[0] == 0:
+        raise InvalidInputError(
+            f"input {spec.name!r} has an empty batch (shape {list(shape)})",
+            model=model,
+            detail=spec.name,
+        )
+    return _convert_dtype(model, spec, array)
+
+
+def _convert_dtype(model: str, spec: TensorSpec, array: Tensor) -> Tensor:
+    target = np.dtype(caller_dtype(spec))
+    given = array.dtype
+    if target.kind == "f" and given.kind in "fiu":
+        # Integers are exact numbers for a float input (JSON [0, 1] parses as ints).
+        return array.astype(target, copy=False)
+    if target.kind in "iu" and given.kind in "iu":
+        if not np.can_cast(given, target) and array.size and not _fits(array, target):
+            raise InvalidInputError(
+                f"input {spec.name!r} has {given} values outside the range of {target}",
+                model=model,
+                detail=spec.name,
+            )
+        return array.astype(target, copy=False)
+    if target.kind == "b" and given.kind == "b":
+        return array
+    raise InvalidInputError(
+        f"input {spec.name!r} has dtype {given}, expected {target}",
+        model=model,
+        detail=spec.name,
+    )
+
+
+def _fits(array: Tensor, target: np.dtype[np.integer]) -> bool:
+    limits = np.iinfo(target)
+    return bool(array.min() >= limits.min and array.max() <= limits.max)
+
+
+def check_signature(card: ModelCard, backend: Backend) -> None:
+    """``ModelSignatureError`` listing every way the file's I/O differs from ``card``'s."""
+    differences = _differences("input", card.inputs, backend.inputs)
+    differences += _differences("output", card.outputs, backend.outputs)
+    if differences:
+        raise ModelSignatureError(
+            f"model file {backend.path.name} differs from its card: " + "; ".join(differences),
+            model=card.name,
+        )
+
+
+def _differences(
+    kind: str, declared: tuple[TensorSpec, ...], found: tuple[TensorSpec, ...]
+) -> list[str]:
+    found_by_name = {spec.name: spec for spec in found}
+    declared_names = {spec.name for spec in declared}
+    problems = [
+        f"{kind} {spec.name!r} is in the card, not in the file"
+        for spec in declared
+        if spec.name not in found_by_name
+    ]
+    problems += [
+        f"{kind} {spec.name!r} is in the file, not in the card"
+        for spec in found
+        if spec.name not in declared_names
+    ]
+    for want in declared:
+        have = found_by_name.get(want.name)
+        if have is not None:
+            problems += _tensor_differences(f"{kind} {want.name!r}", want, have)
+    return problems
+
+
+def _tensor_differences(label: str, card: TensorSpec, file: TensorSpec) -> list[str]:
+    problems = []
+    if card.dtype != file.dtype:
+        problems.append(f"{label} dtype: card {card.dtype}, file {file.dtype}")
+    if not _shapes_match(card.shape, file.shape):
+        problems.append(f"{label} shape: card {list(card.shape)}, file {list(file.shape)}")
+    if not _quantizations_match(card.quantization, file.quantization):
+        problems.append(
+            f"{label} quantization: card {_describe(card.quantization)}, "
+            f"file {_describe(file.quantization)}"
+        )
+    return problems
+
+
+def _shapes_match(card: tuple[int, ...], file: tuple[int, ...]) -> bool:
+    return len(card) == len(file) and all(
+        -1 in (want, have) or want == have for want, have in zip(card, file, strict=True)
+    )
+
+
+def _quantizations_match(card: Quantization | None, file: Quantization | None) -> bool:
+    if card is None or file is None:
+        return card is file
+    return card.zero_point == file.zero_point and math.isclose(
+        card.scale, file.scale, rel_tol=SCALE_RELATIVE_TOLERANCE, abs_tol=0.0
+    )
+
+
+def _describe(quantization: Quantization | None) -> str:
+    if quantization is None:
+        return "none"
+    return f"scale {quantization.scale:.9g} zero point {quantization.zero_point}"

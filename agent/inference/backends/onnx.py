@@ -1,0 +1,128 @@
+"""The ONNX Runtime backend: the agent's only importer of ``onnxruntime``.
+
+Owns provider selection (the configured execution providers in order, those this build of
+onnxruntime lacks skipped with one warning, CPU always the last resort), session threading,
+reading the graph's inputs and outputs into ``TensorSpec`` and running validated feeds.
+ONNX graphs have no quantization at their inputs and outputs (a QDQ int8 model keeps float
+I/O), so no conversion happens here. ``InferenceSession.run`` is thread-safe: no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import structlog
+
+from agent.errors import ModelLoadError, ModelRunError
+from agent.inference.backends import BackendOptions, Tensor, conform_feeds
+from agent.inference.card import DType, TensorSpec
+
+log = structlog.get_logger("agent.inference")
+
+CPU_PROVIDER = "CPUExecutionProvider"
+# ONNX Runtime's type strings for the tensor element types a model card can declare.
+ORT_TENSOR_DTYPES: dict[str, DType] = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+MAX_RUNTIME_MESSAGE = 500  # onnxruntime messages can quote whole graphs
+
+
+class OnnxBackend:
+    """One ``InferenceSession`` over one .onnx file."""
+
+    def __init__(self, session: Any, *, path: Path, model: str) -> None:
+        self._session: Any = session
+        self._model = model
+        self.path = path
+        self.inputs = tuple(_tensor_spec(arg, path) for arg in session.get_inputs())
+        self.outputs = tuple(_tensor_spec(arg, path) for arg in session.get_outputs())
+        self._output_names = [spec.name for spec in self.outputs]
+        providers = ", ".join(session.get_providers())
+        self.runtime = f"onnxruntime {ort.__version__} ({providers})"
+
+    def run(self, feeds: Mapping[str, npt.ArrayLike]) -> dict[str, Tensor]:
+        arrays = conform_feeds(self._model, self.inputs, feeds)
+        session = self._session
+        if session is None:
+            raise ModelRunError(f"backend for {self.path} is closed", model=self._model)
+        try:
+            values = session.run(self._output_names, arrays)
+        except Exception as exc:  # onnxruntime raises its own pybind11 exception types
+            message = _first_line(exc)
+            raise ModelRunError(f"onnxruntime failed: {message}", model=self._model) from exc
+        return {
+            name: np.asarray(value) for name, value in zip(self._output_names, values, strict=True)
+        }
+
+    def close(self) -> None:
+        # Runs in flight keep their own reference; the session is freed after the last one.
+        self._session = None
+
+
+def open_onnx(path: Path, options: BackendOptions, *, model: str) -> OnnxBackend:
+    """An ``OnnxBackend`` for ``path``; ``ModelLoadError`` if onnxruntime rejects the file."""
+    providers = choose_providers(options.onnx_providers, model=model)
+    session_options = ort.SessionOptions()
+    if options.intra_op_threads:
+        session_options.intra_op_num_threads = options.intra_op_threads
+    if options.inter_op_threads:
+        session_options.inter_op_num_threads = options.inter_op_threads
+    try:
+        session = ort.InferenceSession(str(path), session_options, providers=providers)
+    except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
+        message = _first_line(exc)
+        raise ModelLoadError(
+            f"onnxruntime cannot load the model: {message}", path=str(path)
+        ) from exc
+    return OnnxBackend(session, path=path, model=model)
+
+
+def choose_providers(requested: Sequence[str], *, model: str) -> list[str]:
+    """The requested providers this onnxruntime has, in order, CPU last; one warning names
+    the missing ones (a config written for a Jetson still runs on a plain CPU board)."""
+    available = set(ort.get_available_providers())
+    wanted = list(dict.fromkeys(requested))
+    chosen = [name for name in wanted if name in available and name != CPU_PROVIDER]
+    chosen.append(CPU_PROVIDER)
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        log.warning(
+            "inference.providers_unavailable",
+            model=model,
+            missing=missing,
+            using=chosen,
+            available=sorted(available),
+        )
+    return chosen
+
+
+def _tensor_spec(arg: Any, path: Path) -> TensorSpec:
+    dtype = ORT_TENSOR_DTYPES.get(arg.type)
+    if dtype is None:
+        raise ModelLoadError(
+            f"tensor {arg.name!r} has type {arg.type}, which the agent does not serve "
+            f"(supported: {', '.join(ORT_TENSOR_DTYPES)})",
+            path=str(path),
+        )
+    if arg.shape is None:
+        raise ModelLoadError(f"tensor {arg.name!r} declares no shape", path=str(path))
+    # Symbolic ("batch") and unknown (None) dimensions take any size.
+    shape = tuple(size if isinstance(size, int) and size >= 0 else -1 for size in arg.shape)
+    return TensorSpec(name=arg.name, dtype=dtype, shape=shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else type(exc).__name__
+    return message[:MAX_RUNTIME_MESSAGE]

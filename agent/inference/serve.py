@@ -1,0 +1,126 @@
+"""``edge-agent serve``: models served locally over the REST API, with no fleet at all.
+
+The equivalent of ``tensorflow_model_server --model_name --model_base_path``: each
+``--model NAME=PATH`` is loaded with the card beside its file (NAME overrides the card's name;
+naming the same NAME twice serves both versions, the later one by default), the REST service
+starts with a model monitor behind ``/metrics``, and the process runs until SIGINT or SIGTERM.
+A model that fails to load is a configuration error: nothing is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from pydantic import ValidationError
+
+from agent.errors import ConfigError, InferenceError
+from agent.inference.backends import BackendOptions
+from agent.inference.card import ModelCard, card_path_for, load_card
+from agent.inference.monitoring import ModelMonitor
+from agent.inference.registry import ModelRegistry
+from agent.inference.rest import DEFAULT_MAX_BODY_BYTES, RestServer, start_rest
+
+log = structlog.get_logger("agent.inference.serve")
+
+DEFAULT_PORT = 8501  # TensorFlow Serving's REST port
+
+
+@dataclass(frozen=True)
+class ModelArg:
+    """One ``--model NAME=PATH``."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything ``edge-agent serve`` takes from its command line."""
+
+    models: tuple[ModelArg, ...]
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    unix_path: Path | None = None
+    backend: BackendOptions = field(default_factory=BackendOptions)
+    workers: int = 2
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+def parse_model_arg(text: str) -> ModelArg:
+    """``NAME=PATH`` to a ``ModelArg``; ``ConfigError`` naming the argument otherwise."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError(f"--model takes NAME=PATH, got {text!r}")
+    return ModelArg(name=name, path=Path(path))
+
+
+async def serve(settings: ServeSettings, *, stop: asyncio.Event | None = None) -> None:
+    """Load the models, serve them until ``stop`` is set (or SIGINT/SIGTERM), then close."""
+    stop = stop or asyncio.Event()
+    monitor = ModelMonitor()
+    registry = ModelRegistry(settings.backend, workers=settings.workers, observer=monitor)
+    server: RestServer | None = None
+    try:
+        await _load_all(registry, settings.models)
+        server = await start_rest(
+            registry,
+            monitor,
+            host=settings.host,
+            port=settings.port,
+            unix_path=settings.unix_path,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        log.info("serve.listening", url=server.url, models=_served(registry))
+        with _stop_on_signals(stop):
+            await stop.wait()
+        log.info("serve.stopping")
+    finally:
+        if server is not None:
+            await server.close()
+        await registry.close()
+
+
+async def _load_all(registry: ModelRegistry, models: tuple[ModelArg, ...]) -> None:
+    seen: set[str] = set()
+    for model in models:
+        try:
+            card = _card_named(load_card(card_path_for(model.path)), model.name)
+            # The same NAME twice is two versions of one model, both kept.
+            await registry.load(model.path, card=card, keep_others=model.name in seen)
+        except InferenceError as exc:
+            raise ConfigError(f"model {model.name!r} cannot be served: {exc}") from exc
+        seen.add(model.name)
+
+
+def _card_named(card: ModelCard, name: str) -> ModelCard:
+    """The card under ``name``, checked against the card's own rule for names."""
+    try:
+        return ModelCard.model_validate({**card.model_dump(), "name": name})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"model name {name!r} is invalid: use lowercase letters, digits, '_', '.', '-' "
+            "(at most 64, starting with a letter or digit)"
+        ) from exc
+
+
+def _served(registry: ModelRegistry) -> dict[str, str]:
+    return {name: registry.card(name).version for name in registry.names()}
+
+
+@contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` while inside; default handling comes back after."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

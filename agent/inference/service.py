@@ -1,0 +1,173 @@
+"""The agent's inference service: models from config, monitoring, capture and the REST API.
+
+Built by the agent's composition root only when the config names models (the agent core
+never imports numpy or a runtime otherwise). A model that fails to load is reported as a
+``model_load_failed`` event and a failed ``models`` health condition; the agent keeps
+running and serving the models that did load. Registry events (loads, swaps, NaN outputs)
+become agent events on ``fleet/<device_id>/events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import numpy as np
+import structlog
+
+from agent.commands import CommandError
+from agent.config import AgentConfig
+from agent.errors import InferenceError
+from agent.inference.backends import BackendOptions
+from agent.inference.capture import CaptureBuffer, CaptureInfo
+from agent.inference.card import card_path_for, load_card
+from agent.inference.classify import RegistryClassifier, check_classifier
+from agent.inference.monitoring import ModelMonitor
+from agent.inference.registry import ModelRegistry
+from agent.inference.rest import RestServer, start_rest
+
+log = structlog.get_logger("agent.inference")
+
+Emit = Callable[..., Coroutine[Any, Any, None]]
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Records per ``capture`` upload command: each becomes one MQTT message through the outbox.
+UPLOAD_BATCH = 50
+
+
+class InferenceService:
+    """Registry, monitor, capture buffer and REST server of one agent."""
+
+    def __init__(self, config: AgentConfig, emit: Emit) -> None:
+        self._config = config
+        self._emit = emit
+        inference = config.inference
+        self.capture: CaptureBuffer | None = None
+        if inference.low_confidence_threshold is not None:
+            self.capture = CaptureBuffer(
+                config.state_dir / "capture", max_bytes=inference.capture_max_bytes
+            )
+        self.monitor = ModelMonitor(
+            low_confidence_threshold=inference.low_confidence_threshold, capture=self.capture
+        )
+        self.registry = ModelRegistry(
+            BackendOptions(
+                onnx_providers=tuple(inference.providers),
+                intra_op_threads=inference.intra_op_threads,
+                inter_op_threads=inference.inter_op_threads,
+                tflite_threads=inference.tflite_threads,
+                tflite_runtime=inference.tflite_runtime,
+            ),
+            workers=inference.workers,
+            max_queue=inference.max_queue,
+            observer=self.monitor,
+            on_event=self._registry_event,
+        )
+        self.rest: RestServer | None = None
+        self.load_failures: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Load every configured model (failures are reported, not fatal), then serve REST."""
+        for model in self._config.models:
+            try:
+                card = await asyncio.to_thread(load_card, model.card or card_path_for(model.path))
+            except InferenceError as exc:
+                self._load_failed(str(model.path), exc)
+                await self._emit(
+                    "model_load_failed",
+                    path=str(model.path),
+                    kind=type(exc).__name__,
+                    reason=str(exc),
+                )
+                continue
+            if model.name is not None and model.name != card.name:
+                card = card.model_copy(update={"name": model.name})
+            try:
+                await self.registry.load(model.path, card=card)
+            except InferenceError as exc:
+                self._load_failed(str(model.path), exc)  # the registry emitted the event
+        inference = self._config.inference
+        if inference.rest:
+            self.rest = await start_rest(
+                self.registry,
+                self.monitor,
+                host=inference.host,
+                port=inference.port,
+                unix_path=inference.unix_socket,
+                max_body_bytes=inference.max_body_bytes,
+            )
+            log.info("inference.rest_listening", url=self.rest.url)
+
+    def _load_failed(self, path: str, exc: InferenceError) -> None:
+        self.load_failures[path] = str(exc)
+        log.error("inference.load_failed", path=path, error=str(exc))
+
+    def classifier(self, model: str, *, top_k: int) -> RegistryClassifier:
+        """The pipeline-facing classifier of a loaded model (checked to be a classifier)."""
+        check_classifier(self.registry.card(model))
+        return RegistryClassifier(self.registry, model, top_k=top_k)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Model metrics for the telemetry message."""
+        body: dict[str, Any] = self.monitor.snapshot()
+        if self.load_failures:
+            body["load_failures"] = dict(self.load_failures)
+        return body
+
+    def _registry_event(self, event: str, fields: dict[str, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(self._emit(event, **fields))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the ``capture`` command ----------------------------------------------------------
+
+    async def capture_command(self, request: dict[str, Any], publish: Publish) -> dict[str, Any]:
+        """``{"action": "list" | "clear" | "upload"}`` on the low-confidence capture."""
+        if self.capture is None:
+            raise CommandError("capture is off (inference.low_confidence_threshold is not set)")
+        action = request.get("action", "list")
+        capture = self.capture
+        if action == "list":
+            records = await asyncio.to_thread(capture.records)
+            return {"count": len(records), "stats": capture.stats().as_dict()}
+        if action == "clear":
+            return {"cleared": await asyncio.to_thread(capture.clear)}
+        if action == "upload":
+            return {"uploaded": await self._upload(capture, publish)}
+        raise CommandError(f"unknown capture action {action!r}: use list, clear or upload")
+
+    async def _upload(self, capture: CaptureBuffer, publish: Publish) -> int:
+        records = await asyncio.to_thread(capture.records)
+        sent = 0
+        for info in records[:UPLOAD_BATCH]:
+            body = await asyncio.to_thread(_record_body, capture, info)
+            await publish(body)
+            await asyncio.to_thread(capture.remove, info)
+            sent += 1
+        return sent
+
+    async def close(self) -> None:
+        if self.rest is not None:
+            await self.rest.close()
+        await self.registry.close()
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.close)
+
+
+def _record_body(capture: CaptureBuffer, info: CaptureInfo) -> dict[str, Any]:
+    inputs: dict[str, Any] = capture.load(info)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **inputs)
+    return {
+        "model": info.model,
+        "version": info.version,
+        "prediction_id": info.prediction_id,
+        "label": info.label,
+        "confidence": info.confidence,
+        "ts": info.ts,
+        "inputs_npz_b64": base64.b64encode(buffer.getvalue()).decode("ascii"),
+    }

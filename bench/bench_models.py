@@ -1,0 +1,465 @@
+"""Models benchmark: serving overhead, int8 against fp32, and a hot swap under load.
+
+Everything runs in one process, on the same model files, the same inputs and the same ONNX
+Runtime thread count; nothing touches the network except the optional REST figure, which
+goes to 127.0.0.1. Nothing here asserts on timing: the table says PASS or MISS against each
+target and the exit code stays 0.
+
+1. Serving overhead on the large model (all-MiniLM-L6-v2, ONNX fp32, built by
+   ``models/minilm/build.py``). The baseline is a bare ``onnxruntime.InferenceSession.run``
+   on its own session with the same options. The agent path is ``ModelRegistry.predict``
+   with the agent's monitor attached: input checks, the hop to an inference thread, the
+   NaN/Inf check, prediction ids and the monitor's bookkeeping, timed from the call to the
+   result on the event loop. The two run in alternating blocks (the order flips every
+   block) so that drift of a shared machine falls on both; p50 and p99 of each, and their
+   ratios. Targets: agent/bare at most 1.05 at p50 and 1.20 at p99.
+2. int8 against fp32: p50 of a bare ``session.run`` of the dynamic-int8 MiniLM over the fp32
+   one, alternating blocks again (target at most 0.6), and file size (target at most 0.3).
+   The digits classifier's static int8 and fp32 variants are shown too, for information:
+   at 64 inputs their latency is mostly the runtime's fixed cost per call.
+3. Hot swap under load: ``clients`` asyncio tasks call ``predict`` back to back on the fp32
+   MiniLM (version 1). After a steady window, version 2 (the int8 file) is loaded beside it,
+   checked against its golden output, warmed up and switched to while the load goes on.
+   Figures: the longest gap between two consecutive results (any client) from the start of
+   the load until one second after the switch, over the p99 gap of the steady window
+   (target at most 2), and the count of failed requests (target 0).
+
+Run from the repository root (the large model must have been built once, see
+``make bench-models``)::
+
+    .venv/bin/python -m bench.bench_models [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from agent.inference.backends import BackendOptions
+from agent.inference.card import ModelCard, card_path_for, load_card
+from agent.inference.monitoring import ModelMonitor
+from agent.inference.registry import ModelRegistry
+
+REPO = Path(__file__).resolve().parents[1]
+MINILM_DIR = REPO / "models" / "build" / "minilm"
+MINILM_FP32 = MINILM_DIR / "minilm-fp32.onnx"
+MINILM_INT8 = MINILM_DIR / "minilm-int8.onnx"
+MINILM_DATA = MINILM_DIR / "eval.npz"
+DIGITS_DIR = REPO / "models" / "digits"
+THREADS = 2
+
+
+@dataclass(frozen=True)
+class Profile:
+    runs: int  # timed runs per path
+    block: int  # runs per alternating block
+    swap_steady_s: float
+    clients: int
+
+
+FULL = Profile(runs=600, block=50, swap_steady_s=5.0, clients=3)
+QUICK = Profile(runs=200, block=25, swap_steady_s=3.0, clients=3)
+
+
+@dataclass
+class Row:
+    figure: str
+    value: str
+    baseline: str
+    ratio: float | None
+    target: str
+    result: str
+
+
+@dataclass
+class Results:
+    meta: dict[str, Any]
+    figures: dict[str, Any] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
+    ordered = sorted(values)
+    rank = max(1, int(np.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    return options
+
+
+def load_inputs(card: ModelCard, limit: int = 32) -> list[dict[str, np.ndarray]]:
+    """Up to ``limit`` single-example feeds from the model's eval split, in the card's names."""
+    data = np.load(MINILM_DATA)
+    names = [spec.name for spec in card.inputs]
+    count = min(limit, len(data[names[0]]))
+    return [{name: data[name][i : i + 1] for name in names} for i in range(count)]
+
+
+# -- alternating timed blocks -----------------------------------------------------------------
+
+
+def bare_timer(path: Path) -> Callable[[Mapping[str, np.ndarray]], float]:
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+
+    def run(feeds: Mapping[str, np.ndarray]) -> float:
+        start = time.perf_counter()
+        session.run(None, dict(feeds))
+        return time.perf_counter() - start
+
+    return run
+
+
+async def alternate(
+    paths: dict[str, Callable[[Mapping[str, np.ndarray]], Any]],
+    inputs: list[dict[str, np.ndarray]],
+    profile: Profile,
+) -> dict[str, list[float]]:
+    """Each path's latencies (s), measured in alternating blocks after one warm-up block."""
+    names = list(paths)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    blocks = profile.runs // profile.block
+    for block in range(blocks + 1):
+        order = names if block % 2 == 0 else names[::-1]
+        for name in order:
+            for i in range(profile.block):
+                feeds = inputs[(block * profile.block + i) % len(inputs)]
+                elapsed = paths[name](feeds)
+                if asyncio.iscoroutine(elapsed):
+                    elapsed = await elapsed
+                if block > 0:  # block 0 warms every path up
+                    samples[name].append(float(elapsed))
+    return samples
+
+
+def agent_timer(registry: ModelRegistry, name: str) -> Callable[[Mapping[str, np.ndarray]], Any]:
+    async def run(feeds: Mapping[str, np.ndarray]) -> float:
+        start = time.perf_counter()
+        await registry.predict(name, feeds)
+        return time.perf_counter() - start
+
+    return run
+
+
+def new_registry(monitor: ModelMonitor | None = None) -> ModelRegistry:
+    options = BackendOptions(intra_op_threads=THREADS, inter_op_threads=1)
+    return ModelRegistry(options, workers=2, max_queue=64, observer=monitor)
+
+
+# -- 1 and 2: overhead, int8 against fp32 ------------------------------------------------------
+
+
+async def serving_overhead(results: Results, profile: Profile) -> None:
+    card = load_card(card_path_for(MINILM_FP32))
+    inputs = load_inputs(card)
+    registry = new_registry(ModelMonitor())
+    try:
+        await registry.load(MINILM_FP32, card=card)
+        samples = await alternate(
+            {"bare": bare_timer(MINILM_FP32), "agent": agent_timer(registry, card.name)},
+            inputs,
+            profile,
+        )
+    finally:
+        await registry.close()
+    bare, agent = samples["bare"], samples["agent"]
+    figures = {
+        "bare_p50_ms": percentile(bare, 50) * 1e3,
+        "bare_p99_ms": percentile(bare, 99) * 1e3,
+        "agent_p50_ms": percentile(agent, 50) * 1e3,
+        "agent_p99_ms": percentile(agent, 99) * 1e3,
+        "runs": len(bare),
+        "sequence_length": int(inputs[0][card.inputs[0].name].shape[1]),
+    }
+    results.figures["overhead"] = figures
+    for q, target in (("p50", 1.05), ("p99", 1.20)):
+        ratio = figures[f"agent_{q}_ms"] / figures[f"bare_{q}_ms"]
+        results.rows.append(
+            Row(
+                f"MiniLM predict {q}, agent registry (ms)",
+                f"{figures[f'agent_{q}_ms']:.2f}",
+                f"{figures[f'bare_{q}_ms']:.2f} bare run",
+                ratio,
+                f"<= {target:.2f}",
+                "PASS" if ratio <= target else "MISS",
+            )
+        )
+
+
+async def int8_against_fp32(results: Results, profile: Profile) -> None:
+    card = load_card(card_path_for(MINILM_FP32))
+    inputs = load_inputs(card)
+    samples = await alternate(
+        {"fp32": bare_timer(MINILM_FP32), "int8": bare_timer(MINILM_INT8)}, inputs, profile
+    )
+    fp32_p50 = percentile(samples["fp32"], 50) * 1e3
+    int8_p50 = percentile(samples["int8"], 50) * 1e3
+    fp32_size, int8_size = MINILM_FP32.stat().st_size, MINILM_INT8.stat().st_size
+    results.figures["int8"] = {
+        "fp32_p50_ms": fp32_p50,
+        "int8_p50_ms": int8_p50,
+        "fp32_p99_ms": percentile(samples["fp32"], 99) * 1e3,
+        "int8_p99_ms": percentile(samples["int8"], 99) * 1e3,
+        "fp32_bytes": fp32_size,
+        "int8_bytes": int8_size,
+    }
+    ratio = int8_p50 / fp32_p50
+    results.rows.append(
+        Row(
+            "MiniLM int8 (dynamic) p50 (ms)",
+            f"{int8_p50:.2f}",
+            f"{fp32_p50:.2f} fp32",
+            ratio,
+            "<= 0.60",
+            "PASS" if ratio <= 0.6 else "MISS",
+        )
+    )
+    size_ratio = int8_size / fp32_size
+    results.rows.append(
+        Row(
+            "MiniLM int8 file size (MB)",
+            f"{int8_size / 1e6:.1f}",
+            f"{fp32_size / 1e6:.1f} fp32",
+            size_ratio,
+            "<= 0.30",
+            "PASS" if size_ratio <= 0.3 else "MISS",
+        )
+    )
+    await digits_info(results, profile)
+
+
+async def digits_info(results: Results, profile: Profile) -> None:
+    fp32, int8 = DIGITS_DIR / "digits-fp32.onnx", DIGITS_DIR / "digits-int8.onnx"
+    x = np.load(DIGITS_DIR / "data" / "eval.npz")["x"]
+    inputs = [{"pixels": x[i : i + 1]} for i in range(32)]
+    samples = await alternate({"fp32": bare_timer(fp32), "int8": bare_timer(int8)}, inputs, profile)
+    fp32_p50 = percentile(samples["fp32"], 50) * 1e6
+    int8_p50 = percentile(samples["int8"], 50) * 1e6
+    results.figures["digits"] = {"fp32_p50_us": fp32_p50, "int8_p50_us": int8_p50}
+    results.rows.append(
+        Row(
+            "digits int8 (static QDQ) p50 (us)",
+            f"{int8_p50:.1f}",
+            f"{fp32_p50:.1f} fp32",
+            int8_p50 / fp32_p50,
+            "none",
+            "info",
+        )
+    )
+    size = int8.stat().st_size / fp32.stat().st_size
+    results.rows.append(
+        Row(
+            "digits int8 file size (kB)",
+            f"{int8.stat().st_size / 1e3:.1f}",
+            f"{fp32.stat().st_size / 1e3:.1f} fp32",
+            size,
+            "none",
+            "info",
+        )
+    )
+
+
+# -- 3: hot swap under load --------------------------------------------------------------------
+
+
+async def hot_swap(results: Results, profile: Profile) -> None:
+    card_v1 = load_card(card_path_for(MINILM_FP32))
+    card_v2 = load_card(card_path_for(MINILM_INT8)).model_copy(
+        update={"name": card_v1.name, "version": "2"}
+    )
+    card_v1 = card_v1.model_copy(update={"version": "1"})
+    inputs = load_inputs(card_v1)
+    registry = new_registry(ModelMonitor())
+    done: list[tuple[float, str]] = []
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async def client(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            try:
+                prediction = await registry.predict(card_v1.name, inputs[i % len(inputs)])
+                done.append((time.perf_counter(), prediction.version))
+            except Exception as exc:  # counted: the target is zero of them
+                failures.append(f"{type(exc).__name__}: {exc}")
+            i += 1
+
+    try:
+        await registry.load(MINILM_FP32, card=card_v1)
+        tasks = [asyncio.create_task(client(n * 7)) for n in range(profile.clients)]
+        await asyncio.sleep(1.0)  # settle
+        steady_start = time.perf_counter()
+        await asyncio.sleep(profile.swap_steady_s)
+        swap_start = time.perf_counter()
+        await registry.load(MINILM_INT8, card=card_v2)
+        swap_end = time.perf_counter()
+        await asyncio.sleep(1.0)
+        window_end = time.perf_counter()
+        stop.set()
+        await asyncio.gather(*tasks)
+    finally:
+        await registry.close()
+    stamps = [t for t, _ in done]
+    steady_gaps = _gaps([t for t in stamps if steady_start <= t < swap_start])
+    swap_times = [t for t in stamps if t >= swap_start - 1e-9 and t <= window_end]
+    # The first gap of the window starts at the last result before the swap began.
+    before = [t for t in stamps if t < swap_start]
+    swap_gaps = _gaps(([before[-1]] if before else []) + swap_times)
+    steady_p99 = percentile(steady_gaps, 99)
+    longest = max(swap_gaps)
+    versions_after = {v for t, v in done if t > swap_end + 0.05}
+    results.figures["hot_swap"] = {
+        "clients": profile.clients,
+        "steady_results": len(steady_gaps) + 1,
+        "steady_gap_p50_ms": percentile(steady_gaps, 50) * 1e3,
+        "steady_gap_p99_ms": steady_p99 * 1e3,
+        "swap_load_s": swap_end - swap_start,
+        "swap_window_results": len(swap_times),
+        "longest_gap_ms": longest * 1e3,
+        "failed_requests": len(failures),
+        "failures": failures[:5],
+        "versions_after_swap": sorted(versions_after),
+        "results_total": len(done),
+    }
+    ratio = longest / steady_p99
+    results.rows.append(
+        Row(
+            "hot swap: longest gap between results (ms)",
+            f"{longest * 1e3:.1f}",
+            f"{steady_p99 * 1e3:.1f} steady p99 gap",
+            ratio,
+            "<= 2.00",
+            "PASS" if ratio <= 2.0 else "MISS",
+        )
+    )
+    results.rows.append(
+        Row(
+            "hot swap: failed requests",
+            str(len(failures)),
+            f"{len(done):,} results",
+            None,
+            "0",
+            "PASS" if not failures else "MISS",
+        )
+    )
+
+
+def _gaps(stamps: list[float]) -> list[float]:
+    ordered = sorted(stamps)
+    return [b - a for a, b in itertools.pairwise(ordered)]
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def render(results: Results) -> str:
+    header = ("figure", "value", "baseline", "ratio", "target", "result")
+    rows = [
+        (
+            r.figure,
+            r.value,
+            r.baseline,
+            "-" if r.ratio is None else f"{r.ratio:.2f}",
+            r.target,
+            r.result,
+        )
+        for r in results.rows
+    ]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    m = results.meta
+    out = [
+        f"Models benchmark, {m['when']}: Python {m['python']}, onnxruntime {m['onnxruntime']}, "
+        f"{m['cpu_count']} cores, {THREADS} intra-op threads",
+        "",
+        line(header),
+        "-" * len(line(header)),
+        *(line(row) for row in rows),
+        "",
+    ]
+    o, s = results.figures.get("overhead"), results.figures.get("hot_swap")
+    if o:
+        out.append(
+            f"- overhead: {o['runs']} timed runs per path in alternating blocks, one sentence "
+            f"of {o['sequence_length']} tokens per call"
+        )
+    if s:
+        out.append(
+            f"- hot swap: {s['clients']} clients; load of v2 took {s['swap_load_s']:.2f} s "
+            f"(golden check and warm-up included); {s['swap_window_results']} results in the "
+            f"swap window; versions answering after the switch: {s['versions_after_swap']}; "
+            f"steady gap p50 {s['steady_gap_p50_ms']:.1f} ms"
+        )
+    return "\n".join(out)
+
+
+async def run(profile: Profile) -> Results:
+    results = Results(
+        meta={
+            "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "cpu_count": os.cpu_count(),
+            "threads": THREADS,
+            "profile": profile.__dict__,
+        }
+    )
+    print("1/3 serving overhead on MiniLM ...", flush=True)
+    await serving_overhead(results, profile)
+    print("2/3 int8 against fp32 ...", flush=True)
+    await int8_against_fp32(results, profile)
+    print("3/3 hot swap under load ...", flush=True)
+    await hot_swap(results, profile)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if not (MINILM_FP32.exists() and MINILM_INT8.exists() and MINILM_DATA.exists()):
+        sys.exit(
+            f"the large model is not built ({MINILM_FP32.relative_to(REPO)} and its int8 "
+            "variant): run `make bench-models`, which builds it in .venv-models first"
+        )
+    results = asyncio.run(run(QUICK if args.quick else FULL))
+    print()
+    print(render(results))
+    if args.json:
+        payload = {
+            "meta": results.meta,
+            "figures": results.figures,
+            "rows": [r.__dict__ for r in results.rows],
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+        print(f"\nfigures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

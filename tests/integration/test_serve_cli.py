@@ -1,0 +1,85 @@
+"""``edge-agent serve`` as a user runs it: a real process, real HTTP, signals and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import EXIT_CONFIG
+from tests.integration.harness import ManagedProcess, wait_until
+from tests.integration.test_registry import DIGITS, FP32, INT8, eval_split
+
+TFLITE = DIGITS / "digits-fp32.tflite"
+ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def serve_process(tmp_path: Path, *args: str) -> ManagedProcess:
+    argv = [sys.executable, "-m", "agent", "serve", *args]
+    return ManagedProcess(argv, ENV, tmp_path / "serve.log")
+
+
+def listening_url(process: ManagedProcess) -> str | None:
+    """The URL from the one ``serve.listening`` log line (JSON: stderr is not a terminal)."""
+    for line in process.log().splitlines():
+        if line.startswith("{") and json.loads(line).get("event") == "serve.listening":
+            return str(json.loads(line)["url"])
+    assert process.alive, process.log()
+    return None
+
+
+def get_json(url: str, body: object = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_serve_answers_predict_and_exits_0_on_sigterm(
+    tmp_path: Path, processes: list[ManagedProcess]
+) -> None:
+    process = serve_process(
+        tmp_path,
+        *("--model", f"digits={FP32}", "--model", f"digits={INT8}"),
+        *("--model", f"lite={TFLITE}", "--port", "0", "--threads", "1"),
+    )
+    processes.append(process.start())
+    url = wait_until(lambda: listening_url(process), 60, "the serve.listening log line")
+    rows, labels = eval_split()
+
+    status = get_json(f"{url}/v1/models/digits")
+    assert [entry["version"] for entry in status["model_version_status"]] == ["2", "1"]
+    for path in ("digits", "digits/versions/1", "lite"):
+        body = get_json(f"{url}/v1/models/{path}:predict", {"instances": rows.tolist()})
+        assert np.mean(np.argmax(body["predictions"], axis=1) == labels) > 0.9
+        assert len(body["prediction_ids"]) == len(rows)
+    assert "edge_model_requests_total" in urllib.request.urlopen(f"{url}/metrics").read().decode()
+
+    assert process.terminate() == 0
+    assert "serve.stopping" in process.log()
+
+
+def test_a_model_that_cannot_load_is_a_config_error(tmp_path: Path) -> None:
+    corrupt = tmp_path / "digits-int8.onnx"
+    corrupt.write_bytes(INT8.read_bytes()[:100])
+    corrupt.with_name(corrupt.name + ".card.json").write_bytes(
+        INT8.with_name(INT8.name + ".card.json").read_bytes()
+    )
+    argv = [sys.executable, "-m", "agent", "serve", "--model", f"digits={corrupt}", "--port", "0"]
+    result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("edge-agent: config error: model 'digits' cannot be served")
+    assert str(corrupt) in message
+
+
+def test_a_malformed_model_argument_is_a_config_error() -> None:
+    argv = [sys.executable, "-m", "agent", "serve", "--model", str(FP32)]
+    result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == EXIT_CONFIG
+    assert "--model takes NAME=PATH" in result.stderr
