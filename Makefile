@@ -13,10 +13,15 @@ TFLITE_VENV := .venv-tflite
 TFLITE_PY := $(TFLITE_VENV)/bin/python
 TFLITE_STAMP := $(TFLITE_VENV)/.installed
 TFLITE_COMPAT_TESTS := tests/integration/test_tflite_runtime_compat.py
+# Rebuilding the reference models needs TensorFlow and PyTorch (CPU): only `make models` and
+# `make bench-models` set this environment up; tests and the demo use the committed files.
+MODELS_VENV := .venv-models
+MODELS_STAMP := $(MODELS_VENV)/.installed
+MINILM := models/build/minilm/minilm-int8.onnx
 SYSTEM_PACKAGES := mosquitto gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev pkg-config
 PYTEST_ARGS ?=
 
-.PHONY: test demo deps system-deps lint typecheck unit integration bench clean
+.PHONY: test demo deps system-deps lint typecheck unit integration bench bench-models models clean
 
 system-deps:
 	@scripts/ensure-system-packages.sh $(SYSTEM_PACKAGES)
@@ -35,6 +40,21 @@ $(TFLITE_STAMP): pyproject.toml
 	@$(TFLITE_PY) -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
 	@$(TFLITE_PY) -c 'import agent, numpy, tflite_runtime.interpreter, pytest'
 	@touch $(TFLITE_STAMP)
+
+$(MODELS_STAMP): pyproject.toml
+	@test -x $(MODELS_VENV)/bin/python || $(PYTHON) -m venv $(MODELS_VENV)
+	@echo "installing TensorFlow, PyTorch (CPU) and the model tools into $(MODELS_VENV)"
+	@$(MODELS_VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[models]' 2>&1 | grep -v '^WARNING: Location' || true
+	@touch $(MODELS_STAMP)
+
+$(MINILM): $(MODELS_STAMP) models/minilm/build.py models/minilm/sentences.py
+	@$(MODELS_VENV)/bin/python models/minilm/build.py
+
+# Rebuild every reference model from the data its package ships.
+models: $(MODELS_STAMP)
+	@$(MODELS_VENV)/bin/python models/digits/build.py
+	@$(MODELS_VENV)/bin/python models/digits/distill.py
+	@$(MODELS_VENV)/bin/python models/minilm/build.py
 
 deps: system-deps $(STAMP)
 
@@ -61,6 +81,9 @@ demo: deps
 bench: deps
 	@$(PY) -m bench.bench_agent
 	@$(PY) -m bench.bench_serial
+
+bench-models: deps $(MINILM)
+	@$(PY) -m bench.bench_models
 
 clean:
 	rm -rf $(VENV) $(TFLITE_VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -178,18 +178,19 @@ def model_optimize(
     threads: Annotated[int, typer.Option("--threads", help="intra-op threads")] = 1,
 ) -> None:
     """Quantize and prune an ONNX model, then compare size, latency and accuracy."""
-    if mode not in ("auto", "static", "dynamic"):
-        _fail(FleetError(f"--mode must be auto, static or dynamic, not {mode!r}"))
     try:
         from rich.markup import escape  # noqa: PLC0415
         from rich.progress import Progress  # noqa: PLC0415
 
+        from fleet.modelopt.errors import OptionsError  # noqa: PLC0415
         from fleet.modelopt.pipeline import OptimizeOptions, optimize  # noqa: PLC0415
         from fleet.modelopt.report import render_table  # noqa: PLC0415
     except ImportError as exc:
         # No brackets in the message: the console would read "[optimize]" as markup.
         _fail(FleetError(f"{exc.name} is missing: install the optimize extra of edge-fleet"))
         return
+    if mode not in ("auto", "static", "dynamic"):
+        _fail(OptionsError(f"--mode must be auto, static or dynamic, not {mode!r}"))
     options = OptimizeOptions(
         model=model,
         eval_data=eval_data,

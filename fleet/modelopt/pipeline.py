@@ -23,17 +23,16 @@ from rich.progress import Progress, TaskID
 
 from fleet.modelopt import tflite
 from fleet.modelopt.data import Dataset, load_dataset
-from fleet.modelopt.errors import OptionsError
+from fleet.modelopt.errors import DatasetError, OptionsError
 from fleet.modelopt.measure import accuracy, mean_cosine, time_single_examples
 from fleet.modelopt.prune import gzip_size, prune_file
 from fleet.modelopt.quantize import quantize_int8_dynamic, quantize_int8_static
-from fleet.modelopt.report import Report, VariantResult
-from fleet.modelopt.session import input_names, open_session, run_first_output
+from fleet.modelopt.report import Report, VariantResult, plot_report
+from fleet.modelopt.session import input_names, open_session
 from fleet.modelopt.tflite import MISSING_TENSORFLOW, NO_TF_MODEL
 
 Mode = Literal["auto", "static", "dynamic"]
 Kind = Literal["baseline", "quantized", "pruned", "tflite", "compare"]
-EVAL_BATCH = 64
 INTEGER_INPUT_TYPES = ("tensor(int64)", "tensor(int32)")
 
 
@@ -64,10 +63,18 @@ class _Candidate:
 
 @dataclass(frozen=True)
 class _Runner:
-    """How to run one variant: a single example (timed) and the whole eval split."""
+    """Runs one example of a variant and returns its first output.
 
-    one: Callable[[Mapping[str, np.ndarray]], object]
-    all: Callable[[Dataset], np.ndarray]
+    Quality is measured one example at a time too, as the agent serves requests: dynamic
+    quantization picks activation scales per call, so a batch's rows change each other's
+    results.
+    """
+
+    one: Callable[[Mapping[str, np.ndarray]], np.ndarray]
+
+    def all(self, data: Dataset) -> np.ndarray:
+        rows = [self.one(data.rows(index, index + 1)) for index in range(data.size)]
+        return np.concatenate(rows, axis=0)
 
 
 def choose_mode(session: ort.InferenceSession, labelled: bool, requested: Mode) -> str:
@@ -86,8 +93,11 @@ def optimize(options: OptimizeOptions, progress: Progress | None = None) -> Repo
     eval_data = load_dataset(options.eval_data, names)
     mode = choose_mode(baseline, eval_data.labels is not None, options.mode)
     calibration = _calibration(options, names, mode)
-    for path in options.compare:
-        open_session(path, threads=options.threads)  # fail now, not after quantizing
+    _check_fits(baseline, eval_data, options.model)
+    if calibration is not None:
+        _check_fits(baseline, calibration, options.model)
+    for path in options.compare:  # fail now, not after quantizing
+        _check_fits(open_session(path, threads=options.threads), eval_data, path)
     if options.tf_model is not None and tflite.tensorflow_available():
         tflite.check_tf_model(options.tf_model)
     options.out.mkdir(parents=True, exist_ok=True)
@@ -105,8 +115,6 @@ def optimize(options: OptimizeOptions, progress: Progress | None = None) -> Repo
     candidates = _make_variants(options, mode, calibration, report, steps)
     _measure_all(candidates, eval_data, options, report, steps)
     report.write_json(options.out / "report.json")
-    from fleet.modelopt.report import plot_report  # noqa: PLC0415  # matplotlib is slow to import
-
     plot_report(report, options.out / "report.png")
     return report
 
@@ -118,6 +126,17 @@ def _check_options(options: OptimizeOptions) -> None:
         raise OptionsError(
             f"--runs and --threads must be at least 1 (got {options.runs}, {options.threads})"
         )
+
+
+def _check_fits(session: ort.InferenceSession, data: Dataset, model: Path) -> None:
+    """``DatasetError`` unless ``model`` runs on the first example of ``data``."""
+    try:
+        session.run(None, data.rows(0, 1))
+    except Exception as exc:  # ORT's InvalidArgument/Fail types carry the reason
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatasetError(
+            f"{model.name} rejects this data ({reason})", path=str(data.path)
+        ) from exc
 
 
 def _calibration(options: OptimizeOptions, names: list[str], mode: str) -> Dataset | None:
@@ -213,18 +232,7 @@ def _runner(candidate: _Candidate, threads: int) -> _Runner:
     if candidate.kind == "tflite":
         return _tflite_runner(candidate, threads)
     session = open_session(candidate.path, threads=threads)
-    batch = _batch_size(session)
-
-    def run_all(data: Dataset) -> np.ndarray:
-        return run_first_output(session, data.batches(batch))
-
-    return _Runner(one=lambda feeds: session.run(None, dict(feeds)), all=run_all)
-
-
-def _batch_size(session: ort.InferenceSession) -> int:
-    """EVAL_BATCH, or the fixed batch size a model declares (some exports fix it to 1)."""
-    first = session.get_inputs()[0].shape
-    return first[0] if first and isinstance(first[0], int) and first[0] > 0 else EVAL_BATCH
+    return _Runner(lambda feeds: session.run(None, dict(feeds))[0])
 
 
 def _tflite_runner(candidate: _Candidate, threads: int) -> _Runner:
@@ -241,11 +249,7 @@ def _tflite_runner(candidate: _Candidate, threads: int) -> _Runner:
         (array,) = feeds.values()
         return backend.run({input_name: array})[output_name]
 
-    def run_all(data: Dataset) -> np.ndarray:
-        rows = [one(data.rows(index, index + 1)) for index in range(data.size)]
-        return np.concatenate(rows, axis=0)
-
-    return _Runner(one=one, all=run_all)
+    return _Runner(one)
 
 
 def _machine() -> dict[str, str]:

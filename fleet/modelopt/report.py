@@ -83,8 +83,12 @@ class Report:
         return path
 
 
-def _kib(size: int) -> str:
-    return f"{size / 1024:,.1f}"
+def _size(size: int) -> str:
+    """Bytes in binary units, short enough for a narrow column: 68.0K, 86.6M."""
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f}{unit}"
+    return f"{size}B"
 
 
 def _signed(value: float, scale: float = 1.0, digits: int = 2) -> str:
@@ -92,7 +96,7 @@ def _signed(value: float, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def render_table(report: Report) -> Table:
-    """The report as a rich table: sizes in KiB, latency in ms, then ratios/deltas vs fp32."""
+    """The report as a rich table: sizes, latency in ms, then ratios and deltas against fp32."""
     accuracy = report.metric == "accuracy"
     table = Table(
         title=f"{report.model} on this machine, {report.threads} thread(s)",
@@ -102,9 +106,9 @@ def render_table(report: Report) -> Table:
         collapse_padding=True,  # fits 80 columns
         caption="x size, x p50: ratio to fp32; Δ: quality minus fp32's; zeros: weight sparsity",
     )
-    table.add_column("variant", no_wrap=True)
+    table.add_column("variant", overflow="fold", min_width=12)  # long names fold, not numbers
     # Two-line headers keep the columns as narrow as their numbers.
-    headers = ("KiB", "gzip\nKiB", "p50\nms", "p99\nms", "acc." if accuracy else "cosine")
+    headers = ("size", "gzip\nsize", "p50\nms", "p99\nms", "acc." if accuracy else "cosine")
     for header in (*headers, "zeros", "x\nsize", "x\np50", "Δ\npt" if accuracy else "Δ"):
         table.add_column(header, justify="right", no_wrap=True)
     for variant in report.variants:
@@ -115,8 +119,8 @@ def render_table(report: Report) -> Table:
             shown, change = f"{variant.quality:.4f}", _signed(delta["quality_delta"], digits=4)
         table.add_row(
             variant.name,
-            _kib(variant.size_bytes),
-            _kib(variant.gzip_bytes),
+            _size(variant.size_bytes),
+            _size(variant.gzip_bytes),
             f"{variant.p50_ms:.3f}",
             f"{variant.p99_ms:.3f}",
             shown,
@@ -141,7 +145,7 @@ def plot_report(report: Report, path: Path) -> Path:
         area = 40 + 800 * variant.size_bytes / largest
         axes.scatter(variant.p50_ms, variant.quality, s=area, alpha=0.6)
         axes.annotate(
-            f"{variant.name}\n{_kib(variant.size_bytes)} KiB",
+            f"{variant.name}\n{_size(variant.size_bytes)}",
             (variant.p50_ms, variant.quality),
             textcoords="offset points",
             xytext=(8, 4),

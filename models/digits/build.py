@@ -103,7 +103,7 @@ def save_splits(splits: Splits) -> None:
     np.savez_compressed(build_dir / "train.npz", x=splits.x_train, y=splits.y_train)
 
 
-def train_keras(splits: Splits, hidden: tuple[int, ...] = HIDDEN, epochs: int = EPOCHS):  # type: ignore[no-untyped-def]
+def train_keras(splits: Splits, hidden: tuple[int, ...] = HIDDEN, epochs: int = EPOCHS):
     """A small MLP: pixels -> Dense(relu)... -> Dense(10, softmax) named probabilities."""
     import keras
 
@@ -123,7 +123,7 @@ def train_keras(splits: Splits, hidden: tuple[int, ...] = HIDDEN, epochs: int = 
     return model
 
 
-def dense_weights(model) -> list[tuple[np.ndarray, np.ndarray]]:  # type: ignore[no-untyped-def]
+def dense_weights(model) -> list[tuple[np.ndarray, np.ndarray]]:
     """(kernel, bias) of every Dense layer, in order."""
     return [
         (layer.kernel.numpy(), layer.bias.numpy())
@@ -183,7 +183,7 @@ def export_tflite(
 
     class Serving(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name=INPUT_NAME)])
-        def serve(self, pixels):  # type: ignore[no-untyped-def]
+        def serve(self, pixels):
             hidden = pixels
             for kernel, bias in layers[:-1]:
                 hidden = tf.nn.relu(tf.matmul(hidden, kernel) + bias)
@@ -244,7 +244,7 @@ def open_tflite(path: Path) -> TfliteModel:
     return TfliteModel((in_spec,), (out_spec,), run)
 
 
-def _tflite_spec(name: str, detail: dict) -> TensorSpec:  # type: ignore[type-arg]
+def _tflite_spec(name: str, detail: dict) -> TensorSpec:
     scale, zero_point = detail["quantization"]
     quantization = Quantization(scale=float(scale), zero_point=int(zero_point)) if scale else None
     shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
@@ -319,90 +319,83 @@ def onnx_output_scale(path: Path) -> float:
     return 1.0 / 256
 
 
+def describe(variant: str) -> str:
+    hidden = "-".join(map(str, HIDDEN))
+    return f"MLP 64-{hidden}-10 on scikit-learn's 8x8 digits (x = pixels/16); {variant}"
+
+
+def build_onnx(weights: list[tuple[np.ndarray, np.ndarray]], splits: Splits) -> dict[str, float]:
+    """digits-fp32.onnx and its static int8 (via fleet.modelopt); eval accuracy of each."""
+    fp32, int8 = HERE / "digits-fp32.onnx", HERE / "digits-int8.onnx"
+    export_onnx_fp32(weights, fp32)
+    quantize_int8_static(fp32, int8, load_dataset(DATA / "calibration.npz", [INPUT_NAME]))
+    variants = (
+        (fp32, "1", lambda: FP32_ATOL, "fp32 ONNX graph of the Keras weights"),
+        (int8, "2", lambda: round(INT8_ATOL_STEPS * onnx_output_scale(int8), 6),
+         "ONNX Runtime static int8 (QDQ, per-channel, MinMax on the calibration split)"),
+    )  # fmt: skip
+    accuracies = {}
+    for path, version, atol, variant in variants:
+        card = write_card(
+            path, runtime="onnx", version=version, specs=onnx_tensor_specs(path),
+            outputs_eval=run_onnx(path, splits.x_eval), splits=splits, atol=atol(),
+            description=describe(variant),
+        )  # fmt: skip
+        accuracies[path.name] = card_accuracy(card)
+    return accuracies
+
+
+def build_tflite(weights: list[tuple[np.ndarray, np.ndarray]], splits: Splits) -> dict[str, float]:
+    """digits-fp32.tflite and the full-integer digits-int8.tflite; eval accuracy of each."""
+    variants = (
+        ("digits-fp32.tflite", "1", None, "fp32 TFLite"),
+        ("digits-int8.tflite", "2", splits.x_calibration,
+         "full-integer TFLite (int8 in/out, calibrated on the calibration split)"),
+    )  # fmt: skip
+    accuracies = {}
+    for name, version, representative, variant in variants:
+        path = HERE / name
+        export_tflite(weights, path, representative)
+        tflite = open_tflite(path)
+        output = tflite.outputs[0]
+        card = write_card(
+            path, runtime="tflite", version=version, specs=(tflite.inputs, tflite.outputs),
+            outputs_eval=tflite.run(splits.x_eval), splits=splits,
+            atol=int8_atol(output) if output.quantization else FP32_ATOL,
+            description=describe(variant),
+        )  # fmt: skip
+        accuracies[name] = card_accuracy(card)
+    return accuracies
+
+
+def card_accuracy(card: ModelCard) -> float:
+    if card.reference is None or card.reference.accuracy is None:
+        raise SystemExit(f"card of {card.name} {card.version} has no accuracy")
+    return card.reference.accuracy
+
+
 def build() -> None:
     splits = make_splits()
     save_splits(splits)
     keras_model = train_keras(splits)
     # Not committed: the input of `fleet model optimize --tf-model` and of distill.py.
     keras_model.save(REPO / "models" / "build" / "digits" / "digits.keras")
-    results: dict[str, float] = {}
-    description = "MLP 64-{}-10 on scikit-learn's 8x8 digits (x = pixels/16); {}".format(
-        "-".join(map(str, HIDDEN)), "{}"
-    )
-
-    fp32_onnx = HERE / "digits-fp32.onnx"
-    export_onnx_fp32(dense_weights(keras_model), fp32_onnx)
-    probs = run_onnx(fp32_onnx, splits.x_eval)
+    weights = dense_weights(keras_model)
+    accuracies = build_onnx(weights, splits)
+    onnx_probs = run_onnx(HERE / "digits-fp32.onnx", splits.x_eval)
     keras_probs = keras_model.predict(splits.x_eval, verbose=0)
-    assert np.allclose(probs, keras_probs, atol=1e-5), "ONNX export differs from Keras"
-    card = write_card(
-        fp32_onnx,
-        runtime="onnx",
-        version="1",
-        specs=onnx_tensor_specs(fp32_onnx),
-        outputs_eval=probs,
-        splits=splits,
-        atol=FP32_ATOL,
-        description=description.format("fp32 ONNX graph of the Keras weights"),
-    )
-    results[fp32_onnx.name] = card.reference.accuracy  # type: ignore[union-attr]
+    if not np.allclose(onnx_probs, keras_probs, atol=1e-5):
+        raise SystemExit("the ONNX export differs from the Keras model")
+    accuracies |= build_tflite(weights, splits)
 
-    int8_onnx = HERE / "digits-int8.onnx"
-    calibration = load_dataset(DATA / "calibration.npz", [INPUT_NAME])
-    quantize_int8_static(fp32_onnx, int8_onnx, calibration)
-    probs = run_onnx(int8_onnx, splits.x_eval)
-    card = write_card(
-        int8_onnx,
-        runtime="onnx",
-        version="2",
-        specs=onnx_tensor_specs(int8_onnx),
-        outputs_eval=probs,
-        splits=splits,
-        atol=round(INT8_ATOL_STEPS * onnx_output_scale(int8_onnx), 6),
-        description=description.format(
-            "ONNX Runtime static int8 (QDQ, per-channel, MinMax on the calibration split)"
-        ),
-    )
-    results[int8_onnx.name] = card.reference.accuracy  # type: ignore[union-attr]
-
-    for name, version, representative, atol_of, variant in (
-        ("digits-fp32.tflite", "1", None, lambda _s: FP32_ATOL, "fp32 TFLite"),
-        (
-            "digits-int8.tflite",
-            "2",
-            splits.x_calibration,
-            int8_atol,
-            "full-integer TFLite (int8 in/out, calibrated on the calibration split)",
-        ),
-    ):
-        path = HERE / name
-        export_tflite(dense_weights(keras_model), path, representative)
-        tflite = open_tflite(path)
-        probs = tflite.run(splits.x_eval)
-        card = write_card(
-            path,
-            runtime="tflite",
-            version=version,
-            specs=(tflite.inputs, tflite.outputs),
-            outputs_eval=probs,
-            splits=splits,
-            atol=atol_of(tflite.outputs[0]),
-            description=description.format(variant),
-        )
-        results[name] = card.reference.accuracy  # type: ignore[union-attr]
-
-    print(
-        f"splits: train {len(splits.y_train)}, calibration {len(splits.y_calibration)}, "
-        f"eval {len(splits.y_eval)}"
-    )
-    for name, accuracy in results.items():
+    print(f"splits: train {len(splits.y_train)}, calibration {len(splits.y_calibration)}, "
+          f"eval {len(splits.y_eval)}")  # fmt: skip
+    for name, accuracy in accuracies.items():
         size = (HERE / name).stat().st_size
         print(f"{name:22s} eval accuracy {accuracy:.4f}  size {size:7d} bytes")
-    for fp32, int8 in (
-        ("digits-fp32.onnx", "digits-int8.onnx"),
-        ("digits-fp32.tflite", "digits-int8.tflite"),
-    ):
-        gap = results[fp32] - results[int8]
+    for fp32, int8 in (("digits-fp32.onnx", "digits-int8.onnx"),
+                       ("digits-fp32.tflite", "digits-int8.tflite")):  # fmt: skip
+        gap = accuracies[fp32] - accuracies[int8]
         if gap > 0.01:
             raise SystemExit(f"{int8} loses {gap:.4f} accuracy against {fp32} (limit 0.01)")
 

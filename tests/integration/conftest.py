@@ -11,7 +11,6 @@ import pytest
 from fleet.localbroker import PrivateBroker
 from tests.integration.harness import ManagedProcess
 
-
 # Runs only in .venv-tflite (numpy<2 + tflite-runtime 2.14); `make test` runs it there by path.
 collect_ignore = ["test_tflite_runtime_compat.py"]
 

@@ -123,6 +123,7 @@ def test_tflite_variant_is_explained_when_it_cannot_be_made(optimized: tuple[Pat
         ("corrupt-model", "ONNX Runtime cannot load the model"),
         ("corrupt-eval", "not a readable .npz"),
         ("wrong-arrays", "no array 'pixels'"),
+        ("wrong-shape", "digits-fp32.onnx rejects this data"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_a_failing_exit(
@@ -141,7 +142,10 @@ def test_bad_input_is_one_clear_line_and_a_failing_exit(
         import numpy as np
 
         eval_data = tmp_path / "wrong.npz"
-        np.savez(eval_data, images=np.zeros((2, 64), dtype=np.float32))
+        if problem == "wrong-arrays":
+            np.savez(eval_data, images=np.zeros((2, 64), dtype=np.float32))
+        else:
+            np.savez(eval_data, x=np.zeros((2, 63), dtype=np.float32), y=np.zeros(2, np.int64))
     out = tmp_path / "out"
     done = _optimize(model, "--calibration", CALIBRATION, "--eval", eval_data, "--out", out)
     assert done.returncode == EXIT_BAD_INPUT

@@ -12,8 +12,9 @@ import asyncio
 import json
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,48 @@ def assert_error(result: tuple[int, Any], status: int, *fragments: str) -> None:
     assert list(body) == ["error"]
     for fragment in fragments:
         assert fragment in body["error"]
+
+
+def json_rows_stream(total_bytes: int) -> Iterator[bytes]:
+    """The start of a predict body that goes on for ``total_bytes`` (1 MiB chunks)."""
+    row = ("[" + ",".join(["0.5"] * 64) + "],").encode()
+    chunk = row * (1024 * 1024 // len(row))
+    yield b'{"instances": ['
+    for _ in range(total_bytes // len(chunk)):
+        yield chunk
+
+
+async def post_chunked(url: str, chunks: Iterator[bytes]) -> tuple[int, Any]:
+    """POST with ``Transfer-Encoding: chunked`` (no Content-Length for the server to check
+    up front), written to the end whatever the server answers, then the response.
+
+    A plain asyncio stream rather than aiohttp's client: that client stops writing when the
+    answer comes early and leaves its socket closing after the loop ends (a ResourceWarning).
+    """
+    parts = urllib.parse.urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(
+            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        for chunk in chunks:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        status = int((await reader.readline()).split()[1])
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers["content-length"]))
+        assert headers["content-type"].startswith("application/json")
+        return status, json.loads(body)
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 @pytest.fixture(scope="module")
@@ -253,20 +296,9 @@ def test_oversized_bodies_get_413_and_the_server_keeps_serving(server: ServerThr
     url = f"{server.url}/v1/models/digits:predict"
     assert_error(call(url, raw=b" " * (MAX_BODY + 1)), 413, str(MAX_BODY))
 
-    async def stream_100_mb() -> int:
-        async def body() -> AsyncIterator[bytes]:
-            row = ("[" + ",".join(["0.5"] * 64) + "],").encode()
-            chunk = row * (1024 * 1024 // len(row))
-            yield b'{"instances": ['
-            for _ in range(100 * 1024 * 1024 // len(chunk)):
-                yield chunk
-
-        async with aiohttp.ClientSession() as session, session.post(url, data=body()) as response:
-            assert response.headers["Content-Type"].startswith("application/json")
-            assert "error" in await response.json()
-            return response.status
-
-    assert asyncio.run(stream_100_mb()) == 413
+    status, error = asyncio.run(post_chunked(url, json_rows_stream(100 * 1024 * 1024)))
+    assert status == 413
+    assert str(MAX_BODY) in error["error"]
     status, body = call(url, {"instances": [[0.5] * 64]})
     assert status == 200
     assert len(body["predictions"]) == 1

@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from fleet.modelopt.data import load_dataset
-from fleet.modelopt.errors import DatasetError
-from fleet.modelopt.pipeline import choose_mode
+from fleet.modelopt.errors import DatasetError, OptionsError
+from fleet.modelopt.pipeline import OptimizeOptions, choose_mode, optimize
 
 
 def _npz(path: Path, **arrays: np.ndarray) -> Path:
@@ -97,3 +97,27 @@ def test_auto_mode_is_dynamic_for_token_ids_or_unlabelled_data(tmp_path: Path) -
     assert choose_mode(floats, labelled=False, requested="auto") == "dynamic"
     assert choose_mode(tokens, labelled=True, requested="auto") == "dynamic"
     assert choose_mode(tokens, labelled=True, requested="static") == "static"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sparsity": 1.5}, "--sparsity must be in"),
+        ({"runs": 0}, "--runs and --threads must be at least 1"),
+        ({"calibration": None}, "--calibration DATA.npz is needed for static"),
+    ],
+)
+def test_options_are_checked_before_anything_is_written(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    digits = Path(__file__).resolve().parents[2] / "models" / "digits"
+    settings: dict[str, object] = {
+        "model": digits / "digits-fp32.onnx",
+        "eval_data": digits / "data" / "eval.npz",
+        "calibration": digits / "data" / "calibration.npz",
+        "out": tmp_path / "out",
+        **change,
+    }
+    with pytest.raises(OptionsError, match=message):
+        optimize(OptimizeOptions(**settings))  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()
