@@ -211,6 +211,9 @@ class Agent:
     async def _start_inference(self) -> None:
         if self.inference is not None:
             await self.inference.start()
+            registry = self.inference.registry
+            # Presence carries what serves, so the fleet view shows it with the online status.
+            self.presence.models = {name: registry.card(name).version for name in registry.names()}
             failed = self.inference.load_failures
             reason = "; ".join(failed.values())
             change = self.health.update("models", Status.DEGRADED if failed else Status.OK, reason)

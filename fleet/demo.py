@@ -9,6 +9,11 @@ refreshes every second until Ctrl-C or ``DEMO_SECONDS`` elapse; then every proce
 started is stopped and its files removed (``DEMO_KEEP=1`` keeps them). Part-way through, one
 agent is killed with SIGKILL so the table shows the Last Will turning it offline, and it is
 started again.
+
+Another agent (``pi-kitchen``) serves the committed digits classifier (int8 ONNX). The demo is
+its client: every second it sends a few held-out images to the agent's TensorFlow
+Serving-compatible REST API, returns the true labels as feedback, and shows what the agent's
+model monitor reports on ``/metrics``: predictions, latency, accuracy from feedback and drift.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from fleet.demo_model import MODEL_DEVICE, ModelClient
 from fleet.emulated_board import EmulatedBoard
-from fleet.localbroker import PrivateBroker
+from fleet.localbroker import PrivateBroker, free_port
 from fleet.store import SqliteFleetStore
 from fleet.view import devices_table
 
@@ -44,9 +50,15 @@ def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 def _agent(
-    workdir: Path, port: int, device_id: str, tty: Path | None = None
+    workdir: Path,
+    port: int,
+    device_id: str,
+    tty: Path | None = None,
+    model: ModelClient | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    if model is not None:
+        env.update(model.agent_env())
     if tty is not None:
         env.update(
             {
@@ -109,11 +121,19 @@ def run(seconds: float | None, workdir: Path) -> None:
         dict(os.environ),
         workdir / "controller.log",
     )
+    model = ModelClient(free_port())
     agents = {
-        device: _agent(workdir, broker.port, device, tty if device == SERIAL_DEVICE else None)
+        device: _agent(
+            workdir,
+            broker.port,
+            device,
+            tty if device == SERIAL_DEVICE else None,
+            model if device == MODEL_DEVICE else None,
+        )
         for device in DEVICES
     }
     console.print(f"broker {broker.url}, controller db {db}, logs in {workdir}")
+    console.print(f"{MODEL_DEVICE} serves the digits model at {model.url}/v1/models/digits")
     console.print(f"try it: .venv/bin/fleet devices list --broker {broker.url}")
     started = time.monotonic()
     victim = DEVICES[-1]
@@ -141,8 +161,14 @@ def run(seconds: float | None, workdir: Path) -> None:
                     f"pipeline 'light' (on above 2.75 V, off below 2.25 V) -> pin B5 {pin}"
                 )
                 table = devices_table(store.list_devices(), title=f"Fleet ({elapsed:.0f}s)")
+                model.step()
                 live.update(
-                    Group(table, Text(serial, style="cyan"), Text(note, style="yellow")),
+                    Group(
+                        table,
+                        Text(serial, style="cyan"),
+                        Text(model.status_line(), style="magenta"),
+                        Text(note, style="yellow"),
+                    ),
                     refresh=True,
                 )
                 time.sleep(1)

@@ -279,5 +279,6 @@ def device_summary(row: sqlite3.Row, now: float) -> dict[str, Any]:
         "temperature_c": max(temps.values()) if temps else None,
         "health": (telemetry.get("health") or {}).get("status"),
         "queue_depth": (telemetry.get("queue") or {}).get("depth"),
+        "models": status.get("models") or {},
         "duplicates": row["duplicates"],
     }

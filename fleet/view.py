@@ -29,6 +29,7 @@ def devices_table(devices: list[dict[str, Any]], title: str = "Devices") -> Tabl
         "temp",
         "health",
         "queue",
+        "models",
         "agent",
     ):
         table.add_column(column)
@@ -44,6 +45,8 @@ def devices_table(devices: list[dict[str, Any]], title: str = "Devices") -> Tabl
             _fmt(d.get("temperature_c"), "°C"),
             d.get("health") or "-",
             _fmt(d.get("queue_depth")),
+            ", ".join(f"{name} v{version}" for name, version in (d.get("models") or {}).items())
+            or "-",
             d.get("agent_version") or "-",
         )
     return table
