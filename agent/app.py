@@ -216,9 +216,13 @@ class Agent:
             self.presence.models = {name: registry.card(name).version for name in registry.names()}
             failed = self.inference.load_failures
             reason = "; ".join(failed.values())
-            change = self.health.update("models", Status.DEGRADED if failed else Status.OK, reason)
-            if change is not None:
-                await self._health_changed(change)
+            conditions = [("models", Status.DEGRADED if failed else Status.OK, reason)]
+            if self.inference.rest_error is not None:
+                conditions.append(("inference_api", Status.DEGRADED, self.inference.rest_error))
+            for subsystem, status, why in conditions:
+                change = self.health.update(subsystem, status, why)
+                if change is not None:
+                    await self._health_changed(change)
         built = [self._build_pipeline(p) for p in self.config.pipelines]
         self.pipelines = [p for p in built if p is not None]
 

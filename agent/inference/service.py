@@ -21,6 +21,7 @@ import structlog
 from agent.commands import CommandError
 from agent.config import AgentConfig
 from agent.errors import InferenceError
+from agent.events import EventThrottle
 from agent.inference.backends import BackendOptions
 from agent.inference.capture import CaptureBuffer, CaptureInfo
 from agent.inference.card import card_path_for, load_card
@@ -36,6 +37,9 @@ Publish = Callable[[dict[str, Any]], Awaitable[None]]
 
 # Records per ``capture`` upload command: each becomes one MQTT message through the outbox.
 UPLOAD_BATCH = 50
+# A model that returns NaN does so for every request: one event per model and version per
+# interval, carrying how many were held back.
+NONFINITE_EVENT_INTERVAL_S = 60.0
 
 
 class InferenceService:
@@ -67,7 +71,9 @@ class InferenceService:
             on_event=self._registry_event,
         )
         self.rest: RestServer | None = None
+        self.rest_error: str | None = None
         self.load_failures: dict[str, str] = {}
+        self._nonfinite_events = EventThrottle(NONFINITE_EVENT_INTERVAL_S)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -90,8 +96,14 @@ class InferenceService:
                 await self.registry.load(model.path, card=card)
             except InferenceError as exc:
                 self._load_failed(str(model.path), exc)  # the registry emitted the event
+        if self._config.inference.rest:
+            await self._start_rest()
+
+    async def _start_rest(self) -> None:
+        """Serve the REST API; a port in use is reported, and the models still serve pipelines."""
         inference = self._config.inference
-        if inference.rest:
+        where = inference.unix_socket or f"{inference.host}:{inference.port}"
+        try:
             self.rest = await start_rest(
                 self.registry,
                 self.monitor,
@@ -100,7 +112,12 @@ class InferenceService:
                 unix_path=inference.unix_socket,
                 max_body_bytes=inference.max_body_bytes,
             )
-            log.info("inference.rest_listening", url=self.rest.url)
+        except OSError as exc:
+            self.rest_error = f"cannot serve the REST API on {where}: {exc.strerror or exc}"
+            log.error("inference.rest_failed", error=self.rest_error)
+            await self._emit("inference_api_failed", reason=self.rest_error)
+            return
+        log.info("inference.rest_listening", url=self.rest.url)
 
     def _load_failed(self, path: str, exc: InferenceError) -> None:
         self.load_failures[path] = str(exc)
@@ -119,6 +136,11 @@ class InferenceService:
         return body
 
     def _registry_event(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "model_output_nonfinite":
+            held = self._nonfinite_events.admit((fields.get("model"), fields.get("version")))
+            if held is None:
+                return
+            fields = {**fields, "held_back": held}
         task = asyncio.get_running_loop().create_task(self._emit(event, **fields))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

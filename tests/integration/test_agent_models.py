@@ -9,6 +9,7 @@ Serving-compatible REST API. A corrupt second model is reported and skipped, nev
 from __future__ import annotations
 
 import json
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ ROWS = 40
 def _client(port: int) -> paho.Client:
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id="test-publisher",
+        client_id=f"test-publisher-{port}",
         protocol=paho.MQTTv5,
     )
     client.connect("127.0.0.1", port)
@@ -158,3 +159,46 @@ class TestAgentServesModels:
         client.disconnect()
         recorder.stop()
         replies.stop()
+
+
+class TestRestPortInUse:
+    def test_agent_reports_the_port_and_keeps_serving_pipelines(
+        self, tmp_path: Path, broker: PrivateBroker, processes: list[ManagedProcess]
+    ) -> None:
+        """A REST port held by another process is an event and a degraded health, not a crash."""
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            taken = holder.getsockname()[1]
+            recorder = Recorder(broker.port, "fleet/pi-m2/#", client_id="rec-m2").start()
+            pipelines = [
+                {"name": "digits", "source": "mqtt", "model": "digits", "publish_results": True}
+            ]
+            agent = agent_process(
+                tmp_path,
+                broker.port,
+                "pi-m2",
+                models=json.dumps([{"path": str(DIGITS / "digits-fp32.onnx")}]),
+                pipelines=json.dumps(pipelines),
+                inference__port=str(taken),
+            ).start()
+            processes.append(agent)
+            failed = wait_until(
+                lambda: [
+                    b for b in recorder.bodies("/events") if b["event"] == "inference_api_failed"
+                ],
+                30,
+                "inference_api_failed event",
+            )
+            assert f"127.0.0.1:{taken}" in failed[0]["reason"]
+            client = _client(broker.port)
+            row = np.load(DIGITS / "data" / "eval.npz")["x"][0]
+            client.publish("fleet/pi-m2/input/digits", json.dumps(row.tolist()), qos=1)
+            wait_until(lambda: recorder.bodies("/results"), 20, "a pipeline result")
+            telemetry = wait_until(lambda: recorder.bodies("/telemetry"), 20, "telemetry")
+            subsystems = telemetry[-1]["health"]["subsystems"]
+            assert subsystems["inference_api"]["status"] == "degraded"
+            assert agent.alive
+            client.loop_stop()
+            client.disconnect()
+            recorder.stop()
