@@ -20,9 +20,12 @@ def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
 def devices_table(devices: list[dict[str, Any]], title: str = "Devices") -> Table:
     """One row per device."""
     table = Table(title=title)
+    # Ids and states are what a reader looks for: never shortened, even in a narrow terminal.
+    table.add_column(
+        "device", no_wrap=True, min_width=max([6, *(len(d["device_id"]) for d in devices)])
+    )
+    table.add_column("state", no_wrap=True, min_width=7)
     for column in (
-        "device",
-        "state",
         "last telemetry",
         "cpu",
         "memory",
