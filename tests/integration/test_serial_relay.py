@@ -76,7 +76,7 @@ class TestAgentWithFirmware:
         board.wait_for_pin(5, 0, timeout=5)
         # A reading that arrives during the handshake may find the board not yet connected (no
         # result event then); the results that drove the pin up and down must both be there.
-        results = wait_until(
+        wait_until(
             lambda: (
                 [r["label"] for r in _events(recorder, "pipeline_result")][-2:] == ["high", "low"]
             ),
