@@ -15,16 +15,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.inference.backends import BackendOptions
-from agent.inference.card import card_path_for, load_card
+from agent.inference.card import ModelCard, TensorSpec, card_path_for, load_card
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
 from agent.inference.rest import start_rest
@@ -47,8 +50,11 @@ Setup = Callable[[ModelRegistry], Awaitable[None]]
 class ServerThread:
     """A registry, a monitor and the REST service on an event loop in a thread of its own."""
 
-    def __init__(self, setup: Setup, **rest_options: Any) -> None:
+    def __init__(
+        self, setup: Setup, registry_options: dict[str, Any] | None = None, **rest_options: Any
+    ) -> None:
         self._setup = setup
+        self._registry_options = registry_options or {}
         self._rest_options = rest_options
         self._ready = threading.Event()
         self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
@@ -72,7 +78,7 @@ class ServerThread:
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         monitor = ModelMonitor()
-        registry = ModelRegistry(BackendOptions(), observer=monitor)
+        registry = ModelRegistry(BackendOptions(), observer=monitor, **self._registry_options)
         try:
             await self._setup(registry)
             server = await start_rest(
@@ -365,3 +371,66 @@ def test_unix_socket_mode(tmp_path: Path) -> None:
     assert status == 200
     np.testing.assert_allclose(body["predictions"], direct_outputs(FP32, rows[:5]), atol=1e-6)
     assert not socket_path.exists()  # removed on close
+
+
+def write_slow_model(directory: Path, layers: int = 4, width: int = 1024) -> Path:
+    """A real ONNX model that takes tens of milliseconds for a batch of 1,024 rows: a stack of
+    dense layers (random weights), so requests overlap and the queue limit is reached honestly."""
+    rng = np.random.default_rng(7)
+    nodes, inits, previous = [], [], "x"
+    for layer in range(layers):
+        rows = 64 if layer == 0 else width
+        weight = (rng.standard_normal((rows, width)) / np.sqrt(rows)).astype(np.float32)
+        inits.append(numpy_helper.from_array(weight, name=f"w{layer}"))
+        nodes.append(helper.make_node("MatMul", [previous, f"w{layer}"], [f"m{layer}"]))
+        nodes.append(helper.make_node("Relu", [f"m{layer}"], [f"h{layer}"]))
+        previous = f"h{layer}"
+    # A narrow head keeps the responses small: the time is in the layers, not in JSON.
+    head = (rng.standard_normal((width, 8)) / np.sqrt(width)).astype(np.float32)
+    inits.append(numpy_helper.from_array(head, name="head"))
+    nodes.append(helper.make_node("MatMul", [previous, "head"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = directory / "slow.onnx"
+    onnx.save(model, str(path))
+    card = ModelCard(
+        name="slow",
+        version="1",
+        runtime="onnx",
+        task="regression",
+        inputs=(TensorSpec(name="x", dtype="float32", shape=(-1, 64)),),
+        outputs=(TensorSpec(name="y", dtype="float32", shape=(-1, 8)),),
+    )
+    card_path_for(path).write_text(card.model_dump_json())
+    return path
+
+
+def test_a_full_queue_is_a_503_and_the_service_recovers(tmp_path: Path) -> None:
+    """With room for one request, concurrent ones are refused at once with 503, not queued."""
+    slow = write_slow_model(tmp_path)
+    batch = np.random.default_rng(1).random((1024, 64)).round(3).tolist()
+    url_of: dict[str, str] = {}
+
+    async def setup(registry: ModelRegistry) -> None:
+        await registry.load(slow)
+
+    with ServerThread(setup, {"workers": 1, "max_queue": 1}) as running:
+        url_of["predict"] = f"{running.url}/v1/models/slow:predict"
+        with ThreadPoolExecutor(8) as pool:
+            results = list(
+                pool.map(lambda _: call(url_of["predict"], {"instances": batch}), range(8))
+            )
+        after = call(url_of["predict"], {"instances": batch[:1]})
+    busy = [r for r in results if r[0] == 503]
+    answered = [r for r in results if r[0] == 200]
+    assert len(busy) + len(answered) == len(results), [r[0] for r in results]
+    assert busy and answered, [r[0] for r in results]
+    assert_error(busy[0], 503, "slow", "queued")
+    assert after[0] == 200 and len(after[1]["predictions"]) == 1
