@@ -11,8 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from agent.inference.card import Golden, ModelCard, TensorSpec, card_path_for
 from fleet.emulated_board import EmulatedBoard, build_firmware
 from fleet.localbroker import PrivateBroker
 from tests.integration.harness import ManagedProcess, Recorder, agent_process, wait_until
@@ -188,4 +192,96 @@ class TestAgentWithFirmware:
             time.sleep(1.5)
             assert foreign.pin_state(5) == 0
             assert not _events(recorder, "serial_connected")
+        recorder.stop()
+
+
+def _window_mean_model(directory: Path, window: int) -> Path:
+    """A real ONNX classifier over a window of scaled readings: ``high`` when their mean is
+    over 0.5 (logit 40 * (mean - 0.5) against 0), with its card and golden check."""
+    weights = np.zeros((window, 2), dtype=np.float32)
+    weights[:, 1] = 40.0 / window
+    bias = np.array([0.0, -20.0], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["readings", "w"], ["z"]),
+            helper.make_node("Add", ["z", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["scores"], axis=-1),
+        ],
+        "window_mean",
+        [helper.make_tensor_value_info("readings", TensorProto.FLOAT, ["batch", window])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = directory / "window-mean.onnx"
+    onnx.save(model, str(path))
+    golden_in = [[0.75] * window]
+    high = 1 / (1 + np.exp(-10.0))  # logit 40 * 0.25 = 10 for the high class
+    card = ModelCard(
+        name="window-mean",
+        version="1",
+        runtime="onnx",
+        inputs=(TensorSpec(name="readings", dtype="float32", shape=(-1, window)),),
+        outputs=(TensorSpec(name="scores", dtype="float32", shape=(-1, 2)),),
+        labels=("low", "high"),
+        golden=Golden(
+            inputs={"readings": golden_in},
+            outputs={"scores": [[float(1 - high), float(high)]]},
+            atol=1e-5,
+        ),
+    )
+    card_path_for(path).write_text(card.model_dump_json())
+    return path
+
+
+class TestModelPipelineOnTheBoard:
+    def test_a_window_of_readings_through_an_onnx_model_drives_the_pin(
+        self,
+        tmp_path: Path,
+        broker: PrivateBroker,
+        board: EmulatedBoard,
+        processes: list[ManagedProcess],
+    ) -> None:
+        """Sensor frames -> a window of 4 scaled readings -> a real ONNX model -> pin B5."""
+        model = _window_mean_model(tmp_path, window=4)
+        pipeline = [
+            {
+                "name": "level",
+                "channel": 0,
+                "window": 4,
+                "model": "window-mean",
+                "on_label": "high",
+                "actuator": 5,
+            }
+        ]
+        recorder = Recorder(broker.port, "fleet/pi-s6/#", client_id="rec-s6").start()
+        board.set_adc(0, 1000)
+        agent = agent_process(
+            tmp_path,
+            broker.port,
+            "pi-s6",
+            serial__port=str(_link(tmp_path, board)),
+            serial__reset_wait_s="0.05",
+            models=json.dumps([{"path": str(model)}]),
+            pipelines=json.dumps(pipeline),
+            inference__rest="false",
+        ).start()
+        processes.append(agent)
+        wait_until(lambda: _events(recorder, "serial_connected"), 20, "handshake")
+        board.set_adc(0, 4000)  # scaled 0.8: the window's mean goes over 0.5
+        board.wait_for_pin(5, 1, timeout=10)
+        board.set_adc(0, 1000)  # scaled 0.2
+        board.wait_for_pin(5, 0, timeout=10)
+
+        def model_results() -> list[dict[str, object]]:
+            return [r for r in _events(recorder, "pipeline_result") if r["model"] == "window-mean"]
+
+        # The events of the two actuations, in order: the window's mean crossed 0.5 each way.
+        wait_until(
+            lambda: [r["label"] for r in model_results()][-2:] == ["high", "low"],
+            10,
+            "model results high then low",
+        )
+        assert any(r["label"] == "high" and float(str(r["score"])) > 0.99 for r in model_results())
         recorder.stop()
