@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent.commands import CommandDispatcher
+from agent.commands import CommandDispatcher, CommandError
 from agent.config import AgentConfig, PipelineConfig, SerialConfig
 from agent.errors import InferenceError, PayloadError, TopicError
 from agent.events import EventEmitter
@@ -211,9 +211,8 @@ class Agent:
     async def _start_inference(self) -> None:
         if self.inference is not None:
             await self.inference.start()
-            registry = self.inference.registry
             # Presence carries what serves, so the fleet view shows it with the online status.
-            self.presence.models = {name: registry.card(name).version for name in registry.names()}
+            self.presence.models = self.inference.registry.serving()
             failed = self.inference.load_failures
             reason = "; ".join(failed.values())
             conditions = [("models", Status.DEGRADED if failed else Status.OK, reason)]
@@ -281,8 +280,6 @@ class Agent:
 
     async def _capture(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.inference is None:
-            from agent.commands import CommandError  # noqa: PLC0415
-
             raise CommandError("no models are configured")
         topic = topic_for(self.config.device_id, Channel.CAPTURE)
 

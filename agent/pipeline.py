@@ -247,30 +247,27 @@ def parse_input(payload: bytes) -> list[float]:
 
     Nested lists are flattened in order (the model input's shape is restored later).
     """
+    excerpt = payload[:64].decode(errors="replace")
     try:
         body = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PayloadError(
-            "pipeline input is not JSON", excerpt=payload[:64].decode(errors="replace")
-        ) from exc
+        raise PayloadError("pipeline input is not JSON", excerpt=excerpt) from exc
     values = body.get("inputs") if isinstance(body, dict) else body
     flat: list[float] = []
-    _flatten(values, flat, payload)
-    if not flat:
-        raise PayloadError(
-            "pipeline input has no values", excerpt=payload[:64].decode(errors="replace")
-        )
-    return flat
-
-
-def _flatten(value: object, into: list[float], payload: bytes) -> None:
-    if isinstance(value, list):
-        for item in value:
-            _flatten(item, into, payload)
-    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        into.append(float(value))
-    else:
-        excerpt = payload[:64].decode(errors="replace")
+    if not _flatten(values, flat):
         raise PayloadError(
             "pipeline input must be finite numbers in (nested) lists", excerpt=excerpt
         )
+    if not flat:
+        raise PayloadError("pipeline input has no values", excerpt=excerpt)
+    return flat
+
+
+def _flatten(value: object, into: list[float]) -> bool:
+    """Append the numbers of ``value`` to ``into``; False at the first thing that is not one."""
+    if isinstance(value, list):
+        return all(_flatten(item, into) for item in value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        into.append(float(value))
+        return True
+    return False

@@ -343,6 +343,10 @@ class ModelRegistry:
         """Names with at least one version serving, sorted."""
         return sorted(self._versions)
 
+    def serving(self) -> dict[str, str]:
+        """Each name serving now and its default version (health, presence, logs)."""
+        return {name: self.card(name).version for name in self.names()}
+
     def card(self, name: str, version: str | None = None) -> ModelCard:
         """The card of the default (or the given) serving version of ``name``."""
         return self._resolve(name, version).card

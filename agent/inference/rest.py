@@ -202,7 +202,7 @@ class _Api:
         return web.Response(body=text, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        models = {name: self._registry.card(name).version for name in self._registry.names()}
+        models = self._registry.serving()
         return web.json_response({"status": "ok", "models": models})
 
     def _require_monitor(self) -> MonitorService:

@@ -76,7 +76,7 @@ async def serve(settings: ServeSettings, *, stop: asyncio.Event | None = None) -
             unix_path=settings.unix_path,
             max_body_bytes=settings.max_body_bytes,
         )
-        log.info("serve.listening", url=server.url, models=_served(registry))
+        log.info("serve.listening", url=server.url, models=registry.serving())
         with _stop_on_signals(stop):
             await stop.wait()
         log.info("serve.stopping")
@@ -107,10 +107,6 @@ def _card_named(card: ModelCard, name: str) -> ModelCard:
             f"model name {name!r} is invalid: use lowercase letters, digits, '_', '.', '-' "
             "(at most 64, starting with a letter or digit)"
         ) from exc
-
-
-def _served(registry: ModelRegistry) -> dict[str, str]:
-    return {name: registry.card(name).version for name in registry.names()}
 
 
 @contextmanager

@@ -40,16 +40,22 @@ def _link(tmp_path: Path, board: EmulatedBoard) -> Path:
     return link
 
 
-def _serial_agent(tmp_path: Path, port: int, tty: Path, device_id: str) -> ManagedProcess:
+def _serial_agent(
+    tmp_path: Path, port: int, tty: Path, device_id: str, **settings: str
+) -> ManagedProcess:
+    """The agent on the emulated board's pty; ``settings`` add to or replace the defaults."""
     return agent_process(
         tmp_path,
         port,
         device_id,
-        serial__port=str(tty),
-        serial__reset_wait_s="0.05",
-        serial__reconnect_max_s="1",
-        serial__failsafe_ms=str(FAILSAFE_MS),
-        pipelines=PIPELINE,
+        **{
+            "serial__port": str(tty),
+            "serial__reset_wait_s": "0.05",
+            "serial__reconnect_max_s": "1",
+            "serial__failsafe_ms": str(FAILSAFE_MS),
+            "pipelines": PIPELINE,
+            **settings,
+        },
     )
 
 
@@ -257,12 +263,11 @@ class TestModelPipelineOnTheBoard:
         ]
         recorder = Recorder(broker.port, "fleet/pi-s6/#", client_id="rec-s6").start()
         board.set_adc(0, 1000)
-        agent = agent_process(
+        agent = _serial_agent(
             tmp_path,
             broker.port,
+            _link(tmp_path, board),
             "pi-s6",
-            serial__port=str(_link(tmp_path, board)),
-            serial__reset_wait_s="0.05",
             models=json.dumps([{"path": str(model)}]),
             pipelines=json.dumps(pipeline),
             inference__rest="false",
