@@ -28,6 +28,23 @@ class TestOutbox:
         assert box.stats().depth == 3
         assert box.stats().bytes == 3 * (2 + 1)
 
+    def test_fetch_returns_every_field_byte_for_byte(self, tmp_path: Path) -> None:
+        """Binary payloads (NUL, invalid UTF-8, empty), non-ASCII topics, qos and retain."""
+        box = Outbox(tmp_path / "q.db", max_bytes=1 << 20)
+        sent = [
+            ("fleet/a/telemetry", b"\x00\xff\xfe{\x00}", 1, False),
+            ("fleet/b/\u00e9v\u00e9nements", b"", 0, True),
+            ("fleet/c/\U0001f600", bytes(range(256)), 2, False),
+            ("t", b"\xc3", 1, True),
+        ]
+        for topic, payload, qos, retain in sent:
+            box.append(topic, payload, qos=qos, retain=retain)
+        rows = box.fetch(after_id=0, limit=10)
+        assert [(r.topic, r.payload, r.qos, r.retain) for r in rows] == sent
+        assert [r.id for r in rows] == sorted(r.id for r in rows)
+        assert [r.payload for r in box.fetch(after_id=rows[1].id, limit=1)] == [sent[2][1]]
+        assert box.fetch(after_id=rows[-1].id, limit=10) == []
+
     def test_seq_and_queue_survive_reopen(self, tmp_path: Path) -> None:
         """seq keeps growing and queued rows stay after the process restarts."""
         path = tmp_path / "q.db"
