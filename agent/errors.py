@@ -196,3 +196,26 @@ class ModelRunError(InferenceError):
     def __init__(self, message: str, *, model: str) -> None:
         self.model = model
         super().__init__(f"{model}: {message}")
+
+
+class UpdateError(AgentError):
+    """An over-the-air model update was refused or failed.
+
+    ``reason`` is machine-readable (events, the reported state, the fleet CLI): one of
+    ``agent.ota.reasons.Reason``. ``detail`` names the offending value in words.
+    """
+
+    def __init__(self, reason: str, detail: str, **fields: object) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.fields = fields
+        super().__init__(f"{reason}: {detail}")
+
+
+class FetchError(UpdateError):
+    """A repository file could not be fetched over MQTT (``status`` as in HTTP: 404 missing)."""
+
+    def __init__(self, path: str, status: int, detail: str) -> None:
+        self.path = path
+        self.status = status
+        super().__init__("transport", f"{path}: {detail} (status {status})", path=path)

@@ -12,6 +12,8 @@ Pure (no IO, no paho), shared by the agent and the fleet controller. Per device:
     fleet/<device_id>/results         pipeline results, device -> anyone, QoS 1
     fleet/<device_id>/input/<name>    inputs for the pipeline <name> (its MQTT source)
     fleet/<device_id>/capture         low-confidence inputs uploaded on command, QoS 1
+    fleet/<device_id>/fetch           device -> controller: repository file requests (v5)
+    fleet/<device_id>/file            controller -> device: repository file chunks (replies)
 
 The controller answers the CLI on ``fleet-controller/rpc/<method>``. ``topic_for`` and
 ``parse`` are inverses; a topic that does not fit raises ``TopicError``.
@@ -44,6 +46,8 @@ class Channel(StrEnum):
     RESULTS = "results"
     INPUT = "input"
     CAPTURE = "capture"
+    FETCH = "fetch"
+    FILE = "file"
 
 
 # Channels whose topics carry one more level: the command or pipeline name.
@@ -69,6 +73,8 @@ DELIVERY: dict[Channel, Delivery] = {
     Channel.RESULTS: Delivery(qos=1, retain=False),
     Channel.INPUT: Delivery(qos=1, retain=False),
     Channel.CAPTURE: Delivery(qos=1, retain=False),
+    Channel.FETCH: Delivery(qos=1, retain=False),
+    Channel.FILE: Delivery(qos=1, retain=False),
 }
 
 

@@ -1,0 +1,148 @@
+"""The desired-state message: which model a device should run, signed by the controller.
+
+Published retained on ``fleet/<device_id>/desired``. The broker (or anyone who can publish
+there) must not be able to redirect a device, so the message is a signed envelope like TUF
+metadata: ``{"signed": {...}, "signatures": [{"keyid", "sig"}]}`` over the canonical JSON of
+``signed``. The keys are those of the TUF ``timestamp`` role in the device's trusted root (the
+controller's online key), so rotating that key through a new root also rotates this one.
+``signed`` names the device, a counter that only grows and an expiry: a message for another
+device, a replay of an older one or a stale one is refused. The model it names must also be
+a target of the signed TUF metadata (the updater checks that: Uptane's two repositories).
+
+Pure apart from the signing call: shared by the agent (verify) and the controller (sign).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from securesystemslib.formats import encode_canonical
+from securesystemslib.signer import Key, Signature, Signer
+
+from agent.errors import UpdateError
+from agent.ota.reasons import Reason
+
+MAX_DESIRED_BYTES = 16 * 1024
+
+
+class DesiredModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Model name.")
+    version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z_.+-]{0,63}$", description="Version.")
+    target: str = Field(min_length=1, max_length=512, description="TUF target path.")
+
+
+class DesiredState(BaseModel):
+    """What the controller wants one device to run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device_id: str = Field(description="The only device this message is for.")
+    counter: int = Field(ge=1, description="Grows with every message to this device.")
+    expires: datetime = Field(description="UTC; the device ignores the message after this.")
+    action: Literal["deploy", "rollback"] = Field(
+        description="deploy: install and activate `model`; rollback: return to the "
+        "previously committed version of `model.name` (no download)."
+    )
+    model: DesiredModel
+
+    def signed_bytes(self) -> bytes:
+        return canonical(self.model_dump(mode="json"))
+
+
+def canonical(value: Mapping[str, Any]) -> bytes:
+    """Canonical JSON (TUF's): the bytes that are signed and verified."""
+    encoded = encode_canonical(dict(value))
+    assert isinstance(encoded, str)  # encode_canonical returns str when given no writer
+    return encoded.encode()
+
+
+def sign_desired(state: DesiredState, signer: Signer) -> bytes:
+    """The envelope to publish, signed by ``signer`` (the controller's online key)."""
+    signature = signer.sign(state.signed_bytes())
+    envelope = {"signed": state.model_dump(mode="json"), "signatures": [signature.to_dict()]}
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def verify_desired(
+    payload: bytes,
+    *,
+    keys: Mapping[str, Key],
+    threshold: int,
+    device_id: str,
+    last_counter: int,
+    now: datetime,
+) -> DesiredState:
+    """Check an envelope against the trusted online keys and this device's state.
+
+    Raises:
+        UpdateError: reason ``malformed_desired``, ``desired_unsigned``,
+            ``desired_other_device``, ``desired_replayed`` or ``desired_expired``.
+    """
+    signed, signatures = _envelope(payload)
+    try:
+        state = DesiredState.model_validate(signed)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(root)"
+        raise UpdateError(Reason.MALFORMED_DESIRED, f"field {where}: {first['msg']}") from exc
+    valid = _valid_keyids(canonical(signed), signatures, keys)
+    if len(valid) < threshold:
+        raise UpdateError(
+            Reason.DESIRED_UNSIGNED,
+            f"{len(valid)} valid signature(s) by the online key(s), {threshold} needed",
+        )
+    if state.device_id != device_id:
+        raise UpdateError(Reason.DESIRED_OTHER_DEVICE, f"message is for device {state.device_id!r}")
+    if state.counter <= last_counter:
+        raise UpdateError(
+            Reason.DESIRED_REPLAYED,
+            f"counter {state.counter} is not above the last accepted {last_counter}",
+        )
+    if state.expires.tzinfo is None or state.expires <= now:
+        raise UpdateError(Reason.DESIRED_EXPIRED, f"expired at {state.expires.isoformat()}")
+    return state
+
+
+def _envelope(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
+    if len(payload) > MAX_DESIRED_BYTES:
+        raise UpdateError(
+            Reason.MALFORMED_DESIRED, f"{len(payload)} bytes, limit {MAX_DESIRED_BYTES}"
+        )
+    try:
+        envelope = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UpdateError(Reason.MALFORMED_DESIRED, f"not JSON ({exc})") from exc
+    if not isinstance(envelope, dict):
+        raise UpdateError(Reason.MALFORMED_DESIRED, "not a JSON object")
+    signed, signatures = envelope.get("signed"), envelope.get("signatures")
+    if not isinstance(signed, dict) or not isinstance(signatures, list):
+        raise UpdateError(Reason.MALFORMED_DESIRED, "needs 'signed' (object) and 'signatures'")
+    return signed, signatures
+
+
+def _valid_keyids(data: bytes, signatures: list[Any], keys: Mapping[str, Key]) -> set[str]:
+    valid: set[str] = set()
+    for raw in signatures:
+        try:
+            signature = Signature.from_dict(dict(raw))
+        except (TypeError, ValueError, KeyError):
+            continue
+        key = keys.get(signature.keyid)
+        if key is None:
+            continue
+        try:
+            key.verify_signature(signature, data)
+        except Exception:  # noqa: S112 - any failure means "not a valid signature"
+            continue
+        valid.add(signature.keyid)
+    return valid
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,124 @@
+"""What a signed model release says about itself: the ``custom`` fields of its TUF target.
+
+``fleet model publish`` writes them into the targets metadata (signed with the release key);
+the agent reads them back from a verified ``TargetFile``. Pure: no IO, shared by both sides.
+
+Target paths follow ``models/<name>/<version>/<file name>``. The file travels in chunks of
+``chunk_size`` bytes, each with its own sha256 in ``chunks``, so a download can be checked
+and kept chunk by chunk (resumable, and a bad chunk is fetched again alone); the whole file is
+still checked against the target's signed length and sha256 before it is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.errors import UpdateError
+from agent.inference.card import ModelCard
+from agent.ota.reasons import Reason
+
+CUSTOM_KEY = "edge_model"
+DEFAULT_CHUNK_SIZE = 256 * 1024  # bytes; well under mosquitto's default packet limit
+MAX_CHUNK_SIZE = 4 * 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(onnx|tflite)")
+_HARDWARE_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class ModelRelease(BaseModel):
+    """The signed facts about one model release (the target's ``custom[CUSTOM_KEY]``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Model name.")
+    version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z_.+-]{0,63}$", description="Version.")
+    release: int = Field(ge=1, description="Release counter of the name: only ever grows.")
+    hardware: tuple[Annotated[str, Field(pattern=_HARDWARE_ID)], ...] = Field(
+        min_length=1, description="Hardware or runtime ids the release runs on (any match)."
+    )
+    min_agent_version: str = Field(
+        pattern=r"^\d+(\.\d+){0,2}$", description="Oldest agent version that can run it."
+    )
+    file_name: str = Field(description="File name of the model (.onnx or .tflite).")
+    length: int = Field(ge=1, description="File length in bytes (also signed by TUF).")
+    chunk_size: int = Field(ge=1024, le=MAX_CHUNK_SIZE, description="Bytes per chunk.")
+    chunks: tuple[str, ...] = Field(min_length=1, description="sha256 (hex) of each chunk.")
+    card: ModelCard = Field(description="I/O contract, golden check and reference statistics.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelRelease:
+        if not _FILE_NAME.fullmatch(self.file_name):
+            raise ValueError(f"file_name {self.file_name!r} is not a plain .onnx/.tflite name")
+        if len(self.chunks) != chunk_count(self.length, self.chunk_size):
+            raise ValueError(
+                f"{len(self.chunks)} chunk hashes for {self.length} bytes "
+                f"in chunks of {self.chunk_size}"
+            )
+        bad = [digest for digest in self.chunks if not _SHA256.fullmatch(digest)]
+        if bad:
+            raise ValueError(f"chunk hash {bad[0]!r} is not lowercase sha256 hex")
+        if (self.card.name, self.card.version) != (self.name, self.version):
+            raise ValueError(
+                f"card says {self.card.name}@{self.card.version}, "
+                f"release says {self.name}@{self.version}"
+            )
+        return self
+
+    @property
+    def target_path(self) -> str:
+        return target_path(self.name, self.version, self.file_name)
+
+    def chunk_range(self, index: int) -> tuple[int, int]:
+        """(offset, length) of chunk ``index``; the last chunk may be short."""
+        if not 0 <= index < len(self.chunks):
+            raise IndexError(f"chunk {index} of {len(self.chunks)}")
+        offset = index * self.chunk_size
+        return offset, min(self.chunk_size, self.length - offset)
+
+    def custom(self) -> dict[str, Any]:
+        """The ``custom`` mapping of the TUF target that carries this release."""
+        return {CUSTOM_KEY: self.model_dump(mode="json")}
+
+
+def target_path(name: str, version: str, file_name: str) -> str:
+    """The TUF target path of a model file."""
+    return f"models/{name}/{version}/{file_name}"
+
+
+def chunk_count(length: int, chunk_size: int) -> int:
+    return max(1, -(-length // chunk_size))
+
+
+def chunk_hashes(blocks: Iterable[bytes]) -> list[str]:
+    """sha256 hex of each chunk, in order."""
+    return [hashlib.sha256(block).hexdigest() for block in blocks]
+
+
+def release_from_custom(custom: Mapping[str, Any] | None, *, target: str) -> ModelRelease:
+    """Parse a verified target's custom fields; ``UpdateError(malformed_release)`` if unusable."""
+    if not custom or CUSTOM_KEY not in custom:
+        raise UpdateError(Reason.MALFORMED_RELEASE, f"target {target} has no {CUSTOM_KEY} fields")
+    try:
+        release = ModelRelease.model_validate(custom[CUSTOM_KEY])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(root)"
+        raise UpdateError(
+            Reason.MALFORMED_RELEASE, f"target {target}: field {where}: {first['msg']}"
+        ) from exc
+    if release.target_path != target:
+        raise UpdateError(
+            Reason.MALFORMED_RELEASE, f"target {target} describes {release.target_path}"
+        )
+    return release
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"1.2"`` -> ``(1, 2, 0)``: agent versions compare numerically."""
+    parts = [int(part) for part in re.findall(r"\d+", version)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
