@@ -36,6 +36,7 @@ from agent.telemetry.service import BoardMonitor, TelemetryService
 
 if TYPE_CHECKING:
     from agent.inference.service import InferenceService
+    from agent.ota.updater import OtaUpdater
     from agent.serial.relay import SerialRelay
     from agent.serial.session import Transport
 
@@ -169,16 +170,47 @@ class Agent:
         if config.serial.enabled:
             self.relay = self._build_relay(config.serial)
         self.inference: InferenceService | None = None
-        if config.models:
+        if config.models or config.ota.enabled:
             # Imported here: an agent without models never loads numpy or a runtime.
             from agent.inference.service import InferenceService  # noqa: PLC0415
 
             self.inference = InferenceService(config, self.events.emit)
+        self.ota: OtaUpdater | None = None
+        if config.ota.enabled and self.inference is not None:
+            self.ota = self._build_ota(self.inference)
         self.pipelines: list[SensorPipeline] = []  # built in run(), once models are loaded
         self.notifier = SystemdNotifier()
         self.commands.register("ping", self._ping)
         self.commands.register("health", self._health_report)
         self.commands.register("capture", self._capture)
+
+    def _build_ota(self, inference: InferenceService) -> OtaUpdater:
+        # Imported here: an agent without OTA never loads the TUF client.
+        from agent import __version__  # noqa: PLC0415
+        from agent.ota.report import Reporter  # noqa: PLC0415
+        from agent.ota.updater import OtaUpdater  # noqa: PLC0415
+        from agent.ota.watch import RequestWatch  # noqa: PLC0415
+
+        watch = RequestWatch()
+        inference.observers.add(watch)
+        reported_topic = topic_for(self.config.device_id, Channel.REPORTED)
+
+        async def publish_reported(body: dict[str, Any]) -> None:
+            body = {"device_id": self.config.device_id, **body}
+            await self.outbox.append(reported_topic, payloads.encode(body), retain=True)
+
+        updater = OtaUpdater(
+            self.config.ota,
+            device_id=self.config.device_id,
+            state_dir=self.config.state_dir,
+            link=self.link,
+            registry=inference.registry,
+            watch=watch,
+            reporter=Reporter(self.events.emit, publish_reported, __version__),
+        )
+        for topic_filter in updater.subscriptions():
+            self.link.add_subscription(topic_filter, qos=1)
+        return updater
 
     def _build_relay(self, cfg: SerialConfig) -> SerialRelay:
         # Imported here: an agent without a peripheral never loads the serial stack.
@@ -211,6 +243,8 @@ class Agent:
     async def _start_inference(self) -> None:
         if self.inference is not None:
             await self.inference.start()
+            if self.ota is not None:
+                await self.ota.restore()  # installed models serve before pipelines start
             # Presence carries what serves, so the fleet view shows it with the online status.
             self.presence.models = self.inference.registry.serving()
             failed = self.inference.load_failures
@@ -262,6 +296,8 @@ class Agent:
 
     def _on_message(self, message: InboundMessage) -> None:
         """Link callback: pipeline inputs go to their pipeline, the rest to the commands."""
+        if self.ota is not None and self.ota.on_message(message):
+            return
         try:
             topic = parse(message.topic)
         except TopicError:
@@ -369,6 +405,8 @@ class Agent:
                 ]
                 if self.relay is not None:
                     workers.append(group.create_task(self.relay.run(), name="serial"))
+                if self.ota is not None:
+                    workers.append(group.create_task(self.ota.run(), name="ota"))
                 for pipeline in self.pipelines:
                     name = f"pipeline-{pipeline.spec.name}"
                     workers.append(group.create_task(pipeline.run(), name=name))

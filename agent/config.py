@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import platform
 import re
 import socket
 import tomllib
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -306,6 +308,67 @@ def _default_device_id() -> str:
     return (cleaned or "device")[:64]
 
 
+def _default_hardware_ids() -> tuple[str, ...]:
+    return ("generic", platform.machine().lower() or "unknown")
+
+
+class OtaHealthConfig(_Section):
+    """The health window after a new model is activated: pass it or be rolled back."""
+
+    duration_s: float = Field(default=30.0, gt=0, description="Length of the health window.")
+    min_inferences: int = Field(
+        default=20, ge=0, description="Inferences the new version must serve before a commit."
+    )
+    max_error_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Largest failed/total ratio that still passes."
+    )
+    latency_factor: float = Field(
+        default=1.5, gt=1, description="Largest p95 latency allowed, times the previous version's."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Activations (across agent restarts) before a rollback."
+    )
+
+
+class OtaConfig(_Section):
+    """Signed over-the-air model updates from the fleet controller (TUF over MQTT)."""
+
+    enabled: bool = Field(default=False, description="Follow the controller's desired state.")
+    trusted_root: Path | None = Field(
+        default=None,
+        description="TUF root.json given at provisioning (any version); needed when enabled.",
+    )
+    hardware_ids: tuple[str, ...] = Field(
+        default_factory=_default_hardware_ids,
+        description="Ids a release must name one of (default: generic and the CPU arch).",
+    )
+    max_model_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Largest model file accepted."
+    )
+    fetch_window: int = Field(
+        default=4, ge=1, le=64, description="Chunk requests in flight during a download."
+    )
+    fetch_timeout_s: float = Field(
+        default=10.0, gt=0, description="Wait for one reply before asking again."
+    )
+    retry_s: float = Field(
+        default=30.0, gt=0, description="Wait before retrying a deferred or failed download."
+    )
+    clock_floor: datetime = Field(
+        default=datetime(2026, 1, 1, tzinfo=UTC),
+        description="Before this time the clock counts as unset: updates wait for time sync.",
+    )
+    health: OtaHealthConfig = Field(
+        default_factory=OtaHealthConfig, description="Health window after activation."
+    )
+
+    @model_validator(mode="after")
+    def _needs_root(self) -> OtaConfig:
+        if self.enabled and self.trusted_root is None:
+            raise ValueError("ota.enabled needs ota.trusted_root (the provisioned root.json)")
+        return self
+
+
 class AgentConfig(TomlBackedSettings):
     """Effective configuration of one agent."""
 
@@ -339,6 +402,7 @@ class AgentConfig(TomlBackedSettings):
     pipelines: list[PipelineConfig] = Field(
         default_factory=list, description="Sensor-to-actuator pipelines."
     )
+    ota: OtaConfig = Field(default_factory=OtaConfig, description="Signed model updates.")
 
     @model_validator(mode="after")
     def _check_pipelines(self) -> AgentConfig:

@@ -219,3 +219,12 @@ class FetchError(UpdateError):
         self.path = path
         self.status = status
         super().__init__("transport", f"{path}: {detail} (status {status})", path=path)
+
+
+class SlotError(AgentError):
+    """An A/B slot operation does not fit the slots' state (e.g. activating an empty slot)."""
+
+    def __init__(self, message: str, *, model: str, slot: str | None) -> None:
+        self.model = model
+        self.slot = slot
+        super().__init__(f"{model} slot {slot}: {message}")

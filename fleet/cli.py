@@ -132,8 +132,11 @@ def serve(
     cert_file: CertOpt = None,
     key_file: KeyOpt = None,
     log_format: Annotated[str, typer.Option("--log-format", help="auto, json or console")] = "auto",
+    repo: Annotated[
+        Path | None, typer.Option("--repo", help="TUF repository to serve (enables OTA)")
+    ] = None,
 ) -> None:
-    """Run the controller: record every device's status, telemetry and events."""
+    """Run the controller: record every device's status, telemetry and events; serve OTA."""
     from agent.log import configure_logging  # noqa: PLC0415
     from fleet.service import Controller  # noqa: PLC0415
 
@@ -142,9 +145,78 @@ def serve(
     configure_logging("info", log_format)  # type: ignore[arg-type]
     try:
         cfg = _config(config, broker, ca_file, cert_file, key_file, db)
+        if repo is not None:
+            cfg = cfg.model_copy(update={"ota": cfg.ota.model_copy(update={"repo": repo})})
         asyncio.run(Controller(cfg).run())
     except FleetError as exc:
         _fail(exc)
+
+
+@app.command("deploy")
+def deploy(
+    release: Annotated[str, typer.Argument(help="NAME@VERSION of a published model")],
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="device id (repeatable)")
+    ] = None,
+    all_devices: Annotated[bool, typer.Option("--all", help="every device seen")] = False,
+    json_out: JsonOpt = False,
+    broker: BrokerOpt = None,
+    config: ConfigOpt = None,
+    ca_file: CaOpt = None,
+    cert_file: CertOpt = None,
+    key_file: KeyOpt = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """Set the desired model of devices (signed, retained; the controller needs --repo)."""
+    name, _, version = release.partition("@")
+    try:
+        if not name or not version:
+            raise FleetError(f"release must be NAME@VERSION, not {release!r}")
+        if bool(device) == all_devices:
+            raise FleetError("give --device ID (one or more) or --all")
+        cfg = _config(config, broker, ca_file, cert_file, key_file, None, timeout)
+        request = {"model": name, "version": version, "devices": device or [], "all": all_devices}
+        reply = _query(cfg, False, "deploy", request)
+    except FleetError as exc:
+        _fail(exc)
+        return
+    _print_desired(reply, json_out, f"{name}@{version} desired on")
+
+
+@app.command("rollback")
+def rollback(
+    device: Annotated[str, typer.Option("--device", help="device id")],
+    model: Annotated[str | None, typer.Option("--model", help="model name")] = None,
+    json_out: JsonOpt = False,
+    broker: BrokerOpt = None,
+    config: ConfigOpt = None,
+    ca_file: CaOpt = None,
+    cert_file: CertOpt = None,
+    key_file: KeyOpt = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """Return a device to its previous committed model version."""
+    try:
+        cfg = _config(config, broker, ca_file, cert_file, key_file, None, timeout)
+        request: dict[str, Any] = {"device_id": device}
+        if model is not None:
+            request["model"] = model
+        reply = _query(cfg, False, "rollback", request)
+    except FleetError as exc:
+        _fail(exc)
+        return
+    _print_desired(
+        reply, json_out, f"rollback of {reply.get('model')} to {reply.get('version')} on"
+    )
+
+
+def _print_desired(reply: dict[str, Any], json_out: bool, what: str) -> None:
+    reply.pop("ok", None)
+    if json_out:
+        sys.stdout.write(json.dumps(reply, indent=2) + "\n")
+        return
+    devices = reply.get("devices") or [reply.get("device_id")]
+    Console().print(f"{what}: {', '.join(str(d) for d in devices)}", highlight=False)
 
 
 model_app = typer.Typer(no_args_is_help=True, help="Model optimization on this machine.")

@@ -44,6 +44,23 @@ class RetentionOptions(_Section):
     max_event_rows: int = Field(default=1000, ge=1, description="Event rows per device.")
 
 
+class OtaOptions(_Section):
+    """Signed model releases served to the devices (``fleet serve``)."""
+
+    repo: Path | None = Field(
+        default=None, description="TUF repository dir (`fleet keys init`); unset: no OTA."
+    )
+    timestamp_refresh_s: float = Field(
+        default=3600.0, gt=0, description="How often the timestamp metadata is re-signed."
+    )
+    timestamp_expiry_s: float = Field(
+        default=86400.0, gt=0, description="Lifetime of each timestamp (freeze protection)."
+    )
+    desired_expiry_s: float = Field(
+        default=7 * 86400.0, gt=0, description="Lifetime of a signed desired-state message."
+    )
+
+
 def _default_db() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "fleet" / "fleet.sqlite3"
@@ -64,6 +81,7 @@ class FleetConfig(TomlBackedSettings):
     retention: RetentionOptions = Field(
         default_factory=RetentionOptions, description="History retention."
     )
+    ota: OtaOptions = Field(default_factory=OtaOptions, description="Signed model releases.")
 
 
 def load_fleet_config(path: Path | None = None, **overrides: object) -> FleetConfig:

@@ -56,3 +56,32 @@ class StoreError(FleetError):
     def __init__(self, message: str, *, path: str) -> None:
         self.path = path
         super().__init__(f"{message}: {path}")
+
+
+EXIT_DATA = 65  # sysexits EX_DATAERR: the input is well formed but refused
+
+
+class ReleaseRepositoryError(FleetConfigError):
+    """The TUF repository directory is missing, corrupt, unwritable, or already exists."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(f"{message}: {path}")
+
+
+class ReleaseInputError(FleetConfigError):
+    """A file or option given to a release command is unusable (missing model, bad card)."""
+
+    def __init__(self, message: str, *, value: str) -> None:
+        self.value = value
+        super().__init__(f"{message}: {value}")
+
+
+class PublishRefusedError(FleetError):
+    """A release that would break the repository's rules (duplicate, counter not growing)."""
+
+    exit_code = EXIT_DATA
+
+    def __init__(self, message: str, *, model: str) -> None:
+        self.model = model
+        super().__init__(f"{message}: {model}")

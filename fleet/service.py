@@ -36,6 +36,7 @@ from agent.mqtt.topics import (
 )
 from fleet.config import FleetConfig, parse_broker_url
 from fleet.errors import FleetError
+from fleet.ota import ReleaseService
 from fleet.store import FleetStore, Inbound, Retention, SqliteFleetStore
 
 log = structlog.get_logger("fleet.service")
@@ -126,8 +127,27 @@ class Controller:
             "devices-list": lambda _req: {"devices": self.store.list_devices()},
             "devices-show": self._rpc_show,
         }
+        self.ota: ReleaseService | None = None
+        if config.ota.repo is not None:
+            self.ota = ReleaseService(config.ota, self.link, self.store)
+            self._rpc["deploy"] = self._ota_call(self.ota.deploy)
+            self._rpc["rollback"] = self._ota_call(self.ota.rollback)
+        self._outgoing: list[tuple[str, bytes]] = []
+
+    def _ota_call(
+        self, method: Callable[[dict[str, Any]], tuple[dict[str, Any], list[tuple[str, bytes]]]]
+    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """An OTA RPC runs in the store thread; its signed messages are published on the loop."""
+
+        def call(request: dict[str, Any]) -> dict[str, Any]:
+            reply, messages = method(request)
+            return {**reply, "_messages": messages}
+
+        return call
 
     def _on_message(self, message: InboundMessage) -> None:
+        if self.ota is not None and self.ota.on_message(message):
+            return
         if message.topic.startswith(CONTROLLER_ROOT + "/") or not message.payload:
             # Requests and cleared retained messages are not stored: nothing to lose.
             self.link.ack(message)
@@ -163,6 +183,9 @@ class Controller:
             if handler is None:
                 raise FleetError(f"unknown method {method!r}")
             reply: dict[str, Any] = {"ok": True, **await self._in_store(lambda: handler(request))}
+            messages = reply.pop("_messages", None)
+            if messages and self.ota is not None:
+                self.ota.publish(messages)
         except (FleetError, TopicError, PayloadError) as exc:
             reply = {"ok": False, "error": str(exc), "kind": type(exc).__name__}
         options = PublishOptions(correlation_data=message.correlation_data, message_expiry_s=30)
@@ -225,6 +248,8 @@ class Controller:
                 group.create_task(self._writer()),
                 group.create_task(self._pruner()),
             ]
+            if self.ota is not None:
+                tasks.append(group.create_task(self.ota.run()))
             await stop.wait()
             await self.link.close()
             with contextlib.suppress(TimeoutError):
@@ -232,6 +257,8 @@ class Controller:
                     await self._queue.join()
             for task in tasks:
                 task.cancel()
+        if self.ota is not None:
+            self.ota.close()
         await self._in_store(self.store.close)
         self._executor.shutdown()
         log.info("controller.stopped")

@@ -57,6 +57,19 @@ CREATE TABLE IF NOT EXISTS events (
     payload   TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_device ON events (device_id, id);
+CREATE TABLE IF NOT EXISTS reported (
+    device_id TEXT PRIMARY KEY,
+    received  REAL NOT NULL,
+    payload   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS desired (
+    device_id TEXT PRIMARY KEY,
+    counter   INTEGER NOT NULL,
+    model     TEXT NOT NULL,
+    version   TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    updated   REAL NOT NULL
+);
 """
 
 
@@ -93,6 +106,10 @@ class FleetStore(Protocol):
     def prune(self, now: float | None = None) -> int: ...
 
     def close(self) -> None: ...
+
+    def next_desired(
+        self, device_id: str, *, model: str, version: str, action: str, now: float
+    ) -> int: ...
 
 
 class SqliteFleetStore:
@@ -139,6 +156,8 @@ class SqliteFleetStore:
                     self._telemetry(db, item)
                 elif item.kind == "events":
                     self._event(db, item)
+                elif item.kind == "reported":
+                    self._reported(db, item)
 
     def _touch(self, db: sqlite3.Connection, item: Inbound) -> None:
         db.execute(
@@ -196,6 +215,32 @@ class SqliteFleetStore:
             ),
         )
 
+    def _reported(self, db: sqlite3.Connection, item: Inbound) -> None:
+        db.execute(
+            "INSERT INTO reported (device_id, received, payload) VALUES (?, ?, ?) "
+            "ON CONFLICT(device_id) DO UPDATE SET received = excluded.received, "
+            "payload = excluded.payload",
+            (item.device_id, item.received, json.dumps(item.body)),
+        )
+
+    def next_desired(
+        self, device_id: str, *, model: str, version: str, action: str, now: float
+    ) -> int:
+        """Record a new desired state for ``device_id``; returns its counter (only grows)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT counter FROM desired WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            counter = (int(row[0]) if row else 0) + 1
+            db.execute(
+                "INSERT INTO desired (device_id, counter, model, version, action, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
+                "counter = excluded.counter, model = excluded.model, "
+                "version = excluded.version, action = excluded.action, updated = excluded.updated",
+                (device_id, counter, model, version, action, now),
+            )
+        return counter
+
     def prune(self, now: float | None = None) -> int:
         """Apply retention; returns the number of rows removed."""
         cutoff = (now or time.time()) - self._retention.max_age_s
@@ -233,8 +278,14 @@ class SqliteFleetStore:
             "SELECT payload FROM events WHERE device_id = ? ORDER BY id DESC LIMIT ?",
             (device_id, events),
         )
+        reported = self._query("SELECT payload FROM reported WHERE device_id = ?", (device_id,))
+        desired = self._query(
+            "SELECT counter, model, version, action FROM desired WHERE device_id = ?", (device_id,)
+        )
         return {
             "summary": device_summary(row, time.time()),
+            "reported": json.loads(reported[0]["payload"]) if reported else None,
+            "desired": dict(desired[0]) if desired else None,
             "status": json.loads(row["status_json"]) if row["status_json"] else None,
             "telemetry": json.loads(row["telemetry_json"]) if row["telemetry_json"] else None,
             "events": [json.loads(r["payload"]) for r in recent],

@@ -82,6 +82,38 @@ class InferenceObserver(Protocol):
     def on_error(self, model: str, version: str | None, error: InferenceError) -> None: ...
 
 
+class ObserverGroup:
+    """Several observers in the registry's one observer slot (the monitor, an update's health
+    window); one that raises is logged and the others are still told."""
+
+    def __init__(self, *observers: InferenceObserver) -> None:
+        self._observers = list(observers)
+
+    def add(self, observer: InferenceObserver) -> None:
+        self._observers.append(observer)
+
+    def _each(self, call: Callable[[InferenceObserver], None]) -> None:
+        for observer in self._observers:
+            try:
+                call(observer)
+            except Exception:  # a broken observer must not silence the others
+                log.exception("observer.failed", observer=type(observer).__name__)
+
+    def on_loaded(self, card: ModelCard) -> None:
+        self._each(lambda observer: observer.on_loaded(card))
+
+    def on_unloaded(self, card: ModelCard) -> None:
+        self._each(lambda observer: observer.on_unloaded(card))
+
+    def on_result(
+        self, card: ModelCard, prediction: Prediction, inputs: Mapping[str, Array]
+    ) -> None:
+        self._each(lambda observer: observer.on_result(card, prediction, inputs))
+
+    def on_error(self, model: str, version: str | None, error: InferenceError) -> None:
+        self._each(lambda observer: observer.on_error(model, version, error))
+
+
 class VersionState(StrEnum):
     """A version's state, named as TensorFlow Serving's ``ModelVersionStatus.State`` (+ ERROR)."""
 

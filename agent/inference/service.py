@@ -27,7 +27,7 @@ from agent.inference.capture import CaptureBuffer, CaptureInfo
 from agent.inference.card import card_path_for, load_card
 from agent.inference.classify import RegistryClassifier, check_classifier
 from agent.inference.monitoring import ModelMonitor
-from agent.inference.registry import ModelRegistry
+from agent.inference.registry import ModelRegistry, ObserverGroup
 from agent.inference.rest import RestServer, start_rest
 
 log = structlog.get_logger("agent.inference")
@@ -57,6 +57,8 @@ class InferenceService:
         self.monitor = ModelMonitor(
             low_confidence_threshold=inference.low_confidence_threshold, capture=self.capture
         )
+        # The OTA updater adds its health window here while an update is on probation.
+        self.observers = ObserverGroup(self.monitor)
         self.registry = ModelRegistry(
             BackendOptions(
                 onnx_providers=tuple(inference.providers),
@@ -67,7 +69,7 @@ class InferenceService:
             ),
             workers=inference.workers,
             max_queue=inference.max_queue,
-            observer=self.monitor,
+            observer=self.observers,
             on_event=self._registry_event,
         )
         self.rest: RestServer | None = None

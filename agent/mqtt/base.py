@@ -80,6 +80,7 @@ class InboundMessage:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     mid: int = 0
+    user_properties: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ class PublishOptions:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     message_expiry_s: int | None = None
+    # None for binary payloads: no Content Type property is sent.
     content_type: str | None = "application/json"
+    user_properties: tuple[tuple[str, str], ...] = ()
 
 
 class LinkListener(Protocol):

@@ -510,6 +510,7 @@ class MqttLink:
             response_topic=getattr(props, "ResponseTopic", None) if props else None,
             correlation_data=getattr(props, "CorrelationData", None) if props else None,
             mid=msg.mid,
+            user_properties=_user_properties(props),
         )
         try:
             self._on_message(message)
@@ -534,4 +535,12 @@ def _publish_properties(options: PublishOptions | None) -> Properties | None:
         props.MessageExpiryInterval = options.message_expiry_s
     if options.content_type is not None:
         props.ContentType = options.content_type
+    if options.user_properties:
+        props.UserProperty = list(options.user_properties)
     return props
+
+
+def _user_properties(props: Properties | None) -> tuple[tuple[str, str], ...]:
+    """The v5 user properties of a received message, in the order they were sent."""
+    pairs = getattr(props, "UserProperty", None) if props else None
+    return tuple((str(key), str(value)) for key, value in pairs or ())

@@ -12,11 +12,19 @@ still checked against the target's signed length and sha256 before it is install
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import UpdateError
 from agent.inference.card import ModelCard
@@ -50,6 +58,15 @@ class ModelRelease(BaseModel):
     chunks: tuple[str, ...] = Field(min_length=1, description="sha256 (hex) of each chunk.")
     card: ModelCard = Field(description="I/O contract, golden check and reference statistics.")
 
+    @field_validator("card", mode="before")
+    @classmethod
+    def _card_from_json_text(cls, value: object) -> object:
+        # custom() carries the card as JSON text: see there. A bad text is a ValueError,
+        # which pydantic reports as a validation error of the field.
+        if isinstance(value, str | bytes):
+            return json.loads(value)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelRelease:
         if not _FILE_NAME.fullmatch(self.file_name):
@@ -81,8 +98,14 @@ class ModelRelease(BaseModel):
         return offset, min(self.chunk_size, self.length - offset)
 
     def custom(self) -> dict[str, Any]:
-        """The ``custom`` mapping of the TUF target that carries this release."""
-        return {CUSTOM_KEY: self.model_dump(mode="json")}
+        """The ``custom`` mapping of the TUF target that carries this release.
+
+        TUF signs the canonical JSON of its metadata, which has no floats, and the card is
+        full of them (golden values, scales, statistics): the card travels as JSON text.
+        """
+        fields = self.model_dump(mode="json")
+        fields["card"] = self.card.model_dump_json()
+        return {CUSTOM_KEY: fields}
 
 
 def target_path(name: str, version: str, file_name: str) -> str:

@@ -105,7 +105,7 @@ def agent_process(
     )
 
 
-def controller_process(tmp: Path, port: int) -> ManagedProcess:
+def controller_process(tmp: Path, port: int, **env: str) -> ManagedProcess:
     return ManagedProcess(
         [
             sys.executable,
@@ -119,7 +119,7 @@ def controller_process(tmp: Path, port: int) -> ManagedProcess:
             "--log-format",
             "json",
         ],
-        _child_env({}),
+        _child_env({f"FLEET_{k.upper()}": v for k, v in env.items()}),
         tmp / "controller.log",
     )
 
@@ -136,10 +136,10 @@ def fleet_cli(port: int, *args: str, timeout: float = 30) -> subprocess.Complete
     )
 
 
-def start_controller(tmp: Path, port: int) -> ManagedProcess:
+def start_controller(tmp: Path, port: int, **env: str) -> ManagedProcess:
     """Start the controller and wait until it answers, so its session exists before devices
     publish anything (messages sent before a subscriber's first connect cannot be queued)."""
-    controller = controller_process(tmp, port).start()
+    controller = controller_process(tmp, port, **env).start()
     wait_until(
         lambda: fleet_cli(port, "devices", "list", "--timeout", "2").returncode == 0,
         30,

@@ -1,0 +1,352 @@
+"""Repository files over MQTT, device side: range requests, pipelined chunks, ngclient's fetcher.
+
+The exchange (also served by ``fleet.release.fileserver``; documented in docs/mqtt-api.md):
+the device publishes ``{"path", "offset", "length"}`` on ``fleet/<id>/fetch`` (QoS 1, response
+topic ``fleet/<id>/file``, 16 random bytes of correlation data, message expiry 30 s); the
+controller answers on the response topic with the same correlation data, the raw bytes
+``[offset, offset + n)`` as payload and the user properties ``status`` ("200", "400", "404",
+"416"), ``size`` (the whole file's, with 200) and ``offset``. An error reply carries a short
+UTF-8 message. ``n`` may be smaller than asked (the broker's Maximum Packet Size), so readers
+loop until they have what they need.
+
+``RepositoryClient`` runs on the agent's asyncio loop: ``on_message`` matches replies to
+requests by correlation data, a request that gets no reply in time is sent again with new
+correlation data, and ``fetch_chunks`` keeps a window of chunks in flight (the round trip,
+not the bandwidth, bounds a one-at-a-time download). ``MqttFetcher`` adapts the client to
+``tuf.ngclient``, which runs in a worker thread and asks for ``mqtt:<path>`` URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import structlog
+from tuf.api.exceptions import DownloadError, DownloadHTTPError
+from tuf.ngclient import FetcherInterface
+
+from agent.errors import FetchError, MqttError
+from agent.mqtt.base import InboundMessage, PublishOptions
+from agent.mqtt.link import MqttLink
+from agent.mqtt.topics import Channel, topic_for
+from agent.ota.release import DEFAULT_CHUNK_SIZE
+
+log = structlog.get_logger("agent.ota.transport")
+
+# -- the wire protocol, shared with fleet.release.fileserver ----------------------------------
+REQUEST_EXPIRY_S = 30
+CORRELATION_BYTES = 16
+MAX_CORRELATION_BYTES = 64  # the server ignores requests with more
+MAX_REQUEST_BYTES = 4096  # a request is a small JSON object
+MAX_RANGE_LENGTH = 64 * 1024 * 1024  # a larger "length" is a bad request
+MAX_REPLY_PACKET = 4 * 1024 * 1024  # whole PUBLISH packet of a reply, whatever the broker allows
+URL_SCHEME = "mqtt:"
+STATUS_OK = 200
+STATUS_BAD_REQUEST = 400
+STATUS_NOT_FOUND = 404
+STATUS_TOO_LARGE = 413
+STATUS_BAD_RANGE = 416
+STATUS_BAD_REPLY = 502
+STATUS_TIMEOUT = 504
+
+OnChunk = Callable[[int, bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RangeReply:
+    """One successful reply: ``data`` starts at the requested offset; ``size`` is the file's."""
+
+    data: bytes
+    size: int
+
+
+@dataclass(frozen=True)
+class ChunkRange:
+    """One chunk to fetch: its index (passed back to ``on_chunk``), offset and length."""
+
+    index: int
+    offset: int
+    length: int
+
+
+class RepositoryClient:
+    """Fetches repository files from the controller over the agent's MQTT link.
+
+    Owned by the agent's loop: every method must be called on it. Route messages of
+    ``subscription()`` to ``on_message``.
+    """
+
+    def __init__(
+        self,
+        link: MqttLink,
+        device_id: str,
+        *,
+        window: int = 4,
+        timeout_s: float = 10.0,
+        retries: int = 3,
+    ) -> None:
+        if window < 1 or timeout_s <= 0 or retries < 0:
+            raise ValueError(f"window={window}, timeout_s={timeout_s}, retries={retries}")
+        self._link = link
+        self._request_topic = topic_for(device_id, Channel.FETCH)
+        self._reply_topic = topic_for(device_id, Channel.FILE)
+        self._window = window
+        self._timeout_s = timeout_s
+        self._retries = retries
+        self._waiting: dict[bytes, asyncio.Future[InboundMessage]] = {}
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    @property
+    def retries(self) -> int:
+        return self._retries
+
+    def subscription(self) -> str:
+        """The topic replies arrive on: add it to the link's subscriptions."""
+        return self._reply_topic
+
+    def on_message(self, msg: InboundMessage) -> None:
+        """Hand a reply to the request that waits for it; unknown or late replies are dropped."""
+        if msg.topic != self._reply_topic or msg.correlation_data is None:
+            return
+        waiter = self._waiting.pop(bytes(msg.correlation_data), None)
+        if waiter is None:
+            log.debug("ota.transport.unmatched_reply", topic=msg.topic, bytes=len(msg.payload))
+            return
+        if not waiter.done():
+            waiter.set_result(msg)
+
+    async def fetch_range(self, path: str, offset: int, length: int) -> RangeReply:
+        """Up to ``length`` bytes of ``path`` from ``offset`` (fewer at the end of the file or
+        when the broker's packet limit makes the controller answer in smaller pieces).
+
+        Raises:
+            FetchError: 404 missing, 400/416 refused, 502 a reply of the wrong shape, 504 no
+                reply after ``retries`` repeats of ``timeout_s``.
+        """
+        if offset < 0 or not 0 < length <= MAX_RANGE_LENGTH:
+            raise FetchError(path, STATUS_BAD_REQUEST, f"bad range offset={offset} length={length}")
+        request = _encode_request(path, offset, length)
+        for attempt in range(self._retries + 1):
+            reply = await self._exchange(request)
+            if reply is not None:
+                return _parse_reply(path, offset, length, reply)
+            log.warning("ota.transport.timeout", path=path, offset=offset, attempt=attempt + 1)
+        raise FetchError(
+            path,
+            STATUS_TIMEOUT,
+            f"no reply at offset {offset} after {self._retries + 1} tries of {self._timeout_s} s",
+        )
+
+    async def fetch_file(
+        self, path: str, max_length: int, *, piece: int = DEFAULT_CHUNK_SIZE
+    ) -> bytes:
+        """The whole of a small file (metadata), in as many ranges as it takes.
+
+        Raises:
+            FetchError: as ``fetch_range``; 413 if the file is longer than ``max_length``.
+        """
+        parts: list[bytes] = []
+        offset = 0
+        size: int | None = None
+        while size is None or offset < size:
+            reply = await self.fetch_range(path, offset, piece)
+            size = _check_size(path, size, reply.size, max_length)
+            if not reply.data:
+                break
+            parts.append(reply.data)
+            offset += len(reply.data)
+        return b"".join(parts)
+
+    async def fetch_chunks(
+        self, path: str, ranges: Sequence[ChunkRange], on_chunk: OnChunk
+    ) -> None:
+        """Fetch every range of ``path``, up to ``window`` of them in flight at once.
+
+        ``on_chunk(index, data)`` is awaited once per range, in the order of ``ranges``
+        (a chunk that arrives early waits for the ones before it), so a caller can write and
+        report progress in order. ``data`` is shorter than asked only if the file ends
+        first. On the first failure the other requests are abandoned and the error raised.
+        """
+        pending: list[asyncio.Task[bytes]] = []
+        upcoming = iter(ranges)
+
+        def refill() -> None:
+            while len(pending) < self._window:
+                chunk = next(upcoming, None)
+                if chunk is None:
+                    return
+                pending.append(asyncio.create_task(self._fetch_whole_range(path, chunk)))
+
+        try:
+            refill()
+            for chunk in ranges:
+                data = await pending.pop(0)
+                refill()
+                await on_chunk(chunk.index, data)
+        finally:
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _fetch_whole_range(self, path: str, chunk: ChunkRange) -> bytes:
+        parts: list[bytes] = []
+        got = 0
+        while got < chunk.length:
+            reply = await self.fetch_range(path, chunk.offset + got, chunk.length - got)
+            if not reply.data:
+                break  # the file ends before the range does: the caller's hash check decides
+            parts.append(reply.data)
+            got += len(reply.data)
+        return b"".join(parts)
+
+    async def _exchange(self, request: bytes) -> InboundMessage | None:
+        """Send one request and wait for its reply; None when the timeout passes first."""
+        loop = asyncio.get_running_loop()
+        correlation = secrets.token_bytes(CORRELATION_BYTES)
+        waiter: asyncio.Future[InboundMessage] = loop.create_future()
+        self._waiting[correlation] = waiter
+        options = PublishOptions(
+            response_topic=self._reply_topic,
+            correlation_data=correlation,
+            message_expiry_s=REQUEST_EXPIRY_S,
+        )
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                # While the link is down the request waits for it, within the same timeout.
+                await self._link.wait_connected()
+                try:
+                    acked = self._link.publish(self._request_topic, request, options=options)
+                except MqttError as exc:
+                    log.warning("ota.transport.publish_failed", error=str(exc))
+                    await asyncio.sleep(self._timeout_s)  # ends in the timeout: a retry
+                else:
+                    acked.add_done_callback(_ignore_outcome)
+                return await waiter
+        except TimeoutError:
+            return None
+        finally:
+            self._waiting.pop(correlation, None)
+
+
+class MqttFetcher(FetcherInterface):
+    """``tuf.ngclient`` fetcher for ``mqtt:<path>`` URLs, backed by a ``RepositoryClient``.
+
+    ngclient calls it from a worker thread; each range is fetched on ``loop`` (the agent's)
+    and handed back. ``FetcherInterface`` enforces the maximum lengths: it stops reading
+    after the cap, so an endless file costs at most one range more.
+    """
+
+    def __init__(
+        self,
+        client: RepositoryClient,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        range_length: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self._client = client
+        self._loop = loop
+        self._range_length = range_length
+        # A range may wait for every retry; beyond that the loop itself is stuck.
+        self._call_timeout_s = (client.retries + 1) * client.timeout_s + 5.0
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        if not url.startswith(URL_SCHEME):
+            raise DownloadError(f"not an {URL_SCHEME} URL: {url!r}")
+        if _on_loop_thread(self._loop):
+            raise DownloadError(f"{url}: MqttFetcher must not be called on the loop thread")
+        path = url.removeprefix(URL_SCHEME)
+        # The first range is fetched now, so a missing file fails the call itself.
+        first = self._range(path, 0)
+        return self._rest(path, first)
+
+    def _rest(self, path: str, reply: RangeReply) -> Iterator[bytes]:
+        offset = 0
+        while True:
+            if reply.data:
+                yield reply.data
+            offset += len(reply.data)
+            if not reply.data or offset >= reply.size:
+                return
+            reply = self._range(path, offset)
+
+    def _range(self, path: str, offset: int) -> RangeReply:
+        future = asyncio.run_coroutine_threadsafe(
+            self._client.fetch_range(path, offset, self._range_length), self._loop
+        )
+        try:
+            return future.result(self._call_timeout_s)
+        except FetchError as exc:
+            if exc.status == STATUS_NOT_FOUND:
+                raise DownloadHTTPError(str(exc), STATUS_NOT_FOUND) from exc
+            raise DownloadError(str(exc)) from exc
+        except TimeoutError as exc:
+            future.cancel()
+            raise DownloadError(f"{path}: no answer from the agent loop at {offset}") from exc
+        except Exception as exc:  # the iterator must raise only DownloadError (ngclient's contract)
+            raise DownloadError(f"{path} at {offset}: {exc!r}") from exc
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _encode_request(path: str, offset: int, length: int) -> bytes:
+    return json.dumps({"path": path, "offset": offset, "length": length}).encode()
+
+
+def _parse_reply(path: str, offset: int, length: int, msg: InboundMessage) -> RangeReply:
+    props = dict(msg.user_properties)
+    status = _int_property(props, "status")
+    if status is None:
+        raise FetchError(path, STATUS_BAD_REPLY, f"reply without a status: {props}")
+    if status != STATUS_OK:
+        message = msg.payload[:200].decode(errors="replace")
+        raise FetchError(path, status, message or "refused")
+    size, at = _int_property(props, "size"), _int_property(props, "offset")
+    data = msg.payload
+    if size is None or at != offset:
+        raise FetchError(path, STATUS_BAD_REPLY, f"reply for offset {at}, size {size}: {props}")
+    if len(data) > length or offset + len(data) > size or (not data and offset < size):
+        raise FetchError(
+            path,
+            STATUS_BAD_REPLY,
+            f"{len(data)} bytes at offset {offset} of a {size}-byte file, {length} asked",
+        )
+    return RangeReply(data=data, size=size)
+
+
+def _int_property(props: dict[str, str], name: str) -> int | None:
+    value = props.get(name)
+    if value is None or not value.isdigit() or len(value) > 20:
+        return None
+    return int(value)
+
+
+def _check_size(path: str, known: int | None, size: int, max_length: int) -> int:
+    if size > max_length:
+        raise FetchError(path, STATUS_TOO_LARGE, f"{size} bytes, at most {max_length} accepted")
+    if known is not None and size != known:
+        # Only a file replaced mid-download does this (metadata is one range in practice).
+        raise FetchError(path, STATUS_BAD_REPLY, f"size changed from {known} to {size}")
+    return size
+
+
+def _ignore_outcome(future: asyncio.Future[None]) -> None:
+    """A request's PUBACK does not matter (its reply does); retrieve the outcome quietly."""
+    if not future.cancelled():
+        future.exception()

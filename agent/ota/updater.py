@@ -1,0 +1,369 @@
+"""The agent's OTA updater: follows the signed desired state to a verified, committed model.
+
+One update, step by step (each reported as it happens, see ``agent.ota.report``):
+
+1. A retained ``fleet/<id>/desired`` envelope arrives. With the clock obviously unset the
+   update is deferred, not judged. The TUF metadata is refreshed over MQTT (``trust``), then
+   the envelope is checked against the trusted online keys, this device id, the last accepted
+   counter and its expiry (``desired``), and accepted atomically (``device.json``).
+2. The model it names must be a signed target whose custom fields (``release``) fit this
+   device: hardware id, agent version, length cap, a release counter not below the installed
+   one.
+3. Download: only the chunks not yet staged are requested, each checked against its signed
+   hash before it is kept (``staging``); a bad chunk is fetched again alone, a repeatedly bad
+   one ends the update. The assembled file is checked against the signed length and sha256.
+4. Install into the inactive A/B slot (``slots``), then activation (``activation``): the
+   registry loads it beside the serving version (golden check, warm-up), switches, and a
+   health window decides: commit, or roll back to what served before.
+
+A crash or power cut anywhere resumes from what is on disk: the accepted-but-unfinished
+desired state is replayed from ``device.json``; staged chunks are kept; a pending slot is
+activated again until its attempts run out (a crash loop), then rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile
+
+from agent import __version__
+from agent.config import OtaConfig
+from agent.errors import AgentError, UpdateError
+from agent.inference.registry import ModelRegistry
+from agent.mqtt.base import InboundMessage
+from agent.mqtt.link import MqttLink
+from agent.mqtt.topics import Channel, parse, topic_for
+from agent.ota import fsutil
+from agent.ota.activation import Activator
+from agent.ota.desired import DesiredState, verify_desired
+from agent.ota.reasons import Reason
+from agent.ota.release import ModelRelease, release_from_custom, version_tuple
+from agent.ota.report import Reporter
+from agent.ota.slots import SlotStore
+from agent.ota.staging import ChunkStaging, sweep
+from agent.ota.transport import ChunkRange, MqttFetcher, RepositoryClient
+from agent.ota.trust import TrustedRepository
+from agent.ota.watch import RequestWatch
+
+log = structlog.get_logger("agent.ota.updater")
+
+# A chunk whose bytes fail their hash this many times in a row ends the update as tampered.
+CHUNK_ATTEMPTS = 3
+# Progress events at most every this many percent.
+PROGRESS_STEP = 10
+
+
+class OtaUpdater:
+    """Follows this device's desired state; see the module docstring."""
+
+    def __init__(
+        self,
+        config: OtaConfig,
+        *,
+        device_id: str,
+        state_dir: Path,
+        link: MqttLink,
+        registry: ModelRegistry,
+        watch: RequestWatch,
+        reporter: Reporter,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._config = config
+        self._device_id = device_id
+        self._root = state_dir / "ota"
+        self._registry = registry
+        self._reporter = reporter
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._device_file = self._root / "device.json"
+        self.client = RepositoryClient(
+            link, device_id, window=config.fetch_window, timeout_s=config.fetch_timeout_s
+        )
+        self._activator = Activator(registry, watch, reporter, config.health)
+        self._desired_topic = topic_for(device_id, Channel.DESIRED)
+        self._inbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
+        self._trust: TrustedRepository | None = None
+
+    def subscriptions(self) -> list[str]:
+        return [self._desired_topic, self.client.subscription()]
+
+    def on_message(self, message: InboundMessage) -> bool:
+        """Take desired-state and repository-file messages; False for anything else."""
+        if message.topic == self._desired_topic:
+            if message.payload:  # an empty retained message only clears the topic
+                self._offer(message.payload)
+            return True
+        try:
+            channel = parse(message.topic).channel
+        except AgentError:
+            return False
+        if channel is Channel.FILE:
+            self.client.on_message(message)
+            return True
+        return False
+
+    def _offer(self, payload: bytes) -> None:
+        """Keep only the newest desired state waiting: older ones are superseded anyway."""
+        with contextlib.suppress(asyncio.QueueEmpty):
+            self._inbox.get_nowait()
+        self._inbox.put_nowait(payload)
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Before serving: load every model's active slot; pending activations resume in run()."""
+        for store in await asyncio.to_thread(self._stores):
+            state = await asyncio.to_thread(store.state)
+            await self._activator.restore(store, state)
+            self._reporter.set_slots(store.name, **self._activator.slot_summary(state))
+        accepted = await asyncio.to_thread(fsutil.read_json, self._device_file)
+        if isinstance(accepted, dict):
+            self._reporter.desired_counter = int(accepted.get("counter", 0))
+            if not accepted.get("done", True) and isinstance(accepted.get("payload"), str):
+                self._offer(accepted["payload"].encode())
+
+    def _stores(self) -> list[SlotStore]:
+        models = self._root / "models"
+        if not models.is_dir():
+            return []
+        return [
+            SlotStore(models, entry.name) for entry in sorted(models.iterdir()) if entry.is_dir()
+        ]
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Resume interrupted activations, then handle desired states one at a time."""
+        for store in await asyncio.to_thread(self._stores):
+            await self._activator.resume(store)
+        await self._reporter.publish()
+        while True:
+            payload = await self._inbox.get()
+            retry = await self._handle(payload)
+            if retry:
+                asyncio.get_running_loop().call_later(self._config.retry_s, self._retry, payload)
+
+    def _retry(self, payload: bytes) -> None:
+        if self._inbox.empty():  # a newer desired state wins over a retry
+            self._inbox.put_nowait(payload)
+
+    async def _handle(self, payload: bytes) -> bool:
+        """One desired state; True when it should be tried again later."""
+        accepted = await asyncio.to_thread(fsutil.read_json, self._device_file) or {}
+        resuming = accepted.get("payload") == payload.decode(errors="replace")
+        if resuming and accepted.get("done"):
+            return False  # the retained copy of what was already done
+        now = self._clock()
+        if now < self._config.clock_floor:
+            await self._reporter.deferred(
+                Reason.CLOCK_UNSET,
+                f"system time {now.isoformat()} is before "
+                f"{self._config.clock_floor.isoformat()}; waiting for time sync",
+            )
+            return True
+        try:
+            desired = await self._accept(payload, accepted, resuming=resuming)
+        except UpdateError as exc:
+            await self._reporter.refused(exc.reason, exc.detail)
+            return exc.reason == Reason.TRANSPORT
+        try:
+            if desired.action == "rollback":
+                await self._activator.operator_rollback(self._store(desired.model.name))
+            else:
+                await self._deploy(desired)
+        except UpdateError as exc:
+            await self._reporter.outcome(
+                desired.model.name,
+                desired.model.version,
+                "rejected",
+                reason=exc.reason,
+                detail=exc.detail,
+            )
+            if exc.reason == Reason.TRANSPORT:
+                return True
+        await self._record_accepted(desired, payload, done=True)
+        return False
+
+    async def _accept(
+        self, payload: bytes, accepted: dict[str, Any], *, resuming: bool
+    ) -> DesiredState:
+        trust = self._trusted()
+        await asyncio.to_thread(trust.refresh)
+        online = await asyncio.to_thread(trust.online_keys)
+        last = int(accepted.get("counter", 0))
+        desired = verify_desired(
+            payload,
+            keys=online.keys,
+            threshold=online.threshold,
+            device_id=self._device_id,
+            last_counter=last - 1 if resuming else last,
+            now=self._clock(),
+        )
+        if not resuming:
+            await self._record_accepted(desired, payload, done=False)
+        return desired
+
+    async def _record_accepted(self, desired: DesiredState, payload: bytes, *, done: bool) -> None:
+        record = {"counter": desired.counter, "payload": payload.decode(), "done": done}
+        await asyncio.to_thread(fsutil.atomic_write_json, self._device_file, record)
+        self._reporter.desired_counter = desired.counter
+
+    def _trusted(self) -> TrustedRepository:
+        if self._trust is None:
+            root = self._config.trusted_root
+            if root is None:
+                raise UpdateError(Reason.UNTRUSTED_METADATA, "ota.trusted_root is not set")
+            fetcher = MqttFetcher(self.client, asyncio.get_running_loop())
+            self._trust = TrustedRepository(self._root / "tuf", root, fetcher)
+        return self._trust
+
+    def _store(self, name: str) -> SlotStore:
+        return SlotStore(self._root / "models", name)
+
+    # -- deploy ------------------------------------------------------------------------------
+
+    async def _deploy(self, desired: DesiredState) -> None:
+        trust = self._trusted()
+        info = await asyncio.to_thread(trust.target, desired.model.target)
+        release = self._check_release(desired, info)
+        store = self._store(release.name)
+        state = await asyncio.to_thread(store.state)
+        sha256 = info.hashes["sha256"]
+        if self._activator.is_active(state, release, sha256):
+            await self._reporter.outcome(release.name, release.version, "committed", noop=True)
+            return
+        if release.release < state.max_release:
+            raise UpdateError(
+                Reason.RELEASE_ROLLBACK,
+                f"release {release.release} is below the installed {state.max_release}",
+            )
+        assembled = await self._download(release, info, sha256)
+        slot = await asyncio.to_thread(store.install, release, assembled, sha256)
+        await asyncio.to_thread(fsutil.remove_file, assembled)
+        await asyncio.to_thread(sweep, self._root / "staging", set())
+        await self._reporter.step(release.name, release.version, "installed", slot=slot)
+        await self._activator.activate(store, slot)
+
+    def _check_release(self, desired: DesiredState, info: TargetFile) -> ModelRelease:
+        release = release_from_custom(info.custom, target=info.path)
+        if (release.name, release.version) != (desired.model.name, desired.model.version):
+            raise UpdateError(
+                Reason.MALFORMED_RELEASE,
+                f"target {info.path} is {release.name}@{release.version}, "
+                f"desired names {desired.model.name}@{desired.model.version}",
+            )
+        if not set(release.hardware) & set(self._config.hardware_ids):
+            raise UpdateError(
+                Reason.WRONG_HARDWARE,
+                f"release is for {list(release.hardware)}, "
+                f"this device is {list(self._config.hardware_ids)}",
+            )
+        if version_tuple(__version__) < version_tuple(release.min_agent_version):
+            raise UpdateError(
+                Reason.AGENT_TOO_OLD,
+                f"release needs agent {release.min_agent_version}, this is {__version__}",
+            )
+        if info.length != release.length or info.length > self._config.max_model_bytes:
+            raise UpdateError(
+                Reason.TOO_LONG
+                if info.length > self._config.max_model_bytes
+                else Reason.MALFORMED_RELEASE,
+                f"signed length {info.length}, release says {release.length}, "
+                f"limit {self._config.max_model_bytes}",
+            )
+        return release
+
+    async def _download(self, release: ModelRelease, info: TargetFile, sha256: str) -> Path:
+        staging_root = self._root / "staging"
+        await asyncio.to_thread(sweep, staging_root, {sha256})
+        staging = await asyncio.to_thread(ChunkStaging, staging_root, release, sha256)
+        path = repository_path(info.path, sha256)
+        progress = _Progress(self._reporter, release)
+        for attempt in range(1, CHUNK_ATTEMPTS + 1):
+            missing = await asyncio.to_thread(staging.missing)
+            if not missing:
+                break
+            await progress.report(staging.progress())
+            bad = await self._fetch_missing(staging, path, missing, progress)
+            if bad and attempt == CHUNK_ATTEMPTS:
+                await asyncio.to_thread(staging.discard)
+                raise UpdateError(
+                    Reason.TAMPERED,
+                    f"chunk(s) {bad[:5]} of {info.path} failed their signed hash "
+                    f"{CHUNK_ATTEMPTS} times",
+                )
+        await self._reporter.step(release.name, release.version, "verifying")
+        return await self._verify(staging, info, release)
+
+    async def _fetch_missing(
+        self, staging: ChunkStaging, path: str, missing: list[int], progress: _Progress
+    ) -> list[int]:
+        """Fetch and stage ``missing`` chunks; return the ones whose bytes were refused."""
+        bad: list[int] = []
+        ranges = [ChunkRange(index, *staging.release.chunk_range(index)) for index in missing]
+
+        async def on_chunk(index: int, data: bytes) -> None:
+            try:
+                await asyncio.to_thread(staging.store, index, data)
+            except UpdateError as exc:
+                if exc.reason == Reason.TOO_LONG:
+                    raise
+                log.warning("ota.chunk_refused", chunk=index, reason=exc.reason, detail=exc.detail)
+                bad.append(index)
+                return
+            await progress.report(staging.progress())
+
+        await self.client.fetch_chunks(path, ranges, on_chunk)
+        return bad
+
+    async def _verify(self, staging: ChunkStaging, info: TargetFile, release: ModelRelease) -> Path:
+        assembled = self._root / "staging" / f"{release.name}-{release.version}.assembled"
+        await asyncio.to_thread(staging.assemble, assembled)
+        try:
+            await asyncio.to_thread(_verify_file, info, assembled)
+        except UpdateError:
+            await asyncio.to_thread(staging.discard)
+            await asyncio.to_thread(fsutil.remove_file, assembled)
+            raise
+        await asyncio.to_thread(staging.discard)
+        return assembled
+
+
+def repository_path(target: str, sha256: str) -> str:
+    """Where the repository keeps a target (consistent snapshots: hash-prefixed file name)."""
+    directory, _, name = target.rpartition("/")
+    prefix = f"{directory}/" if directory else ""
+    return f"targets/{prefix}{sha256}.{name}"
+
+
+def _verify_file(info: TargetFile, path: Path) -> None:
+    try:
+        with path.open("rb") as handle:
+            info.verify_length_and_hashes(handle)
+    except tuf_errors.LengthOrHashMismatchError as exc:
+        raise UpdateError(Reason.TAMPERED, f"{info.path}: {exc}") from exc
+
+
+class _Progress:
+    """``downloading`` events every PROGRESS_STEP percent, not per chunk."""
+
+    def __init__(self, reporter: Reporter, release: ModelRelease) -> None:
+        self._reporter = reporter
+        self._release = release
+        self._last: int | None = None
+
+    async def report(self, fraction: float) -> None:
+        percent = int(fraction * 100)
+        if self._last is not None and percent < min(100, self._last + PROGRESS_STEP):
+            return
+        self._last = percent
+        await self._reporter.step(
+            self._release.name, self._release.version, "downloading", percent=percent
+        )

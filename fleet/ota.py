@@ -1,0 +1,177 @@
+"""The controller's part of OTA: repository files over MQTT, a fresh timestamp, desired states.
+
+Built by ``fleet serve`` when ``[ota] repo`` is set. It answers the devices' file requests
+(``fleet.release.fileserver``), re-signs the TUF timestamp with the online key every
+``timestamp_refresh_s`` (each one expires after ``timestamp_expiry_s``), and turns
+``fleet deploy`` / ``fleet rollback`` into signed, retained desired-state messages, one per
+device, each with the next value of that device's counter (kept in the controller's store).
+
+The repository is re-read from disk for every operation: ``fleet model publish`` and
+``fleet keys rotate`` change it from another process, and a timestamp signed over a stale
+snapshot would look like a rollback to the devices. An exclusive lock on ``DIR/.lock``
+keeps the controller's writes and the CLI's apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.errors import AgentError
+from agent.mqtt.base import InboundMessage, PublishOptions
+from agent.mqtt.link import MqttLink
+from agent.mqtt.topics import Channel, parse, topic_for
+from agent.ota.desired import DesiredModel, DesiredState, sign_desired
+from agent.ota.release import CUSTOM_KEY
+from fleet.config import OtaOptions
+from fleet.errors import FleetError
+from fleet.release.fileserver import FileService, RepositoryFiles
+from fleet.release.repo import Repository
+from fleet.store import FleetStore
+
+log = structlog.get_logger("fleet.ota")
+
+
+@contextlib.contextmanager
+def repository_lock(directory: Path) -> Iterator[None]:
+    """Exclusive lock over a repository's metadata changes (across processes)."""
+    with (directory / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class ReleaseService:
+    """File server, timestamp refresher and desired-state signer of the controller."""
+
+    def __init__(self, options: OtaOptions, link: MqttLink, store: FleetStore) -> None:
+        if options.repo is None:
+            raise FleetError("[ota] repo is not set")
+        self._options = options
+        self._dir = options.repo
+        self._link = link
+        self._store = store
+        with repository_lock(self._dir):
+            Repository.open(self._dir)  # fail at start-up, not at the first request
+        self.files = FileService(link, RepositoryFiles(self._dir))
+        link.add_subscription(self.files.subscription(), qos=1)
+
+    def on_message(self, message: InboundMessage) -> bool:
+        """Take repository requests (``fleet/<id>/fetch``); False for anything else."""
+        try:
+            channel = parse(message.topic).channel
+        except AgentError:
+            return False
+        if channel is not Channel.FETCH:
+            return False
+        self.files.on_message(message)
+        return True
+
+    async def run(self) -> None:
+        """Keep the timestamp fresh until cancelled."""
+        while True:
+            try:
+                version = await asyncio.to_thread(self.refresh_timestamp)
+                log.info("ota.timestamp_signed", version=version)
+            except FleetError as exc:
+                log.error("ota.timestamp_failed", error=str(exc))
+            await asyncio.sleep(self._options.timestamp_refresh_s)
+
+    def refresh_timestamp(self) -> int:
+        with repository_lock(self._dir):
+            repo = Repository.open(self._dir)
+            return repo.refresh_timestamp(timedelta(seconds=self._options.timestamp_expiry_s))
+
+    def close(self) -> None:
+        self.files.close()
+
+    # -- desired states (run in the controller's store thread) -----------------------------
+
+    def deploy(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+        """``{"model", "version", "devices": [...] | "all": true}`` -> reply, messages to send."""
+        name, version = _string(request, "model"), _string(request, "version")
+        with repository_lock(self._dir):
+            repo = Repository.open(self._dir)
+            target = _find_target(repo, name, version)
+            devices = self._devices(request)
+            messages = [self._desired(repo, d, "deploy", name, version, target) for d in devices]
+        return {"model": name, "version": version, "target": target, "devices": devices}, messages
+
+    def rollback(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+        """``{"device_id", "model"?}``: back to the device's previous committed version."""
+        device_id = _string(request, "device_id")
+        detail = self._store.device_detail(device_id, events=0)
+        models = ((detail.get("reported") or {}).get("models")) or {}
+        name = request.get("model") or (next(iter(models)) if len(models) == 1 else None)
+        if not isinstance(name, str) or name not in models:
+            raise FleetError(
+                f"{device_id} reports no OTA model {name!r} (it reports {sorted(models)})"
+            )
+        previous = (models[name] or {}).get("previous")
+        if not previous:
+            raise FleetError(f"{device_id} reports no previous committed version of {name}")
+        version = str(previous["version"])
+        with repository_lock(self._dir):
+            repo = Repository.open(self._dir)
+            target = _find_target(repo, name, version)
+            message = self._desired(repo, device_id, "rollback", name, version, target)
+        reply = {"device_id": device_id, "model": name, "version": version}
+        return reply, [message]
+
+    def _devices(self, request: dict[str, Any]) -> list[str]:
+        if request.get("all"):
+            devices = [d["device_id"] for d in self._store.list_devices()]
+        else:
+            devices = request.get("devices") or []
+        if not devices or not all(isinstance(d, str) for d in devices):
+            raise FleetError("deploy needs --device ID (one or more) or --all")
+        for device_id in devices:
+            self._store.device_detail(device_id, events=0)  # UnknownDeviceError if never seen
+        return list(devices)
+
+    def _desired(
+        self, repo: Repository, device_id: str, action: str, name: str, version: str, target: str
+    ) -> tuple[str, bytes]:
+        counter = self._store.next_desired(
+            device_id, model=name, version=version, action=action, now=time.time()
+        )
+        state = DesiredState(
+            device_id=device_id,
+            counter=counter,
+            expires=datetime.now(UTC) + timedelta(seconds=self._options.desired_expiry_s),
+            action=action,  # type: ignore[arg-type]
+            model=DesiredModel(name=name, version=version, target=target),
+        )
+        payload = sign_desired(state, repo.online_signer("timestamp"))
+        return topic_for(device_id, Channel.DESIRED), payload
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        """On the loop: retained, QoS 1, so a device that is offline gets it when it is back."""
+        options = PublishOptions(content_type="application/json")
+        for topic, payload in messages:
+            self._link.publish(topic, payload, qos=1, retain=True, options=options)
+
+
+def _string(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise FleetError(f"request needs a non-empty {key!r}")
+    return value
+
+
+def _find_target(repo: Repository, name: str, version: str) -> str:
+    for path, target in repo.targets().items():
+        fields = (target.custom or {}).get(CUSTOM_KEY) or {}
+        if fields.get("name") == name and fields.get("version") == version:
+            return path
+    raise FleetError(f"no signed release {name}@{version} in {repo.metadata_dir.parent}")

@@ -1,0 +1,214 @@
+"""``fleet keys ...`` and ``fleet model publish``: the release side of signed OTA delivery.
+
+``fleet.cli`` registers these: ``app.add_typer(keys_app, name="keys")`` and
+``register_model_commands(model_app)``. Tables for people, ``--json`` for scripts; errors
+are one line on stderr with the error's exit code (78 for configuration, 65 for a refused
+release), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from agent.ota.release import DEFAULT_CHUNK_SIZE
+from fleet.errors import FleetError, ReleaseRepositoryError
+from fleet.release.publish import ChunkProgress, publish_model
+from fleet.release.repo import TOP_LEVEL_ROLES, Repository
+
+# Below this many chunks hashing is instant: a progress bar would only flicker.
+_PROGRESS_MIN_CHUNKS = 16
+_T = TypeVar("_T")
+
+keys_app = typer.Typer(
+    no_args_is_help=True, help="Signing keys of the TUF release repository (init, rotate)."
+)
+
+RepoOpt = Annotated[Path, typer.Option("--repo", help="TUF repository directory")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+@keys_app.command("init")
+def keys_init(
+    repo: RepoOpt,
+    root_keys: Annotated[int, typer.Option("--root-keys", help="number of root keys")] = 1,
+    root_threshold: Annotated[
+        int, typer.Option("--root-threshold", help="root signatures needed")
+    ] = 1,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a TUF repository: keys for every role, version 1 of its metadata."""
+    repository = _run(
+        lambda: Repository.init(repo, root_keys=root_keys, root_threshold=root_threshold)
+    )
+    summary = {"repo": str(repository.directory), **_keys_summary(repository)}
+    summary["trusted_root"] = str(repository.root_path(1))
+    if json_out:
+        _print_json(summary)
+        return
+    console = Console()
+    console.print(_keys_table(repository))
+    console.print(
+        f"device trusted root: {escape(summary['trusted_root'])}\n"
+        f"private keys (owner only): {escape(str(repository.keys_dir))}; "
+        "keep the root keys offline",
+        highlight=False,
+    )
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    role: Annotated[str, typer.Argument(help=f"role: {', '.join(TOP_LEVEL_ROLES)}")],
+    repo: RepoOpt,
+    json_out: JsonOpt = False,
+) -> None:
+    """Replace a role's keys; writes a root version signed by the old and the new root keys."""
+    repository = _run(lambda: Repository.open(repo))
+    root_version = _run(lambda: repository.rotate(role))
+    if json_out:
+        _print_json({"role": role, "root_version": root_version, **_keys_summary(repository)})
+        return
+    keyids = ", ".join(repository.keyids(role))
+    Console().print(
+        f"root version {root_version}: {role} key(s) now {keyids}\n"
+        f"new root: {escape(str(repository.root_path(root_version)))}",
+        highlight=False,
+    )
+
+
+def model_publish(
+    model: Annotated[Path, typer.Argument(help="model file (.onnx or .tflite), card beside it")],
+    name: Annotated[str, typer.Option("--name", help="model name")],
+    version: Annotated[str, typer.Option("--version", help="model version")],
+    hardware: Annotated[
+        list[str], typer.Option("--hardware", help="compatible hardware/runtime id (repeat)")
+    ],
+    repo: RepoOpt,
+    release: Annotated[
+        int | None, typer.Option("--release", help="release counter (default: highest + 1)")
+    ] = None,
+    min_agent_version: Annotated[
+        str, typer.Option("--min-agent-version", help="oldest agent version that runs it")
+    ] = "0.1",
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", help="bytes per verified download chunk")
+    ] = DEFAULT_CHUNK_SIZE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign a model as a TUF target with its release facts (targets, snapshot, timestamp)."""
+    repository = _run(lambda: Repository.open(repo))
+    chunks = -(-model.stat().st_size // max(chunk_size, 1)) if model.is_file() else 0
+    with _chunk_progress(chunks) as progress:
+        model_release = _run(
+            lambda: publish_model(
+                repository,
+                model,
+                name=name,
+                version=version,
+                hardware=hardware,
+                release=release,
+                min_agent_version=min_agent_version,
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+        )
+    target = repository.targets()[model_release.target_path]
+    summary = {
+        "target": target.path,
+        "length": target.length,
+        "sha256": target.hashes["sha256"],
+        "name": model_release.name,
+        "version": model_release.version,
+        "release": model_release.release,
+        "hardware": list(model_release.hardware),
+        "chunk_size": model_release.chunk_size,
+        "chunks": len(model_release.chunks),
+        "timestamp_version": repository.timestamp_version,
+    }
+    if json_out:
+        _print_json(summary)
+        return
+    Console().print(
+        f"published {summary['name']}@{summary['version']} release {summary['release']}\n"
+        f"target: {escape(target.path)}\nlength: {target.length} bytes\n"
+        f"sha256: {summary['sha256']}\n"
+        f"chunks: {summary['chunks']} of {summary['chunk_size']} bytes",
+        highlight=False,
+    )
+
+
+def register_model_commands(model_app: typer.Typer) -> None:
+    """Add ``publish`` to the ``fleet model`` group."""
+    model_app.command("publish")(model_publish)
+
+
+@contextmanager
+def _chunk_progress(chunks: int) -> Iterator[ChunkProgress | None]:
+    """A rich progress bar on stderr (stdout stays clean for --json), for large files only."""
+    if chunks < _PROGRESS_MIN_CHUNKS:
+        yield None
+        return
+    columns = (TextColumn("hashing chunks"), BarColumn(), MofNCompleteColumn())
+    with Progress(
+        *columns, TimeRemainingColumn(), console=Console(stderr=True), transient=True
+    ) as bar:
+        task = bar.add_task("hash", total=chunks)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
+def _run(action: Callable[[], _T]) -> _T:
+    """Run a release action; a FleetError, or an OS error on the way, ends the command."""
+    try:
+        return action()
+    except FleetError as exc:
+        _fail(exc)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        _fail(ReleaseRepositoryError(f"cannot access ({reason})", path=str(exc.filename)))
+
+
+def _keys_summary(repository: Repository) -> dict[str, Any]:
+    return {
+        "root_version": repository.root_version,
+        "roles": {
+            role: {
+                "keyids": repository.keyids(role),
+                "threshold": repository.root.roles[role].threshold,
+            }
+            for role in TOP_LEVEL_ROLES
+        },
+    }
+
+
+def _keys_table(repository: Repository) -> Table:
+    table = Table(title=f"TUF roles (root version {repository.root_version})")
+    table.add_column("role")
+    table.add_column("threshold", justify="right")
+    table.add_column("key ids", overflow="fold")
+    for role in TOP_LEVEL_ROLES:
+        threshold = repository.root.roles[role].threshold
+        table.add_row(role, str(threshold), "\n".join(repository.keyids(role)))
+    return table
+
+
+def _print_json(value: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def _fail(exc: FleetError) -> NoReturn:
+    Console(stderr=True).print(f"[red]fleet: {escape(str(exc))}[/red]", highlight=False)
+    raise typer.Exit(exc.exit_code)

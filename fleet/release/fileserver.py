@@ -1,0 +1,295 @@
+"""The controller's repository file server: answers the devices' range requests over MQTT.
+
+``RepositoryFiles`` is the part without MQTT: it parses one request, applies the path rules
+and reads the range from the repository directory (``metadata/`` and ``targets/`` only).
+``FileService`` puts it on the controller's link: it takes requests from ``fleet/+/fetch``,
+answers each on the requesting device's own ``fleet/<id>/file`` topic (and only there, so a
+device cannot make the controller publish into another device's topics), reads in worker
+threads and bounds the requests it holds, so a flood costs dropped requests, not memory.
+The wire protocol is described in ``agent.ota.transport`` (the device side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeGuard
+
+import structlog
+
+from agent.errors import MqttError, TopicError
+from agent.mqtt.base import InboundMessage, PublishOptions, publish_packet_size
+from agent.mqtt.link import MqttLink
+from agent.mqtt.topics import Channel, all_devices, parse, topic_for
+from agent.ota.transport import (
+    MAX_CORRELATION_BYTES,
+    MAX_RANGE_LENGTH,
+    MAX_REPLY_PACKET,
+    MAX_REQUEST_BYTES,
+    REQUEST_EXPIRY_S,
+    STATUS_BAD_RANGE,
+    STATUS_BAD_REQUEST,
+    STATUS_NOT_FOUND,
+    STATUS_OK,
+)
+
+log = structlog.get_logger("fleet.release.fileserver")
+
+SERVED_DIRS = ("metadata", "targets")
+MAX_PATH_LENGTH = 1024
+# Widest values of the reply's user properties, for sizing the payload before the answer
+# is known: a 3-digit status and 20-digit size and offset.
+_WIDEST_PROPERTIES = (("status", "416"), ("size", "9" * 20), ("offset", "9" * 20))
+
+
+class BadRequestError(ValueError):
+    """A request the server refuses with 400; the message goes back to the device."""
+
+
+@dataclass(frozen=True)
+class FileReply:
+    """The answer to one request: ``data`` is the range (200) or a short UTF-8 message."""
+
+    status: int
+    data: bytes
+    size: int | None
+    offset: int
+
+    def user_properties(self) -> tuple[tuple[str, str], ...]:
+        props = [("status", str(self.status))]
+        if self.size is not None:
+            props.append(("size", str(self.size)))
+        props.append(("offset", str(self.offset)))
+        return tuple(props)
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    path: str
+    offset: int
+    length: int
+
+
+class RepositoryFiles:
+    """Ranges of the files under ``repo_dir/metadata`` and ``repo_dir/targets``."""
+
+    def __init__(self, repo_dir: Path) -> None:
+        self._repo = repo_dir.resolve()
+        self._roots = {name: (self._repo / name).resolve() for name in SERVED_DIRS}
+
+    def answer(self, payload: bytes, max_reply: int) -> FileReply:
+        """The reply to one request payload; never raises for anything the payload holds."""
+        try:
+            request = parse_request(payload)
+            file_path = self.resolve(request.path)
+        except BadRequestError as exc:
+            return _error(STATUS_BAD_REQUEST, str(exc), 0)
+        return self._read(file_path, request, max_reply)
+
+    def resolve(self, path: str) -> Path:
+        """The file ``path`` names, or ``BadRequestError`` if the path rules refuse it."""
+        check_path_syntax(path)
+        top = path.split("/", 1)[0]
+        root = self._roots[top]
+        resolved = (self._repo / path).resolve()
+        # resolve() follows symlinks: one that points out of its directory lands outside.
+        if not resolved.is_relative_to(root) or resolved == root:
+            raise BadRequestError(f"path {path!r} leaves {top}/")
+        return resolved
+
+    def _read(self, file_path: Path, request: FileRequest, max_reply: int) -> FileReply:
+        try:
+            fd = os.open(file_path, os.O_RDONLY | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            return _error(STATUS_NOT_FOUND, f"no file {request.path}", request.offset)
+        except OSError as exc:
+            log.warning("fileserver.unreadable", path=request.path, error=str(exc))
+            return _error(STATUS_NOT_FOUND, f"cannot read {request.path}", request.offset)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return _error(STATUS_NOT_FOUND, f"{request.path} is not a file", request.offset)
+            size = info.st_size
+            if request.offset > size:
+                return _error(
+                    STATUS_BAD_RANGE, f"offset {request.offset} beyond {size} bytes", request.offset
+                )
+            count = min(request.length, size - request.offset, max(max_reply, 1))
+            data = os.pread(fd, count, request.offset)
+        finally:
+            os.close(fd)
+        return FileReply(STATUS_OK, data, size, request.offset)
+
+
+def parse_request(payload: bytes) -> FileRequest:
+    """``{"path": str, "offset": int >= 0, "length": int > 0}`` or ``BadRequestError``."""
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise BadRequestError(f"request of {len(payload)} bytes, limit {MAX_REQUEST_BYTES}")
+    try:
+        body: Any = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise BadRequestError(f"request is not JSON: {exc}"[:200]) from None
+    if not isinstance(body, dict):
+        raise BadRequestError("request is not a JSON object")
+    extra = sorted(set(body) - {"path", "offset", "length"})
+    if extra:
+        raise BadRequestError(f"unexpected fields {extra}")
+    path, offset, length = body.get("path"), body.get("offset"), body.get("length")
+    if not isinstance(path, str):
+        raise BadRequestError(f"path must be a string, got {path!r}"[:200])
+    if not _is_int(offset) or offset < 0:
+        raise BadRequestError(f"offset must be an integer >= 0, got {offset!r}"[:200])
+    if not _is_int(length) or not 0 < length <= MAX_RANGE_LENGTH:
+        raise BadRequestError(f"length must be 1..{MAX_RANGE_LENGTH}, got {length!r}"[:200])
+    return FileRequest(path, offset, length)
+
+
+def check_path_syntax(path: str) -> None:
+    """The path rules that need no disk: relative, under a served dir, no tricks."""
+    shown = repr(path[:100])
+    if not path or len(path) > MAX_PATH_LENGTH:
+        raise BadRequestError(f"path length {len(path)} not in 1..{MAX_PATH_LENGTH}")
+    if "\\" in path or any(ord(char) < 0x20 for char in path):
+        raise BadRequestError(f"path {shown} holds a backslash or a control character")
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        raise BadRequestError(f"path {shown} is not valid UTF-8") from None
+    if path.startswith("/"):
+        raise BadRequestError(f"path {shown} is absolute")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise BadRequestError(f"path {shown} has an empty, '.' or '..' component")
+    if parts[0] not in SERVED_DIRS or len(parts) < 2:
+        raise BadRequestError(f"path {shown} is not under metadata/ or targets/")
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _error(status: int, message: str, offset: int) -> FileReply:
+    return FileReply(status, message.encode()[:500], None, offset)
+
+
+def max_reply_bytes(reply_topic: str, correlation: bytes, max_packet_size: int | None) -> int:
+    """The largest payload whose reply PUBLISH fits the broker's limit and ``MAX_REPLY_PACKET``."""
+    limit = min(max_packet_size or MAX_REPLY_PACKET, MAX_REPLY_PACKET)
+    properties = _properties_length(len(correlation), _WIDEST_PROPERTIES)
+    room = limit - publish_packet_size(reply_topic, 0, 1, properties)
+    # The remaining-length varint grows with the payload: step back until the packet fits.
+    while room > 0 and publish_packet_size(reply_topic, room, 1, properties) > limit:
+        room -= 1
+    return room
+
+
+def _properties_length(correlation_len: int, user: tuple[tuple[str, str], ...]) -> int:
+    """Bytes of a reply's v5 properties: correlation data, message expiry, user properties."""
+    length = 1 + 2 + correlation_len + 1 + 4
+    for key, value in user:
+        length += 1 + 2 + len(key.encode()) + 2 + len(value.encode())
+    return length
+
+
+class FileService:
+    """Serves ``RepositoryFiles`` to the devices over the controller's link.
+
+    Call ``on_message`` (on the loop thread) for messages on ``subscription()``; ``close()``
+    when the controller stops.
+    """
+
+    def __init__(
+        self,
+        link: MqttLink,
+        files: RepositoryFiles,
+        *,
+        workers: int = 4,
+        max_pending: int = 32,
+    ) -> None:
+        self._link = link
+        self._files = files
+        self._max_pending = max_pending
+        self._pending = 0
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="fileserver")
+        self.dropped = 0  # requests refused because too many were pending
+
+    def subscription(self) -> str:
+        return all_devices(Channel.FETCH)
+
+    def on_message(self, msg: InboundMessage) -> None:
+        """Start answering one request; invalid or excess requests are dropped and logged."""
+        self._link.ack(msg)  # a lost request is only a device-side retry: never redeliver
+        reply_topic = self._reply_topic(msg)
+        if reply_topic is None or msg.correlation_data is None:
+            return
+        if self._pending >= self._max_pending:
+            self.dropped += 1
+            log.warning("fileserver.busy", topic=msg.topic, pending=self._pending)
+            return
+        info = self._link.info
+        correlation = bytes(msg.correlation_data)
+        max_reply = max_reply_bytes(
+            reply_topic, correlation, info.max_packet_size if info else None
+        )
+        self._pending += 1
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._executor, self._files.answer, msg.payload, max_reply)
+        work.add_done_callback(lambda done: self._send(done, reply_topic, correlation))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _reply_topic(self, msg: InboundMessage) -> str | None:
+        try:
+            topic = parse(msg.topic)
+        except TopicError as exc:
+            log.warning("fileserver.bad_topic", error=str(exc))
+            return None
+        if topic.channel is not Channel.FETCH:
+            log.warning("fileserver.bad_topic", topic=msg.topic)
+            return None
+        expected = topic_for(topic.device_id, Channel.FILE)
+        if msg.response_topic != expected:
+            log.warning(
+                "fileserver.refused_response_topic",
+                device_id=topic.device_id,
+                response_topic=msg.response_topic,
+                expected=expected,
+            )
+            return None
+        size = len(msg.correlation_data or b"")
+        if not 0 < size <= MAX_CORRELATION_BYTES:
+            log.warning("fileserver.bad_correlation", device_id=topic.device_id, size=size)
+            return None
+        return expected
+
+    def _send(self, done: asyncio.Future[FileReply], topic: str, correlation: bytes) -> None:
+        if done.cancelled() or done.exception() is not None:
+            self._pending -= 1
+            if not done.cancelled():
+                log.error("fileserver.answer_failed", topic=topic, error=repr(done.exception()))
+            return
+        reply = done.result()
+        options = PublishOptions(
+            correlation_data=correlation,
+            message_expiry_s=REQUEST_EXPIRY_S,
+            content_type=None,
+            user_properties=reply.user_properties(),
+        )
+        try:
+            acked = self._link.publish(topic, reply.data, qos=1, options=options)
+        except MqttError as exc:
+            self._pending -= 1
+            log.warning("fileserver.reply_failed", topic=topic, error=str(exc))
+            return
+        acked.add_done_callback(self._settled)
+
+    def _settled(self, acked: asyncio.Future[None]) -> None:
+        self._pending -= 1
+        if not acked.cancelled() and acked.exception() is not None:
+            log.warning("fileserver.reply_refused", error=str(acked.exception()))
