@@ -18,6 +18,7 @@ from rich.console import Console
 
 from fleet.config import FleetConfig, load_fleet_config
 from fleet.errors import FleetError
+from fleet.release.cli import keys_app, register_model_commands
 from fleet.view import device_detail_view, devices_table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -219,8 +220,12 @@ def _print_desired(reply: dict[str, Any], json_out: bool, what: str) -> None:
     Console().print(f"{what}: {', '.join(str(d) for d in devices)}", highlight=False)
 
 
-model_app = typer.Typer(no_args_is_help=True, help="Model optimization on this machine.")
+model_app = typer.Typer(
+    no_args_is_help=True, help="Models: optimization on this machine, signed publishing."
+)
 app.add_typer(model_app, name="model")
+app.add_typer(keys_app, name="keys")
+register_model_commands(model_app)
 
 
 @model_app.command("optimize")

@@ -117,6 +117,8 @@ class PrivateBroker:
             "log_type notice",
             "log_type information",
             "max_queued_messages 100000",
+            # Small request/response packets must not wait for delayed ACKs (Nagle).
+            "set_tcp_nodelay true",
             *self.extra_config,
         ]
         if os.geteuid() == 0:

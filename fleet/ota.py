@@ -15,12 +15,8 @@ keeps the controller's writes and the CLI's apart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,21 +30,10 @@ from agent.ota.release import CUSTOM_KEY
 from fleet.config import OtaOptions
 from fleet.errors import FleetError
 from fleet.release.fileserver import FileService, RepositoryFiles
-from fleet.release.repo import Repository
+from fleet.release.repo import Repository, repository_lock
 from fleet.store import FleetStore
 
 log = structlog.get_logger("fleet.ota")
-
-
-@contextlib.contextmanager
-def repository_lock(directory: Path) -> Iterator[None]:
-    """Exclusive lock over a repository's metadata changes (across processes)."""
-    with (directory / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class ReleaseService:

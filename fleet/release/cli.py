@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -24,7 +24,7 @@ from rich.table import Table
 from agent.ota.release import DEFAULT_CHUNK_SIZE
 from fleet.errors import FleetError, ReleaseRepositoryError
 from fleet.release.publish import ChunkProgress, publish_model
-from fleet.release.repo import TOP_LEVEL_ROLES, Repository
+from fleet.release.repo import TOP_LEVEL_ROLES, Repository, repository_lock
 
 # Below this many chunks hashing is instant: a progress bar would only flicker.
 _PROGRESS_MIN_CHUNKS = 16
@@ -73,8 +73,9 @@ def keys_rotate(
     json_out: JsonOpt = False,
 ) -> None:
     """Replace a role's keys; writes a root version signed by the old and the new root keys."""
-    repository = _run(lambda: Repository.open(repo))
-    root_version = _run(lambda: repository.rotate(role))
+    with _locked(repo):
+        repository = _run(lambda: Repository.open(repo))
+        root_version = _run(lambda: repository.rotate(role))
     if json_out:
         _print_json({"role": role, "root_version": root_version, **_keys_summary(repository)})
         return
@@ -106,9 +107,9 @@ def model_publish(
     json_out: JsonOpt = False,
 ) -> None:
     """Sign a model as a TUF target with its release facts (targets, snapshot, timestamp)."""
-    repository = _run(lambda: Repository.open(repo))
     chunks = -(-model.stat().st_size // max(chunk_size, 1)) if model.is_file() else 0
-    with _chunk_progress(chunks) as progress:
+    with _locked(repo), _chunk_progress(chunks) as progress:
+        repository = _run(lambda: Repository.open(repo))
         model_release = _run(
             lambda: publish_model(
                 repository,
@@ -168,6 +169,14 @@ def _chunk_progress(chunks: int) -> Iterator[ChunkProgress | None]:
             bar.update(task, completed=done, total=total)
 
         yield advance
+
+
+@contextmanager
+def _locked(repo: Path) -> Iterator[None]:
+    """The repository lock that ``fleet serve`` also takes, or one clear error line."""
+    with ExitStack() as stack:
+        _run(lambda: stack.enter_context(repository_lock(repo)))
+        yield
 
 
 def _run(action: Callable[[], _T]) -> _T:

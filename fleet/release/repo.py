@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +51,22 @@ TOP_LEVEL_ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
 ONLINE_ROLES = (Snapshot.type, Timestamp.type)
 _VERSIONED = re.compile(r"(\d+)\.(root|targets|snapshot)\.json")
 _SignedT = TypeVar("_SignedT", Root, Targets, Snapshot, Timestamp)
+
+
+@contextmanager
+def repository_lock(directory: Path) -> Iterator[None]:
+    """Exclusive lock (``flock`` on ``DIR/.lock``) for a change, across processes.
+
+    Hold it around ``Repository.open`` and the change: the CLI and ``fleet serve`` (which
+    re-signs the timestamp) must not interleave their writes.
+    """
+    _require_repository(directory)
+    with (directory / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -139,10 +154,7 @@ class Repository:
     def open(cls, directory: Path, *, expiry: ExpiryPolicy | None = None) -> Repository:
         """Load the latest metadata and the private keys present; checks every signature."""
         directory = directory.absolute()
-        if not (directory / "metadata").is_dir():
-            raise ReleaseRepositoryError(
-                "no TUF repository here (create one with `fleet keys init`)", path=str(directory)
-            )
+        _require_repository(directory)
         root, targets, snapshot, timestamp = _load_latest(directory / "metadata")
         repo = cls(
             directory,
@@ -218,12 +230,7 @@ class Repository:
         because the file changed after the caller hashed its chunks.
         """
         _check_target_path(path_in_repo)
-        with self._exclusive():
-            return self._add_target(path_in_repo, data_file, custom, expected_sha256)
-
-    def _add_target(
-        self, path_in_repo: str, data_file: Path, custom: dict[str, Any], expected_sha256: str | None
-    ) -> TargetFile:
+        self._reload()
         length, digest = self._store_target_bytes(path_in_repo, data_file)
         if expected_sha256 is not None and digest != expected_sha256:
             _stored_target_path(self.targets_dir, path_in_repo, digest).unlink(missing_ok=True)
@@ -243,8 +250,8 @@ class Repository:
     def refresh_timestamp(self, expiry: timedelta | None = None) -> int:
         """Sign a new timestamp version for the same snapshot; returns its version."""
         lifetime = expiry if expiry is not None else self.expiry.timestamp
-        with self._exclusive():
-            self._write_timestamp(self._next_timestamp(lifetime))
+        self._reload()
+        self._write_timestamp(self._next_timestamp(lifetime))
         return self._timestamp.signed.version
 
     def rotate(self, role: str) -> int:
@@ -255,10 +262,7 @@ class Repository:
         signed is re-signed with the new one; the retired private keys are deleted last.
         """
         _check_role(role)
-        with self._exclusive():
-            return self._rotate(role)
-
-    def _rotate(self, role: str) -> int:
+        self._reload()
         old_root = self._root
         old_keyids = list(old_root.signed.roles[role].keyids)
         new_signers = [keys.generate_signer() for _ in old_keyids]
@@ -287,22 +291,12 @@ class Repository:
 
     # Internals: signing and writing.
 
-    @contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """One writer at a time, working from what is on disk, not from a stale view.
-
-        ``fleet serve`` re-signs the timestamp while an operator may publish from another
-        process: a timestamp signed from a stale view would point back at an old snapshot.
-        """
-        descriptor = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            self._reload()
-            yield
-        finally:
-            os.close(descriptor)  # closing releases the lock
-
     def _reload(self) -> None:
+        """Start each change from the disk: another process may have changed it since open.
+
+        (A timestamp signed over a stale snapshot would look like a rollback to devices.
+        Exclusion between processes is the caller's: ``repository_lock``.)
+        """
         root, self._targets, self._snapshot, self._timestamp = _load_latest(self.metadata_dir)
         if root.signed.version != self._root.signed.version:
             self._signers = _load_signers(self.keys_dir, root.signed)
@@ -526,6 +520,13 @@ def _check_root_keys(root_keys: int, root_threshold: int) -> None:
         raise ReleaseInputError(
             "root threshold must be between 1 and the number of root keys",
             value=f"{root_threshold} of {root_keys}",
+        )
+
+
+def _require_repository(directory: Path) -> None:
+    if not (directory / "metadata").is_dir():
+        raise ReleaseRepositoryError(
+            "no TUF repository here (create one with `fleet keys init`)", path=str(directory)
         )
 
 

@@ -121,13 +121,10 @@ def _start(state_dir: Path, spec: Path, mode: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_ready(child: subprocess.Popen[bytes]) -> None:
+def _ready(child: subprocess.Popen[bytes]) -> bool:
+    """True once the child said it is about to enter its loop; False if it died first."""
     assert child.stdout is not None
-    line = child.stdout.readline()
-    if line.strip() != b"ready":
-        child.kill()
-        _, err = child.communicate(timeout=10)
-        pytest.fail(f"child did not start: {line!r} {err.decode(errors='replace')[-2000:]}")
+    return child.stdout.readline().strip() == b"ready"
 
 
 def _check_slots(state_dir: Path) -> SlotState | None:
@@ -173,12 +170,15 @@ def test_kill_nine_during_staging_and_install_leaves_a_consistent_store(tmp_path
         # Every other run skips staging so that more kills land inside the slot install.
         child = _start(state_dir, spec_path, "stage" if kill % 2 else "install")
         try:
-            _wait_ready(child)
-            time.sleep(chooser.uniform(0.0, 0.25))  # the kill lands anywhere in the loop
-            assert child.poll() is None, child.communicate(timeout=10)[1].decode()[-2000:]
+            ready = _ready(child)
+            if ready:
+                time.sleep(chooser.uniform(0.0, 0.25))  # the kill lands anywhere in the loop
+            died_early = not ready or child.poll() is not None
         finally:
-            child.send_signal(signal.SIGKILL)
-            child.communicate(timeout=10)
+            if child.poll() is None:
+                child.send_signal(signal.SIGKILL)
+            _, err = child.communicate(timeout=10)
+        assert not died_early, err.decode(errors="replace")[-2000:]
         state = _check_slots(state_dir)
         _check_staging(state_dir, releases)
         if state is not None:

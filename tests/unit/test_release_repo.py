@@ -24,7 +24,7 @@ from agent.ota.desired import DesiredModel, DesiredState, sign_desired, verify_d
 from agent.ota.release import ModelRelease, release_from_custom
 from fleet.errors import PublishRefusedError, ReleaseInputError, ReleaseRepositoryError
 from fleet.release.publish import publish_model
-from fleet.release.repo import ExpiryPolicy, Repository
+from fleet.release.repo import ExpiryPolicy, Repository, repository_lock
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "digits" / "digits-int8.onnx"
 
@@ -308,3 +308,20 @@ def test_online_signer_signs_desired_state_the_device_verifies(repo: Repository)
     assert verified == state
     with pytest.raises(ReleaseInputError, match="not an online role"):
         repo.online_signer("targets")
+
+
+def test_a_long_lived_repository_signs_over_what_another_process_published(
+    repo: Repository, tmp_path: Path
+) -> None:
+    controller = Repository.open(repo.directory)  # as `fleet serve` holds it
+    with repository_lock(repo.directory):
+        _publish(Repository.open(repo.directory))  # as `fleet model publish` does
+    with repository_lock(repo.directory):
+        controller.refresh_timestamp()
+    updater = Client(repo, tmp_path / "device").refresh()
+    assert updater.get_targetinfo("models/digits/2/digits-int8.onnx") is not None
+
+
+def test_repository_lock_needs_a_repository(tmp_path: Path) -> None:
+    with pytest.raises(ReleaseRepositoryError, match="fleet keys init"), repository_lock(tmp_path):
+        pytest.fail("locked a directory without a repository")
