@@ -346,7 +346,7 @@ class OtaConfig(_Section):
         default=512 * 1024 * 1024, gt=0, description="Largest model file accepted."
     )
     fetch_window: int = Field(
-        default=4, ge=1, le=64, description="Chunk requests in flight during a download."
+        default=4, ge=1, le=64, description="Requests (of up to 1 MiB) in flight in a download."
     )
     fetch_timeout_s: float = Field(
         default=10.0, gt=0, description="Wait for one reply before asking again."

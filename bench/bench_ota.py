@@ -1,32 +1,32 @@
 """OTA benchmark: model transfer goodput over MQTT, and the time to verify a model file.
 
-Everything runs in one process against one private mosquitto on 127.0.0.1
-(``fleet.localbroker.PrivateBroker``); no traffic leaves the loopback interface, and every
-loop is bounded by a byte count or a deadline.
+One private mosquitto on 127.0.0.1 (``fleet.localbroker.PrivateBroker``); no traffic leaves
+the loopback interface, and every loop is bounded by a byte count or a deadline.
 
 The model is a generated file of random bytes (8 MiB; 2 MiB with ``--quick``), not a real
-model: only its bytes matter here. It is published into a temporary repository directory
-the way ``fleet model publish`` lays it out (``targets/models/<name>/<version>/<sha256>.<file>``)
-and cut into 256 KiB chunks (``agent.ota.release.DEFAULT_CHUNK_SIZE``) with per-chunk sha256.
+model: only its bytes matter here. It is published with the release code
+(``fleet.release``: a real TUF repository, 256 KiB chunks with per-chunk sha256).
 
 1. Goodput. Two paths move the same bytes through the same broker in the same run:
 
-   - ``ota``: the controller's ``FileService`` (on its own ``MqttLink``, in a thread with its
-     own asyncio loop, as in ``fleet serve``) serves the repository directory; the device's
-     ``RepositoryClient.fetch_chunks`` (its default window of requests in flight) fetches
-     every chunk, checks each against its sha256, writes it at its offset in the output file,
-     then fsyncs the file and checks its length and sha256 (``TargetFile``). Timed from the
-     first request to the verified file on disk. The links are connected and subscribed
-     before the clock starts;
-   - ``raw`` (the baseline): a plain paho publisher sends the same bytes in messages of the
-     same chunk size at QoS 1, and a plain paho subscriber (QoS 1) receives them. Timed from
-     the first publish until the subscriber has every byte.
+   - ``ota``: the real controller, ``fleet serve --repo`` in its own process (as on a
+     server), answers the device's requests; the device side is the agent's own download
+     path (``RepositoryClient.fetch_chunks`` with its default window, adjacent chunks asked
+     for together up to ``DEFAULT_REQUEST_BYTES``; each chunk checked against its signed
+     sha256 and kept by ``ChunkStaging``, which syncs to disk every few MiB; then
+     ``assemble`` and the whole-file length and sha256 check by python-tuf). Timed from the
+     first request to the verified file on disk; the link is connected and subscribed before
+     the clock starts;
+   - ``raw`` (the baseline): a plain paho publisher sends the same bytes in messages as
+     large as the OTA replies (``DEFAULT_REQUEST_BYTES``) at QoS 1, and a plain paho
+     subscriber (QoS 1) in the same process receives them. Timed from the first publish
+     until the subscriber has every byte.
 
-   The broker runs with ``set_tcp_nodelay true``: without it every request/response
-   exchange waits for a delayed TCP ACK (Nagle's algorithm), which the streaming baseline
-   never does. Goodput = file bytes / elapsed. Each path runs ``repeats`` times,
-   interleaved (the order alternates every round), after one untimed warm-up each; medians
-   are reported and the ratio ota / raw (target >= 0.5).
+   The broker runs with ``set_tcp_nodelay true`` (as ``PrivateBroker`` always does): without
+   it every request/response exchange waits for a delayed TCP ACK (Nagle's algorithm),
+   which the streaming baseline never does. Goodput = file bytes / elapsed. Each path runs
+   ``repeats`` times, interleaved (the order alternates every round), after one untimed
+   warm-up each; medians are reported and the ratio ota / raw (target >= 0.5).
 
 2. Verification time: ``TargetFile.verify_length_and_hashes`` on the open file, as the agent
    checks a downloaded model (open included), against ``openssl dgst -sha256 FILE`` run as a
@@ -70,16 +70,18 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from tuf.api.metadata import TargetFile
 
-from agent.inference.card import load_card
+from agent.inference.card import card_path_for, load_card
 from agent.log import configure_logging
 from agent.mqtt.base import LinkSettings
 from agent.mqtt.link import MqttLink
-from agent.ota.release import DEFAULT_CHUNK_SIZE, ModelRelease, chunk_hashes, target_path
+from agent.ota.release import DEFAULT_CHUNK_SIZE, ModelRelease
 from agent.ota.staging import ChunkStaging
-from agent.ota.transport import ChunkRange, RepositoryClient
+from agent.ota.transport import DEFAULT_REQUEST_BYTES, ChunkRange, RepositoryClient
+from agent.ota.updater import repository_path
 from bench.bench_agent import _mosquitto_version
 from fleet.localbroker import PrivateBroker
-from fleet.release.fileserver import FileService, RepositoryFiles
+from fleet.release.publish import publish_model as release_publish
+from fleet.release.repo import Repository
 
 HOST = "127.0.0.1"
 DEVICE = "bench-ota"
@@ -144,33 +146,20 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def publish_model(repo: Path, size: int) -> Model:
-    """Write ``size`` random bytes into ``repo`` as model ``bench@1``, hash-prefixed."""
-    data = os.urandom(size)
-    path = target_path("bench", "1", "bench.onnx")
-    target = TargetFile.from_data(path, data, ["sha256"])
-    directory, _, name = path.rpartition("/")
-    served = f"targets/{directory}/{target.hashes['sha256']}.{name}"
-    (repo / "metadata").mkdir(parents=True)
-    source = repo / served
-    source.parent.mkdir(parents=True)
-    source.write_bytes(data)
-    blocks = (data[i : i + DEFAULT_CHUNK_SIZE] for i in range(0, size, DEFAULT_CHUNK_SIZE))
-    chunks = tuple(chunk_hashes(blocks))
+def publish_model(repo_dir: Path, size: int) -> Model:
+    """``size`` random bytes published as ``bench@1`` with ``fleet.release`` (real TUF)."""
+    work = repo_dir.parent / "model"
+    work.mkdir()
+    source = work / "bench.onnx"
+    source.write_bytes(os.urandom(size))
     card = load_card(CARD).model_copy(update={"name": "bench", "version": "1"})
-    release = ModelRelease(
-        name="bench",
-        version="1",
-        release=1,
-        hardware=("generic",),
-        min_agent_version="0.1",
-        file_name="bench.onnx",
-        length=size,
-        chunk_size=DEFAULT_CHUNK_SIZE,
-        chunks=chunks,
-        card=card,
-    )
-    return Model(source, served, target, chunks, DEFAULT_CHUNK_SIZE, release)
+    card_path_for(source).write_text(card.model_dump_json())
+    repo = Repository.init(repo_dir)
+    release = release_publish(repo, source, name="bench", version="1", hardware=["generic"])
+    target = repo.targets()[release.target_path]
+    served = repository_path(target.path, target.hashes["sha256"])
+    stored = repo.target_file_path(target)
+    return Model(stored, served, target, release.chunks, release.chunk_size, release)
 
 
 def _link_settings(port: int, client_id: str) -> LinkSettings:
@@ -192,48 +181,44 @@ async def _link_up(link: MqttLink) -> AsyncIterator[None]:
 
 
 class Controller:
-    """``FileService`` on its own link and asyncio loop, in a background thread."""
+    """The real controller, ``fleet serve --repo``, in its own process (as on a server)."""
 
-    def __init__(self, port: int, repo: Path) -> None:
-        self._port = port
-        self._repo = repo
-        self._ready = threading.Event()
-        self._failed: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name="bench-controller", daemon=True)
+    def __init__(self, port: int, repo: Path, workdir: Path) -> None:
+        self._command = [
+            sys.executable,
+            "-m",
+            "fleet",
+            "serve",
+            "--broker",
+            f"mqtt://{HOST}:{port}",
+            "--db",
+            str(workdir / "fleet.sqlite3"),
+            "--repo",
+            str(repo),
+            "--log-format",
+            "json",
+        ]
+        self._log = workdir / "controller.log"
+        self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(CONNECT_TIMEOUT_S) or self._failed is not None:
-            raise BenchError(f"controller did not start: {self._failed!r}")
+    def start(self, port: int) -> None:
+        with self._log.open("wb") as log:
+            self._process = subprocess.Popen(self._command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S * 3
+        while b"mqtt.connected" not in self._log.read_bytes():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"controller did not start: {self._log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        time.sleep(0.5)  # let its subscriptions settle
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(CONNECT_TIMEOUT_S)
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # reported by start(); the thread must not die silently
-            self._failed = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        link = MqttLink(_link_settings(self._port, "bench-controller"))
-        service = FileService(link, RepositoryFiles(self._repo))
-        link.set_message_handler(service.on_message)
-        link.add_subscription(service.subscription())
-        try:
-            async with _link_up(link):
-                await link.wait_subscribed(CONNECT_TIMEOUT_S)
-                self._ready.set()
-                await self._stop.wait()
-        finally:
-            service.close()
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(CONNECT_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
 
 
 async def ota_run(port: int, model: Model, workdir: Path, round_no: int) -> Run:
@@ -274,9 +259,11 @@ def _verify(target: TargetFile, path: Path) -> None:
 
 
 def raw_paho_run(port: int, model: Model, round_no: int) -> Run:
-    """The same bytes, same chunk size, QoS 1, from a paho publisher to a paho subscriber."""
+    """The same bytes, in messages as large as the OTA replies (``DEFAULT_REQUEST_BYTES``),
+    QoS 1, from a paho publisher to a paho subscriber."""
     data = model.source.read_bytes()
-    blocks = [data[i : i + model.chunk_size] for i in range(0, len(data), model.chunk_size)]
+    size = DEFAULT_REQUEST_BYTES
+    blocks = [data[i : i + size] for i in range(0, len(data), size)]
     topic = f"bench/raw/{round_no}"
     subscribed, done = threading.Event(), threading.Event()
     received = 0
@@ -429,8 +416,8 @@ def run_benchmark(profile: Profile, *, quick: bool) -> Results:
         )
         broker.start()
         print(f"broker: private mosquitto on {HOST}:{broker.port}", flush=True)
-        controller = Controller(broker.port, workdir / "repo")
-        controller.start()
+        controller = Controller(broker.port, workdir / "repo", workdir)
+        controller.start(broker.port)
         runs = run_goodput_rounds(broker.port, model, workdir, profile.repeats)
         verify, openssl = run_verify_rounds(model, profile.verify_repeats)
     finally:
@@ -443,6 +430,7 @@ def run_benchmark(profile: Profile, *, quick: bool) -> Results:
         "profile": "quick" if quick else "full",
         "file_bytes": profile.file_bytes,
         "chunk_bytes": DEFAULT_CHUNK_SIZE,
+        "request_bytes": DEFAULT_REQUEST_BYTES,
         "repeats": profile.repeats,
         "verify_repeats": profile.verify_repeats,
         "window": RepositoryClient.__init__.__kwdefaults__["window"],
@@ -510,10 +498,12 @@ def render_notes(results: Results) -> str:
             f"- model: {m['file_bytes'] / MIB:g} MiB of generated random bytes (not a real "
             f"model), {m['chunk_bytes'] // 1024} KiB chunks; medians of {m['repeats']} "
             "interleaved runs per path after one warm-up each",
-            f"- OTA path: RepositoryClient window {m['window']}, FileService in a thread of the "
-            "same process; the agent's staging (per-chunk sha256, kept durably), assembly and "
-            "whole-file length+sha256 included",
-            "- raw path: paho publisher -> mosquitto -> paho subscriber, QoS 1, same chunk size",
+            f"- OTA path: RepositoryClient window {m['window']}, requests of up to "
+            f"{m['request_bytes'] // 1024} KiB; the controller is `fleet serve --repo` in its own "
+            "process; the agent's staging (per-chunk sha256, synced every few MiB), assembly "
+            "and whole-file length+sha256 included",
+            f"- raw path: paho publisher -> mosquitto -> paho subscriber, QoS 1, messages of "
+            f"{m['request_bytes'] // 1024} KiB",
             f"- broker config for both paths: '{BROKER_NODELAY}' (see the module docstring)",
             f"- verification: medians of {m['verify_repeats']} interleaved runs; openssl timed "
             "as a subprocess (wall time, process start included), file in the page cache",

@@ -43,6 +43,9 @@ CORRELATION_BYTES = 16
 MAX_CORRELATION_BYTES = 64  # the server ignores requests with more
 MAX_REQUEST_BYTES = 4096  # a request is a small JSON object
 MAX_RANGE_LENGTH = 64 * 1024 * 1024  # a larger "length" is a bad request
+# Bytes asked for per request in ``fetch_chunks``: four 256 KiB chunks (replies are cut to
+# the broker's packet limit anyway).
+DEFAULT_REQUEST_BYTES = 1024 * 1024
 MAX_REPLY_PACKET = 4 * 1024 * 1024  # whole PUBLISH packet of a reply, whatever the broker allows
 URL_SCHEME = "mqtt:"
 STATUS_OK = 200
@@ -88,9 +91,14 @@ class RepositoryClient:
         window: int = 4,
         timeout_s: float = 10.0,
         retries: int = 3,
+        request_bytes: int = DEFAULT_REQUEST_BYTES,
     ) -> None:
-        if window < 1 or timeout_s <= 0 or retries < 0:
-            raise ValueError(f"window={window}, timeout_s={timeout_s}, retries={retries}")
+        if window < 1 or timeout_s <= 0 or retries < 0 or request_bytes < 1:
+            raise ValueError(
+                f"window={window}, timeout_s={timeout_s}, retries={retries}, "
+                f"request_bytes={request_bytes}"
+            )
+        self._request_bytes = request_bytes
         self._link = link
         self._request_topic = topic_for(device_id, Channel.FETCH)
         self._reply_topic = topic_for(device_id, Channel.FILE)
@@ -171,34 +179,43 @@ class RepositoryClient:
     async def fetch_chunks(
         self, path: str, ranges: Sequence[ChunkRange], on_chunk: OnChunk
     ) -> None:
-        """Fetch every range of ``path``, up to ``window`` of them in flight at once.
+        """Fetch every range of ``path``, up to ``window`` requests in flight at once.
 
-        ``on_chunk(index, data)`` is awaited once per range, in the order of ``ranges``
-        (a chunk that arrives early waits for the ones before it), so a caller can write and
-        report progress in order. ``data`` is shorter than asked only if the file ends
-        first. On the first failure the other requests are abandoned and the error raised.
+        Adjacent ranges are asked for together, up to ``request_bytes`` per request: each
+        request and reply costs far more CPU on a small board than the bytes it carries
+        (bench/bench_ota.py). ``on_chunk(index, data)`` is awaited once per range, in the
+        order of ``ranges`` (a range that arrives early waits for the ones before it), so a
+        caller can write and report progress in order. ``data`` is shorter than asked only if
+        the file ends first. On the first failure the other requests are abandoned and the
+        error raised.
         """
-        pending: list[asyncio.Task[bytes]] = []
-        upcoming = iter(ranges)
+        pending: list[tuple[list[ChunkRange], asyncio.Task[bytes]]] = []
+        upcoming = iter(_coalesce(ranges, self._request_bytes))
 
         def refill() -> None:
             while len(pending) < self._window:
-                chunk = next(upcoming, None)
-                if chunk is None:
+                group = next(upcoming, None)
+                if group is None:
                     return
-                pending.append(asyncio.create_task(self._fetch_whole_range(path, chunk)))
+                whole = ChunkRange(group[0].index, group[0].offset, sum(c.length for c in group))
+                task = asyncio.create_task(self._fetch_whole_range(path, whole))
+                pending.append((group, task))
 
         try:
             refill()
-            for chunk in ranges:
-                data = await pending.pop(0)
+            while pending:
+                group, task = pending.pop(0)
+                data = await task
                 refill()
-                await on_chunk(chunk.index, data)
+                at = 0
+                for chunk in group:
+                    await on_chunk(chunk.index, data[at : at + chunk.length])
+                    at += chunk.length
         finally:
-            for task in pending:
+            for _, task in pending:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
 
     async def _fetch_whole_range(self, path: str, chunk: ChunkRange) -> bytes:
         parts: list[bytes] = []
@@ -238,6 +255,21 @@ class RepositoryClient:
             return None
         finally:
             self._waiting.pop(correlation, None)
+
+
+def _coalesce(ranges: Sequence[ChunkRange], limit: int) -> Iterator[list[ChunkRange]]:
+    """Runs of adjacent ranges, each at most ``limit`` bytes (a single range may exceed it)."""
+    group: list[ChunkRange] = []
+    size = 0
+    for chunk in ranges:
+        adjacent = group and group[-1].offset + group[-1].length == chunk.offset
+        if group and (not adjacent or size + chunk.length > limit):
+            yield group
+            group, size = [], 0
+        group.append(chunk)
+        size += chunk.length
+    if group:
+        yield group
 
 
 class MqttFetcher(FetcherInterface):

@@ -282,7 +282,10 @@ class OtaUpdater:
 
     async def _download(self, release: ModelRelease, info: TargetFile, sha256: str) -> Path:
         staging_root = self._root / "staging"
-        await asyncio.to_thread(sweep, staging_root, {sha256})
+        complete = staging_root / f"{sha256}.complete"
+        await asyncio.to_thread(sweep, staging_root, {sha256, complete.name})
+        if await asyncio.to_thread(_verified, info, complete):
+            return complete  # downloaded and checked before a restart, not installed yet
         staging = await asyncio.to_thread(ChunkStaging, staging_root, release, sha256)
         path = repository_path(info.path, sha256)
         progress = _Progress(self._reporter, release)
@@ -300,7 +303,15 @@ class OtaUpdater:
                     f"{CHUNK_ATTEMPTS} times",
                 )
         await self._reporter.step(release.name, release.version, "verifying")
-        return await self._verify(staging, info, release)
+        await asyncio.to_thread(staging.assemble, complete)
+        try:
+            await asyncio.to_thread(verify_file, info, complete)
+        except UpdateError:
+            await asyncio.to_thread(staging.discard)
+            await asyncio.to_thread(fsutil.remove_file, complete)
+            raise
+        await asyncio.to_thread(staging.discard)
+        return complete
 
     async def _fetch_missing(
         self, staging: ChunkStaging, path: str, missing: list[int], progress: _Progress
@@ -323,18 +334,6 @@ class OtaUpdater:
         await self.client.fetch_chunks(path, ranges, on_chunk)
         return bad
 
-    async def _verify(self, staging: ChunkStaging, info: TargetFile, release: ModelRelease) -> Path:
-        assembled = self._root / "staging" / f"{release.name}-{release.version}.assembled"
-        await asyncio.to_thread(staging.assemble, assembled)
-        try:
-            await asyncio.to_thread(_verify_file, info, assembled)
-        except UpdateError:
-            await asyncio.to_thread(staging.discard)
-            await asyncio.to_thread(fsutil.remove_file, assembled)
-            raise
-        await asyncio.to_thread(staging.discard)
-        return assembled
-
 
 def repository_path(target: str, sha256: str) -> str:
     """Where the repository keeps a target (consistent snapshots: hash-prefixed file name)."""
@@ -343,7 +342,19 @@ def repository_path(target: str, sha256: str) -> str:
     return f"targets/{prefix}{sha256}.{name}"
 
 
-def _verify_file(info: TargetFile, path: Path) -> None:
+def _verified(info: TargetFile, path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        verify_file(info, path)
+    except UpdateError:
+        fsutil.remove_file(path)
+        return False
+    return True
+
+
+def verify_file(info: TargetFile, path: Path) -> None:
+    """The whole file against its signed length and sha256 (python-tuf); ``tampered`` if not."""
     try:
         with path.open("rb") as handle:
             info.verify_length_and_hashes(handle)

@@ -28,6 +28,8 @@ import onnx
 import onnxruntime
 import paho.mqtt.client as paho
 from onnx import TensorProto, helper, numpy_helper
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets, Timestamp
 
@@ -455,12 +457,12 @@ def nan_model(directory: Path) -> Path:
     return write_model(directory, "digits-nan.onnx", nodes, weights)
 
 
-def with_wrong_golden(directory: Path) -> Path:
-    """digits-fp32.onnx with its card's golden output changed (the argmax moved)."""
+def with_wrong_golden(directory: Path, source: Path) -> Path:
+    """A copy of model ``source`` whose card's golden output is changed (the argmax moved)."""
     directory.mkdir(parents=True, exist_ok=True)
-    model = directory / "digits-fp32.onnx"
-    shutil.copyfile(DIGITS / "digits-fp32.onnx", model)
-    card = json.loads((DIGITS / "digits-fp32.onnx.card.json").read_text())
+    model = directory / source.name
+    shutil.copyfile(source, model)
+    card = json.loads(Path(f"{source}.card.json").read_text())
     row = card["golden"]["outputs"]["probabilities"][0]
     card["golden"]["outputs"]["probabilities"][0] = row[1:] + row[:1]
     Path(f"{model}.card.json").write_text(json.dumps(card, indent=1))
@@ -535,3 +537,36 @@ def sigstop(process: ManagedProcess) -> None:
 def sigcont(process: ManagedProcess) -> None:
     assert process.process is not None
     process.process.send_signal(signal.SIGCONT)
+
+
+def wait_outcome(fleet: Fleet, version: str, timeout: float = 40) -> dict[str, Any]:
+    """The first event that ends an update of ``version``: committed, rejected, rolled back."""
+    endings = ("ota_committed", "ota_rejected", "ota_rolled_back")
+
+    def found() -> dict[str, Any] | None:
+        for event in fleet.recorder.bodies("/events"):
+            if event.get("event") in endings and event.get("version") == version:
+                return event
+        return None
+
+    outcome: dict[str, Any] = wait_until(found, timeout, f"end of the update to {version}")
+    return outcome
+
+
+def publish_burst(fleet: Fleet, messages: list[tuple[str, bytes]], *, request: bool) -> None:
+    """Publish ``messages`` (not retained) from one client; ``request``: as MQTT v5 requests
+    with a response topic and correlation data, the way a device asks for files."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", fleet.broker.port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            props = None
+            if request:
+                props = Properties(PacketTypes.PUBLISH)
+                props.ResponseTopic = f"fleet/{DEVICE}/file"
+                props.CorrelationData = os.urandom(16)
+            client.publish(topic, payload, qos=1, properties=props).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
+from tuf.api.metadata import TargetFile
 
 from agent.errors import StoreError, UpdateError
 from agent.inference.card import ModelCard, TensorSpec
+from agent.ota import staging as staging_module
 from agent.ota.fsutil import TEMP_PREFIX
 from agent.ota.reasons import Reason
 from agent.ota.release import ModelRelease, chunk_hashes
 from agent.ota.staging import ChunkStaging, sweep
+from agent.ota.updater import verify_file
 
 CHUNK = 1024
 DATA = bytes((index * 7) % 251 for index in range(2 * CHUNK + 500))  # 3 chunks, last short
@@ -67,14 +70,24 @@ def test_store_progress_and_assemble(tmp_path: Path) -> None:
     assert not (tmp_path / SHA).exists()
 
 
-def test_reopen_resumes_where_it_stopped(tmp_path: Path) -> None:
-    """A download cut after two chunks resumes with only the third missing."""
+def test_reopen_resumes_from_the_last_sync(tmp_path: Path) -> None:
+    """A download cut after two synced chunks resumes with only the third missing; chunks
+    stored after the last sync are fetched again (the bound on what a power cut loses)."""
     first = _staging(tmp_path)
     first.store(0, _chunk(0))
     first.store(1, _chunk(1))
+    first.flush()
+    first.store(2, _chunk(2))  # not synced yet
     again = _staging(tmp_path)
     assert again.missing() == [2]
     assert again.progress() == pytest.approx(2 * CHUNK / len(DATA))
+
+
+def test_store_syncs_every_sync_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(staging_module, "SYNC_BYTES", CHUNK)
+    first = _staging(tmp_path)
+    first.store(1, _chunk(1))  # one chunk reaches the threshold: synced without flush()
+    assert _staging(tmp_path).missing() == [0, 2]
 
 
 def test_tampered_chunk_is_refused_by_index_and_not_stored(tmp_path: Path) -> None:
@@ -87,7 +100,8 @@ def test_tampered_chunk_is_refused_by_index_and_not_stored(tmp_path: Path) -> No
     assert "chunk 1" in caught.value.detail
     assert caught.value.fields["chunk"] == 1
     assert staging.missing() == [0, 1, 2]
-    assert not (tmp_path / SHA / "chunk-1").exists()
+    part = tmp_path / SHA / "part"
+    assert not part.exists() or bytes(bad) not in part.read_bytes()
 
 
 def test_short_chunk_is_tampered_and_long_chunk_too_long(tmp_path: Path) -> None:
@@ -105,20 +119,24 @@ def test_short_chunk_is_tampered_and_long_chunk_too_long(tmp_path: Path) -> None
     assert staging.missing() == [0, 1, 2]
 
 
-def test_reopen_deletes_bad_chunks_temps_and_strangers(tmp_path: Path) -> None:
+def test_reopen_forgets_damaged_chunks_and_deletes_strangers(tmp_path: Path) -> None:
     staging = _staging(tmp_path)
     staging.store(0, _chunk(0))
     staging.store(1, _chunk(1))
+    staging.flush()
     directory = tmp_path / SHA
-    (directory / "chunk-1").write_bytes(b"garbage")  # damaged between runs
-    (directory / f"{TEMP_PREFIX}abc").write_bytes(b"half a chunk")  # interrupted write
-    (directory / "chunk-9").write_bytes(b"beyond the signed chunks")
+    with (directory / "part").open("r+b") as part:  # damaged between runs
+        part.seek(CHUNK + 10)
+        part.write(b"garbage")
+    (directory / f"{TEMP_PREFIX}abc").write_bytes(b"half a write")  # interrupted write
+    (directory / "chunk-9").write_bytes(b"a stranger")
     with capture_logs() as logs:
         again = _staging(tmp_path)
     assert again.missing() == [1, 2]
-    assert sorted(entry.name for entry in directory.iterdir()) == ["chunk-0"]
+    assert sorted(entry.name for entry in directory.iterdir()) == ["part", "verified"]
     cleaned = [entry for entry in logs if entry["event"] == "ota.staging_cleaned"]
-    assert sorted(cleaned[0]["removed"]) == [f"{TEMP_PREFIX}abc", "chunk-1", "chunk-9"]
+    assert sorted(cleaned[0]["removed"]) == [f"{TEMP_PREFIX}abc", "chunk-9", "verified: chunks [1]"]
+    assert _staging(tmp_path).missing() == [1, 2]  # the list was rewritten
 
 
 def test_assemble_refuses_incomplete_staging(tmp_path: Path) -> None:
@@ -129,32 +147,31 @@ def test_assemble_refuses_incomplete_staging(tmp_path: Path) -> None:
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_assemble_rechecks_chunks_changed_on_disk(tmp_path: Path) -> None:
+def test_assemble_moves_the_part_file_without_a_copy(tmp_path: Path) -> None:
     staging = _staging(tmp_path)
     for index in range(3):
         staging.store(index, _chunk(index))
-    (tmp_path / SHA / "chunk-1").write_bytes(b"flipped after store")
-    dest = tmp_path / "out.onnx"
-    with pytest.raises(UpdateError) as caught:
-        staging.assemble(dest)
-    assert caught.value.reason == Reason.TAMPERED
-    assert caught.value.fields["chunk"] == 1
-    assert staging.missing() == [1]
-    assert not dest.exists()
+    inode = (tmp_path / SHA / "part").stat().st_ino
+    dest = tmp_path / f"{SHA}.complete"
+    staging.assemble(dest)
+    assert dest.stat().st_ino == inode
+    assert dest.read_bytes() == DATA
+    assert not (tmp_path / SHA / "part").exists()
 
 
-def test_assemble_checks_the_whole_file_hash(tmp_path: Path) -> None:
-    """Chunks that match their hashes but not the signed file hash are refused."""
-    wrong_sha = hashlib.sha256(b"another file").hexdigest()
-    staging = ChunkStaging(tmp_path, make_release(), wrong_sha)
+def test_the_whole_file_check_refuses_a_file_the_signed_hash_does_not_match(
+    tmp_path: Path,
+) -> None:
+    """Chunks that match their hashes but not the signed file hash are refused by the
+    updater's whole-file check (python-tuf's), which runs right after assemble."""
+    staging = _staging(tmp_path)
     for index in range(3):
         staging.store(index, _chunk(index))
-    dest = tmp_path / "out.onnx"
+    dest = staging.assemble(tmp_path / "out.onnx")
+    verify_file(TargetFile.from_data("models/kws/1.0/kws.onnx", DATA), dest)  # the real one
     with pytest.raises(UpdateError) as caught:
-        staging.assemble(dest)
+        verify_file(TargetFile.from_data("models/kws/1.0/kws.onnx", b"another file"), dest)
     assert caught.value.reason == Reason.TAMPERED
-    assert wrong_sha in caught.value.detail
-    assert not dest.exists()
 
 
 def test_sha256_must_be_hex(tmp_path: Path) -> None:
@@ -166,15 +183,17 @@ def test_sha256_must_be_hex(tmp_path: Path) -> None:
 def test_sweep_keeps_named_releases_and_removes_the_rest(tmp_path: Path) -> None:
     kept = _staging(tmp_path)
     kept.store(0, _chunk(0))
+    kept.flush()
     (tmp_path / SHA / f"{TEMP_PREFIX}x").write_bytes(b"stray")
+    (tmp_path / f"{SHA}.complete").write_bytes(b"assembled before a restart")
     other = ChunkStaging(tmp_path, make_release(), "0" * 64)
     (other.directory).mkdir()
     (tmp_path / f"{TEMP_PREFIX}y").write_bytes(b"stray")
     (tmp_path / "kws-1.0.assembled").write_bytes(b"left over")
-    removed = sweep(tmp_path, {SHA})
+    removed = sweep(tmp_path, {SHA, f"{SHA}.complete"})
     assert sorted(removed) == sorted(
         [f"{SHA}/{TEMP_PREFIX}x", "0" * 64, f"{TEMP_PREFIX}y", "kws-1.0.assembled"]
     )
-    assert [entry.name for entry in tmp_path.iterdir()] == [SHA]
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [SHA, f"{SHA}.complete"]
     assert _staging(tmp_path).missing() == [1, 2]
     assert sweep(tmp_path / "missing", set()) == []
