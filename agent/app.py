@@ -198,6 +198,12 @@ class Agent:
         async def publish_reported(body: dict[str, Any]) -> None:
             body = {"device_id": self.config.device_id, **body}
             await self.outbox.append(reported_topic, payloads.encode(body), retain=True)
+            serving = inference.registry.serving()
+            if serving != self.presence.models:
+                # The fleet view shows what serves from the retained status: keep it true.
+                self.presence.models = serving
+                if self.link.connected:
+                    await self.presence.publish("online")
 
         updater = OtaUpdater(
             self.config.ota,

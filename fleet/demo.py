@@ -10,10 +10,11 @@ started is stopped and its files removed (``DEMO_KEEP=1`` keeps them). Part-way 
 agent is killed with SIGKILL so the table shows the Last Will turning it offline, and it is
 started again.
 
-Another agent (``pi-kitchen``) serves the committed digits classifier (int8 ONNX). The demo is
-its client: every second it sends a few held-out images to the agent's TensorFlow
-Serving-compatible REST API, returns the true labels as feedback, and shows what the agent's
-model monitor reports on ``/metrics``: predictions, latency, accuracy from feedback and drift.
+Another agent (``pi-kitchen``) serves the committed digits classifier (int8 ONNX), and part-way
+through gets a signed OTA update to digits@3 (``fleet.demo_ota``). The demo is its client:
+every second it sends a few held-out images to the agent's TensorFlow Serving-compatible REST
+API, returns the true labels as feedback, and shows what the agent's model monitor reports on
+``/metrics``: predictions, latency, accuracy from feedback and drift.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
 from fleet.demo_model import MODEL_DEVICE, ModelClient
+from fleet.demo_ota import DemoRelease
 from fleet.emulated_board import EmulatedBoard
+from fleet.errors import FleetError
 from fleet.localbroker import PrivateBroker, free_port
 from fleet.store import SqliteFleetStore
 from fleet.view import devices_table
@@ -55,10 +59,13 @@ def _agent(
     device_id: str,
     tty: Path | None = None,
     model: ModelClient | None = None,
+    release: DemoRelease | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
     if model is not None:
         env.update(model.agent_env())
+    if release is not None:
+        env.update(release.agent_env())
     if tty is not None:
         env.update(
             {
@@ -91,6 +98,17 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _drive_board(board: EmulatedBoard, elapsed: float) -> str:
+    """Set the light level on A0 and describe what the pipeline did with it."""
+    millivolts = _light_level(elapsed)
+    board.set_adc(0, millivolts)
+    pin = "ON" if board.pin_state(5) else "off"
+    return (
+        f"emulated Arduino on {SERIAL_DEVICE}: A0 = {millivolts / 1000:.2f} V -> "
+        f"pipeline 'light' (on above 2.75 V, off below 2.25 V) -> pin B5 {pin}"
+    )
+
+
 def _light_level(elapsed: float) -> int:
     """Millivolts on A0: a slow swing between 0.3 V and 4.7 V."""
     return int(2500 + 2200 * math.sin(elapsed / 3))
@@ -105,22 +123,8 @@ def run(seconds: float | None, workdir: Path) -> None:
     broker = PrivateBroker(workdir / "broker")
     broker.start()
     db = workdir / "fleet.sqlite3"
-    controller = _spawn(
-        [
-            sys.executable,
-            "-m",
-            "fleet",
-            "serve",
-            "--broker",
-            broker.url,
-            "--db",
-            str(db),
-            "--log-format",
-            "json",
-        ],
-        dict(os.environ),
-        workdir / "controller.log",
-    )
+    release = DemoRelease(workdir)
+    controller = _controller(broker, db, release, workdir)
     model = ModelClient(free_port())
     agents = {
         device: _agent(
@@ -129,6 +133,7 @@ def run(seconds: float | None, workdir: Path) -> None:
             device,
             tty if device == SERIAL_DEVICE else None,
             model if device == MODEL_DEVICE else None,
+            release if device == MODEL_DEVICE else None,
         )
         for device in DEVICES
     }
@@ -153,20 +158,18 @@ def run(seconds: float | None, workdir: Path) -> None:
                     agents[victim] = _agent(workdir, broker.port, victim)
                 if killed_at is not None and agents[victim].poll() is not None:
                     note = f"{victim} was killed with SIGKILL: its Last Will marks it offline"
-                millivolts = _light_level(elapsed)
-                board.set_adc(0, millivolts)
-                pin = "ON" if board.pin_state(5) else "off"
-                serial = (
-                    f"emulated Arduino on {SERIAL_DEVICE}: A0 = {millivolts / 1000:.2f} V -> "
-                    f"pipeline 'light' (on above 2.75 V, off below 2.25 V) -> pin B5 {pin}"
-                )
+                serial = _drive_board(board, elapsed)
                 table = devices_table(store.list_devices(), title=f"Fleet ({elapsed:.0f}s)")
                 model.step()
+                if not release.deployed and elapsed > _deploy_after(seconds):
+                    release.deploy(broker.url)
+                ota = release.status_line(_reported(store, MODEL_DEVICE))
                 live.update(
                     Group(
                         table,
                         Text(serial, style="cyan"),
                         Text(model.status_line(), style="magenta"),
+                        Text(ota, style="green"),
                         Text(note, style="yellow"),
                     ),
                     refresh=True,
@@ -181,6 +184,26 @@ def run(seconds: float | None, workdir: Path) -> None:
             _stop(process)
         broker.stop()
         board.stop()
+
+
+def _controller(
+    broker: PrivateBroker, db: Path, release: DemoRelease, workdir: Path
+) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "fleet", "serve", "--broker", broker.url, "--db", str(db)]
+    argv += ["--repo", str(release.repo_dir), "--log-format", "json"]
+    return _spawn(argv, dict(os.environ), workdir / "controller.log")
+
+
+def _deploy_after(seconds: float | None) -> float:
+    return max(3.0, (seconds or 40.0) * 0.2)
+
+
+def _reported(store: SqliteFleetStore, device_id: str) -> dict[str, Any] | None:
+    try:
+        reported: dict[str, Any] | None = store.device_detail(device_id, events=0)["reported"]
+    except FleetError:
+        return None
+    return reported
 
 
 def _kill_after(seconds: float | None) -> float:

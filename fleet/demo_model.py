@@ -68,7 +68,7 @@ class ModelClient:
         if not m:
             return f"{MODEL_DEVICE}: waiting for the digits model at {self.url} ..."
         return (
-            f"{MODEL_DEVICE} serves digits v{self.version} (int8 ONNX) at {self.url}: "
+            f"{MODEL_DEVICE} serves digits v{self.version} at {self.url}: "
             f"{m.get('requests', 0):.0f} predictions, p50 {m.get('p50', 0) * 1e3:.2f} ms, "
             f"accuracy from feedback {m.get('accuracy', 0):.1%}, "
             f"drift PSI {m.get('psi', 0):.3f}"

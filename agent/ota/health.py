@@ -15,7 +15,8 @@ Rules (``HealthPolicy``):
   evidence against the model, and waiting forever would pin the update.
 - When it decides, the p95 latency (nearest rank) of the successful inferences may be at
   most ``latency_factor`` times the previous version's p95 (``health_latency``); without a
-  baseline or latency samples that check is skipped.
+  baseline, or with fewer than ``LATENCY_MIN_SAMPLES`` latency samples (where a p95 is only
+  the slowest call), that check is skipped and the summary says so.
 - Crash loops are judged from the activation attempts that the slot state counts across
   restarts: ``check_attempts`` fails with ``crash_loop`` above ``max_attempts``.
 """
@@ -29,6 +30,9 @@ from enum import StrEnum
 from agent.ota.reasons import Reason
 
 QUIET_FACTOR = 10
+# Below this many samples a p95 is just the slowest call (one cold start after the switch
+# would fail the window), so the latency check waits for at least this many.
+LATENCY_MIN_SAMPLES = 20
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,8 @@ class HealthWindow:
         p95 = self.p95_s
         if self.baseline_p95_s is None or p95 is None:
             return None
+        if len(self.latencies_s) < LATENCY_MIN_SAMPLES:
+            return None
         limit = self.baseline_p95_s * self.policy.latency_factor
         if p95 <= limit:
             return None
@@ -188,4 +194,6 @@ class HealthWindow:
     def _summary(self, elapsed_s: float) -> str:
         p95 = self.p95_s
         latency = "no latency samples" if p95 is None else f"p95 {p95 * 1000:.2f} ms"
+        if p95 is not None and len(self.latencies_s) < LATENCY_MIN_SAMPLES:
+            latency += f" (latency not judged under {LATENCY_MIN_SAMPLES} samples)"
         return f"{self.inferences} inferences in {elapsed_s:.1f} s, {self.errors} errors, {latency}"

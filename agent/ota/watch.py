@@ -15,6 +15,7 @@ from typing import Any
 from agent.errors import InferenceError, ModelRunError, NonFiniteOutputError
 from agent.inference.card import ModelCard
 from agent.inference.registry import Prediction
+from agent.ota.health import LATENCY_MIN_SAMPLES
 
 RECENT_LATENCIES = 256
 
@@ -36,10 +37,10 @@ class RequestWatch:
         self._probation.pop((model, version), None)
 
     def p95(self, model: str, version: str) -> float | None:
-        """p95 latency (s, nearest rank) of the recent requests, None without any."""
+        """p95 latency (s, nearest rank) of the recent requests; None with too few."""
         recent = self._recent.get((model, version))
-        if not recent:
-            return None
+        if not recent or len(recent) < LATENCY_MIN_SAMPLES:
+            return None  # too few for a p95 that is not just the slowest call
         ordered = sorted(recent)
         return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
 

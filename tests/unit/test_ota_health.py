@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.ota.health import (
+    LATENCY_MIN_SAMPLES,
     QUIET_FACTOR,
     HealthPolicy,
     HealthWindow,
@@ -84,6 +85,21 @@ def test_latency_regression_fails_with_figures() -> None:
         "p95 latency 16.00 ms over 20 inferences, limit 15.00 ms "
         "(1.5x the previous version's 10.00 ms)"
     )
+
+
+def test_too_few_samples_for_a_p95_skip_the_latency_check() -> None:
+    """With 8 calls the p95 is the slowest one: a cold first call must not fail the window."""
+    quiet = HealthPolicy(duration_s=30, min_inferences=8, max_error_rate=0.05)
+    window = HealthWindow(quiet, 0.001)
+    window.record(True, 0.050)  # cold first call after the switch
+    for _ in range(7):
+        window.record(True, 0.001)
+    verdict = window.verdict(30)
+    assert verdict.passed
+    assert "latency not judged under 20 samples" in verdict.detail
+    for _ in range(LATENCY_MIN_SAMPLES):
+        window.record(True, 0.005)  # a real regression, once there are enough samples
+    assert window.verdict(30).reason == Reason.HEALTH_LATENCY
 
 
 def test_no_baseline_skips_the_latency_check() -> None:
