@@ -81,6 +81,7 @@ demo: deps
 bench: deps
 	@$(PY) -m bench.bench_agent
 	@$(PY) -m bench.bench_serial
+	@$(PY) -m bench.bench_ota
 
 bench-models: deps $(MINILM)
 	@$(PY) -m bench.bench_models
