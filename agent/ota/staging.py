@@ -3,22 +3,20 @@
 ``root/<sha256>/part`` is the file being downloaded (signed sha256 ``<sha256>``): each chunk
 is written at its offset only after its bytes matched the per-chunk hash of the signed
 release, so no unverified byte is ever stored and nothing beyond a chunk's signed length.
-``root/<sha256>/verified`` (JSON, written atomically) lists the chunks that are durably in
-``part``: every ``SYNC_BYTES`` of new chunks, ``part`` is fdatasynced first and the list
-written after. A power cut therefore loses at most the chunks since the last sync, never
-correctness: a download cut at 90 % resumes from the last sync before it. (One fsync per
-256 KiB chunk cost the transfer about half its rate, bench/bench_ota.py.)
+``part`` is fdatasynced every ``SYNC_BYTES`` of new chunks and before it is assembled (one
+fsync per 256 KiB chunk cost the transfer about half its rate, bench/bench_ota.py).
 
-Opening a staging re-verifies every listed chunk against its signed hash and forgets the ones
-that no longer match (the disk may have been damaged or tampered with between runs); other
-files in the directory are deleted. ``assemble`` renames ``part`` into place (no copy): the
-caller checks the whole file against the signed length and sha256 (TUF) right after.
+Opening a staging hashes every chunk range of ``part`` and keeps the chunks whose bytes match
+their signed hash, whether or not they were synced: a killed agent resumes exactly where it
+stopped (a download cut at 90 % resumes at 90 %), a power cut from what reached the disk, and
+damaged or tampered bytes are fetched again. Other files in the directory are deleted.
+``assemble`` renames ``part`` into place (no copy): the caller checks the whole file against
+the signed length and sha256 (TUF) right after.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -27,14 +25,13 @@ from pathlib import Path
 import structlog
 
 from agent.errors import StoreError, UpdateError
-from agent.ota.fsutil import atomic_write_json, fsync_dir, is_temp, remove_file
+from agent.ota.fsutil import fsync_dir, is_temp, remove_file
 from agent.ota.reasons import Reason
 from agent.ota.release import ModelRelease
 
 log = structlog.get_logger("agent.ota.staging")
 
 PART = "part"
-VERIFIED = "verified"
 SYNC_BYTES = 4 * 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -49,7 +46,6 @@ class ChunkStaging:
         self.sha256 = sha256
         self.directory = root / sha256
         self._stored: set[int] = set()
-        self._durable: set[int] = set()
         self._unsynced_bytes = 0
         self._fd: int | None = None
         self._scan()
@@ -91,15 +87,13 @@ class ChunkStaging:
             self.flush()
 
     def flush(self) -> None:
-        """Make every stored chunk durable: sync ``part``, then list the chunks as verified."""
-        if self._stored == self._durable:
+        """Make every stored chunk durable (fdatasync of ``part``)."""
+        if self._fd is None or not self._unsynced_bytes:
             return
         try:
-            os.fdatasync(self._part_fd())
+            os.fdatasync(self._fd)
         except OSError as exc:
             raise StoreError(f"cannot sync staged chunks ({exc})", path=str(self._part)) from exc
-        atomic_write_json(self.directory / VERIFIED, sorted(self._stored))
-        self._durable = set(self._stored)
         self._unsynced_bytes = 0
 
     def assemble(self, dest: Path) -> Path:
@@ -116,9 +110,6 @@ class ChunkStaging:
                 reason,
                 f"{self.release.target_path} staged as {total} bytes, signed {self.release.length}",
             )
-        # The list goes first: it must never name chunks of a part file that is gone.
-        remove_file(self.directory / VERIFIED)
-        fsync_dir(self.directory)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._part, dest)
@@ -127,7 +118,6 @@ class ChunkStaging:
         fsync_dir(dest.parent)
         fsync_dir(self.directory)
         self._stored.clear()
-        self._durable.clear()
         return dest
 
     def discard(self) -> None:
@@ -137,7 +127,6 @@ class ChunkStaging:
         if self.directory.parent.is_dir():
             fsync_dir(self.directory.parent)
         self._stored.clear()
-        self._durable.clear()
 
     @property
     def _part(self) -> Path:
@@ -160,38 +149,20 @@ class ChunkStaging:
             self._fd = None
 
     def _scan(self) -> None:
-        """Keep the listed chunks that still verify; delete every other file."""
+        """Keep the chunks of ``part`` that match their signed hash; delete every other file."""
         if not self.directory.is_dir():
             return
-        listed = self._listed()
-        good = {index for index in listed if self._chunk_verifies(index)}
         removed = [
             entry.name
             for entry in sorted(self.directory.iterdir())
-            if entry.name not in (PART, VERIFIED) or entry.is_symlink()
+            if entry.name != PART or entry.is_symlink() or not entry.is_file()
         ]
         for name in removed:
             _remove_entry(self.directory / name)
-        if good != listed:
-            removed.append(f"{VERIFIED}: chunks {sorted(listed - good)}")
-            atomic_write_json(self.directory / VERIFIED, sorted(good))
         if removed:
             fsync_dir(self.directory)
             log.warning("ota.staging_cleaned", dir=str(self.directory), removed=removed)
-        self._stored = set(good)
-        self._durable = set(good)
-
-    def _listed(self) -> set[int]:
-        try:
-            value = json.loads((self.directory / VERIFIED).read_bytes())
-        except (OSError, ValueError):
-            return set()
-        count = len(self.release.chunks)
-        if not isinstance(value, list):
-            return set()
-        return {
-            i for i in value if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count
-        }
+        self._stored = {i for i in range(len(self.release.chunks)) if self._chunk_verifies(i)}
 
     def _chunk_verifies(self, index: int) -> bool:
         offset, length = self.release.chunk_range(index)

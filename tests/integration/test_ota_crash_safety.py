@@ -151,15 +151,10 @@ def _check_staging(state_dir: Path, releases: dict[str, ModelRelease]) -> None:
             continue
         release = releases[directory.name]  # only known releases are ever staged
         names = {entry.name for entry in directory.iterdir() if not is_temp(entry)}
-        assert names <= {"part", "verified"}, names
-        if "verified" not in names:
-            continue
-        # Every chunk listed as durable must be in the part file with its signed bytes.
-        part = (directory / "part").read_bytes()
-        for index in json.loads((directory / "verified").read_text()):
-            offset, length = release.chunk_range(index)
-            digest = hashlib.sha256(part[offset : offset + length]).hexdigest()
-            assert digest == release.chunks[index], f"chunk {index} listed but not in {directory}"
+        assert names <= {"part"}, names
+        if names:
+            # Nothing beyond the signed length is ever staged.
+            assert (directory / "part").stat().st_size <= release.length
 
 
 def test_kill_nine_during_staging_and_install_leaves_a_consistent_store(tmp_path: Path) -> None:

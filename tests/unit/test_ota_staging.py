@@ -70,24 +70,30 @@ def test_store_progress_and_assemble(tmp_path: Path) -> None:
     assert not (tmp_path / SHA).exists()
 
 
-def test_reopen_resumes_from_the_last_sync(tmp_path: Path) -> None:
-    """A download cut after two synced chunks resumes with only the third missing; chunks
-    stored after the last sync are fetched again (the bound on what a power cut loses)."""
+def test_reopen_resumes_exactly_where_it_stopped(tmp_path: Path) -> None:
+    """A download killed after two chunks resumes with only the third missing, synced or not
+    (a killed process leaves its writes in the page cache; the hashes decide what is kept)."""
     first = _staging(tmp_path)
     first.store(0, _chunk(0))
     first.store(1, _chunk(1))
-    first.flush()
-    first.store(2, _chunk(2))  # not synced yet
     again = _staging(tmp_path)
     assert again.missing() == [2]
     assert again.progress() == pytest.approx(2 * CHUNK / len(DATA))
 
 
 def test_store_syncs_every_sync_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(staging_module, "SYNC_BYTES", CHUNK)
-    first = _staging(tmp_path)
-    first.store(1, _chunk(1))  # one chunk reaches the threshold: synced without flush()
-    assert _staging(tmp_path).missing() == [0, 2]
+    synced: list[int] = []
+    real = staging_module.os.fdatasync
+    monkeypatch.setattr(staging_module, "SYNC_BYTES", 2 * CHUNK)
+    monkeypatch.setattr(staging_module.os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+    staging = _staging(tmp_path)
+    staging.store(0, _chunk(0))
+    assert synced == []
+    staging.store(1, _chunk(1))  # two chunks reach the threshold
+    assert len(synced) == 1
+    staging.store(2, _chunk(2))
+    staging.assemble(tmp_path / "out.onnx")  # the rest is synced before the rename
+    assert len(synced) == 2
 
 
 def test_tampered_chunk_is_refused_by_index_and_not_stored(tmp_path: Path) -> None:
@@ -133,10 +139,11 @@ def test_reopen_forgets_damaged_chunks_and_deletes_strangers(tmp_path: Path) -> 
     with capture_logs() as logs:
         again = _staging(tmp_path)
     assert again.missing() == [1, 2]
-    assert sorted(entry.name for entry in directory.iterdir()) == ["part", "verified"]
+    assert sorted(entry.name for entry in directory.iterdir()) == ["part"]
     cleaned = [entry for entry in logs if entry["event"] == "ota.staging_cleaned"]
-    assert sorted(cleaned[0]["removed"]) == [f"{TEMP_PREFIX}abc", "chunk-9", "verified: chunks [1]"]
-    assert _staging(tmp_path).missing() == [1, 2]  # the list was rewritten
+    assert sorted(cleaned[0]["removed"]) == [f"{TEMP_PREFIX}abc", "chunk-9"]
+    again.store(1, _chunk(1))  # the damaged chunk is fetched again and written over
+    assert _staging(tmp_path).missing() == [2]
 
 
 def test_assemble_refuses_incomplete_staging(tmp_path: Path) -> None:
@@ -183,7 +190,6 @@ def test_sha256_must_be_hex(tmp_path: Path) -> None:
 def test_sweep_keeps_named_releases_and_removes_the_rest(tmp_path: Path) -> None:
     kept = _staging(tmp_path)
     kept.store(0, _chunk(0))
-    kept.flush()
     (tmp_path / SHA / f"{TEMP_PREFIX}x").write_bytes(b"stray")
     (tmp_path / f"{SHA}.complete").write_bytes(b"assembled before a restart")
     other = ChunkStaging(tmp_path, make_release(), "0" * 64)
