@@ -62,6 +62,8 @@ def device_detail_view(console: Console, detail: dict[str, Any]) -> None:
     if telemetry:
         console.print("[bold]Latest telemetry[/bold]")
         console.print_json(json.dumps(telemetry))
+    if detail.get("reported") or detail.get("desired"):
+        console.print(models_table(detail.get("reported") or {}, detail.get("desired")))
     events = Table(title="Recent events")
     for column in ("ts", "event", "details"):
         events.add_column(column)
@@ -69,3 +71,39 @@ def device_detail_view(console: Console, detail: dict[str, Any]) -> None:
         extra = {k: v for k, v in event.items() if k not in ("ts", "event", "device_id")}
         events.add_row(event.get("ts", "-"), event.get("event", "-"), json.dumps(extra))
     console.print(events)
+
+
+def _version(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    return f"{entry.get('version')} (release {entry.get('release')}, slot {entry.get('slot')})"
+
+
+def models_table(reported: dict[str, Any], desired: dict[str, Any] | None) -> Table:
+    """OTA state per model: installed versions (active, pending, previous) and the last result."""
+    title = "Models (OTA)"
+    if desired:
+        title += (
+            f": desired {desired.get('model')}@{desired.get('version')} "
+            f"({desired.get('action')}, counter {desired.get('counter')})"
+        )
+    table = Table(title=title)
+    for column in ("model", "active", "pending", "previous", "step", "last result"):
+        table.add_column(column)
+    for name, entry in sorted((reported.get("models") or {}).items()):
+        result = entry.get("last_result") or {}
+        outcome = result.get("outcome", "-")
+        if result.get("reason"):
+            outcome += f" ({result['reason']}: {result.get('detail')})"
+        step = entry.get("step") or "-"
+        if entry.get("progress") is not None:
+            step += f" {entry['progress']}%"
+        table.add_row(
+            name,
+            _version(entry.get("active")),
+            _version(entry.get("pending")),
+            _version(entry.get("previous")),
+            step,
+            f"{outcome} {result.get('version', '')} {result.get('at', '')}".strip(),
+        )
+    return table
