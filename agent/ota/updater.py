@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +60,10 @@ log = structlog.get_logger("agent.ota.updater")
 CHUNK_ATTEMPTS = 3
 # Progress events at most every this many percent.
 PROGRESS_STEP = 10
+# Failures that may go away by themselves (the controller is down, its timestamp lapsed while
+# it was, the clock is not set yet): the same desired state is tried again every retry_s.
+# The others are properties of the message or the release and would fail the same way.
+RETRIED = frozenset({Reason.TRANSPORT, Reason.METADATA_EXPIRED, Reason.CLOCK_UNSET})
 
 
 class OtaUpdater:
@@ -90,6 +95,7 @@ class OtaUpdater:
         self._desired_topic = topic_for(device_id, Channel.DESIRED)
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
         self._trust: TrustedRepository | None = None
+        self._last_notice: tuple[str, str] | None = None
 
     def subscriptions(self) -> list[str]:
         return [self._desired_topic, self.client.subscription()]
@@ -162,34 +168,42 @@ class OtaUpdater:
             return False  # the retained copy of what was already done
         now = self._clock()
         if now < self._config.clock_floor:
-            await self._reporter.deferred(
-                Reason.CLOCK_UNSET,
-                f"system time {now.isoformat()} is before "
-                f"{self._config.clock_floor.isoformat()}; waiting for time sync",
-            )
+            if self._first_notice(payload, Reason.CLOCK_UNSET):
+                await self._reporter.deferred(
+                    Reason.CLOCK_UNSET,
+                    f"system time {now.isoformat()} is before "
+                    f"{self._config.clock_floor.isoformat()}; waiting for time sync",
+                )
             return True
         try:
             desired = await self._accept(payload, accepted, resuming=resuming)
         except UpdateError as exc:
-            await self._reporter.refused(exc.reason, exc.detail)
-            return exc.reason == Reason.TRANSPORT
+            if self._first_notice(payload, exc.reason):
+                await self._reporter.refused(exc.reason, exc.detail)
+            return exc.reason in RETRIED
         try:
             if desired.action == "rollback":
                 await self._activator.operator_rollback(self._store(desired.model.name))
             else:
                 await self._deploy(desired)
         except UpdateError as exc:
-            await self._reporter.outcome(
-                desired.model.name,
-                desired.model.version,
-                "rejected",
-                reason=exc.reason,
-                detail=exc.detail,
-            )
-            if exc.reason == Reason.TRANSPORT:
+            model = desired.model
+            if self._first_notice(payload, exc.reason):
+                await self._reporter.outcome(
+                    model.name, model.version, "rejected", reason=exc.reason, detail=exc.detail
+                )
+            if exc.reason in RETRIED:
                 return True
         await self._record_accepted(desired, payload, done=True)
         return False
+
+    def _first_notice(self, payload: bytes, reason: str) -> bool:
+        """Report a deferral or a retried failure once, not at every retry."""
+        notice = (hashlib.sha256(payload).hexdigest(), reason)
+        if notice == self._last_notice:
+            return False
+        self._last_notice = notice
+        return True
 
     async def _accept(
         self, payload: bytes, accepted: dict[str, Any], *, resuming: bool
