@@ -65,7 +65,12 @@ class Activator:
         if state.active is None:
             return False
         info = state.slots.get(state.active)
-        return info is not None and info.committed and info.sha256 == sha256
+        return (
+            info is not None
+            and info.committed
+            and (info.version, info.release, info.sha256)
+            == (release.version, release.release, sha256)
+        )
 
     @staticmethod
     def slot_summary(state: SlotState) -> dict[str, Any]:
@@ -100,12 +105,25 @@ class Activator:
         except InferenceError as exc:
             log.error("ota.restore_failed", model=store.name, slot=state.active, error=str(exc))
 
-    async def resume(self, store: SlotStore) -> None:
-        """Finish an activation a restart interrupted, or roll it back if it keeps crashing."""
+    async def resume(self, store: SlotStore) -> str | None:
+        """Finish an activation a restart interrupted, or roll it back if it keeps crashing.
+
+        Returns the version rolled back because its attempts were used up, else None.
+        """
         state = await asyncio.to_thread(store.state)
         if state.pending is None:
-            return
+            return None
+        info = state.slots[state.pending]
+        if info is not None and state.attempts >= self._policy.max_attempts:
+            await self._roll_back(
+                store,
+                info.version,
+                Reason.CRASH_LOOP,
+                f"activation started {state.attempts} times without finishing",
+            )
+            return info.version
         await self.activate(store, state.pending)
+        return None
 
     # -- activation --------------------------------------------------------------------------
 

@@ -29,10 +29,11 @@ import structlog
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
-from agent.errors import FetchError, MqttError
+from agent.errors import FetchError, MqttError, UpdateError
 from agent.mqtt.base import InboundMessage, PublishOptions
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Channel, topic_for
+from agent.ota.reasons import Reason
 from agent.ota.release import DEFAULT_CHUNK_SIZE
 
 log = structlog.get_logger("agent.ota.transport")
@@ -177,7 +178,12 @@ class RepositoryClient:
         return b"".join(parts)
 
     async def fetch_chunks(
-        self, path: str, ranges: Sequence[ChunkRange], on_chunk: OnChunk
+        self,
+        path: str,
+        ranges: Sequence[ChunkRange],
+        on_chunk: OnChunk,
+        *,
+        expected_size: int | None = None,
     ) -> None:
         """Fetch every range of ``path``, up to ``window`` requests in flight at once.
 
@@ -187,7 +193,9 @@ class RepositoryClient:
         order of ``ranges`` (a range that arrives early waits for the ones before it), so a
         caller can write and report progress in order. ``data`` is shorter than asked only if
         the file ends first. On the first failure the other requests are abandoned and the
-        error raised.
+        error raised. With ``expected_size`` (the signed length), a reply saying the file has
+        another size ends the download: ``UpdateError`` ``too_long`` (endless data) or
+        ``tampered``.
         """
         pending: list[tuple[list[ChunkRange], asyncio.Task[bytes]]] = []
         upcoming = iter(_coalesce(ranges, self._request_bytes))
@@ -198,7 +206,7 @@ class RepositoryClient:
                 if group is None:
                     return
                 whole = ChunkRange(group[0].index, group[0].offset, sum(c.length for c in group))
-                task = asyncio.create_task(self._fetch_whole_range(path, whole))
+                task = asyncio.create_task(self._fetch_whole_range(path, whole, expected_size))
                 pending.append((group, task))
 
         try:
@@ -217,11 +225,18 @@ class RepositoryClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
 
-    async def _fetch_whole_range(self, path: str, chunk: ChunkRange) -> bytes:
+    async def _fetch_whole_range(
+        self, path: str, chunk: ChunkRange, expected_size: int | None = None
+    ) -> bytes:
         parts: list[bytes] = []
         got = 0
         while got < chunk.length:
             reply = await self.fetch_range(path, chunk.offset + got, chunk.length - got)
+            if expected_size is not None and reply.size != expected_size:
+                reason = Reason.TOO_LONG if reply.size > expected_size else Reason.TAMPERED
+                raise UpdateError(
+                    reason, f"{path} is {reply.size} bytes, signed length {expected_size}"
+                )
             if not reply.data:
                 break  # the file ends before the range does: the caller's hash check decides
             parts.append(reply.data)

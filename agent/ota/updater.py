@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,13 +149,28 @@ class OtaUpdater:
     async def run(self) -> None:
         """Resume interrupted activations, then handle desired states one at a time."""
         for store in await asyncio.to_thread(self._stores):
-            await self._activator.resume(store)
+            rolled_back = await self._activator.resume(store)
+            if rolled_back is not None:
+                await self._settle_accepted(store.name, rolled_back)
         await self._reporter.publish()
         while True:
             payload = await self._inbox.get()
             retry = await self._handle(payload)
             if retry:
                 asyncio.get_running_loop().call_later(self._config.retry_s, self._retry, payload)
+
+    async def _settle_accepted(self, name: str, version: str) -> None:
+        """An interrupted update of ``name@version`` was rolled back at start-up (a crash loop):
+        the desired state that asked for it is done, or the agent would install it again."""
+        accepted = await asyncio.to_thread(fsutil.read_json, self._device_file)
+        if not isinstance(accepted, dict) or accepted.get("done", True):
+            return
+        model = (
+            (json.loads(accepted.get("payload") or "{}").get("signed") or {}).get("model")
+        ) or {}
+        if (model.get("name"), model.get("version")) == (name, version):
+            accepted["done"] = True
+            await asyncio.to_thread(fsutil.atomic_write_json, self._device_file, accepted)
 
     def _retry(self, payload: bytes) -> None:
         if self._inbox.empty():  # a newer desired state wins over a retry
@@ -345,7 +361,14 @@ class OtaUpdater:
                 return
             await progress.report(staging.progress())
 
-        await self.client.fetch_chunks(path, ranges, on_chunk)
+        try:
+            await self.client.fetch_chunks(
+                path, ranges, on_chunk, expected_size=staging.release.length
+            )
+        except UpdateError as exc:
+            if exc.reason in (Reason.TOO_LONG, Reason.TAMPERED):
+                await asyncio.to_thread(staging.discard)  # endless data: no partial kept
+            raise
         return bad
 
 
