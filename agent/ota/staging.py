@@ -3,8 +3,11 @@
 ``root/<sha256>/part`` is the file being downloaded (signed sha256 ``<sha256>``): each chunk
 is written at its offset only after its bytes matched the per-chunk hash of the signed
 release, so no unverified byte is ever stored and nothing beyond a chunk's signed length.
-``part`` is fdatasynced every ``SYNC_BYTES`` of new chunks and before it is assembled (one
-fsync per 256 KiB chunk cost the transfer about half its rate, bench/bench_ota.py).
+``part`` is fdatasynced at most every ``SYNC_INTERVAL_S`` while chunks come in, which bounds
+the progress a power cut can lose; it is not synced when it is assembled, because the slot
+install copies the verified file and syncs that copy (an fsync per 256 KiB chunk cost the
+transfer about half its rate, and a sync of the whole file before the copy a quarter;
+bench/bench_ota.py).
 
 Opening a staging hashes every chunk range of ``part`` and keeps the chunks whose bytes match
 their signed hash, whether or not they were synced: a killed agent resumes exactly where it
@@ -20,6 +23,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import structlog
@@ -32,7 +36,7 @@ from agent.ota.release import ModelRelease
 log = structlog.get_logger("agent.ota.staging")
 
 PART = "part"
-SYNC_BYTES = 4 * 1024 * 1024
+SYNC_INTERVAL_S = 1.0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -47,6 +51,7 @@ class ChunkStaging:
         self.directory = root / sha256
         self._stored: set[int] = set()
         self._unsynced_bytes = 0
+        self._synced_at = time.monotonic()
         self._fd: int | None = None
         self._scan()
 
@@ -83,7 +88,7 @@ class ChunkStaging:
             raise StoreError(f"cannot write a staged chunk ({exc})", path=str(self._part)) from exc
         self._stored.add(index)
         self._unsynced_bytes += len(data)
-        if self._unsynced_bytes >= SYNC_BYTES:
+        if time.monotonic() - self._synced_at >= SYNC_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
@@ -95,13 +100,17 @@ class ChunkStaging:
         except OSError as exc:
             raise StoreError(f"cannot sync staged chunks ({exc})", path=str(self._part)) from exc
         self._unsynced_bytes = 0
+        self._synced_at = time.monotonic()
 
     def assemble(self, dest: Path) -> Path:
-        """Move the complete file to ``dest`` (a rename, then the directory synced)."""
+        """Move the complete file to ``dest`` (a rename, then the directories synced).
+
+        The file's bytes are not synced here: a power cut before they reach the disk leaves
+        a file that fails its hash check on the next start and is fetched again.
+        """
         missing = self.missing()
         if missing:
             raise StoreError(f"staging incomplete, chunks {missing} missing", path=str(dest))
-        self.flush()
         self._close()
         total = self._part.stat().st_size
         if total != self.release.length:

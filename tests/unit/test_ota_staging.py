@@ -81,19 +81,24 @@ def test_reopen_resumes_exactly_where_it_stopped(tmp_path: Path) -> None:
     assert again.progress() == pytest.approx(2 * CHUNK / len(DATA))
 
 
-def test_store_syncs_every_sync_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_store_syncs_at_most_every_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     synced: list[int] = []
     real = staging_module.os.fdatasync
-    monkeypatch.setattr(staging_module, "SYNC_BYTES", 2 * CHUNK)
     monkeypatch.setattr(staging_module.os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
     staging = _staging(tmp_path)
     staging.store(0, _chunk(0))
-    assert synced == []
-    staging.store(1, _chunk(1))  # two chunks reach the threshold
+    assert synced == []  # within the interval
+    monkeypatch.setattr(staging_module, "SYNC_INTERVAL_S", 0.0)
+    staging.store(1, _chunk(1))
     assert len(synced) == 1
+    staging.flush()
+    assert len(synced) == 1  # nothing new to sync
+    monkeypatch.setattr(staging_module, "SYNC_INTERVAL_S", 3600.0)
     staging.store(2, _chunk(2))
-    staging.assemble(tmp_path / "out.onnx")  # the rest is synced before the rename
-    assert len(synced) == 2
+    staging.assemble(tmp_path / "out.onnx")  # the install syncs its own copy
+    assert len(synced) == 1
 
 
 def test_tampered_chunk_is_refused_by_index_and_not_stored(tmp_path: Path) -> None:
