@@ -31,20 +31,18 @@ from agent.ota.transport import (
     MAX_RANGE_LENGTH,
     MAX_REPLY_PACKET,
     MAX_REQUEST_BYTES,
-    REQUEST_EXPIRY_S,
+    REPLY_HEADER_MAX,
     STATUS_BAD_RANGE,
     STATUS_BAD_REQUEST,
     STATUS_NOT_FOUND,
     STATUS_OK,
+    encode_reply,
 )
 
 log = structlog.get_logger("fleet.release.fileserver")
 
 SERVED_DIRS = ("metadata", "targets")
 MAX_PATH_LENGTH = 1024
-# Widest values of the reply's user properties, for sizing the payload before the answer
-# is known: a 3-digit status and 20-digit size and offset.
-_WIDEST_PROPERTIES = (("status", "416"), ("size", "9" * 20), ("offset", "9" * 20))
 
 
 class BadRequestError(ValueError):
@@ -60,12 +58,9 @@ class FileReply:
     size: int | None
     offset: int
 
-    def user_properties(self) -> tuple[tuple[str, str], ...]:
-        props = [("status", str(self.status))]
-        if self.size is not None:
-            props.append(("size", str(self.size)))
-        props.append(("offset", str(self.offset)))
-        return tuple(props)
+    def encode(self) -> bytes:
+        """The reply's payload (header and data, ``agent.ota.transport.encode_reply``)."""
+        return encode_reply(self.status, self.data, self.size, self.offset)
 
 
 @dataclass(frozen=True)
@@ -180,20 +175,13 @@ def _error(status: int, message: str, offset: int) -> FileReply:
 def max_reply_bytes(reply_topic: str, correlation: bytes, max_packet_size: int | None) -> int:
     """The largest payload whose reply PUBLISH fits the broker's limit and ``MAX_REPLY_PACKET``."""
     limit = min(max_packet_size or MAX_REPLY_PACKET, MAX_REPLY_PACKET)
-    properties = _properties_length(len(correlation), _WIDEST_PROPERTIES)
-    room = limit - publish_packet_size(reply_topic, 0, 1, properties)
+    properties = 1 + 2 + len(correlation)  # the only property of a reply: correlation data
+    room = limit - publish_packet_size(reply_topic, 0, 1, properties) - 2 - REPLY_HEADER_MAX
     # The remaining-length varint grows with the payload: step back until the packet fits.
-    while room > 0 and publish_packet_size(reply_topic, room, 1, properties) > limit:
+    header = 2 + REPLY_HEADER_MAX
+    while room > 0 and publish_packet_size(reply_topic, room + header, 1, properties) > limit:
         room -= 1
     return room
-
-
-def _properties_length(correlation_len: int, user: tuple[tuple[str, str], ...]) -> int:
-    """Bytes of a reply's v5 properties: correlation data, message expiry, user properties."""
-    length = 1 + 2 + correlation_len + 1 + 4
-    for key, value in user:
-        length += 1 + 2 + len(key.encode()) + 2 + len(value.encode())
-    return length
 
 
 class FileService:
@@ -275,14 +263,10 @@ class FileService:
                 log.error("fileserver.answer_failed", topic=topic, error=repr(done.exception()))
             return
         reply = done.result()
-        options = PublishOptions(
-            correlation_data=correlation,
-            message_expiry_s=REQUEST_EXPIRY_S,
-            content_type=None,
-            user_properties=reply.user_properties(),
-        )
+        # Correlation data only: every v5 property costs the device a copy of the packet.
+        options = PublishOptions(correlation_data=correlation, content_type=None)
         try:
-            acked = self._link.publish(topic, reply.data, qos=1, options=options)
+            acked = self._link.publish(topic, reply.encode(), qos=1, options=options)
         except MqttError as exc:
             self._pending -= 1
             log.warning("fileserver.reply_failed", topic=topic, error=str(exc))

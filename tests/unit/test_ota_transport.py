@@ -13,11 +13,15 @@ from hypothesis import strategies as st
 
 from agent.errors import FetchError
 from agent.mqtt.base import InboundMessage, publish_packet_size
-from agent.ota.transport import MAX_REPLY_PACKET, _parse_reply
+from agent.ota.transport import (
+    MAX_REPLY_PACKET,
+    REPLY_HEADER_MAX,
+    _parse_reply,
+    decode_reply,
+)
 from fleet.release.fileserver import (
     FileReply,
     RepositoryFiles,
-    _properties_length,
     max_reply_bytes,
 )
 
@@ -44,11 +48,10 @@ def repo(tmp_path: Path) -> Path:
 def _message(reply: FileReply) -> InboundMessage:
     return InboundMessage(
         topic="fleet/pi-1/file",
-        payload=reply.data,
+        payload=reply.encode(),
         qos=1,
         retain=False,
         correlation_data=b"x" * 16,
-        user_properties=reply.user_properties(),
     )
 
 
@@ -57,11 +60,9 @@ class TestRanges:
         files = RepositoryFiles(repo)
         reply = files.answer(_request("targets/models/m/1/abc.m.onnx", 1000, 3000), 1 << 20)
         assert reply == FileReply(200, CONTENT[1000:4000], len(CONTENT), 1000)
-        assert reply.user_properties() == (
-            ("status", "200"),
-            ("size", str(len(CONTENT))),
-            ("offset", "1000"),
-        )
+        fields, data = decode_reply(reply.encode())
+        assert fields == {"status": 200, "size": len(CONTENT), "offset": 1000}
+        assert data == CONTENT[1000:4000]
 
     def test_reply_is_cut_at_max_reply_and_at_the_end_of_the_file(self, repo: Path) -> None:
         files = RepositoryFiles(repo)
@@ -219,15 +220,15 @@ class TestReplySize:
         correlation = b"c" * 16
         room = max_reply_bytes(topic, correlation, limit)
         cap = min(limit or MAX_REPLY_PACKET, MAX_REPLY_PACKET)
-        widest = (("status", "416"), ("size", "9" * 20), ("offset", "9" * 20))
-        properties = _properties_length(len(correlation), widest)
-        assert publish_packet_size(topic, room, 1, properties) <= cap
-        assert publish_packet_size(topic, room + 1, 1, properties) > cap
+        properties = 1 + 2 + len(correlation)  # correlation data, the reply's only property
+        header = 2 + REPLY_HEADER_MAX  # the widest header the payload can carry
+        assert publish_packet_size(topic, room + header, 1, properties) <= cap
+        assert publish_packet_size(topic, room + header + 1, 1, properties) > cap
 
-    def test_properties_length_matches_the_v5_encoding(self) -> None:
-        # correlation: id + 2-byte length + data; expiry: id + 4 bytes;
-        # each user property: id + (2 + key) + (2 + value)
-        assert _properties_length(16, (("status", "200"),)) == (1 + 2 + 16) + 5 + (1 + 8 + 5)
+    def test_the_widest_header_fits_reply_header_max(self) -> None:
+        widest = FileReply(416, b"", 10**20 - 1, 10**20 - 1).encode()
+        assert len(widest) - 2 <= REPLY_HEADER_MAX
+        assert decode_reply(widest)[0]["size"] == 10**20 - 1
 
 
 class TestClientReadsReplies:
@@ -255,8 +256,26 @@ class TestClientReadsReplies:
         assert raised.value.status == status
         assert raised.value.path == "p"
 
-    def test_a_reply_without_status_is_502(self) -> None:
-        message = InboundMessage(topic="t", payload=b"x", qos=1, retain=False)
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            b"",
+            b"\x00",
+            b"\x00\x05{}",  # header longer than the payload
+            b"\x00\x02[]data",  # not an object
+            b'\x00\x0e{"status":-1}x',  # negative
+            b"\x00\x04nope",  # not JSON
+        ],
+    )
+    def test_malformed_reply_payloads_are_502(self, payload: bytes) -> None:
+        message = InboundMessage(topic="t", payload=payload, qos=1, retain=False)
         with pytest.raises(FetchError) as raised:
             _parse_reply("p", 0, 10, message)
         assert raised.value.status == 502
+
+    def test_a_reply_without_status_is_502(self) -> None:
+        message = InboundMessage(topic="t", payload=b'\x00\x0c{"offset":0}x', qos=1, retain=False)
+        with pytest.raises(FetchError) as raised:
+            _parse_reply("p", 0, 10, message)
+        assert raised.value.status == 502
+        assert "without a status" in raised.value.detail
