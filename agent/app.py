@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from agent.background import BackgroundTasks
 from agent.commands import CommandDispatcher, CommandError
 from agent.config import AgentConfig, PipelineConfig, SerialConfig
 from agent.errors import InferenceError, PayloadError, TopicError
@@ -55,7 +56,7 @@ class LinkWatcher:
         self._first = True
         self.outages = 0
         self.last_outage_s: float | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
 
     def state(self) -> dict[str, Any]:
         return {
@@ -70,10 +71,12 @@ class LinkWatcher:
         self._health.update("mqtt", Status.OK)
         if self._first:
             self._first = False
-            self._spawn(self._events.emit("agent_started", session_present=info.session_present))
+            self._tasks.spawn(
+                self._events.emit("agent_started", session_present=info.session_present)
+            )
             return
         self.last_outage_s = round(outage or 0.0, 3)
-        self._spawn(self._announce_up(self.last_outage_s))
+        self._tasks.spawn(self._announce_up(self.last_outage_s))
 
     async def _announce_up(self, outage_s: float) -> None:
         # Events queued during a long outage may themselves be dropped by the cap, so the
@@ -90,16 +93,11 @@ class LinkWatcher:
         self._down_since = time.monotonic()
         self.outages += 1
         self._health.update("mqtt", Status.DEGRADED, f"disconnected: {reason}")
-        self._spawn(self._announce_down(reason))
+        self._tasks.spawn(self._announce_down(reason))
 
     async def _announce_down(self, reason: str) -> None:
         self._dropped_at_down = self._outbox.last_stats.dropped_total
         await self._events.emit("link_down", reason=reason)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 def link_settings(config: AgentConfig, presence: Presence) -> LinkSettings:

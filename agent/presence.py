@@ -14,6 +14,7 @@ import psutil
 import structlog
 
 import agent
+from agent.background import BackgroundTasks
 from agent.errors import MqttError
 from agent.mqtt import payloads
 from agent.mqtt.base import ConnectionInfo, Will
@@ -32,7 +33,7 @@ class Presence:
         self._boot_time = payloads.to_iso_ts(psutil.boot_time())
         self._started_at = payloads.utc_now()
         self._link: MqttLink | None = None
-        self._tasks: set[asyncio.Task[bool]] = set()
+        self._tasks = BackgroundTasks()
         self.models: dict[str, str] = {}
 
     def status(self, state: str, reason: str | None = None) -> dict[str, Any]:
@@ -64,9 +65,7 @@ class Presence:
         link.add_listener(self)
 
     def link_up(self, info: ConnectionInfo) -> None:
-        task = asyncio.get_running_loop().create_task(self.publish("online"))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self.publish("online"))
 
     def link_down(self, reason: str) -> None:
         pass

@@ -77,7 +77,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -97,6 +96,7 @@ from agent.outbox import Outbox
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.service import BoardMonitor, TelemetryService
+from bench import report
 from fleet.localbroker import PrivateBroker
 
 HOST = "127.0.0.1"
@@ -920,16 +920,7 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
 
 
 def render_table(results: Results) -> str:
-    header = ("figure", "median", "range", "baseline", "ratio", "target", "result")
-    rows = table_rows(results)
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    return "\n".join([line(header), "-" * len(line(header)), *(line(row) for row in rows)])
+    return report.render_table(table_rows(results))
 
 
 def _per_wakeup_ms(process: IdleProcess) -> str:
@@ -1028,10 +1019,6 @@ def run_benchmark(profile: Profile, *, quick: bool) -> Results:
     return Results(meta=meta, runs=runs, footprint=footprint, puback_reasons=dict(reasons))
 
 
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bench_agent", description=__doc__.splitlines()[0]
@@ -1050,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
             idle_s=profile.idle_s,
         )
     configure_logging("warning", "console")  # the link's info lines would clutter the table
-    signal.signal(signal.SIGTERM, _interrupt)  # clean up on SIGTERM as on Ctrl-C
+    report.stop_on_sigterm()  # clean up on SIGTERM as on Ctrl-C
     try:
         results = run_benchmark(profile, quick=args.quick)
     except KeyboardInterrupt:

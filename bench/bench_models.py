@@ -53,6 +53,7 @@ from agent.inference.backends import BackendOptions
 from agent.inference.card import ModelCard, card_path_for, load_card
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
+from bench import report
 
 REPO = Path(__file__).resolve().parents[1]
 MINILM_DIR = REPO / "models" / "build" / "minilm"
@@ -429,22 +430,12 @@ def render(results: Results) -> str:
         )
         for r in results.rows
     ]
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            str(c).ljust(w) if i == 0 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
     m = results.meta
     out = [
         f"Models benchmark, {m['when']}: Python {m['python']}, onnxruntime {m['onnxruntime']}, "
         f"{m['cpu_count']} cores, {THREADS} intra-op threads",
         "",
-        line(header),
-        "-" * len(line(header)),
-        *(line(row) for row in rows),
+        report.render_table(rows, header),
         "",
     ]
     o, s = results.figures.get("overhead"), results.figures.get("hot_swap")

@@ -63,7 +63,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -78,6 +77,7 @@ from agent.ota.release import DEFAULT_CHUNK_SIZE, ModelRelease
 from agent.ota.staging import ChunkStaging
 from agent.ota.transport import DEFAULT_REQUEST_BYTES, ChunkRange, RepositoryClient
 from agent.ota.updater import repository_path
+from bench import report
 from bench.bench_agent import _mosquitto_version
 from fleet.localbroker import PrivateBroker
 from fleet.release.publish import publish_model as release_publish
@@ -479,16 +479,7 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
 
 
 def render_table(results: Results) -> str:
-    header = ("figure", "median", "range", "baseline", "ratio", "target", "result")
-    rows = table_rows(results)
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    return "\n".join([line(header), "-" * len(line(header)), *(line(row) for row in rows)])
+    return report.render_table(table_rows(results))
 
 
 def render_notes(results: Results) -> str:
@@ -500,8 +491,8 @@ def render_notes(results: Results) -> str:
             "interleaved runs per path after one warm-up each",
             f"- OTA path: RepositoryClient window {m['window']}, requests of up to "
             f"{m['request_bytes'] // 1024} KiB; the controller is `fleet serve --repo` in its own "
-            "process; the agent's staging (per-chunk sha256, synced every few MiB), assembly "
-            "and whole-file length+sha256 included",
+            "process; the agent's staging (per-chunk sha256, synced at most once a second), "
+            "assembly and whole-file length+sha256 included",
             f"- raw path: paho publisher -> mosquitto -> paho subscriber, QoS 1, messages of "
             f"{m['request_bytes'] // 1024} KiB",
             f"- broker config for both paths: '{BROKER_NODELAY}' (see the module docstring)",
@@ -509,10 +500,6 @@ def render_notes(results: Results) -> str:
             "as a subprocess (wall time, process start included), file in the page cache",
         ]
     )
-
-
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -524,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     configure_logging("warning", "console")  # the links' info lines would clutter the table
-    signal.signal(signal.SIGTERM, _interrupt)
+    report.stop_on_sigterm()  # clean up on SIGTERM as on Ctrl-C
     try:
         results = run_benchmark(profile, quick=args.quick)
     except KeyboardInterrupt:

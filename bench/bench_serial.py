@@ -64,7 +64,6 @@ import json
 import platform
 import re
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -74,7 +73,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil
@@ -85,6 +83,7 @@ from agent.serial import messages_gen as msg
 from agent.serial.framing import Frame, FrameDecoder, encode_frame
 from agent.serial.session import LinkStats, PeripheralSession
 from agent.serial.transport import SerialTransport
+from bench import report
 from fleet.emulated_board import FIRMWARE_DIR, BuildError, EmulatedBoard, run_make
 
 BAUD = 115200
@@ -866,16 +865,9 @@ def table_rows(results: Results) -> list[tuple[str, ...]]:
 
 
 def render_table(results: Results) -> str:
-    header = ("figure", "value", "range", "baseline", "ratio", "target", "result")
-    rows = table_rows(results)
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest]).rstrip()
-
-    return "\n".join([line(header), "-" * len(line(header)), *(line(row) for row in rows)])
+    return report.render_table(
+        table_rows(results), ("figure", "value", "range", "baseline", "ratio", "target", "result")
+    )
 
 
 def _median_or_na(values: Sequence[float | None], fmt: str) -> str:
@@ -937,10 +929,6 @@ def render_notes(results: Results) -> str:
     )
 
 
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bench_serial", description=__doc__.splitlines()[0]
@@ -961,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
             probe_s=profile.probe_s,
         )
     configure_logging("warning", "console")
-    signal.signal(signal.SIGTERM, _interrupt)  # clean up on SIGTERM as on Ctrl-C
+    report.stop_on_sigterm()  # clean up on SIGTERM as on Ctrl-C
     try:
         results = run_benchmark(profile, quick=args.quick)
     except KeyboardInterrupt:

@@ -28,7 +28,7 @@ from agent.mqtt.topics import Channel, parse, topic_for
 from agent.ota.desired import DesiredModel, DesiredState, sign_desired
 from agent.ota.release import CUSTOM_KEY
 from fleet.config import OtaOptions
-from fleet.errors import FleetError
+from fleet.errors import FleetError, UnknownDeviceError
 from fleet.release.fileserver import FileService, RepositoryFiles
 from fleet.release.repo import Repository, repository_lock
 from fleet.store import FleetStore
@@ -114,14 +114,13 @@ class ReleaseService:
         return reply, [message]
 
     def _devices(self, request: dict[str, Any]) -> list[str]:
-        if request.get("all"):
-            devices = [d["device_id"] for d in self._store.list_devices()]
-        else:
-            devices = request.get("devices") or []
+        known = [d["device_id"] for d in self._store.list_devices()]
+        devices = known if request.get("all") else request.get("devices") or []
         if not devices or not all(isinstance(d, str) for d in devices):
             raise FleetError("deploy needs --device ID (one or more) or --all")
-        for device_id in devices:
-            self._store.device_detail(device_id, events=0)  # UnknownDeviceError if never seen
+        unknown = sorted(set(devices) - set(known))
+        if unknown:
+            raise UnknownDeviceError(unknown[0])
         return list(devices)
 
     def _desired(

@@ -41,6 +41,7 @@ from fleet.store import FleetStore, Inbound, Retention, SqliteFleetStore
 
 log = structlog.get_logger("fleet.service")
 
+OtaRpc = Callable[[dict[str, Any]], tuple[dict[str, Any], list[tuple[str, bytes]]]]
 _RECORDED = (Channel.STATUS, Channel.TELEMETRY, Channel.EVENTS, Channel.REPORTED)
 _QUEUE_LIMIT = 50_000
 _BATCH = 500
@@ -127,23 +128,23 @@ class Controller:
             "devices-list": lambda _req: {"devices": self.store.list_devices()},
             "devices-show": self._rpc_show,
         }
+        # RPCs that also hand back signed desired states, published on the loop after the call.
+        self._ota_rpc: dict[str, OtaRpc] = {}
         self.ota: ReleaseService | None = None
         if config.ota.repo is not None:
             self.ota = ReleaseService(config.ota, self.link, self.store)
-            self._rpc["deploy"] = self._ota_call(self.ota.deploy)
-            self._rpc["rollback"] = self._ota_call(self.ota.rollback)
-        self._outgoing: list[tuple[str, bytes]] = []
+            self._ota_rpc = {"deploy": self.ota.deploy, "rollback": self.ota.rollback}
 
-    def _ota_call(
-        self, method: Callable[[dict[str, Any]], tuple[dict[str, Any], list[tuple[str, bytes]]]]
-    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
-        """An OTA RPC runs in the store thread; its signed messages are published on the loop."""
-
-        def call(request: dict[str, Any]) -> dict[str, Any]:
-            reply, messages = method(request)
-            return {**reply, "_messages": messages}
-
-        return call
+    def _call(
+        self, method: str, request: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+        """Store thread: run one RPC; returns its reply and the messages to publish."""
+        if method in self._ota_rpc:
+            return self._ota_rpc[method](request)
+        handler = self._rpc.get(method)
+        if handler is None:
+            raise FleetError(f"unknown method {method!r}")
+        return handler(request), []
 
     def _on_message(self, message: InboundMessage) -> None:
         if self.ota is not None and self.ota.on_message(message):
@@ -179,13 +180,10 @@ class Controller:
         try:
             method = parse_controller_rpc(message.topic)
             request = payloads.decode_object(message.payload) if message.payload else {}
-            handler = self._rpc.get(method)
-            if handler is None:
-                raise FleetError(f"unknown method {method!r}")
-            reply: dict[str, Any] = {"ok": True, **await self._in_store(lambda: handler(request))}
-            messages = reply.pop("_messages", None)
+            body, messages = await self._in_store(lambda: self._call(method, request))
             if messages and self.ota is not None:
                 self.ota.publish(messages)
+            reply: dict[str, Any] = {"ok": True, **body}
         except (FleetError, TopicError, PayloadError) as exc:
             reply = {"ok": False, "error": str(exc), "kind": type(exc).__name__}
         options = PublishOptions(correlation_data=message.correlation_data, message_expiry_s=30)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from agent.background import BackgroundTasks
 from agent.commands import CommandError
 from agent.config import AgentConfig
 from agent.errors import InferenceError
@@ -76,7 +77,7 @@ class InferenceService:
         self.rest_error: str | None = None
         self.load_failures: dict[str, str] = {}
         self._nonfinite_events = EventThrottle(NONFINITE_EVENT_INTERVAL_S)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
 
     async def start(self) -> None:
         """Load every configured model (failures are reported, not fatal), then serve REST."""
@@ -143,9 +144,7 @@ class InferenceService:
             if held is None:
                 return
             fields = {**fields, "held_back": held}
-        task = asyncio.get_running_loop().create_task(self._emit(event, **fields))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._emit(event, **fields))
 
     # -- the ``capture`` command ----------------------------------------------------------
 

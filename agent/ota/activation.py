@@ -134,14 +134,8 @@ class Activator:
         if info is None:
             raise UpdateError(Reason.LOAD_FAILED, f"slot {slot} of {store.name} is empty")
         name, version = store.name, info.version
-        if state.attempts >= self._policy.max_attempts:
-            await self._roll_back(
-                store,
-                version,
-                Reason.CRASH_LOOP,
-                f"activation started {state.attempts} times without finishing",
-            )
-            return
+        # A slot reaches here fresh from an install (attempts 0) or through resume(), which
+        # rolls back a slot whose attempts are used up.
         state = await asyncio.to_thread(store.begin_activation, slot)
         self._reporter.set_slots(name, **self.slot_summary(state))
         await self._reporter.step(name, version, "activating", attempt=state.attempts)

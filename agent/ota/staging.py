@@ -171,17 +171,20 @@ class ChunkStaging:
         if removed:
             fsync_dir(self.directory)
             log.warning("ota.staging_cleaned", dir=str(self.directory), removed=removed)
-        self._stored = {i for i in range(len(self.release.chunks)) if self._chunk_verifies(i)}
+        self._stored = self._verified_chunks()
 
-    def _chunk_verifies(self, index: int) -> bool:
-        offset, length = self.release.chunk_range(index)
+    def _verified_chunks(self) -> set[int]:
+        """Indices of the chunks in ``part`` whose bytes match their signed hash (one read)."""
+        good: set[int] = set()
         try:
             with self._part.open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read(length)
+                for index, signed in enumerate(self.release.chunks):
+                    data = handle.read(self.release.chunk_range(index)[1])
+                    if hashlib.sha256(data).hexdigest() == signed:
+                        good.add(index)
         except OSError:
-            return False
-        return hashlib.sha256(data).hexdigest() == self.release.chunks[index]
+            return good
+        return good
 
     def _range(self, index: int) -> tuple[int, int]:
         try:

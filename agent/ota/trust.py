@@ -98,6 +98,20 @@ class TrustedRepository:
             ) from exc
 
 
+# ngclient's exceptions and the reason each means, most specific first (the subclasses of
+# DownloadError and RepositoryError come before them).
+_REASONS: tuple[tuple[type[Exception], Reason], ...] = (
+    (tuf_errors.UnsignedMetadataError, Reason.UNTRUSTED_METADATA),
+    (tuf_errors.BadVersionNumberError, Reason.METADATA_ROLLBACK),
+    (tuf_errors.ExpiredMetadataError, Reason.METADATA_EXPIRED),
+    (tuf_errors.LengthOrHashMismatchError, Reason.TAMPERED),
+    (tuf_errors.DownloadLengthMismatchError, Reason.TOO_LONG),
+    (tuf_errors.DownloadError, Reason.TRANSPORT),
+    # Any other verification failure (bad metadata shape, wrong type, ...).
+    (tuf_errors.RepositoryError, Reason.UNTRUSTED_METADATA),
+)
+
+
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """ngclient's exceptions as ``UpdateError`` reasons."""
@@ -105,20 +119,8 @@ def translate_errors(what: str) -> Iterator[None]:
         yield
     except UpdateError:
         raise
-    except tuf_errors.UnsignedMetadataError as exc:
-        raise UpdateError(Reason.UNTRUSTED_METADATA, f"{what}: {exc}") from exc
-    except tuf_errors.BadVersionNumberError as exc:
-        raise UpdateError(Reason.METADATA_ROLLBACK, f"{what}: {exc}") from exc
-    except tuf_errors.ExpiredMetadataError as exc:
-        raise UpdateError(Reason.METADATA_EXPIRED, f"{what}: {exc}") from exc
-    except tuf_errors.LengthOrHashMismatchError as exc:
-        raise UpdateError(Reason.TAMPERED, f"{what}: {exc}") from exc
-    except tuf_errors.DownloadLengthMismatchError as exc:
-        raise UpdateError(Reason.TOO_LONG, f"{what}: {exc}") from exc
-    except tuf_errors.DownloadError as exc:
-        raise UpdateError(Reason.TRANSPORT, f"{what}: {exc}") from exc
-    except tuf_errors.RepositoryError as exc:
-        # Any other verification failure (bad metadata shape, wrong type, ...).
-        raise UpdateError(Reason.UNTRUSTED_METADATA, f"{what}: {exc}") from exc
+    except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
+        reason = next(reason for kind, reason in _REASONS if isinstance(exc, kind))
+        raise UpdateError(reason, f"{what}: {exc}") from exc
     except (ValueError, TypeError, KeyError) as exc:
         raise UpdateError(Reason.UNTRUSTED_METADATA, f"{what}: malformed metadata ({exc})") from exc

@@ -276,8 +276,7 @@ class OtaUpdater:
             )
         assembled = await self._download(release, info, sha256)
         slot = await asyncio.to_thread(store.install, release, assembled, sha256)
-        await asyncio.to_thread(fsutil.remove_file, assembled)
-        await asyncio.to_thread(sweep, self._root / "staging", set())
+        await asyncio.to_thread(sweep, self._root / "staging", set())  # the file included
         await self._reporter.step(release.name, release.version, "installed", slot=slot)
         await self._activator.activate(store, slot)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from agent.background import BackgroundTasks
 from agent.errors import HandshakeError, SerialLinkError
 from agent.mqtt.base import backoff_delay
 from agent.serial import messages_gen as msg
@@ -68,7 +69,7 @@ class SerialRelay:
         self.refused: str | None = None
         self.failsafe_reported = 0
         self.sensor_drops = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
 
     async def actuate(self, actuator: int, value: int) -> None:
         """Send an actuator command and wait for its ack; raises SerialLinkError if down."""
@@ -184,13 +185,11 @@ class SerialRelay:
                 self.sensor_drops += 1
         elif isinstance(message, msg.Heartbeat) and message.flags & 0x02:
             self.failsafe_reported += 1
-            task = asyncio.get_running_loop().create_task(
+            self._tasks.spawn(
                 self._emit(
                     "peripheral_failsafe", port=self._port_label, active=bool(message.flags & 1)
                 )
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
         elif isinstance(message, msg.Log):
             log.info("peripheral.log", level=message.level, text=message.text)
 
