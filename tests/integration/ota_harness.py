@@ -242,6 +242,24 @@ def fetch_requests(fleet: Fleet) -> list[dict[str, Any]]:
     return fleet.recorder.bodies("/fetch")
 
 
+def settled_fetch_count(fleet: Fleet, quiet_s: float = 0.5, timeout: float = 10) -> int:
+    """How many repository requests the recorder holds once none has arrived for ``quiet_s``.
+
+    A killed agent's last requests are already at the broker but may reach the recorder a
+    moment later; counting them before they land would charge them to the next agent.
+    """
+    deadline = time.monotonic() + timeout
+    count, since = len(fetch_requests(fleet)), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = len(fetch_requests(fleet))
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return count
+    raise AssertionError(f"repository requests still arriving after {timeout}s")
+
+
 def target_of(repo_dir: Path, version: str) -> Any:
     """The signed TargetFile of digits@``version``."""
     repo = Repository.open(repo_dir)
