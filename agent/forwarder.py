@@ -93,10 +93,19 @@ class DiskOutbox:
         for listener in self._listeners:
             listener(row)
 
-    async def fetch(self, *, after_id: int, limit: int) -> list[OutboxRow]:
-        return await self._call(lambda: self._fetch_and_mark(after_id, limit))
+    async def fetch(
+        self, *, after_id: int, limit: int, delete: list[int] | None = None
+    ) -> list[OutboxRow]:
+        """The next rows after ``after_id``, marked in flight; ``delete`` goes first.
 
-    def _fetch_and_mark(self, after_id: int, limit: int) -> list[OutboxRow]:
+        Deleting acknowledged rows in the same trip as the next read halves the worker
+        thread's wake-ups while a backlog drains.
+        """
+        return await self._call(lambda: self._fetch_and_mark(after_id, limit, delete or []))
+
+    def _fetch_and_mark(self, after_id: int, limit: int, delete: list[int]) -> list[OutboxRow]:
+        if delete:
+            self._delete(delete)
         rows = self._outbox.fetch(after_id=after_id, limit=limit)
         self._outbox.mark_inflight(row.id for row in rows)
         return rows
@@ -193,7 +202,14 @@ class Forwarder:
         # when the cores are busy), so it must bring many rows, not top up a few.
         if self._link.connected and not self._caught_up and len(self._ahead) <= self._batch // 2:
             limit = self._batch - len(self._ahead)
-            rows = await self._outbox.fetch(after_id=self._last_fetched_id, limit=limit)
+            acked, self._acked = self._acked, []
+            try:
+                rows = await self._outbox.fetch(
+                    after_id=self._last_fetched_id, limit=limit, delete=acked
+                )
+            except BaseException:
+                self._acked[:0] = acked  # not deleted: the deleter tries again
+                raise
             if rows:
                 self._last_fetched_id = rows[-1].id
                 self._ahead.extend(rows)
