@@ -13,8 +13,10 @@ model: only its bytes matter here. It is published with the release code
      server), answers the device's requests; the device side is the agent's own download
      path (``RepositoryClient.fetch_chunks`` with its default window, adjacent chunks asked
      for together up to ``DEFAULT_REQUEST_BYTES``; each chunk checked against its signed
-     sha256 and kept by ``ChunkStaging``, which syncs to disk every few MiB; then
-     ``assemble`` and the whole-file length and sha256 check by python-tuf). Timed from the
+     sha256 and kept by ``ChunkStaging``, one worker-thread trip per reply, which also
+     feeds the whole file's running sha256 and syncs to disk every second; then
+     ``assemble`` and the whole-file length and sha256 check, ``verify_file`` with the
+     streamed digest, as the agent does). Timed from the
      first request to the verified file on disk; the link is connected and subscribed before
      the clock starts;
    - ``raw`` (the baseline): a plain paho publisher sends the same bytes in messages as
@@ -75,8 +77,13 @@ from agent.mqtt.base import LinkSettings
 from agent.mqtt.link import MqttLink
 from agent.ota.release import DEFAULT_CHUNK_SIZE, ModelRelease
 from agent.ota.staging import ChunkStaging
-from agent.ota.transport import DEFAULT_REQUEST_BYTES, ChunkRange, RepositoryClient
-from agent.ota.updater import repository_path
+from agent.ota.transport import (
+    DEFAULT_REQUEST_BYTES,
+    DEFAULT_WINDOW,
+    ChunkRange,
+    RepositoryClient,
+)
+from agent.ota.updater import repository_path, verify_file
 from bench import report
 from bench.bench_agent import _mosquitto_version
 from fleet.localbroker import PrivateBroker
@@ -226,8 +233,8 @@ async def ota_run(port: int, model: Model, workdir: Path, round_no: int) -> Run:
 
     The same steps as ``agent.ota.updater.OtaUpdater._download``: chunks fetched by
     ``RepositoryClient.fetch_chunks``, each checked against its signed sha256 and kept by
-    ``ChunkStaging.store`` (durably, as the agent does), then ``ChunkStaging.assemble`` and the
-    whole-file length and sha256 check by python-tuf (``TargetFile``).
+    ``ChunkStaging.store_all`` (as the agent does), then ``ChunkStaging.assemble`` and the
+    whole-file length and sha256 check (``verify_file`` with the streamed digest).
     """
     staging_root = workdir / f"staging-{round_no}"
     staging = ChunkStaging(staging_root, model.release, model.target.hashes["sha256"])
@@ -239,23 +246,21 @@ async def ota_run(port: int, model: Model, workdir: Path, round_no: int) -> Run:
     async with _link_up(link):
         await link.wait_subscribed(CONNECT_TIMEOUT_S)
 
-        async def on_chunk(index: int, data: bytes) -> None:
-            await asyncio.to_thread(staging.store, index, data)
+        async def on_chunks(pieces: list[tuple[int, memoryview]]) -> None:
+            refused = await asyncio.to_thread(staging.store_all, pieces)
+            if refused:
+                raise BenchError(f"chunks refused: {[index for index, _ in refused]}")
 
         start = time.perf_counter()
         async with asyncio.timeout(RUN_TIMEOUT_S):
-            await client.fetch_chunks(model.served_path, model.ranges(), on_chunk)
+            await client.fetch_chunks(model.served_path, model.ranges(), on_chunks)
+        streamed = staging.streamed_sha256()
         await asyncio.to_thread(staging.assemble, assembled)
-        await asyncio.to_thread(_verify, model.target, assembled)
+        await asyncio.to_thread(verify_file, model.target, assembled, streamed)
         elapsed = time.perf_counter() - start
     shutil.rmtree(staging_root, ignore_errors=True)
     assembled.unlink(missing_ok=True)
     return Run("ota", round_no, model.target.length, elapsed)
-
-
-def _verify(target: TargetFile, path: Path) -> None:
-    with path.open("rb") as handle:
-        target.verify_length_and_hashes(handle)
 
 
 def raw_paho_run(port: int, model: Model, round_no: int) -> Run:
@@ -433,7 +438,7 @@ def run_benchmark(profile: Profile, *, quick: bool) -> Results:
         "request_bytes": DEFAULT_REQUEST_BYTES,
         "repeats": profile.repeats,
         "verify_repeats": profile.verify_repeats,
-        "window": RepositoryClient.__init__.__kwdefaults__["window"],
+        "window": DEFAULT_WINDOW,
         "python": platform.python_version(),
         "paho_mqtt": importlib.metadata.version("paho-mqtt"),
         "tuf": importlib.metadata.version("tuf"),

@@ -47,6 +47,7 @@ MAX_RANGE_LENGTH = 64 * 1024 * 1024  # a larger "length" is a bad request
 # Bytes asked for per request in ``fetch_chunks``: four 256 KiB chunks (replies are cut to
 # the broker's packet limit anyway).
 DEFAULT_REQUEST_BYTES = 1024 * 1024
+DEFAULT_WINDOW = 4  # requests in flight in ``fetch_chunks``
 REPLY_HEADER_MAX = 128  # bytes of a reply's JSON header (three integers)
 MAX_REPLY_PACKET = 4 * 1024 * 1024  # whole PUBLISH packet of a reply, whatever the broker allows
 URL_SCHEME = "mqtt:"
@@ -58,20 +59,24 @@ STATUS_BAD_RANGE = 416
 STATUS_BAD_REPLY = 502
 STATUS_TIMEOUT = 504
 
-OnChunk = Callable[[int, bytes], Awaitable[None]]
+# (index, bytes) of the chunks of one reply, in order; views into the reply, not copies.
+OnChunks = Callable[[list[tuple[int, memoryview]]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class RangeReply:
-    """One successful reply: ``data`` starts at the requested offset; ``size`` is the file's."""
+    """One successful reply: ``data`` starts at the requested offset; ``size`` is the file's.
 
-    data: bytes
+    ``data`` is a view into the reply's payload: a 1 MiB reply is not copied again.
+    """
+
+    data: memoryview
     size: int
 
 
 @dataclass(frozen=True)
 class ChunkRange:
-    """One chunk to fetch: its index (passed back to ``on_chunk``), offset and length."""
+    """One chunk to fetch: its index (passed back to ``on_chunks``), offset and length."""
 
     index: int
     offset: int
@@ -90,7 +95,7 @@ class RepositoryClient:
         link: MqttLink,
         device_id: str,
         *,
-        window: int = 4,
+        window: int = DEFAULT_WINDOW,
         timeout_s: float = 10.0,
         retries: int = 3,
         request_bytes: int = DEFAULT_REQUEST_BYTES,
@@ -166,7 +171,7 @@ class RepositoryClient:
         Raises:
             FetchError: as ``fetch_range``; 413 if the file is longer than ``max_length``.
         """
-        parts: list[bytes] = []
+        parts: list[memoryview] = []
         offset = 0
         size: int | None = None
         while size is None or offset < size:
@@ -182,7 +187,7 @@ class RepositoryClient:
         self,
         path: str,
         ranges: Sequence[ChunkRange],
-        on_chunk: OnChunk,
+        on_chunks: OnChunks,
         *,
         expected_size: int | None = None,
     ) -> None:
@@ -190,15 +195,16 @@ class RepositoryClient:
 
         Adjacent ranges are asked for together, up to ``request_bytes`` per request: each
         request and reply costs far more CPU on a small board than the bytes it carries
-        (bench/bench_ota.py). ``on_chunk(index, data)`` is awaited once per range, in the
-        order of ``ranges`` (a range that arrives early waits for the ones before it), so a
-        caller can write and report progress in order. ``data`` is shorter than asked only if
-        the file ends first. On the first failure the other requests are abandoned and the
+        (bench/bench_ota.py). ``on_chunks([(index, data), ...])`` is awaited once per request
+        with its ranges, in the order of ``ranges`` (a request answered early waits for the
+        ones before it), so a caller can write and report progress in order, one trip to a
+        worker thread per request. ``data`` is shorter than asked only if the file ends
+        first. On the first failure the other requests are abandoned and the
         error raised. With ``expected_size`` (the signed length), a reply saying the file has
         another size ends the download: ``UpdateError`` ``too_long`` (endless data) or
         ``tampered``.
         """
-        pending: list[tuple[list[ChunkRange], asyncio.Task[bytes]]] = []
+        pending: list[tuple[list[ChunkRange], asyncio.Task[memoryview]]] = []
         upcoming = iter(_coalesce(ranges, self._request_bytes))
 
         def refill() -> None:
@@ -216,10 +222,11 @@ class RepositoryClient:
                 group, task = pending.pop(0)
                 data = await task
                 refill()
-                at = 0
+                pieces, at = [], 0
                 for chunk in group:
-                    await on_chunk(chunk.index, data[at : at + chunk.length])
+                    pieces.append((chunk.index, data[at : at + chunk.length]))
                     at += chunk.length
+                await on_chunks(pieces)
         finally:
             for _, task in pending:
                 task.cancel()
@@ -228,8 +235,8 @@ class RepositoryClient:
 
     async def _fetch_whole_range(
         self, path: str, chunk: ChunkRange, expected_size: int | None = None
-    ) -> bytes:
-        parts: list[bytes] = []
+    ) -> memoryview:
+        parts: list[memoryview] = []
         got = 0
         while got < chunk.length:
             reply = await self.fetch_range(path, chunk.offset + got, chunk.length - got)
@@ -242,7 +249,7 @@ class RepositoryClient:
                 break  # the file ends before the range does: the caller's hash check decides
             parts.append(reply.data)
             got += len(reply.data)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
 
     async def _exchange(self, request: bytes) -> InboundMessage | None:
         """Send one request and wait for its reply; None when the timeout passes first."""
@@ -323,7 +330,7 @@ class MqttFetcher(FetcherInterface):
         offset = 0
         while True:
             if reply.data:
-                yield reply.data
+                yield bytes(reply.data)
             offset += len(reply.data)
             if not reply.data or offset >= reply.size:
                 return
@@ -372,8 +379,9 @@ def encode_reply(status: int, data: bytes, size: int | None, offset: int) -> byt
     return len(header).to_bytes(2, "big") + header + data
 
 
-def decode_reply(payload: bytes) -> tuple[dict[str, int], bytes]:
-    """The header and the data of a reply payload; ``ValueError`` if it is not one."""
+def decode_reply(payload: bytes) -> tuple[dict[str, int], memoryview]:
+    """The header and the data (a view, not a copy) of a reply payload; ``ValueError`` if it
+    is not one."""
     if len(payload) < 2:
         raise ValueError("shorter than its header length")
     end = 2 + int.from_bytes(payload[:2], "big")
@@ -384,7 +392,7 @@ def decode_reply(payload: bytes) -> tuple[dict[str, int], bytes]:
         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields.values()
     ):
         raise ValueError(f"header {fields!r}")
-    return fields, payload[end:]
+    return fields, memoryview(payload)[end:]
 
 
 def _parse_reply(path: str, offset: int, length: int, msg: InboundMessage) -> RangeReply:
@@ -396,7 +404,7 @@ def _parse_reply(path: str, offset: int, length: int, msg: InboundMessage) -> Ra
     if status is None:
         raise FetchError(path, STATUS_BAD_REPLY, f"reply without a status: {fields}")
     if status != STATUS_OK:
-        message = data[:200].decode(errors="replace")
+        message = bytes(data[:200]).decode(errors="replace")
         raise FetchError(path, status, message or "refused")
     size, at = fields.get("size"), fields.get("offset")
     if size is None or at != offset:

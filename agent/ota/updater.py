@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -332,9 +333,10 @@ class OtaUpdater:
                     f"{CHUNK_ATTEMPTS} times",
                 )
         await self._reporter.step(release.name, release.version, "verifying")
+        streamed = staging.streamed_sha256()
         await asyncio.to_thread(staging.assemble, complete)
         try:
-            await asyncio.to_thread(verify_file, info, complete)
+            await asyncio.to_thread(verify_file, info, complete, streamed)
         except UpdateError:
             await asyncio.to_thread(staging.discard)
             await asyncio.to_thread(fsutil.remove_file, complete)
@@ -349,20 +351,15 @@ class OtaUpdater:
         bad: list[int] = []
         ranges = [ChunkRange(index, *staging.release.chunk_range(index)) for index in missing]
 
-        async def on_chunk(index: int, data: bytes) -> None:
-            try:
-                await asyncio.to_thread(staging.store, index, data)
-            except UpdateError as exc:
-                if exc.reason == Reason.TOO_LONG:
-                    raise
+        async def on_chunks(pieces: list[tuple[int, memoryview]]) -> None:
+            for index, exc in await asyncio.to_thread(staging.store_all, pieces):
                 log.warning("ota.chunk_refused", chunk=index, reason=exc.reason, detail=exc.detail)
                 bad.append(index)
-                return
             await progress.report(staging.progress())
 
         try:
             await self.client.fetch_chunks(
-                path, ranges, on_chunk, expected_size=staging.release.length
+                path, ranges, on_chunks, expected_size=staging.release.length
             )
         except UpdateError as exc:
             if exc.reason in (Reason.TOO_LONG, Reason.TAMPERED):
@@ -389,8 +386,24 @@ def _verified(info: TargetFile, path: Path) -> bool:
     return True
 
 
-def verify_file(info: TargetFile, path: Path) -> None:
-    """The whole file against its signed length and sha256 (python-tuf); ``tampered`` if not."""
+def verify_file(info: TargetFile, path: Path, streamed_sha256: str | None = None) -> None:
+    """The whole file against its signed length and hashes; ``tampered`` if not.
+
+    With ``streamed_sha256`` (``ChunkStaging.streamed_sha256``: the hash of the bytes as they
+    were written) and sha256 the only signed hash, the file is not read again: its length
+    and that digest are compared with the signed ones. Otherwise python-tuf reads and hashes
+    the file (``TargetFile.verify_length_and_hashes``).
+    """
+    if streamed_sha256 is not None and set(info.hashes) == {"sha256"}:
+        length = path.stat().st_size
+        signed = info.hashes["sha256"]
+        if length != info.length or not hmac.compare_digest(streamed_sha256, signed):
+            raise UpdateError(
+                Reason.TAMPERED,
+                f"{info.path}: {length} bytes with sha256 {streamed_sha256}, "
+                f"signed {info.length} bytes with sha256 {signed}",
+            )
+        return
     try:
         with path.open("rb") as handle:
             info.verify_length_and_hashes(handle)

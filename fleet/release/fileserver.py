@@ -196,13 +196,17 @@ class FileService:
         link: MqttLink,
         files: RepositoryFiles,
         *,
-        workers: int = 4,
+        workers: int = 1,
         max_pending: int = 32,
     ) -> None:
         self._link = link
         self._files = files
         self._max_pending = max_pending
         self._pending = 0
+        # One reader by default: a range in the page cache is a memory copy, so parallel
+        # readers on a small server only interleave the replies, and the first reply of a
+        # download then arrives with the last (bench/bench_ota.py: first chunk after about
+        # 8 ms instead of 15 with 4 readers). A slow disk may want more.
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="fileserver")
         self.dropped = 0  # requests refused because too many were pending
 
@@ -226,8 +230,12 @@ class FileService:
         )
         self._pending += 1
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._executor, self._files.answer, msg.payload, max_reply)
+        work = loop.run_in_executor(self._executor, self._encoded_answer, msg.payload, max_reply)
         work.add_done_callback(lambda done: self._send(done, reply_topic, correlation))
+
+    def _encoded_answer(self, payload: bytes, max_reply: int) -> bytes:
+        # Encoding copies the whole range: do it in the worker, not on the loop thread.
+        return self._files.answer(payload, max_reply).encode()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -256,17 +264,16 @@ class FileService:
             return None
         return expected
 
-    def _send(self, done: asyncio.Future[FileReply], topic: str, correlation: bytes) -> None:
+    def _send(self, done: asyncio.Future[bytes], topic: str, correlation: bytes) -> None:
         if done.cancelled() or done.exception() is not None:
             self._pending -= 1
             if not done.cancelled():
                 log.error("fileserver.answer_failed", topic=topic, error=repr(done.exception()))
             return
-        reply = done.result()
         # Correlation data only: every v5 property costs the device a copy of the packet.
         options = PublishOptions(correlation_data=correlation, content_type=None)
         try:
-            acked = self._link.publish(topic, reply.encode(), qos=1, options=options)
+            acked = self._link.publish(topic, done.result(), qos=1, options=options)
         except MqttError as exc:
             self._pending -= 1
             log.warning("fileserver.reply_failed", topic=topic, error=str(exc))

@@ -135,11 +135,11 @@ class TestRangesOverMqtt:
         ]
         got: list[tuple[int, bytes]] = []
 
-        async def on_chunk(index: int, chunk: bytes) -> None:
-            got.append((index, chunk))
+        async def on_chunks(pieces: list[tuple[int, memoryview]]) -> None:
+            got.extend((index, bytes(chunk)) for index, chunk in pieces)
 
         async with _pair(port, repo) as pair:
-            await pair.client.fetch_chunks("targets/models/m/1/abc.m.onnx", ranges, on_chunk)
+            await pair.client.fetch_chunks("targets/models/m/1/abc.m.onnx", ranges, on_chunks)
         assert [index for index, _ in got] == list(range(len(ranges)))
         assert b"".join(chunk for _, chunk in got) == data
 
@@ -181,14 +181,14 @@ class TestRangesOverMqtt:
         ]
         parts: dict[int, bytes] = {}
 
-        async def on_chunk(index: int, chunk: bytes) -> None:
-            parts[index] = chunk
+        async def on_chunks(pieces: list[tuple[int, memoryview]]) -> None:
+            parts.update((index, bytes(chunk)) for index, chunk in pieces)
 
         async with _pair(port, repo) as pair:
             info = pair.device_link.info
             assert info is not None
             assert info.max_packet_size == 64 * 1024
-            await pair.client.fetch_chunks("targets/models/m/1/abc.m.onnx", ranges, on_chunk)
+            await pair.client.fetch_chunks("targets/models/m/1/abc.m.onnx", ranges, on_chunks)
             sizes = list(pair.reply_sizes)
         assert b"".join(parts[i] for i in sorted(parts)) == data
         return sizes

@@ -186,6 +186,74 @@ def test_the_whole_file_check_refuses_a_file_the_signed_hash_does_not_match(
     assert caught.value.reason == Reason.TAMPERED
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])
+def test_the_streamed_hash_is_the_whole_files_in_any_arrival_order(
+    tmp_path: Path, order: tuple[int, ...]
+) -> None:
+    staging = _staging(tmp_path)
+    for index in order:
+        assert staging.streamed_sha256() is None  # not every chunk is in it yet
+        staging.store(index, _chunk(index))
+    assert staging.streamed_sha256() == SHA
+
+
+def test_the_streamed_hash_survives_a_reopen(tmp_path: Path) -> None:
+    """A resumed download (chunks 0 and 2 kept on disk) still ends with the whole hash."""
+    first = _staging(tmp_path)
+    first.store(0, _chunk(0))
+    first.store(2, _chunk(2))
+    again = _staging(tmp_path)
+    assert again.missing() == [1]
+    again.store(1, _chunk(1))
+    assert again.streamed_sha256() == SHA
+
+
+def test_the_streamed_hash_restarts_after_discard(tmp_path: Path) -> None:
+    staging = _staging(tmp_path)
+    staging.store(0, _chunk(0))
+    staging.discard()
+    for index in (0, 1, 2):
+        staging.store(index, _chunk(index))
+    assert staging.streamed_sha256() == SHA
+
+
+def test_store_all_returns_refused_chunks_and_keeps_the_others(tmp_path: Path) -> None:
+    staging = _staging(tmp_path)
+    bad = bytearray(_chunk(1))
+    bad[0] ^= 1
+    refused = staging.store_all([(0, _chunk(0)), (1, memoryview(bytes(bad))), (2, _chunk(2))])
+    assert [(index, exc.reason) for index, exc in refused] == [(1, Reason.TAMPERED)]
+    assert staging.missing() == [1]
+    with pytest.raises(UpdateError) as caught:
+        staging.store_all([(1, _chunk(1) + b"x")])
+    assert caught.value.reason == Reason.TOO_LONG
+
+
+def test_the_whole_file_check_with_a_streamed_hash(tmp_path: Path) -> None:
+    """The streamed digest replaces the read-back only when it and the length match the
+    signed ones; a target signed with other hashes too is read and checked by python-tuf."""
+    staging = _staging(tmp_path)
+    for index in range(3):
+        staging.store(index, _chunk(index))
+    streamed = staging.streamed_sha256()
+    dest = staging.assemble(tmp_path / "out.onnx")
+    signed = TargetFile.from_data("models/kws/1.0/kws.onnx", DATA)
+    verify_file(signed, dest, streamed)
+    for wrong in ("0" * 64, hashlib.sha256(b"another file").hexdigest()):
+        with pytest.raises(UpdateError) as caught:
+            verify_file(signed, dest, wrong)
+        assert caught.value.reason == Reason.TAMPERED
+    longer = TargetFile(len(DATA) + 1, dict(signed.hashes), signed.path)
+    with pytest.raises(UpdateError) as caught:
+        verify_file(longer, dest, streamed)
+    assert caught.value.reason == Reason.TAMPERED
+    both = TargetFile.from_data("models/kws/1.0/kws.onnx", DATA, ["sha256", "sha512"])
+    verify_file(both, dest, "0" * 64)  # not trusted alone: python-tuf reads the file
+    other = TargetFile.from_data("models/kws/1.0/kws.onnx", b"x" * len(DATA), ["sha256", "sha512"])
+    with pytest.raises(UpdateError):
+        verify_file(other, dest, streamed)
+
+
 def test_sha256_must_be_hex(tmp_path: Path) -> None:
     with pytest.raises(UpdateError) as caught:
         ChunkStaging(tmp_path, make_release(), "../../etc")
