@@ -3,11 +3,12 @@
 The exchange (also served by ``fleet.release.fileserver``; documented in docs/mqtt-api.md):
 the device publishes ``{"path", "offset", "length"}`` on ``fleet/<id>/fetch`` (QoS 1, response
 topic ``fleet/<id>/file``, 16 random bytes of correlation data, message expiry 30 s); the
-controller answers on the response topic with the same correlation data, the raw bytes
-``[offset, offset + n)`` as payload and the user properties ``status`` ("200", "400", "404",
-"416"), ``size`` (the whole file's, with 200) and ``offset``. An error reply carries a short
-UTF-8 message. ``n`` may be smaller than asked (the broker's Maximum Packet Size), so readers
-loop until they have what they need.
+controller answers on the response topic with the same correlation data (its only v5
+property) and a payload of a small JSON header, ``status`` (200, 400, 404, 416), ``size`` (the
+whole file's, with 200) and ``offset`` (see ``encode_reply``), followed by the raw bytes
+``[offset, offset + n)``. An error reply carries a short UTF-8 message after the header.
+``n`` may be smaller than asked (the broker's Maximum Packet Size), so readers loop until they
+have what they need.
 
 ``RepositoryClient`` runs on the agent's asyncio loop: ``on_message`` matches replies to
 requests by correlation data, a request that gets no reply in time is sent again with new
