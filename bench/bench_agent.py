@@ -1037,15 +1037,11 @@ def main(argv: list[str] | None = None) -> int:
             idle_s=profile.idle_s,
         )
     configure_logging("warning", "console")  # the link's info lines would clutter the table
-    report.stop_on_sigterm()  # clean up on SIGTERM as on Ctrl-C
-    try:
-        results = run_benchmark(profile, quick=args.quick)
-    except KeyboardInterrupt:
-        print("\ninterrupted; broker, agent and temp dir cleaned up", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
+    results = report.run_or_exit(
+        lambda: run_benchmark(profile, quick=args.quick),
+        BenchError,
+        "broker, agent and temp dir cleaned up",
+    )
     m = results.meta
     print()
     print(

@@ -516,15 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     configure_logging("warning", "console")  # the links' info lines would clutter the table
-    report.stop_on_sigterm()  # clean up on SIGTERM as on Ctrl-C
-    try:
-        results = run_benchmark(profile, quick=args.quick)
-    except KeyboardInterrupt:
-        print("\ninterrupted; broker, controller and temp dir cleaned up", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
+    results = report.run_or_exit(
+        lambda: run_benchmark(profile, quick=args.quick),
+        BenchError,
+        "broker, controller and temp dir cleaned up",
+    )
     m = results.meta
     print()
     print(

@@ -949,15 +949,11 @@ def main(argv: list[str] | None = None) -> int:
             probe_s=profile.probe_s,
         )
     configure_logging("warning", "console")
-    report.stop_on_sigterm()  # clean up on SIGTERM as on Ctrl-C
-    try:
-        results = run_benchmark(profile, quick=args.quick)
-    except KeyboardInterrupt:
-        print("\ninterrupted; emulator stopped and temp dir removed", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
+    results = report.run_or_exit(
+        lambda: run_benchmark(profile, quick=args.quick),
+        BenchError,
+        "emulator stopped and temp dir removed",
+    )
     m = results.meta
     print()
     print(

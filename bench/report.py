@@ -1,4 +1,4 @@
-"""What every benchmark prints the same way: the figures table, and SIGTERM as Ctrl-C.
+"""What every benchmark does the same way: the figures table, and stopping on Ctrl-C or SIGTERM.
 
 Each benchmark builds its own rows (figure, value, ..., target, result); this module only
 lays them out: the first column left-aligned, the others right-aligned, a rule under the
@@ -8,8 +8,12 @@ header.
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import TypeVar
+
+T = TypeVar("T")
 
 FIGURE_HEADER = ("figure", "median", "range", "baseline", "ratio", "target", "result")
 
@@ -23,6 +27,22 @@ def render_table(rows: Sequence[Sequence[str]], header: Sequence[str] = FIGURE_H
         return "  ".join([first, *rest]).rstrip()
 
     return "\n".join([line(header), "-" * len(line(header)), *(line(row) for row in rows)])
+
+
+def run_or_exit(run: Callable[[], T], failure: type[Exception], cleaned_up: str) -> T:
+    """``run()`` with SIGTERM treated as Ctrl-C; exit 130 when interrupted, 1 on ``failure``.
+
+    ``run`` cleans up after itself on the way out; ``cleaned_up`` says what it stopped.
+    """
+    stop_on_sigterm()
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {cleaned_up}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except failure as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def stop_on_sigterm() -> None:
