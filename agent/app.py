@@ -100,6 +100,11 @@ class LinkWatcher:
         await self._events.emit("link_down", reason=reason)
 
 
+def _has_extras(config: AgentConfig) -> bool:
+    """Whether telemetry carries sections owned by the event loop (``_telemetry_extras``)."""
+    return bool(config.serial.enabled or config.pipelines or config.models or config.ota.enabled)
+
+
 def link_settings(config: AgentConfig, presence: Presence) -> LinkSettings:
     mqtt = config.mqtt
     tls = None
@@ -162,7 +167,8 @@ class Agent:
             health=self.health,
             link_state=self.link_watcher.state,
             on_health_change=self._health_changed,
-            extras=self._telemetry_extras,
+            # Only a tick with something to read on the loop makes the round trip there.
+            extras=self._telemetry_extras if _has_extras(config) else None,
         )
         self.relay: SerialRelay | None = None
         if config.serial.enabled:

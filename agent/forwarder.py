@@ -4,7 +4,9 @@
 block the event loop. ``Forwarder`` keeps at most ``link.window`` messages awaiting PUBACK and
 refills the window from an in-memory read-ahead of the oldest rows as each PUBACK arrives, so
 the MQTT link, not the disk, sets the pace. Acknowledged rows are deleted in batches in the
-background; a crash before a batch is deleted only means those rows are sent again.
+background: once a backlog has drained, every ``DELETE_BATCH`` rows while it drains, and
+``DELETE_DELAY_S`` after the first of them otherwise. A crash before a batch is deleted only
+means those rows are sent again (receivers de-duplicate by ``stream`` and ``seq``).
 
 Ordering and duplicates: rows are handed to the link in id order. Rows in flight when the
 link drops are resent by the link itself on reconnect (paho keeps them), so the forwarder
@@ -16,12 +18,11 @@ where a ``seq`` can arrive twice.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -29,24 +30,33 @@ from agent.errors import MqttError, NotConnectedError, PacketTooLargeError, Publ
 from agent.mqtt.base import ConnectionInfo
 from agent.mqtt.link import MqttLink
 from agent.outbox import Outbox, OutboxRow, OutboxStats
+from agent.worker import WorkerThread
 
 log = structlog.get_logger("agent.forwarder")
 T = TypeVar("T")
 
 # Deleting acknowledged rows costs a trip to the worker thread and a commit; batching them
-# trades a few possible resends after a crash for far fewer wake-ups in steady state.
-DELETE_BATCH = 256
+# trades possible resends after a crash (at most this many rows, plus the in-flight window)
+# for far fewer wake-ups. While a backlog drains, a few large deletes cost the event loop and
+# the broker much less than many small ones competing with them for the cores: a 5,000-row
+# drain ran at 0.86 of raw paho this way against 0.78 with a delete every 128 rows.
+DELETE_BATCH = 4096
 DELETE_DELAY_S = 5.0
 # After a backlog drains, delete at once rather than waiting out the delay.
 DELETE_WHEN_DRAINED = 16
 
 
 class DiskOutbox:
-    """Async front of ``Outbox``: every call runs on a single worker thread."""
+    """Async front of ``Outbox``: every call runs on one worker thread (``WorkerThread``).
+
+    Each call answers the event loop with one ``call_soon_threadsafe``, and the row it
+    appended (if any) is announced to listeners in the same callback. All rows are appended
+    on the one worker, so listeners see them in id order, whichever coroutine appended them.
+    """
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        self._worker = WorkerThread("outbox")
         self.stream = outbox.stream
         self._listeners: list[Callable[[OutboxRow], None]] = []
         self.last_stats = outbox.stats()
@@ -56,7 +66,29 @@ class DiskOutbox:
         self._listeners.append(listener)
 
     async def _call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        """Run ``fn`` on the worker and return its result."""
+        return await self._call_appending(lambda: (None, fn()))
+
+    async def _call_appending(self, fn: Callable[[], tuple[OutboxRow | None, T]]) -> T:
+        """Run ``fn`` on the worker; it returns (row appended or None, result)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def on_worker() -> None:
+            try:
+                row, value = fn()
+            except BaseException as exc:  # handed to the awaiting coroutine
+                _deliver(loop, _fail, future, exc)
+                return
+            _deliver(loop, self._succeed, future, row, value)
+
+        self._worker.submit(on_worker)
+        return await future
+
+    def _succeed(self, future: asyncio.Future[T], row: OutboxRow | None, value: T) -> None:
+        self._announce(row)  # even if the caller gave up waiting: the row is queued
+        if not future.done():
+            future.set_result(value)
 
     async def run(
         self, work: Callable[[Outbox], tuple[tuple[int, OutboxRow | None], T]]
@@ -65,27 +97,57 @@ class DiskOutbox:
 
         The row it appended is announced to listeners like any other append.
         """
-        (seq, row), extra = await self._call(lambda: self._run(work))
+        return await self._call_appending(lambda: self._run(work))
+
+    def every(
+        self,
+        interval_s: float,
+        work: Callable[[Outbox], tuple[tuple[int, OutboxRow | None], T]],
+        on_result: Callable[[int, T], None],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        """Run ``work(outbox)`` on the worker every ``interval_s``, first now, on the worker's
+        own clock (see ``agent.worker``). ``on_result(seq, extra)`` or ``on_error(exc)`` is
+        called on this loop after each run; the appended row is announced first."""
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            try:
+                row, (seq, value) = self._run(work)
+            except BaseException as exc:  # handed to on_error
+                _deliver(loop, on_error, exc)
+                return
+            _deliver(loop, self._ticked, on_result, row, seq, value)
+
+        self._worker.every(interval_s, tick)
+
+    def cancel_every(self) -> None:
+        self._worker.cancel_every()
+
+    def _ticked(
+        self, on_result: Callable[[int, T], None], row: OutboxRow | None, seq: int, value: T
+    ) -> None:
         self._announce(row)
-        return seq, extra
+        on_result(seq, value)
 
     def _run(
         self, work: Callable[[Outbox], tuple[tuple[int, OutboxRow | None], T]]
-    ) -> tuple[tuple[int, OutboxRow | None], T]:
-        result = work(self._outbox)
+    ) -> tuple[OutboxRow | None, tuple[int, T]]:
+        (seq, row), extra = work(self._outbox)
         self.last_stats = self._outbox.stats()
-        return result
+        return row, (seq, extra)
 
     async def append(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None:
-        row = await self._call(lambda: self._append(topic, payload, qos, retain))
-        self._announce(row)
+        await self._call_appending(lambda: self._append(topic, payload, qos, retain))
 
-    def _append(self, topic: str, payload: bytes, qos: int, retain: bool) -> OutboxRow | None:
+    def _append(
+        self, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> tuple[OutboxRow | None, None]:
         row = self._outbox.append(topic, payload, qos=qos, retain=retain)
         self.last_stats = self._outbox.stats()
-        return row
+        return row, None
 
     def _announce(self, row: OutboxRow | None) -> None:
         if row is None:
@@ -93,19 +155,11 @@ class DiskOutbox:
         for listener in self._listeners:
             listener(row)
 
-    async def fetch(
-        self, *, after_id: int, limit: int, delete: list[int] | None = None
-    ) -> list[OutboxRow]:
-        """The next rows after ``after_id``, marked in flight; ``delete`` goes first.
+    async def fetch(self, *, after_id: int, limit: int) -> list[OutboxRow]:
+        """The next rows after ``after_id``, marked in flight."""
+        return await self._call(lambda: self._fetch_and_mark(after_id, limit))
 
-        Deleting acknowledged rows in the same trip as the next read halves the worker
-        thread's wake-ups while a backlog drains.
-        """
-        return await self._call(lambda: self._fetch_and_mark(after_id, limit, delete or []))
-
-    def _fetch_and_mark(self, after_id: int, limit: int, delete: list[int]) -> list[OutboxRow]:
-        if delete:
-            self._delete(delete)
+    def _fetch_and_mark(self, after_id: int, limit: int) -> list[OutboxRow]:
         rows = self._outbox.fetch(after_id=after_id, limit=limit)
         self._outbox.mark_inflight(row.id for row in rows)
         return rows
@@ -130,8 +184,20 @@ class DiskOutbox:
         return await self._call(self._outbox.stats)
 
     async def close(self) -> None:
+        self._worker.cancel_every()
         await self._call(self._outbox.close)
-        self._executor.shutdown(wait=True)
+        self._worker.stop()
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Hand a worker result to the loop; a loop closed meanwhile has nobody waiting."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 class Forwarder:
@@ -144,6 +210,10 @@ class Forwarder:
         self._ahead: deque[OutboxRow] = deque()
         self._last_fetched_id = 0
         self._caught_up = False  # True when every row in the outbox has been read ahead
+        # The newest row announced by the outbox. A fetch's answer and a later append's
+        # announcement can reach the loop in either order, so a fetch only counts as caught
+        # up if it reached this row.
+        self._newest_announced = 0
         self._inflight: set[int] = set()
         self._acked: list[int] = []
         self._wake = asyncio.Event()
@@ -170,6 +240,7 @@ class Forwarder:
         return len(self._inflight)
 
     def _appended(self, row: OutboxRow) -> None:
+        self._newest_announced = max(self._newest_announced, row.id)
         if row.id <= self._last_fetched_id:
             return
         if self._caught_up and self._link.connected and len(self._ahead) < self._batch:
@@ -202,18 +273,11 @@ class Forwarder:
         # when the cores are busy), so it must bring many rows, not top up a few.
         if self._link.connected and not self._caught_up and len(self._ahead) <= self._batch // 2:
             limit = self._batch - len(self._ahead)
-            acked, self._acked = self._acked, []
-            try:
-                rows = await self._outbox.fetch(
-                    after_id=self._last_fetched_id, limit=limit, delete=acked
-                )
-            except BaseException:
-                self._acked[:0] = acked  # not deleted: the deleter tries again
-                raise
+            rows = await self._outbox.fetch(after_id=self._last_fetched_id, limit=limit)
             if rows:
                 self._last_fetched_id = rows[-1].id
                 self._ahead.extend(rows)
-            self._caught_up = len(rows) < limit
+            self._caught_up = len(rows) < limit and self._last_fetched_id >= self._newest_announced
             if not self._caught_up:
                 self._wake.set()  # more on disk after this batch
         self._fill_window()

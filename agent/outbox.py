@@ -5,11 +5,12 @@ PUBACK, so nothing is lost across a broker outage, an agent crash or a power cut
 WAL mode with ``synchronous=FULL``: a committed append survives power loss (``NORMAL`` may
 lose the last commits).
 
-The queue is capped in payload bytes. When an append would exceed the cap, the oldest rows
-that are not in flight are dropped and counted; the count is handed to the next sequenced
-message (``append_sequenced``), so the loss is reported, never silent. ``seq`` is allocated
-in the same transaction as the row it numbers, so a crash cannot leave a gap that looks like
-a loss, nor reuse a number.
+The queue is capped in payload bytes. When an append would exceed the cap, rows the broker
+has already acknowledged (waiting for their batched delete) are removed first, which loses
+nothing; then the oldest rows that are not in flight are dropped and counted. The count is
+handed to the next sequenced message (``append_sequenced``), so the loss is reported, never
+silent. ``seq`` is allocated in the same transaction as the row it numbers, so a crash
+cannot leave a gap that looks like a loss, nor reuse a number.
 
 Not thread-safe: the agent uses one instance from a single worker thread (see ``DiskOutbox``
 in ``agent.forwarder``), which keeps fsync latency off the event loop.
@@ -83,6 +84,7 @@ class Outbox:
         self._max_bytes = max_bytes
         self._inflight: set[int] = set()
         self._acked: set[int] = set()
+        self._forget: list[int] = []  # acknowledged rows removed by the open transaction
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we open transactions explicitly, one per operation.
@@ -237,10 +239,14 @@ class Outbox:
     def _transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE ... COMMIT; on any error roll back and restore the counts."""
         saved = (self._bytes, self._depth)
+        self._forget.clear()
         try:
             self._db.execute("BEGIN IMMEDIATE")
             yield
             self._db.execute("COMMIT")
+            for row_id in self._forget:
+                self._acked.discard(row_id)
+                self._inflight.discard(row_id)
         except BaseException as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -265,21 +271,31 @@ class Outbox:
         return OutboxRow(int(cursor.lastrowid or 0), topic, payload, qos, retain)
 
     def _make_room(self, size: int) -> None:
+        """Free room for ``size`` bytes: rows the broker already has first (they only wait
+        for a batched delete, so removing them is not a loss), then the oldest rows that are
+        not in flight, counted as drops."""
         dropped = 0
+        after_id = 0
         while self._bytes + size > self._max_bytes:
-            victims = self._db.execute(
-                "SELECT id, size FROM outbox ORDER BY id LIMIT 64"
+            candidates = self._db.execute(
+                "SELECT id, size FROM outbox WHERE id > ? ORDER BY id LIMIT 64", (after_id,)
             ).fetchall()
-            victims = [v for v in victims if v[0] not in self._inflight]
-            if not victims:
+            if not candidates:
                 break
-            for victim_id, victim_size in victims:
+            after_id = candidates[-1][0]
+            for row_id, row_size in candidates:
                 if self._bytes + size <= self._max_bytes:
                     break
-                self._db.execute("DELETE FROM outbox WHERE id = ?", (victim_id,))
-                self._bytes -= victim_size
+                acked = row_id in self._acked
+                if row_id in self._inflight and not acked:
+                    continue  # handed to the broker, not yet acknowledged: keep it
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+                self._bytes -= row_size
                 self._depth -= 1
-                dropped += 1
+                if acked:
+                    self._forget.append(row_id)
+                else:
+                    dropped += 1
         if dropped:
             self._count_drops(dropped)
 

@@ -2,17 +2,24 @@
 
 Each message carries ``seq`` (allocated atomically with the queued row, growing across
 restarts) and ``ts`` (when measured, not when sent), the readings, board-specific readings,
-queue state with drops since the previous message, link state and the health block. The
-loop keeps a fixed cadence from a monotonic clock and skips ticks rather than bursting when
-it falls behind. Measuring, the health update and queuing run in one call on the outbox's
-worker thread, so the loop is free and an idle agent wakes as little as possible.
+queue state with drops since the previous message, link state and the health block.
+
+The ticks run on the outbox's worker thread, on its own clock (``DiskOutbox.every``):
+measuring, the health update and queuing happen there in one go, and the event loop wakes
+once per message, to hand the new row to the forwarder and report health changes. An idle
+agent's CPU is mostly wake-ups, so this is where it is saved (see ``agent.worker``). What
+the loop owns (serial link, pipelines and inference statistics: the ``extras``) is read on
+the loop, in a round trip the tick makes only when there are extras. The cadence is fixed
+from a monotonic clock; when a tick falls behind, the next ones are skipped, never burst.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +38,8 @@ log = structlog.get_logger("agent.telemetry")
 DISK_DEGRADED_PERCENT = 90.0
 DISK_FAILED_PERCENT = 98.0
 QUEUE_DEGRADED_FRACTION = 0.8
+# How long a tick waits for the event loop's extras before sending without them.
+EXTRAS_TIMEOUT_S = 2.0
 
 
 class BoardMonitor:
@@ -90,7 +99,11 @@ class BoardMonitor:
 
 
 class TelemetryService:
-    """Produces one telemetry message per interval; see the module docstring."""
+    """Produces one telemetry message per interval; see the module docstring.
+
+    ``link_state`` is called on the worker thread and must be safe there (plain attribute
+    reads); ``extras`` is called on the event loop.
+    """
 
     def __init__(
         self,
@@ -114,41 +127,95 @@ class TelemetryService:
         self._health = health
         self._link_state = link_state
         self._on_health_change = on_health_change
-        self._extras = extras or dict
+        self._extras = extras
         self._dropped_seen: int | None = None
+        self._changes: deque[HealthChange] = deque()
+        self._failure: BaseException | None = None
+        self._ticked = asyncio.Event()
         self.last_tick = time.monotonic()
+        self.last_seq: int | None = None
 
     async def run(self) -> None:
-        """Publish one message per interval until cancelled."""
-        next_at = time.monotonic()
-        while True:
-            self.last_tick = time.monotonic()
-            await self.publish_once()
-            next_at += self._interval_s
-            delay = next_at - time.monotonic()
-            if delay < 0:
-                next_at = time.monotonic()
-                delay = 0.0
-            await asyncio.sleep(delay)
+        """Publish one message per interval until cancelled; a tick's error ends it."""
+        loop = asyncio.get_running_loop()
+        self._outbox.every(
+            self._interval_s,
+            lambda outbox: self._produce(outbox, *self._context_from_worker(loop)),
+            self._tick_done,
+            self._tick_failed,
+        )
+        try:
+            while True:
+                await self._ticked.wait()
+                self._ticked.clear()
+                if self._failure is not None:
+                    raise self._failure
+                while self._changes:
+                    await self._on_health_change(self._changes.popleft())
+        finally:
+            self._outbox.cancel_every()
+
+    def _tick_done(self, seq: int, changes: list[HealthChange]) -> None:
+        self.last_tick = time.monotonic()
+        self.last_seq = seq
+        # At most one change per subsystem per tick, consumed every loop pass: bounded.
+        self._changes.extend(changes)
+        if changes:
+            self._ticked.set()
+
+    def _tick_failed(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._ticked.set()
+
+    def _context_from_worker(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        """(link state, extras, error) for a tick on the worker thread."""
+        link = self._link_state()
+        if self._extras is None:
+            return link, {}, None
+        answer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        extras = self._extras
+
+        def on_loop() -> None:
+            if answer.set_running_or_notify_cancel():
+                try:
+                    answer.set_result(extras())
+                except Exception as exc:  # reported in the message, never fatal
+                    answer.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(on_loop)
+            return link, answer.result(timeout=EXTRAS_TIMEOUT_S), None
+        except TimeoutError:
+            answer.cancel()
+            return link, {}, f"event loop did not answer in {EXTRAS_TIMEOUT_S:g} s"
+        except Exception as exc:
+            return link, {}, f"{type(exc).__name__}: {exc}"
 
     async def publish_once(self) -> int:
-        """Measure now and queue the message; returns its seq.
-
-        Measuring, the health update and the queue append run in one call on the outbox's
-        worker thread: one thread hop per message, which is most of an idle agent's CPU.
-        """
+        """Measure now and queue the message, outside the periodic ticks; returns its seq."""
         link = self._link_state()
-        extras = self._extras()
-        seq, changes = await self._outbox.run(lambda outbox: self._produce(outbox, link, extras))
+        extras = self._extras() if self._extras is not None else {}
+        seq, changes = await self._outbox.run(
+            lambda outbox: self._produce(outbox, link, extras, None)
+        )
         for change in changes:
             await self._on_health_change(change)
         return seq
 
     def _produce(
-        self, outbox: Outbox, link: dict[str, Any], extras: dict[str, Any]
+        self,
+        outbox: Outbox,
+        link: dict[str, Any],
+        extras: dict[str, Any],
+        extras_error: str | None,
     ) -> tuple[tuple[int, OutboxRow | None], list[HealthChange]]:
+        """Measure, update health and queue one message (on the worker thread)."""
         measured_at = payloads.utc_now()
         readings, errors, board_reading = self._measure()
+        if extras_error is not None:
+            errors["extras"] = extras_error
         stats = outbox.stats()
         changes = self._update_health(readings, errors, stats, board_reading)
         health = self._health.snapshot()

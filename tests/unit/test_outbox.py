@@ -99,6 +99,37 @@ class TestOutbox:
         assert remaining[0].id == first[0].id
         assert box.stats().dropped_total == 2
 
+    def test_acknowledged_rows_make_room_first_and_are_not_drops(self, tmp_path: Path) -> None:
+        """Rows the broker has (awaiting their batched delete) go first, uncounted."""
+        box = Outbox(tmp_path / "q.db", max_bytes=600)
+        for name in (b"a", b"b", b"c"):
+            box.append("t", name * 199)
+        handed = box.fetch(after_id=0, limit=3)
+        box.mark_inflight(r.id for r in handed)
+        box.mark_acked(handed[0].id)
+        box.mark_acked(handed[1].id)
+        box.append("t", b"d" * 199)
+        box.append("t", b"e" * 199)
+        assert box.stats().dropped_total == 0
+        assert [r.payload[:1] for r in box.fetch(after_id=0, limit=10)] == [b"c", b"d", b"e"]
+        assert (box.stats().depth, box.stats().bytes) == (3, 600)
+        box.append("t", b"f" * 199)  # c is in flight and not acknowledged: d is the drop
+        assert box.stats().dropped_total == 1
+        assert [r.payload[:1] for r in box.fetch(after_id=0, limit=10)] == [b"c", b"e", b"f"]
+        box.delete([handed[0].id, handed[1].id])  # the forwarder's late delete changes nothing
+        assert (box.stats().depth, box.stats().bytes) == (3, 600)
+
+    def test_cap_looks_past_a_long_run_of_rows_in_flight(self, tmp_path: Path) -> None:
+        """More rows in flight than one scan page still leaves newer rows to drop."""
+        box = Outbox(tmp_path / "q.db", max_bytes=71 * 20)
+        for _ in range(71):
+            box.append("t", b"x" * 19)
+        box.mark_inflight(r.id for r in box.fetch(after_id=0, limit=70))
+        box.append("t", b"y" * 19)
+        stats = box.stats()
+        assert stats.dropped_total == 1 and stats.bytes == 71 * 20
+        assert box.fetch(after_id=0, limit=100)[-1].payload == b"y" * 19
+
     def test_message_larger_than_the_cap_is_dropped_and_counted(self, tmp_path: Path) -> None:
         """One message bigger than the whole queue does not evict everything else."""
         box = Outbox(tmp_path / "q.db", max_bytes=4096)
