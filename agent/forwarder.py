@@ -4,9 +4,10 @@
 block the event loop. ``Forwarder`` keeps at most ``link.window`` messages awaiting PUBACK and
 refills the window from an in-memory read-ahead of the oldest rows as each PUBACK arrives, so
 the MQTT link, not the disk, sets the pace. Acknowledged rows are deleted in batches in the
-background: once a backlog has drained, every ``DELETE_BATCH`` rows while it drains, and
-``DELETE_DELAY_S`` after the first of them otherwise. A crash before a batch is deleted only
-means those rows are sent again (receivers de-duplicate by ``stream`` and ``seq``).
+background: every ``DELETE_BATCH`` rows while a backlog drains, at once when it has drained,
+and otherwise ``DELETE_DELAY_S`` after the first acknowledgement of a batch. A crash before a
+batch is deleted only means those rows are sent again (receivers de-duplicate by ``stream``
+and ``seq``).
 
 Ordering and duplicates: rows are handed to the link in id order. Rows in flight when the
 link drops are resent by the link itself on reconnect (paho keeps them), so the forwarder

@@ -13,7 +13,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,26 @@ async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None
             await asyncio.sleep(0.005)
 
 
-async def _all_rows(outbox: DiskOutbox) -> list[OutboxRow]:
-    return await outbox.fetch(after_id=0, limit=10_000)
+async def _ticks_until(
+    service: TelemetryService,
+    outbox: DiskOutbox,
+    seq: int,
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+) -> list[OutboxRow]:
+    """Run the ticks until message ``seq`` is queued (doing ``meanwhile`` on the loop), stop
+    them and close the outbox; returns every queued row."""
+    task = asyncio.create_task(service.run())
+    try:
+        if meanwhile is not None:
+            await meanwhile()
+        await _until(lambda: (service.last_seq or 0) >= seq)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    rows = await outbox.fetch(after_id=0, limit=10_000)
+    await outbox.close()
+    return rows
 
 
 def test_ticks_and_appends_are_announced_in_id_order(tmp_path: Path) -> None:
@@ -70,17 +88,12 @@ def test_ticks_and_appends_are_announced_in_id_order(tmp_path: Path) -> None:
         outbox.on_append(lambda row: announced.append(row.id))
         changes: list[HealthChange] = []
         service = _service(tmp_path, outbox, changes=changes)
-        task = asyncio.create_task(service.run())
-        try:
-            for index in range(60):  # events appended while ticks run on the worker
+
+        async def append_events() -> None:  # while ticks run on the worker
+            for index in range(60):
                 await outbox.append("fleet/tick-1/events", b'{"n": %d}' % index)
-            await _until(lambda: (service.last_seq or 0) >= 10)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        rows = await _all_rows(outbox)
-        await outbox.close()
+
+        rows = await _ticks_until(service, outbox, 10, append_events)
         return announced, rows, changes
 
     announced, rows, changes = asyncio.run(scenario())
@@ -103,16 +116,7 @@ def test_ticks_run_on_the_worker_and_extras_on_the_loop(tmp_path: Path) -> None:
             extras_threads.add(threading.current_thread().name)
             return {"serial": {"frames_in": 7}}
 
-        service = _service(tmp_path, outbox, extras=extras)
-        task = asyncio.create_task(service.run())
-        try:
-            await _until(lambda: (service.last_seq or 0) >= 2)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        rows = await _all_rows(outbox)
-        await outbox.close()
+        rows = await _ticks_until(_service(tmp_path, outbox, extras=extras), outbox, 2)
         return extras_threads, json.loads(rows[-1].payload)
 
     threads, message = asyncio.run(scenario())
@@ -138,15 +142,7 @@ def test_failing_or_stuck_extras_are_reported_and_the_message_still_goes(
     async def scenario() -> list[dict[str, Any]]:
         outbox = DiskOutbox(Outbox(tmp_path / "q.db", max_bytes=1 << 24))
         service = _service(tmp_path, outbox, interval_s=0.05, extras=extras)
-        task = asyncio.create_task(service.run())
-        try:
-            await _until(lambda: (service.last_seq or 0) >= 8)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        rows = await _all_rows(outbox)
-        await outbox.close()
+        rows = await _ticks_until(service, outbox, 8)
         return [json.loads(row.payload) for row in rows]
 
     messages = asyncio.run(scenario())
