@@ -5,11 +5,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from fleet.localbroker import PrivateBroker
 from tests.integration.harness import ManagedProcess
+
+if TYPE_CHECKING:
+    from tests.integration.ota_harness import Fleet
 
 # Runs only in .venv-tflite (numpy<2 + tflite-runtime 2.14); `make test` runs it there by path.
 collect_ignore = ["test_tflite_runtime_compat.py"]
@@ -30,6 +34,16 @@ def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
     instance.start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, broker: PrivateBroker) -> Iterator[Fleet]:
+    """The OTA test bench (``tests/integration/ota_harness.py``) on this test's broker."""
+    # Imported here: the harness loads onnx and python-tuf, which .venv-tflite does not have.
+    from tests.integration.ota_harness import ota_fleet
+
+    with ota_fleet(tmp_path, broker) as bench:
+        yield bench
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,18 +18,11 @@ import pytest
 
 from agent.ota.desired import DesiredModel, DesiredState
 from agent.ota.reasons import Reason
-from fleet.localbroker import PrivateBroker
 from fleet.release.repo import Repository
 from tests.integration.harness import wait_until
-from tests.integration.ota_harness import DEVICE, Fleet, ota_fleet
+from tests.integration.ota_harness import DEVICE, Fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, broker: PrivateBroker) -> Iterator[Fleet]:
-    with ota_fleet(tmp_path, broker) as bench:
-        yield bench
 
 
 def test_deploy_update_and_operator_rollback(fleet: Fleet) -> None:

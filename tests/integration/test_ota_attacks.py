@@ -11,7 +11,6 @@ keeps serving the version it had (its reported state, and the controller's view 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from securesystemslib.signer import CryptoSigner
 
 from agent.ota.desired import DesiredModel, DesiredState
 from agent.ota.reasons import Reason
-from fleet.localbroker import PrivateBroker
 from fleet.release.repo import Repository, repository_lock
 from tests.integration.harness import wait_until
 from tests.integration.ota_harness import (
@@ -38,7 +36,6 @@ from tests.integration.ota_harness import (
     golden_rows,
     latest_version,
     nan_model,
-    ota_fleet,
     predict,
     publish_burst,
     publish_cli,
@@ -59,12 +56,6 @@ from tests.integration.ota_harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LATER = timedelta(hours=1)
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, broker: PrivateBroker) -> Iterator[Fleet]:
-    with ota_fleet(tmp_path, broker) as bench:
-        yield bench
 
 
 def never_downloaded(fleet: Fleet, version: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import pytest
 
 from agent.ota.reasons import Reason
 from agent.ota.release import ModelRelease, release_from_custom
-from fleet.localbroker import PrivateBroker
 from tests.integration.harness import wait_until
 from tests.integration.ota_harness import (
     DIGITS,
@@ -29,7 +27,6 @@ from tests.integration.ota_harness import (
     big_model,
     commit_v1,
     fetch_requests,
-    ota_fleet,
     publish_cli,
     restart_agent,
     settled_fetch_count,
@@ -44,12 +41,6 @@ from tests.integration.ota_harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LONG_WINDOW = {"OTA__HEALTH__DURATION_S": "60"}
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, broker: PrivateBroker) -> Iterator[Fleet]:
-    with ota_fleet(tmp_path, broker) as bench:
-        yield bench
 
 
 def slot_state(fleet: Fleet) -> dict[str, Any]:

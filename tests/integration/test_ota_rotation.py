@@ -11,13 +11,10 @@ trusts the newest root and commits the new release.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from tuf.api.metadata import Metadata, Root
 
-from fleet.localbroker import PrivateBroker
 from fleet.release.repo import Repository
 from tests.integration.ota_harness import (
     DIGITS,
@@ -25,19 +22,12 @@ from tests.integration.ota_harness import (
     assert_serving,
     commit_v1,
     fetch_requests,
-    ota_fleet,
     publish_cli,
     release_cli,
     state_dir,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, broker: PrivateBroker) -> Iterator[Fleet]:
-    with ota_fleet(tmp_path, broker) as bench:
-        yield bench
 
 
 def test_offline_device_follows_root_rotations_when_it_returns(fleet: Fleet) -> None:
