@@ -123,7 +123,12 @@ class QueueConfig(_Section):
         description="Cap on queued payload bytes; when full, the oldest messages are dropped "
         "and the drop is counted in the next telemetry message.",
     )
-    batch: int = Field(default=256, ge=1, le=10000, description="Rows read per drain step.")
+    batch: int = Field(
+        default=2048,
+        ge=1,
+        le=10000,
+        description="Rows read ahead per drain step, held in memory while a backlog drains.",
+    )
 
 
 class LogConfig(_Section):

@@ -204,7 +204,7 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
 class Forwarder:
     """Drains the outbox through the link while it is up; see the module docstring."""
 
-    def __init__(self, link: MqttLink, outbox: DiskOutbox, *, batch: int = 256) -> None:
+    def __init__(self, link: MqttLink, outbox: DiskOutbox, *, batch: int = 2048) -> None:
         self._link = link
         self._outbox = outbox
         self._batch = batch
@@ -271,7 +271,10 @@ class Forwarder:
         # Offline, rows stay on disk: read-ahead rows are protected from the byte cap, and
         # the cap must be free to drop the oldest during an outage.
         # Refill only below half: each fetch is a round trip to the worker thread (several ms
-        # when the cores are busy), so it must bring many rows, not top up a few.
+        # when the cores are busy, the worker waiting for the GIL), so it must bring many rows,
+        # not top up a few, and the half left must outlast the trip: 1,024 rows last about
+        # 50 ms at 20,000 msgs/s. Same-run drains of 5,000 rows: 0.94 of raw paho with the
+        # default batch of 2,048, 0.90 with 1,024, 0.84 with 256, 0.70 with 64.
         if self._link.connected and not self._caught_up and len(self._ahead) <= self._batch // 2:
             limit = self._batch - len(self._ahead)
             rows = await self._outbox.fetch(after_id=self._last_fetched_id, limit=limit)
