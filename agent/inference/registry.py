@@ -1,8 +1,8 @@
 """The model registry: named, versioned models served side by side, hot swap, bounded inference.
 
 Owns the life of a loaded model version (open -> signature check -> golden check -> warm-up ->
-serve -> retire -> close) and the path of one request (validate on the event loop, run in a
-bounded thread pool, refuse non-finite outputs, give each batch row a prediction id, tell the
+serve -> retire -> close) and the path of one request (validate on the event loop, run on one of
+a few inference threads, refuse non-finite outputs, give each batch row a prediction id, tell the
 observer). Versions follow TensorFlow Serving: the default version of a name is the one loaded
 most recently; an explicit version reaches any loaded version. Loading a version switches the
 default atomically once the new version has passed its checks; requests already running on the
@@ -48,6 +48,7 @@ from agent.inference.backends import (
     open_backend,
 )
 from agent.inference.card import ModelCard, card_path_for, load_card
+from agent.inference.workers import InferenceWorkers
 
 log = structlog.get_logger("agent.inference.registry")
 
@@ -171,7 +172,7 @@ class ModelRegistry:
         self._observer = observer
         self._on_event = on_event
         self._warmup_runs = warmup_runs
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="inference")
+        self._workers = InferenceWorkers(workers)
         # Loading has its own thread so that a swap never queues requests behind a load.
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-load")
         # Per name, versions in load order: the last one is the default.
@@ -342,17 +343,17 @@ class ModelRegistry:
         return servable
 
     async def _run(self, servable: _Servable, feeds: Mapping[str, Array]) -> _RunResult:
-        """``backend.run`` in the pool; the version stays open until the thread is done, even
-        if the caller is cancelled meanwhile (hence the shield and the done callback)."""
+        """``backend.run`` on an inference thread; the version stays open until the thread is
+        done, even if the caller is cancelled meanwhile (``on_finished``)."""
         servable.in_flight += 1
         self._pending += 1
         self._idle.clear()
-        future = asyncio.get_running_loop().run_in_executor(
-            self._pool, _run_timed, servable.backend, feeds
+        backend = servable.backend
+        future = self._workers.run(
+            lambda: _run_timed(backend, feeds), on_finished=lambda: self._release(servable)
         )
-        future.add_done_callback(lambda _: self._release(servable))
         try:
-            return await asyncio.shield(future)
+            return await future
         except InferenceError as exc:
             self._report_error(servable.card, exc)
             raise
@@ -398,7 +399,7 @@ class ModelRegistry:
         for name in list(self._versions):
             self.unload(name)
         await self._idle.wait()
-        self._pool.shutdown(wait=False)
+        self._workers.stop()
         self._loader.shutdown(wait=False, cancel_futures=True)
 
     # -- helpers ---------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""The inference threads: results, errors, thread choice and cancellation (no model needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from agent.inference.workers import InferenceWorkers
+
+
+def test_result_and_exception_reach_the_awaiting_coroutine() -> None:
+    asyncio.run(_result_and_exception_reach_the_awaiting_coroutine())
+
+
+async def _result_and_exception_reach_the_awaiting_coroutine() -> None:
+    workers = InferenceWorkers(2)
+    try:
+        assert await workers.run(lambda: 6 * 7) == 42
+
+        def fail() -> int:
+            raise ValueError("bad input 7")
+
+        with pytest.raises(ValueError, match="bad input 7"):
+            await workers.run(fail)
+    finally:
+        workers.stop()
+
+
+def test_a_lone_caller_stays_on_one_thread_and_a_busy_one_spreads() -> None:
+    asyncio.run(_a_lone_caller_stays_on_one_thread_and_a_busy_one_spreads())
+
+
+async def _a_lone_caller_stays_on_one_thread_and_a_busy_one_spreads() -> None:
+    workers = InferenceWorkers(2)
+    try:
+        names = {await workers.run(lambda: threading.current_thread().name) for _ in range(20)}
+        assert names == {"inference-0"}
+
+        gate = threading.Event()
+
+        def blocked() -> str:
+            gate.wait(5)
+            return threading.current_thread().name
+
+        first = workers.run(blocked)
+        second = workers.run(lambda: threading.current_thread().name)
+        assert await second == "inference-1"  # thread 0 is busy: the idle one takes it
+        gate.set()
+        assert await first == "inference-0"
+    finally:
+        workers.stop()
+
+
+def test_finished_hook_runs_on_the_loop_before_the_result() -> None:
+    asyncio.run(_finished_hook_runs_on_the_loop_before_the_result())
+
+
+async def _finished_hook_runs_on_the_loop_before_the_result() -> None:
+    workers = InferenceWorkers(1)
+    loop_thread = threading.current_thread()
+    seen: list[str] = []
+    try:
+        future = workers.run(
+            lambda: seen.append("call") or "done",
+            on_finished=lambda: seen.append(
+                "finished" if threading.current_thread() is loop_thread else "wrong thread"
+            ),
+        )
+        future.add_done_callback(lambda _: seen.append("settled"))
+        assert await future == "done"
+        await asyncio.sleep(0)  # the done callback runs on the next pass
+        assert seen == ["call", "finished", "settled"]
+    finally:
+        workers.stop()
+
+
+def test_a_cancelled_caller_still_gets_the_finished_hook_after_the_call_ends() -> None:
+    asyncio.run(_a_cancelled_caller_still_gets_the_finished_hook_after_the_call_ends())
+
+
+async def _a_cancelled_caller_still_gets_the_finished_hook_after_the_call_ends() -> None:
+    """What keeps a model version open while its thread still runs on it."""
+    workers = InferenceWorkers(1)
+    gate = threading.Event()
+    running = threading.Event()
+    finished = asyncio.Event()
+
+    def slow() -> str:
+        running.set()
+        gate.wait(5)
+        return "late"
+
+    try:
+        task = asyncio.ensure_future(workers.run(slow, on_finished=finished.set))
+        await asyncio.to_thread(running.wait, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not finished.is_set()  # the thread is still in the call
+        gate.set()
+        await asyncio.wait_for(finished.wait(), 5)
+        assert await workers.run(lambda: "next") == "next"  # the thread is free again
+    finally:
+        gate.set()
+        workers.stop()
+
+
+def test_zero_threads_is_refused() -> None:
+    with pytest.raises(ValueError, match="count must be >= 1, got 0"):
+        InferenceWorkers(0)
