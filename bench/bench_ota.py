@@ -3,8 +3,9 @@
 One private mosquitto on 127.0.0.1 (``fleet.localbroker.PrivateBroker``); no traffic leaves
 the loopback interface, and every loop is bounded by a byte count or a deadline.
 
-The model is a generated file of random bytes (8 MiB; 2 MiB with ``--quick``), not a real
-model: only its bytes matter here. It is published with the release code
+The model is a generated file of random bytes (8 MiB; 2 MiB with ``--quick``), or with
+``--model FILE`` a copy of a real file (the MiniLM files of ``make bench-models``): only its
+bytes matter here. It is published with the release code
 (``fleet.release``: a real TUF repository, 256 KiB chunks with per-chunk sha256).
 
 1. Goodput. Two paths move the same bytes through the same broker in the same run:
@@ -41,7 +42,7 @@ table says PASS or MISS against each target and the exit code stays 0.
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.bench_ota [--quick] [--json PATH]
+    .venv/bin/python -m bench.bench_ota [--quick] [--json PATH] [--model FILE]
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ class Profile:
     file_bytes: int
     repeats: int
     verify_repeats: int
+    model_file: Path | None = None  # a real file to transfer instead of random bytes
 
 
 FULL = Profile(file_bytes=8 * MIB, repeats=5, verify_repeats=9)
@@ -153,12 +155,16 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def publish_model(repo_dir: Path, size: int) -> Model:
-    """``size`` random bytes published as ``bench@1`` with ``fleet.release`` (real TUF)."""
+def publish_model(repo_dir: Path, size: int, model_file: Path | None = None) -> Model:
+    """``size`` random bytes, or a copy of ``model_file``, published as ``bench@1`` with
+    ``fleet.release`` (real TUF)."""
     work = repo_dir.parent / "model"
     work.mkdir()
     source = work / "bench.onnx"
-    source.write_bytes(os.urandom(size))
+    if model_file is None:
+        source.write_bytes(os.urandom(size))
+    else:
+        shutil.copyfile(model_file, source)
     card = load_card(CARD).model_copy(update={"name": "bench", "version": "1"})
     card_path_for(source).write_text(card.model_dump_json())
     repo = Repository.init(repo_dir)
@@ -413,9 +419,9 @@ def run_benchmark(profile: Profile, *, quick: bool) -> Results:
     broker = PrivateBroker(workdir / "broker", extra_config=[BROKER_NODELAY])
     controller: Controller | None = None
     try:
-        model = publish_model(workdir / "repo", profile.file_bytes)
+        model = publish_model(workdir / "repo", profile.file_bytes, profile.model_file)
         print(
-            f"model: {profile.file_bytes / MIB:g} MiB of random bytes, "
+            f"model: {_describe(profile.model_file, model.target.length)}, "
             f"{len(model.chunks)} chunks of {model.chunk_size // 1024} KiB",
             flush=True,
         )
@@ -433,7 +439,8 @@ def run_benchmark(profile: Profile, *, quick: bool) -> Results:
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "profile": "quick" if quick else "full",
-        "file_bytes": profile.file_bytes,
+        "file_bytes": model.target.length,
+        "model_file": None if profile.model_file is None else str(profile.model_file),
         "chunk_bytes": DEFAULT_CHUNK_SIZE,
         "request_bytes": DEFAULT_REQUEST_BYTES,
         "repeats": profile.repeats,
@@ -491,8 +498,8 @@ def render_notes(results: Results) -> str:
     m = results.meta
     return "\n".join(
         [
-            f"- model: {m['file_bytes'] / MIB:g} MiB of generated random bytes (not a real "
-            f"model), {m['chunk_bytes'] // 1024} KiB chunks; medians of {m['repeats']} "
+            f"- model: {_describe(m['model_file'], m['file_bytes'])}, "
+            f"{m['chunk_bytes'] // 1024} KiB chunks; medians of {m['repeats']} "
             "interleaved runs per path after one warm-up each",
             f"- OTA path: RepositoryClient window {m['window']}, requests of up to "
             f"{m['request_bytes'] // 1024} KiB; the controller is `fleet serve --repo` in its own "
@@ -507,14 +514,31 @@ def render_notes(results: Results) -> str:
     )
 
 
+def _describe(model_file: Path | str | None, length: int) -> str:
+    if model_file is None:
+        return f"{length / MIB:g} MiB of generated random bytes (not a real model)"
+    return f"{Path(model_file).name} ({length / MIB:.1f} MiB)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bench_ota", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--quick", action="store_true", help="a smaller file and fewer runs")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="FILE",
+        help="transfer this file (e.g. models/build/minilm/minilm-int8.onnx) instead of "
+        "generated random bytes",
+    )
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
+    if args.model is not None:
+        if not args.model.is_file():
+            parser.error(f"--model {args.model}: no such file")
+        profile = replace(profile, model_file=args.model)
     configure_logging("warning", "console")  # the links' info lines would clutter the table
     results = report.run_or_exit(
         lambda: run_benchmark(profile, quick=args.quick),
@@ -531,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(results))
     print()
     print(render_notes(results))
-    print(f"\ncommand: .venv/bin/python -m bench.bench_ota{' --quick' if args.quick else ''}")
+    options = (" --quick" if args.quick else "") + (f" --model {args.model}" if args.model else "")
+    print(f"\ncommand: .venv/bin/python -m bench.bench_ota{options}")
     if args.json is not None:
         args.json.write_text(json.dumps(results.to_json(), indent=2) + "\n")
         print(f"figures written to {args.json}")
