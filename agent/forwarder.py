@@ -23,7 +23,7 @@ import contextlib
 import functools
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 
@@ -31,7 +31,7 @@ from agent.errors import MqttError, NotConnectedError, PacketTooLargeError, Publ
 from agent.mqtt.base import ConnectionInfo
 from agent.mqtt.link import MqttLink
 from agent.outbox import Outbox, OutboxRow, OutboxStats
-from agent.worker import WorkerThread
+from agent.worker import WorkerThread, reporting_to_loop
 
 log = structlog.get_logger("agent.forwarder")
 T = TypeVar("T")
@@ -72,24 +72,20 @@ class DiskOutbox:
 
     async def _call_appending(self, fn: Callable[[], tuple[OutboxRow | None, T]]) -> T:
         """Run ``fn`` on the worker; it returns (row appended or None, result)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
 
-        def on_worker() -> None:
-            try:
-                row, value = fn()
-            except BaseException as exc:  # handed to the awaiting coroutine
-                _deliver(loop, _fail, future, exc)
-                return
-            _deliver(loop, self._succeed, future, row, value)
+        def succeed(outcome: tuple[OutboxRow | None, T]) -> None:
+            row, value = outcome
+            self._announce(row)  # even if the caller gave up waiting: the row is queued
+            if not future.done():
+                future.set_result(value)
 
-        self._worker.submit(on_worker)
+        def fail(exc: BaseException) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+        self._worker.submit(reporting_to_loop(fn, succeed, fail))
         return await future
-
-    def _succeed(self, future: asyncio.Future[T], row: OutboxRow | None, value: T) -> None:
-        self._announce(row)  # even if the caller gave up waiting: the row is queued
-        if not future.done():
-            future.set_result(value)
 
     async def run(
         self, work: Callable[[Outbox], tuple[tuple[int, OutboxRow | None], T]]
@@ -110,26 +106,16 @@ class DiskOutbox:
         """Run ``work(outbox)`` on the worker every ``interval_s``, first now, on the worker's
         own clock (see ``agent.worker``). ``on_result(seq, extra)`` or ``on_error(exc)`` is
         called on this loop after each run; the appended row is announced first."""
-        loop = asyncio.get_running_loop()
 
-        def tick() -> None:
-            try:
-                row, (seq, value) = self._run(work)
-            except BaseException as exc:  # handed to on_error
-                _deliver(loop, on_error, exc)
-                return
-            _deliver(loop, self._ticked, on_result, row, seq, value)
+        def ticked(outcome: tuple[OutboxRow | None, tuple[int, T]]) -> None:
+            row, (seq, value) = outcome
+            self._announce(row)
+            on_result(seq, value)
 
-        self._worker.every(interval_s, tick)
+        self._worker.every(interval_s, reporting_to_loop(lambda: self._run(work), ticked, on_error))
 
     def cancel_every(self) -> None:
         self._worker.cancel_every()
-
-    def _ticked(
-        self, on_result: Callable[[int, T], None], row: OutboxRow | None, seq: int, value: T
-    ) -> None:
-        self._announce(row)
-        on_result(seq, value)
 
     def _run(
         self, work: Callable[[Outbox], tuple[tuple[int, OutboxRow | None], T]]
@@ -188,17 +174,6 @@ class DiskOutbox:
         self._worker.cancel_every()
         await self._call(self._outbox.close)
         self._worker.stop()
-
-
-def _deliver(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
-    """Hand a worker result to the loop; a loop closed meanwhile has nobody waiting."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(callback, *args)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
 
 
 class Forwarder:

@@ -15,15 +15,19 @@ call the worker checks whether the job is due.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
 log = structlog.get_logger("agent.worker")
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,6 +53,32 @@ def next_run_at(due_at: float, interval_s: float, now: float) -> float:
     """
     following = due_at + interval_s
     return following if following >= now else now + interval_s
+
+
+def reporting_to_loop(
+    call: Callable[[], T],
+    on_result: Callable[[T], None],
+    on_error: Callable[[BaseException], None],
+) -> Callable[[], None]:
+    """``call`` wrapped for a worker: its result or exception is handed to the event loop
+    running now, in one ``call_soon_threadsafe`` (``on_result(value)`` or ``on_error(exc)``
+    runs there). A loop closed meanwhile has nobody waiting: the outcome is dropped."""
+    loop = asyncio.get_running_loop()
+
+    def run() -> None:
+        try:
+            value = call()
+        except BaseException as exc:  # handed to the loop, like an executor would
+            _hand_to(loop, on_error, exc)
+            return
+        _hand_to(loop, on_result, value)
+
+    return run
+
+
+def _hand_to(loop: asyncio.AbstractEventLoop, callback: Callable[[T], None], arg: T) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed
+        loop.call_soon_threadsafe(callback, arg)
 
 
 class WorkerThread:

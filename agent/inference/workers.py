@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
-from agent.worker import WorkerThread
+from agent.worker import WorkerThread, reporting_to_loop
 
 T = TypeVar("T")
 
@@ -42,13 +42,26 @@ class InferenceWorkers:
         even if the future was cancelled meanwhile (the thread cannot be stopped mid-call,
         so whatever the call uses must stay open until then).
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         index = self._pick()
         self._queued[index] += 1
-        self._threads[index].submit(
-            _Call(call, loop, lambda outcome: self._settle(index, future, outcome, on_finished))
-        )
+
+        def finished() -> bool:
+            """Bookkeeping for a finished call; whether anyone still waits for it."""
+            self._queued[index] -= 1
+            if on_finished is not None:
+                on_finished()
+            return not future.cancelled()
+
+        def succeed(value: T) -> None:
+            if finished():
+                future.set_result(value)
+
+        def fail(exc: BaseException) -> None:
+            if finished():
+                future.set_exception(exc)
+
+        self._threads[index].submit(reporting_to_loop(call, succeed, fail))
         return future
 
     def stop(self) -> None:
@@ -62,54 +75,3 @@ class InferenceWorkers:
             if count == 0:
                 return index
         return queued.index(min(queued))
-
-    def _settle(
-        self,
-        index: int,
-        future: asyncio.Future[T],
-        outcome: _Outcome[T],
-        on_finished: Callable[[], None] | None,
-    ) -> None:
-        self._queued[index] -= 1
-        if on_finished is not None:
-            on_finished()
-        if future.cancelled():
-            return
-        if outcome.error is not None:
-            future.set_exception(outcome.error)
-        else:
-            future.set_result(outcome.value)  # type: ignore[arg-type]
-
-
-class _Outcome(Generic[T]):
-    __slots__ = ("error", "value")
-
-    def __init__(self, value: T | None = None, error: BaseException | None = None) -> None:
-        self.value = value
-        self.error = error
-
-
-class _Call(Generic[T]):
-    """Runs on the worker thread: the call, then one hand-over of its outcome to the loop."""
-
-    __slots__ = ("_call", "_deliver", "_loop")
-
-    def __init__(
-        self,
-        call: Callable[[], T],
-        loop: asyncio.AbstractEventLoop,
-        deliver: Callable[[_Outcome[T]], None],
-    ) -> None:
-        self._call = call
-        self._loop = loop
-        self._deliver = deliver
-
-    def __call__(self) -> None:
-        try:
-            outcome: _Outcome[T] = _Outcome(value=self._call())
-        except BaseException as exc:  # handed to the awaiting coroutine, like an executor
-            outcome = _Outcome(error=exc)
-        try:
-            self._loop.call_soon_threadsafe(self._deliver, outcome)
-        except RuntimeError:
-            pass  # the loop closed while the call ran: nobody is waiting any more

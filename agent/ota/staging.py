@@ -241,7 +241,7 @@ class ChunkStaging:
                             self._whole.update(data)
                             self._hashed_chunks += 1
         except OSError:
-            return good
+            pass  # a part file that cannot be read keeps what verified before the error
         return good
 
     def _range(self, index: int) -> tuple[int, int]:

@@ -176,9 +176,9 @@ def max_reply_bytes(reply_topic: str, correlation: bytes, max_packet_size: int |
     """The largest payload whose reply PUBLISH fits the broker's limit and ``MAX_REPLY_PACKET``."""
     limit = min(max_packet_size or MAX_REPLY_PACKET, MAX_REPLY_PACKET)
     properties = 1 + 2 + len(correlation)  # the only property of a reply: correlation data
-    room = limit - publish_packet_size(reply_topic, 0, 1, properties) - 2 - REPLY_HEADER_MAX
+    header = 2 + REPLY_HEADER_MAX  # the payload's header: its length, then at most this much
+    room = limit - publish_packet_size(reply_topic, header, 1, properties)
     # The remaining-length varint grows with the payload: step back until the packet fits.
-    header = 2 + REPLY_HEADER_MAX
     while room > 0 and publish_packet_size(reply_topic, room + header, 1, properties) > limit:
         room -= 1
     return room
