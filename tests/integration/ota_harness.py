@@ -79,7 +79,21 @@ class Fleet:
         return fleet_cli(self.broker.port, *args)
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.recorder.bodies("/events") if e.get("event") == name]
+        """The events called ``name``, in arrival order, each once.
+
+        Events are at-least-once: one the broker acknowledged shortly before a ``kill -9``
+        is sent again after the restart (its queue row waits for a batched delete,
+        docs/mqtt-api.md). The resend is byte-identical, ``ts`` included, so it is dropped
+        here; two real emissions differ at least in their millisecond ``ts``.
+        """
+        seen: set[str] = set()
+        unique = []
+        for event in self.recorder.bodies("/events"):
+            key = json.dumps(event, sort_keys=True)
+            if event.get("event") == name and key not in seen:
+                seen.add(key)
+                unique.append(event)
+        return unique
 
     def wait_event(self, name: str, timeout: float = 40, **match: Any) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:
