@@ -29,6 +29,7 @@ from agent.ota.desired import DesiredModel, DesiredState, sign_desired
 from agent.ota.release import CUSTOM_KEY
 from fleet.config import OtaOptions
 from fleet.errors import FleetError, UnknownDeviceError
+from fleet.release.allocator import keep_large_buffers
 from fleet.release.fileserver import FileService, RepositoryFiles
 from fleet.release.repo import Repository, repository_lock
 from fleet.store import FleetStore
@@ -48,6 +49,7 @@ class ReleaseService:
         self._store = store
         with repository_lock(self._dir):
             Repository.open(self._dir)  # fail at start-up, not at the first request
+        keep_large_buffers()  # each reply moves megabyte buffers (fleet.release.allocator)
         self.files = FileService(link, RepositoryFiles(self._dir))
         link.add_subscription(self.files.subscription(), qos=1)
 

@@ -58,9 +58,10 @@ class FileReply:
     size: int | None
     offset: int
 
-    def encode(self) -> bytes:
-        """The reply's payload (header and data, ``agent.ota.transport.encode_reply``)."""
-        return encode_reply(self.status, self.data, self.size, self.offset)
+    def encode(self, correlation: bytes = b"") -> bytes:
+        """The reply's payload for the request with ``correlation`` (header and data,
+        ``agent.ota.transport.encode_reply``)."""
+        return encode_reply(self.status, self.data, self.size, self.offset, correlation)
 
 
 @dataclass(frozen=True)
@@ -172,10 +173,11 @@ def _error(status: int, message: str, offset: int) -> FileReply:
     return FileReply(status, message.encode()[:500], None, offset)
 
 
-def max_reply_bytes(reply_topic: str, correlation: bytes, max_packet_size: int | None) -> int:
-    """The largest payload whose reply PUBLISH fits the broker's limit and ``MAX_REPLY_PACKET``."""
+def max_reply_bytes(reply_topic: str, max_packet_size: int | None) -> int:
+    """The most bytes of a range whose reply PUBLISH fits the broker's limit and
+    ``MAX_REPLY_PACKET``."""
     limit = min(max_packet_size or MAX_REPLY_PACKET, MAX_REPLY_PACKET)
-    properties = 1 + 2 + len(correlation)  # the only property of a reply: correlation data
+    properties = 0  # a reply has no v5 properties
     header = 2 + REPLY_HEADER_MAX  # the payload's header: its length, then at most this much
     room = limit - publish_packet_size(reply_topic, header, 1, properties)
     # The remaining-length varint grows with the payload: step back until the packet fits.
@@ -225,17 +227,17 @@ class FileService:
             return
         info = self._link.info
         correlation = bytes(msg.correlation_data)
-        max_reply = max_reply_bytes(
-            reply_topic, correlation, info.max_packet_size if info else None
-        )
+        max_reply = max_reply_bytes(reply_topic, info.max_packet_size if info else None)
         self._pending += 1
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._executor, self._encoded_answer, msg.payload, max_reply)
-        work.add_done_callback(lambda done: self._send(done, reply_topic, correlation))
+        work = loop.run_in_executor(
+            self._executor, self._encoded_answer, msg.payload, max_reply, correlation
+        )
+        work.add_done_callback(lambda done: self._send(done, reply_topic))
 
-    def _encoded_answer(self, payload: bytes, max_reply: int) -> bytes:
+    def _encoded_answer(self, payload: bytes, max_reply: int, correlation: bytes) -> bytes:
         # Encoding copies the whole range: do it in the worker, not on the loop thread.
-        return self._files.answer(payload, max_reply).encode()
+        return self._files.answer(payload, max_reply).encode(correlation)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -264,14 +266,15 @@ class FileService:
             return None
         return expected
 
-    def _send(self, done: asyncio.Future[bytes], topic: str, correlation: bytes) -> None:
+    def _send(self, done: asyncio.Future[bytes], topic: str) -> None:
         if done.cancelled() or done.exception() is not None:
             self._pending -= 1
             if not done.cancelled():
                 log.error("fileserver.answer_failed", topic=topic, error=repr(done.exception()))
             return
-        # Correlation data only: every v5 property costs the device a copy of the packet.
-        options = PublishOptions(correlation_data=correlation, content_type=None)
+        # No v5 property at all, the correlation is in the payload: each property costs the
+        # device several copies of the packet (agent.ota.transport.reply_header).
+        options = PublishOptions(content_type=None)
         try:
             acked = self._link.publish(topic, done.result(), qos=1, options=options)
         except MqttError as exc:

@@ -35,7 +35,7 @@ from agent.errors import FetchError
 from agent.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Channel, parse, topic_for
-from agent.ota.transport import ChunkRange, MqttFetcher, RepositoryClient
+from agent.ota.transport import ChunkRange, MqttFetcher, RepositoryClient, decode_reply
 from fleet.localbroker import PrivateBroker
 from fleet.release.fileserver import FileService, RepositoryFiles
 
@@ -195,7 +195,7 @@ class TestRangesOverMqtt:
 
 
 class _Subscriber:
-    """A plain paho client that records what arrives on one topic, with correlation data."""
+    """A plain paho client that records the correlation of each reply on one topic."""
 
     def __init__(self, port: int, topic: str) -> None:
         self.received: list[bytes] = []
@@ -214,7 +214,7 @@ class _Subscriber:
 
     def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
         with self.arrived:
-            self.received.append(bytes(getattr(msg.properties, "CorrelationData", b"")))
+            self.received.append(decode_reply(bytes(msg.payload)).correlation or b"")
             self.arrived.notify_all()
 
     def publish_request(self, topic: str, response_topic: str, correlation: bytes) -> None:

@@ -1,21 +1,27 @@
 """Repository files over MQTT without a broker: the server's request handling and path rules,
-reply sizing, and the client's reading of replies."""
+reply sizing, and the client's reading and matching of replies."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import FetchError
-from agent.mqtt.base import InboundMessage, publish_packet_size
+from agent.mqtt.base import InboundMessage, PublishOptions, publish_packet_size
+from agent.mqtt.link import MqttLink
 from agent.ota.transport import (
     MAX_REPLY_PACKET,
     REPLY_HEADER_MAX,
+    DecodedReply,
+    RepositoryClient,
     _parse_reply,
     decode_reply,
 )
@@ -45,14 +51,8 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def _message(reply: FileReply) -> InboundMessage:
-    return InboundMessage(
-        topic="fleet/pi-1/file",
-        payload=reply.encode(),
-        qos=1,
-        retain=False,
-        correlation_data=b"x" * 16,
-    )
+def _decoded(reply: FileReply) -> DecodedReply:
+    return decode_reply(reply.encode(b"x" * 16))
 
 
 class TestRanges:
@@ -60,9 +60,10 @@ class TestRanges:
         files = RepositoryFiles(repo)
         reply = files.answer(_request("targets/models/m/1/abc.m.onnx", 1000, 3000), 1 << 20)
         assert reply == FileReply(200, CONTENT[1000:4000], len(CONTENT), 1000)
-        fields, data = decode_reply(reply.encode())
-        assert fields == {"status": 200, "size": len(CONTENT), "offset": 1000}
-        assert data == CONTENT[1000:4000]
+        decoded = decode_reply(reply.encode(b"\x01" * 16))
+        assert decoded.fields == {"status": 200, "size": len(CONTENT), "offset": 1000}
+        assert decoded.correlation == b"\x01" * 16
+        assert decoded.data == CONTENT[1000:4000]
 
     def test_reply_is_cut_at_max_reply_and_at_the_end_of_the_file(self, repo: Path) -> None:
         files = RepositoryFiles(repo)
@@ -217,23 +218,22 @@ class TestReplySize:
     @pytest.mark.parametrize("limit", [None, 300, 1024, 70_000, 300_000, 16 * 1024 * 1024])
     def test_the_widest_reply_fits_the_packet_limit_exactly(self, limit: int | None) -> None:
         topic = "fleet/pi-1/file"
-        correlation = b"c" * 16
-        room = max_reply_bytes(topic, correlation, limit)
+        room = max_reply_bytes(topic, limit)
         cap = min(limit or MAX_REPLY_PACKET, MAX_REPLY_PACKET)
-        properties = 1 + 2 + len(correlation)  # correlation data, the reply's only property
+        properties = 0  # a reply has no v5 properties
         header = 2 + REPLY_HEADER_MAX  # the widest header the payload can carry
         assert publish_packet_size(topic, room + header, 1, properties) <= cap
         assert publish_packet_size(topic, room + header + 1, 1, properties) > cap
 
     def test_the_widest_header_fits_reply_header_max(self) -> None:
-        widest = FileReply(416, b"", 10**20 - 1, 10**20 - 1).encode()
+        widest = FileReply(416, b"", 10**20 - 1, 10**20 - 1).encode(b"\xff" * 64)
         assert len(widest) - 2 <= REPLY_HEADER_MAX
-        assert decode_reply(widest)[0]["size"] == 10**20 - 1
+        assert decode_reply(widest).fields["size"] == 10**20 - 1
 
 
 class TestClientReadsReplies:
     def test_a_good_reply(self) -> None:
-        reply = _parse_reply("p", 10, 100, _message(FileReply(200, b"abc", 13, 10)))
+        reply = _parse_reply("p", 10, 100, _decoded(FileReply(200, b"abc", 13, 10)))
         assert (reply.data, reply.size) == (b"abc", 13)
 
     @pytest.mark.parametrize(
@@ -252,30 +252,104 @@ class TestClientReadsReplies:
         self, reply: FileReply, status: int
     ) -> None:
         with pytest.raises(FetchError) as raised:
-            _parse_reply("p", 10, 100, _message(reply))
+            _parse_reply("p", 10, 100, _decoded(reply))
         assert raised.value.status == status
         assert raised.value.path == "p"
 
-    @pytest.mark.parametrize(
-        "payload",
-        [
-            b"",
-            b"\x00",
-            b"\x00\x05{}",  # header longer than the payload
-            b"\x00\x02[]data",  # not an object
-            b'\x00\x0e{"status":-1}x',  # negative
-            b"\x00\x04nope",  # not JSON
-        ],
-    )
-    def test_malformed_reply_payloads_are_502(self, payload: bytes) -> None:
-        message = InboundMessage(topic="t", payload=payload, qos=1, retain=False)
-        with pytest.raises(FetchError) as raised:
-            _parse_reply("p", 0, 10, message)
-        assert raised.value.status == 502
-
     def test_a_reply_without_status_is_502(self) -> None:
-        message = InboundMessage(topic="t", payload=b'\x00\x0c{"offset":0}x', qos=1, retain=False)
         with pytest.raises(FetchError) as raised:
-            _parse_reply("p", 0, 10, message)
+            _parse_reply("p", 0, 10, decode_reply(b'\x00\x0c{"offset":0}x'))
         assert raised.value.status == 502
         assert "without a status" in raised.value.detail
+
+
+REPLY_TOPIC = "fleet/pi-1/file"
+
+
+def _with_header(text: str) -> bytes:
+    return len(text).to_bytes(2, "big") + text.encode() + b"x"
+
+
+MALFORMED_PAYLOADS = [
+    b"",
+    b"\x00",
+    b"\x00\x05{}",  # header longer than the payload
+    b"\x00\x02[]data",  # not an object
+    b'\x00\x0e{"status":-1}x',  # negative
+    b"\x00\x04nope",  # not JSON
+    _with_header('{"status":200,"offset":0,"correlation":"zz"}'),  # not hex
+    _with_header('{"status":200,"offset":0,"correlation":12}'),  # not a string
+    _with_header('{"status":200,"offset":0,"correlation":"' + "ab" * 65 + '"}'),  # over 64 bytes
+]
+
+
+class _AnsweringLink:
+    """Stands in for the agent's ``MqttLink``: each request gets ``answer(correlation)`` handed
+    to the client's ``on_message``, as the link would deliver the controller's reply."""
+
+    def __init__(self, answer: Callable[[bytes], InboundMessage]) -> None:
+        self.answer = answer
+        self.client: RepositoryClient | None = None
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        return None
+
+    def publish(self, _topic: str, _payload: bytes, *, options: PublishOptions) -> Any:
+        assert self.client is not None and options.correlation_data is not None
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.client.on_message, self.answer(options.correlation_data))
+        acked = loop.create_future()
+        acked.set_result(None)
+        return acked
+
+
+def _fetch(answer: Callable[[bytes], InboundMessage]) -> tuple[bytes, int]:
+    """``fetch_range("p", 10, 100)`` through a client whose every request gets ``answer``."""
+
+    async def run() -> tuple[bytes, int]:
+        link = _AnsweringLink(answer)
+        client = RepositoryClient(cast(MqttLink, link), "pi-1", timeout_s=0.05, retries=0)
+        link.client = client
+        reply = await client.fetch_range("p", 10, 100)
+        return bytes(reply.data), reply.size
+
+    return asyncio.run(run())
+
+
+def _reply(payload: bytes, correlation_data: bytes | None = None) -> InboundMessage:
+    return InboundMessage(REPLY_TOPIC, payload, 1, False, correlation_data=correlation_data)
+
+
+class TestClientMatchesReplies:
+    def test_a_reply_names_its_request_by_the_correlation_in_its_header(self) -> None:
+        good = FileReply(200, b"abc", 13, 10)
+        assert _fetch(lambda corr: _reply(good.encode(corr))) == (b"abc", 13)
+
+    def test_a_reply_with_v5_correlation_data_instead_is_matched_too(self) -> None:
+        good = FileReply(200, b"abc", 13, 10)
+        assert _fetch(lambda corr: _reply(good.encode(), correlation_data=corr)) == (b"abc", 13)
+
+    def test_a_reply_for_another_request_is_dropped_and_the_request_times_out(self) -> None:
+        other = FileReply(200, b"abc", 13, 10).encode(b"o" * 16)
+        with pytest.raises(FetchError) as raised:
+            _fetch(lambda corr: _reply(other, correlation_data=corr[::-1]))
+        assert raised.value.status == 504
+
+    def test_a_reply_on_another_topic_is_dropped(self) -> None:
+        good = FileReply(200, b"abc", 13, 10)
+        with pytest.raises(FetchError) as raised:
+            _fetch(lambda corr: InboundMessage("fleet/pi-2/file", good.encode(corr), 1, False))
+        assert raised.value.status == 504
+
+    @pytest.mark.parametrize("payload", MALFORMED_PAYLOADS)
+    def test_a_malformed_reply_to_a_request_is_502(self, payload: bytes) -> None:
+        with pytest.raises(FetchError) as raised:
+            _fetch(lambda corr: _reply(payload, correlation_data=corr))
+        assert raised.value.status == 502
+        assert "malformed reply" in raised.value.detail
+
+    @pytest.mark.parametrize("payload", MALFORMED_PAYLOADS)
+    def test_a_malformed_reply_naming_no_request_is_dropped(self, payload: bytes) -> None:
+        with pytest.raises(FetchError) as raised:
+            _fetch(lambda _corr: _reply(payload))
+        assert raised.value.status == 504
