@@ -25,6 +25,10 @@ bytes matter here. It is published with the release code
      subscriber (QoS 1) in the same process receives them. Timed from the first publish
      until the subscriber has every byte.
 
+   For both paths the CPU time of this process, the controller and the broker during the
+   timed part is read from ``/proc/<pid>/task/*/schedstat`` and reported per MiB moved (a
+   note under the table): on two shared cores, the ratio is mostly a matter of CPU.
+
    The broker runs with ``set_tcp_nodelay true`` (as ``PrivateBroker`` always does): without
    it every request/response exchange waits for a delayed TCP ACK (Nagle's algorithm),
    which the streaming baseline never does. Goodput = file bytes / elapsed. Each path runs
@@ -139,12 +143,47 @@ class Model:
         ]
 
 
+# Whose CPU time is counted during each timed run (``CpuProbe``), in this order.
+CPU_OWNERS = ("this process", "controller", "broker")
+
+
+class CpuProbe:
+    """CPU time used so far by this process, the controller and the broker (every thread, in
+    seconds), from the scheduler's nanosecond counters in ``/proc/<pid>/task/*/schedstat``.
+
+    This process is the device on the ``ota`` path and the paho publisher and subscriber on
+    the ``raw`` path; the controller idles during ``raw`` runs.
+    """
+
+    def __init__(self, controller_pid: int, broker_pid: int) -> None:
+        self._pids = (os.getpid(), controller_pid, broker_pid)
+
+    def sample(self) -> tuple[float, ...]:
+        return tuple(_cpu_s(pid) for pid in self._pids)
+
+
+def _cpu_s(pid: int) -> float:
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat", encoding="ascii") as stat:
+                total += int(stat.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 @dataclass
 class Run:
     path: str
     round: int
     bytes: int
     elapsed_s: float
+    cpu_s: tuple[float, ...] = ()  # CPU_OWNERS' CPU time during the timed part
 
     @property
     def mib_per_s(self) -> float:
@@ -224,6 +263,12 @@ class Controller:
             time.sleep(0.1)
         time.sleep(0.5)  # let its subscriptions settle
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise BenchError("the controller is not running")
+        return self._process.pid
+
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
@@ -234,7 +279,7 @@ class Controller:
                 self._process.wait()
 
 
-async def ota_run(port: int, model: Model, workdir: Path, round_no: int) -> Run:
+async def ota_run(port: int, model: Model, workdir: Path, round_no: int, cpu: CpuProbe) -> Run:
     """The agent's own download path, timed from the first request to the verified file.
 
     The same steps as ``agent.ota.updater.OtaUpdater._download``: chunks fetched by
@@ -257,6 +302,7 @@ async def ota_run(port: int, model: Model, workdir: Path, round_no: int) -> Run:
             if refused:
                 raise BenchError(f"chunks refused: {[index for index, _ in refused]}")
 
+        cpu_before = cpu.sample()
         start = time.perf_counter()
         async with asyncio.timeout(RUN_TIMEOUT_S):
             await client.fetch_chunks(model.served_path, model.ranges(), on_chunks)
@@ -264,12 +310,17 @@ async def ota_run(port: int, model: Model, workdir: Path, round_no: int) -> Run:
         await asyncio.to_thread(staging.assemble, assembled)
         await asyncio.to_thread(verify_file, model.target, assembled, streamed)
         elapsed = time.perf_counter() - start
+        cpu_used = _minus(cpu.sample(), cpu_before)
     shutil.rmtree(staging_root, ignore_errors=True)
     assembled.unlink(missing_ok=True)
-    return Run("ota", round_no, model.target.length, elapsed)
+    return Run("ota", round_no, model.target.length, elapsed, cpu_used)
 
 
-def raw_paho_run(port: int, model: Model, round_no: int) -> Run:
+def _minus(after: tuple[float, ...], before: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(b - a for a, b in zip(before, after, strict=True))
+
+
+def raw_paho_run(port: int, model: Model, round_no: int, cpu: CpuProbe) -> Run:
     """The same bytes, in messages as large as the OTA replies (``DEFAULT_REQUEST_BYTES``),
     QoS 1, from a paho publisher to a paho subscriber."""
     data = model.source.read_bytes()
@@ -293,6 +344,7 @@ def raw_paho_run(port: int, model: Model, round_no: int) -> Run:
     try:
         if not subscribed.wait(CONNECT_TIMEOUT_S):
             raise BenchError("raw subscriber did not subscribe")
+        cpu_before = cpu.sample()
         start = time.perf_counter()
         for block in blocks:
             info = publisher.publish(topic, block, qos=1)
@@ -301,11 +353,12 @@ def raw_paho_run(port: int, model: Model, round_no: int) -> Run:
         if not done.wait(RUN_TIMEOUT_S):
             raise BenchError(f"raw paho: {received}/{len(data)} bytes before the deadline")
         elapsed = time.perf_counter() - start
+        cpu_used = _minus(cpu.sample(), cpu_before)
     finally:
         for client in (publisher, subscriber):
             client.disconnect()
             client.loop_stop()
-    return Run("raw", round_no, len(data), elapsed)
+    return Run("raw", round_no, len(data), elapsed, cpu_used)
 
 
 def _paho_client(port: int, client_id: str) -> paho.Client:
@@ -349,6 +402,18 @@ class Results:
     def goodput(self, path: str) -> list[float]:
         return [run.mib_per_s for run in self.runs if run.path == path]
 
+    def cpu_ms_per_mib(self, path: str) -> dict[str, float]:
+        """Median CPU time per MiB moved, by owner (``CPU_OWNERS``) and in total."""
+        runs = [run for run in self.runs if run.path == path and run.cpu_s]
+        if not runs:
+            return {}
+        per_run = [[cpu * 1000 / (run.bytes / MIB) for cpu in run.cpu_s] for run in runs]
+        figures = {
+            owner: median([row[index] for row in per_run]) for index, owner in enumerate(CPU_OWNERS)
+        }
+        figures["total"] = median([sum(row) for row in per_run])
+        return figures
+
     def summary(self) -> dict[str, Any]:
         ota, raw = median(self.goodput("ota")), median(self.goodput("raw"))
         verify, openssl = median(self.verify_s), median(self.openssl_s)
@@ -361,6 +426,7 @@ class Results:
             "openssl_ms": openssl * 1000,
             "verify_ratio": verify / openssl,
             "verify_pass": verify / openssl <= VERIFY_RATIO_TARGET,
+            "cpu_ms_per_mib": {path: self.cpu_ms_per_mib(path) for path in PATHS},
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -373,11 +439,13 @@ class Results:
         }
 
 
-def run_goodput_rounds(port: int, model: Model, workdir: Path, repeats: int) -> list[Run]:
+def run_goodput_rounds(
+    port: int, model: Model, workdir: Path, repeats: int, cpu: CpuProbe
+) -> list[Run]:
     def one(path: str, round_no: int) -> Run:
         if path == "ota":
-            return asyncio.run(ota_run(port, model, workdir, round_no))
-        return raw_paho_run(port, model, round_no)
+            return asyncio.run(ota_run(port, model, workdir, round_no, cpu))
+        return raw_paho_run(port, model, round_no, cpu)
 
     print("warm-up: one run per path (not reported)", flush=True)
     for path in PATHS:
@@ -429,7 +497,10 @@ def run_benchmark(profile: Profile, *, quick: bool) -> Results:
         print(f"broker: private mosquitto on {HOST}:{broker.port}", flush=True)
         controller = Controller(broker.port, workdir / "repo", workdir)
         controller.start(broker.port)
-        runs = run_goodput_rounds(broker.port, model, workdir, profile.repeats)
+        if broker.pid is None:
+            raise BenchError("the broker is not running")
+        cpu = CpuProbe(controller.pid, broker.pid)
+        runs = run_goodput_rounds(broker.port, model, workdir, profile.repeats, cpu)
         verify, openssl = run_verify_rounds(model, profile.verify_repeats)
     finally:
         if controller is not None:
@@ -510,8 +581,22 @@ def render_notes(results: Results) -> str:
             f"- broker config for both paths: '{BROKER_NODELAY}' (see the module docstring)",
             f"- verification: medians of {m['verify_repeats']} interleaved runs; openssl timed "
             "as a subprocess (wall time, process start included), file in the page cache",
+            *_cpu_notes(results),
         ]
     )
+
+
+def _cpu_notes(results: Results) -> list[str]:
+    ota, raw = results.cpu_ms_per_mib("ota"), results.cpu_ms_per_mib("raw")
+    if not ota or not raw:
+        return []
+    return [
+        "- CPU per MiB moved during the timed part, medians (all threads, /proc schedstat): "
+        f"ota: device {ota['this process']:.2f} ms, controller {ota['controller']:.2f}, "
+        f"broker {ota['broker']:.2f}, total {ota['total']:.2f}; "
+        f"raw: publisher and subscriber {raw['this process']:.2f} ms, "
+        f"broker {raw['broker']:.2f}, total {raw['total']:.2f}"
+    ]
 
 
 def _describe(model_file: Path | str | None, length: int) -> str:
