@@ -149,7 +149,8 @@ CPU_OWNERS = ("this process", "controller", "broker")
 
 class CpuProbe:
     """CPU time used so far by this process, the controller and the broker (every thread, in
-    seconds), from the scheduler's nanosecond counters in ``/proc/<pid>/task/*/schedstat``.
+    seconds): this process's CPU clock, and the scheduler's nanosecond counters in
+    ``/proc/<pid>/task/*/schedstat`` for the other two.
 
     This process is the device on the ``ota`` path and the paho publisher and subscriber on
     the ``raw`` path; the controller idles during ``raw`` runs.
@@ -159,7 +160,9 @@ class CpuProbe:
         self._pids = (os.getpid(), controller_pid, broker_pid)
 
     def sample(self) -> tuple[float, ...]:
-        return tuple(_cpu_s(pid) for pid in self._pids)
+        # This process from its own clock, which keeps the time of threads that have ended
+        # meanwhile; the others' threads live on.
+        return (time.process_time(), *(_cpu_s(pid) for pid in self._pids[1:]))
 
 
 def _cpu_s(pid: int) -> float:
