@@ -403,9 +403,12 @@ def _encode_request(path: str, offset: int, length: int) -> bytes:
     return json.dumps({"path": path, "offset": offset, "length": length}).encode()
 
 
-def reply_header(status: int, size: int | None, offset: int, correlation: bytes) -> bytes:
-    """The start of a reply's payload: a 2-byte big-endian header length, then the JSON
-    header ``{"correlation", "status", "offset", "size"}``; the range's bytes follow it.
+def encode_reply(
+    status: int, data: bytes, size: int | None, offset: int, correlation: bytes = b""
+) -> bytes:
+    """A reply's payload: a 2-byte big-endian header length, the JSON header
+    ``{"status", "offset", "size", "correlation"}``, then ``data`` (the bytes of the range, or
+    an error message).
 
     Everything travels in the payload and the reply has no MQTT v5 property, not even the
     correlation data that v5 request/response usually echoes: paho decodes properties by
@@ -420,15 +423,7 @@ def reply_header(status: int, size: int | None, offset: int, correlation: bytes)
     if correlation:
         fields["correlation"] = correlation.hex()
     header = json.dumps(fields, separators=(",", ":")).encode()
-    return len(header).to_bytes(2, "big") + header
-
-
-def encode_reply(
-    status: int, data: bytes, size: int | None, offset: int, correlation: bytes = b""
-) -> bytes:
-    """A whole reply payload: ``reply_header`` followed by ``data`` (the range, or an error
-    message)."""
-    return reply_header(status, size, offset, correlation) + data
+    return len(header).to_bytes(2, "big") + header + data
 
 
 def decode_reply(payload: bytes) -> DecodedReply:

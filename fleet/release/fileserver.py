@@ -273,7 +273,7 @@ class FileService:
                 log.error("fileserver.answer_failed", topic=topic, error=repr(done.exception()))
             return
         # No v5 property at all, the correlation is in the payload: each property costs the
-        # device several copies of the packet (agent.ota.transport.reply_header).
+        # device several copies of the packet (agent.ota.transport.encode_reply).
         options = PublishOptions(content_type=None)
         try:
             acked = self._link.publish(topic, done.result(), qos=1, options=options)
