@@ -594,7 +594,8 @@ def _cpu_notes(results: Results) -> list[str]:
     if not ota or not raw:
         return []
     return [
-        "- CPU per MiB moved during the timed part, medians (all threads, /proc schedstat): "
+        "- CPU per MiB moved during the timed part, medians (all threads; this process "
+        "from its CPU clock, the others from /proc schedstat): "
         f"ota: device {ota['this process']:.2f} ms, controller {ota['controller']:.2f}, "
         f"broker {ota['broker']:.2f}, total {ota['total']:.2f}; "
         f"raw: publisher and subscriber {raw['this process']:.2f} ms, "
