@@ -166,6 +166,8 @@ class CpuProbe:
 
 
 def _cpu_s(pid: int) -> float:
+    # Not psutil's cpu_times, as the other benchmarks use: it counts in 10 ms clock ticks,
+    # too coarse for runs of 20-60 ms.
     total = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 
 from agent.inference.workers import InferenceWorkers
+
+
+@contextlib.contextmanager
+def _running(count: int) -> Iterator[InferenceWorkers]:
+    workers = InferenceWorkers(count)
+    try:
+        yield workers
+    finally:
+        workers.stop()
 
 
 def test_result_and_exception_reach_the_awaiting_coroutine() -> None:
@@ -15,8 +26,7 @@ def test_result_and_exception_reach_the_awaiting_coroutine() -> None:
 
 
 async def _result_and_exception_reach_the_awaiting_coroutine() -> None:
-    workers = InferenceWorkers(2)
-    try:
+    with _running(2) as workers:
         assert await workers.run(lambda: 6 * 7) == 42
 
         def fail() -> int:
@@ -24,8 +34,6 @@ async def _result_and_exception_reach_the_awaiting_coroutine() -> None:
 
         with pytest.raises(ValueError, match="bad input 7"):
             await workers.run(fail)
-    finally:
-        workers.stop()
 
 
 def test_a_lone_caller_stays_on_one_thread_and_a_busy_one_spreads() -> None:
@@ -33,8 +41,7 @@ def test_a_lone_caller_stays_on_one_thread_and_a_busy_one_spreads() -> None:
 
 
 async def _a_lone_caller_stays_on_one_thread_and_a_busy_one_spreads() -> None:
-    workers = InferenceWorkers(2)
-    try:
+    with _running(2) as workers:
         names = {await workers.run(lambda: threading.current_thread().name) for _ in range(20)}
         assert names == {"inference-0"}
 
@@ -49,8 +56,6 @@ async def _a_lone_caller_stays_on_one_thread_and_a_busy_one_spreads() -> None:
         assert await second == "inference-1"  # thread 0 is busy: the idle one takes it
         gate.set()
         assert await first == "inference-0"
-    finally:
-        workers.stop()
 
 
 def test_finished_hook_runs_on_the_loop_before_the_result() -> None:
@@ -58,10 +63,9 @@ def test_finished_hook_runs_on_the_loop_before_the_result() -> None:
 
 
 async def _finished_hook_runs_on_the_loop_before_the_result() -> None:
-    workers = InferenceWorkers(1)
     loop_thread = threading.current_thread()
     seen: list[str] = []
-    try:
+    with _running(1) as workers:
         future = workers.run(
             lambda: seen.append("call") or "done",
             on_finished=lambda: seen.append(
@@ -72,8 +76,6 @@ async def _finished_hook_runs_on_the_loop_before_the_result() -> None:
         assert await future == "done"
         await asyncio.sleep(0)  # the done callback runs on the next pass
         assert seen == ["call", "finished", "settled"]
-    finally:
-        workers.stop()
 
 
 def test_a_cancelled_caller_still_gets_the_finished_hook_after_the_call_ends() -> None:
@@ -82,7 +84,6 @@ def test_a_cancelled_caller_still_gets_the_finished_hook_after_the_call_ends() -
 
 async def _a_cancelled_caller_still_gets_the_finished_hook_after_the_call_ends() -> None:
     """What keeps a model version open while its thread still runs on it."""
-    workers = InferenceWorkers(1)
     gate = threading.Event()
     running = threading.Event()
     finished = asyncio.Event()
@@ -92,19 +93,19 @@ async def _a_cancelled_caller_still_gets_the_finished_hook_after_the_call_ends()
         gate.wait(5)
         return "late"
 
-    try:
-        task = asyncio.ensure_future(workers.run(slow, on_finished=finished.set))
-        await asyncio.to_thread(running.wait, 5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert not finished.is_set()  # the thread is still in the call
-        gate.set()
-        await asyncio.wait_for(finished.wait(), 5)
-        assert await workers.run(lambda: "next") == "next"  # the thread is free again
-    finally:
-        gate.set()
-        workers.stop()
+    with _running(1) as workers:
+        try:
+            task = asyncio.ensure_future(workers.run(slow, on_finished=finished.set))
+            await asyncio.to_thread(running.wait, 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not finished.is_set()  # the thread is still in the call
+            gate.set()
+            await asyncio.wait_for(finished.wait(), 5)
+            assert await workers.run(lambda: "next") == "next"  # the thread is free again
+        finally:
+            gate.set()  # before the workers stop: the call must not hold its thread
 
 
 def test_zero_threads_is_refused() -> None:
