@@ -11,8 +11,10 @@ One update, step by step (each reported as it happens, see ``agent.ota.report``)
    one.
 3. Download: only the chunks not yet staged are requested, each checked against its signed
    hash before it is kept (``staging``); a bad chunk is fetched again alone, a repeatedly bad
-   one ends the update. The assembled file is checked against the signed length and sha256.
-4. Install into the inactive A/B slot (``slots``), then activation (``activation``): the
+   one ends the update. The complete file is the signed target: every chunk matched its
+   signed hash and its length is the signed one (``assemble_download``).
+4. Install into the inactive A/B slot (``slots``): the copy is hashed and checked against the
+   target's signed sha256 and length (TUF's whole-file check), then activation (``activation``): the
    registry loads it beside the serving version (golden check, warm-up), switches, and a
    health window decides: commit, or roll back to what served before.
 
@@ -26,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -333,16 +334,7 @@ class OtaUpdater:
                     f"{CHUNK_ATTEMPTS} times",
                 )
         await self._reporter.step(release.name, release.version, "verifying")
-        streamed = staging.streamed_sha256()
-        await asyncio.to_thread(staging.assemble, complete)
-        try:
-            await asyncio.to_thread(verify_file, info, complete, streamed)
-        except UpdateError:
-            await asyncio.to_thread(staging.discard)
-            await asyncio.to_thread(fsutil.remove_file, complete)
-            raise
-        await asyncio.to_thread(staging.discard)
-        return complete
+        return await asyncio.to_thread(assemble_download, staging, info, complete)
 
     async def _fetch_missing(
         self, staging: ChunkStaging, path: str, missing: list[int], progress: _Progress
@@ -386,24 +378,31 @@ def _verified(info: TargetFile, path: Path) -> bool:
     return True
 
 
-def verify_file(info: TargetFile, path: Path, streamed_sha256: str | None = None) -> None:
-    """The whole file against its signed length and hashes; ``tampered`` if not.
+def assemble_download(staging: ChunkStaging, info: TargetFile, dest: Path) -> Path:
+    """Worker thread: move the fully staged file to ``dest``; ``tampered`` (and nothing kept)
+    if it is not the signed target.
 
-    With ``streamed_sha256`` (``ChunkStaging.streamed_sha256``: the hash of the bytes as they
-    were written) and sha256 the only signed hash, the file is not read again: its length
-    and that digest are compared with the signed ones. Otherwise python-tuf reads and hashes
-    the file (``TargetFile.verify_length_and_hashes``).
+    Every chunk was checked against its signed hash as it came in, and ``assemble`` checks the
+    signed length: with sha256 the only signed hash, the file is the signed bytes and is not
+    read again here. TUF's whole-file check (sha256 and length) runs once, in the install's
+    copy (``SlotStore.install``). A target signed with other hashes as well is read and
+    checked here by python-tuf, since the install checks sha256 only.
     """
-    if streamed_sha256 is not None and set(info.hashes) == {"sha256"}:
-        length = path.stat().st_size
-        signed = info.hashes["sha256"]
-        if length != info.length or not hmac.compare_digest(streamed_sha256, signed):
-            raise UpdateError(
-                Reason.TAMPERED,
-                f"{info.path}: {length} bytes with sha256 {streamed_sha256}, "
-                f"signed {info.length} bytes with sha256 {signed}",
-            )
-        return
+    try:
+        staging.assemble(dest)
+        if set(info.hashes) != {"sha256"}:
+            verify_file(info, dest)
+    except UpdateError:
+        staging.discard()
+        fsutil.remove_file(dest)
+        raise
+    staging.discard()
+    return dest
+
+
+def verify_file(info: TargetFile, path: Path) -> None:
+    """The whole file against its signed length and hashes (python-tuf reads and hashes it);
+    ``tampered`` if not."""
     try:
         with path.open("rb") as handle:
             info.verify_length_and_hashes(handle)

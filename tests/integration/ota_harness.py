@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -569,6 +569,25 @@ def sigstop(process: ManagedProcess) -> None:
 def sigcont(process: ManagedProcess) -> None:
     assert process.process is not None
     process.process.send_signal(signal.SIGCONT)
+
+
+def trickle(
+    process: ManagedProcess,
+    done: Callable[[], bool],
+    timeout: float,
+    what: str,
+    slice_s: float = 0.002,
+) -> None:
+    """Let a ``sigstop``ped ``process`` run ``slice_s`` at a time until ``done()``; it is left
+    stopped. A transfer then advances a little per slice, however fast the machine is."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        sigcont(process)
+        time.sleep(slice_s)
+        sigstop(process)
+        time.sleep(0.02)  # what it sent in its slice lands before the next look
 
 
 def wait_outcome(fleet: Fleet, version: str, timeout: float = 40) -> dict[str, Any]:

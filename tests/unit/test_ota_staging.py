@@ -15,8 +15,9 @@ from agent.ota import staging as staging_module
 from agent.ota.fsutil import TEMP_PREFIX
 from agent.ota.reasons import Reason
 from agent.ota.release import ModelRelease, chunk_hashes
+from agent.ota.slots import SlotStore
 from agent.ota.staging import ChunkStaging, sweep
-from agent.ota.updater import verify_file
+from agent.ota.updater import assemble_download, verify_file
 
 CHUNK = 1024
 DATA = bytes((index * 7) % 251 for index in range(2 * CHUNK + 500))  # 3 chunks, last short
@@ -171,50 +172,70 @@ def test_assemble_moves_the_part_file_without_a_copy(tmp_path: Path) -> None:
     assert not (tmp_path / SHA / "part").exists()
 
 
-def test_the_whole_file_check_refuses_a_file_the_signed_hash_does_not_match(
+def test_assemble_download_moves_the_checked_file_and_clears_the_staging(tmp_path: Path) -> None:
+    staging = _staging(tmp_path / "staging")
+    for index in (2, 0, 1):
+        staging.store(index, _chunk(index))
+    dest = tmp_path / "kws.onnx.complete"
+    signed = TargetFile.from_data("models/kws/1.0/kws.onnx", DATA)
+    assert assemble_download(staging, signed, dest) == dest
+    assert dest.read_bytes() == DATA
+    assert not (tmp_path / "staging" / SHA).exists()
+
+
+def test_chunks_that_match_but_not_the_signed_file_hash_are_refused_at_install(
     tmp_path: Path,
 ) -> None:
-    """Chunks that match their hashes but not the signed file hash are refused by the
-    updater's whole-file check (python-tuf's), which runs right after assemble."""
-    staging = _staging(tmp_path)
+    """Per-chunk hashes signed inconsistently with the whole-file hash (a publishing bug; an
+    attacker cannot sign either): the download completes, since every chunk matches, and the
+    slot install refuses the file, whose copy it hashes against the signed sha256 (TUF's
+    whole-file check, made once there, not during the download)."""
+    staging = _staging(tmp_path / "staging")
     for index in range(3):
         staging.store(index, _chunk(index))
-    dest = staging.assemble(tmp_path / "out.onnx")
-    verify_file(TargetFile.from_data("models/kws/1.0/kws.onnx", DATA), dest)  # the real one
+    wrong_sha = hashlib.sha256(b"another file").hexdigest()
+    signed = TargetFile(len(DATA), {"sha256": wrong_sha}, "models/kws/1.0/kws.onnx")
+    dest = assemble_download(staging, signed, tmp_path / "kws.onnx.complete")
+    store = SlotStore(tmp_path / "slots", "kws")
     with pytest.raises(UpdateError) as caught:
-        verify_file(TargetFile.from_data("models/kws/1.0/kws.onnx", b"another file"), dest)
+        store.install(make_release(), dest, wrong_sha)
     assert caught.value.reason == Reason.TAMPERED
+    assert store.state().slots == {"a": None, "b": None}
+    assert not store.slot_complete("a")
+    assert not store.slot_complete("b")
 
 
-@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])
-def test_the_streamed_hash_is_the_whole_files_in_any_arrival_order(
-    tmp_path: Path, order: tuple[int, ...]
-) -> None:
-    staging = _staging(tmp_path)
-    for index in order:
-        assert staging.streamed_sha256() is None  # not every chunk is in it yet
+def test_other_signed_hashes_are_checked_by_python_tuf_when_assembling(tmp_path: Path) -> None:
+    """The install checks sha256 only: a target signed with sha512 as well is read and checked
+    in full right after the download, and a mismatch leaves nothing behind."""
+    both = TargetFile.from_data("models/kws/1.0/kws.onnx", DATA, ["sha256", "sha512"])
+    staging = _staging(tmp_path / "staging")
+    for index in range(3):
         staging.store(index, _chunk(index))
-    assert staging.streamed_sha256() == SHA
+    assert assemble_download(staging, both, tmp_path / "good").read_bytes() == DATA
 
-
-def test_the_streamed_hash_survives_a_reopen(tmp_path: Path) -> None:
-    """A resumed download (chunks 0 and 2 kept on disk) still ends with the whole hash."""
-    first = _staging(tmp_path)
-    first.store(0, _chunk(0))
-    first.store(2, _chunk(2))
-    again = _staging(tmp_path)
-    assert again.missing() == [1]
-    again.store(1, _chunk(1))
-    assert again.streamed_sha256() == SHA
-
-
-def test_the_streamed_hash_restarts_after_discard(tmp_path: Path) -> None:
-    staging = _staging(tmp_path)
-    staging.store(0, _chunk(0))
-    staging.discard()
-    for index in (0, 1, 2):
+    other = TargetFile.from_data("models/kws/1.0/kws.onnx", b"x" * len(DATA), ["sha512"])
+    other.hashes["sha256"] = SHA  # the chunks and sha256 fit, sha512 does not
+    staging = _staging(tmp_path / "staging")
+    for index in range(3):
         staging.store(index, _chunk(index))
-    assert staging.streamed_sha256() == SHA
+    dest = tmp_path / "bad"
+    with pytest.raises(UpdateError) as caught:
+        assemble_download(staging, other, dest)
+    assert caught.value.reason == Reason.TAMPERED
+    assert not dest.exists()
+    assert not (tmp_path / "staging" / SHA).exists()
+
+
+def test_verify_file_reads_the_whole_file(tmp_path: Path) -> None:
+    """The check of a downloaded file found at start-up (python-tuf's, reading the file)."""
+    path = tmp_path / "kws.onnx"
+    path.write_bytes(DATA)
+    verify_file(TargetFile.from_data("models/kws/1.0/kws.onnx", DATA), path)
+    path.write_bytes(DATA[:-1] + bytes([DATA[-1] ^ 1]))
+    with pytest.raises(UpdateError) as caught:
+        verify_file(TargetFile.from_data("models/kws/1.0/kws.onnx", DATA), path)
+    assert caught.value.reason == Reason.TAMPERED
 
 
 def test_store_all_returns_refused_chunks_and_keeps_the_others(tmp_path: Path) -> None:
@@ -227,31 +248,6 @@ def test_store_all_returns_refused_chunks_and_keeps_the_others(tmp_path: Path) -
     with pytest.raises(UpdateError) as caught:
         staging.store_all([(1, _chunk(1) + b"x")])
     assert caught.value.reason == Reason.TOO_LONG
-
-
-def test_the_whole_file_check_with_a_streamed_hash(tmp_path: Path) -> None:
-    """The streamed digest replaces the read-back only when it and the length match the
-    signed ones; a target signed with other hashes too is read and checked by python-tuf."""
-    staging = _staging(tmp_path)
-    for index in range(3):
-        staging.store(index, _chunk(index))
-    streamed = staging.streamed_sha256()
-    dest = staging.assemble(tmp_path / "out.onnx")
-    signed = TargetFile.from_data("models/kws/1.0/kws.onnx", DATA)
-    verify_file(signed, dest, streamed)
-    for wrong in ("0" * 64, hashlib.sha256(b"another file").hexdigest()):
-        with pytest.raises(UpdateError) as caught:
-            verify_file(signed, dest, wrong)
-        assert caught.value.reason == Reason.TAMPERED
-    longer = TargetFile(len(DATA) + 1, dict(signed.hashes), signed.path)
-    with pytest.raises(UpdateError) as caught:
-        verify_file(longer, dest, streamed)
-    assert caught.value.reason == Reason.TAMPERED
-    both = TargetFile.from_data("models/kws/1.0/kws.onnx", DATA, ["sha256", "sha512"])
-    verify_file(both, dest, "0" * 64)  # not trusted alone: python-tuf reads the file
-    other = TargetFile.from_data("models/kws/1.0/kws.onnx", b"x" * len(DATA), ["sha256", "sha512"])
-    with pytest.raises(UpdateError):
-        verify_file(other, dest, streamed)
 
 
 def test_sha256_must_be_hex(tmp_path: Path) -> None:
