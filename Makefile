@@ -55,6 +55,7 @@ models: $(MODELS_STAMP)
 	@$(MODELS_VENV)/bin/python models/digits/build.py
 	@$(MODELS_VENV)/bin/python models/digits/distill.py
 	@$(MODELS_VENV)/bin/python models/minilm/build.py
+	@$(MODELS_VENV)/bin/python models/tinybert/build.py
 
 deps: system-deps $(STAMP)
 

@@ -253,6 +253,13 @@ def model_optimize(
     ] = None,
     runs: Annotated[int, typer.Option("--runs", help="timed single-example runs")] = 200,
     threads: Annotated[int, typer.Option("--threads", help="intra-op threads")] = 1,
+    attention_heads: Annotated[
+        int | None,
+        typer.Option("--attention-heads", help="transformer: fuse it first (with --hidden-size)"),
+    ] = None,
+    hidden_size: Annotated[
+        int | None, typer.Option("--hidden-size", help="transformer hidden size")
+    ] = None,
 ) -> None:
     """Quantize and prune an ONNX model, then compare size, latency and accuracy."""
     try:
@@ -261,6 +268,7 @@ def model_optimize(
 
         from fleet.modelopt.errors import OptionsError  # noqa: PLC0415
         from fleet.modelopt.pipeline import OptimizeOptions, optimize  # noqa: PLC0415
+        from fleet.modelopt.quantize import AttentionShape  # noqa: PLC0415
         from fleet.modelopt.report import render_table  # noqa: PLC0415
     except ImportError as exc:
         # No brackets in the message: the console would read "[optimize]" as markup.
@@ -268,6 +276,14 @@ def model_optimize(
         return
     if mode not in ("auto", "static", "dynamic"):
         _fail(OptionsError(f"--mode must be auto, static or dynamic, not {mode!r}"))
+    attention = None
+    if (attention_heads is None) != (hidden_size is None):
+        _fail(OptionsError("--attention-heads and --hidden-size go together"))
+    try:
+        if attention_heads is not None and hidden_size is not None:
+            attention = AttentionShape(attention_heads, hidden_size)
+    except OptionsError as exc:
+        _fail(exc)
     options = OptimizeOptions(
         model=model,
         eval_data=eval_data,
@@ -279,6 +295,7 @@ def model_optimize(
         compare=tuple(compare or ()),
         runs=runs,
         threads=threads,
+        attention=attention,
     )
     console = Console()
     try:

@@ -1,7 +1,9 @@
 """``fleet model optimize`` end to end: check inputs, make the variants, measure, report.
 
 Variants: the fp32 baseline as given; int8 by ONNX Runtime (static QDQ calibrated on the
-calibration split, or dynamic for transformer-style models); magnitude-pruned at the chosen
+calibration split, or dynamic for transformer-style models); given the attention shape, the
+fp32 model after ONNX Runtime's transformer fusions, from which the dynamic int8 is then made
+(so the report shows how much of int8's gain is the fusions'); magnitude-pruned at the chosen
 sparsity; full-integer TFLite when TensorFlow is installed and a TF model is given; and any
 extra ONNX files to compare (a distilled student). Every input is checked before the first
 long step, so a bad path fails in a second with one line, not after minutes of calibration.
@@ -26,7 +28,12 @@ from fleet.modelopt.data import Dataset, load_dataset
 from fleet.modelopt.errors import DatasetError, OptionsError
 from fleet.modelopt.measure import accuracy, mean_cosine, time_single_examples
 from fleet.modelopt.prune import gzip_size, prune_file
-from fleet.modelopt.quantize import quantize_int8_dynamic, quantize_int8_static
+from fleet.modelopt.quantize import (
+    AttentionShape,
+    fuse_transformer,
+    quantize_int8_dynamic,
+    quantize_int8_static,
+)
 from fleet.modelopt.report import Report, VariantResult, plot_report
 from fleet.modelopt.session import input_names, open_session
 from fleet.modelopt.tflite import MISSING_TENSORFLOW, NO_TF_MODEL
@@ -50,6 +57,7 @@ class OptimizeOptions:
     compare: tuple[Path, ...] = ()
     runs: int = 200
     threads: int = 1
+    attention: AttentionShape | None = None  # fuse a transformer before dynamic int8
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,8 @@ def _check_options(options: OptimizeOptions) -> None:
         raise OptionsError(
             f"--runs and --threads must be at least 1 (got {options.runs}, {options.threads})"
         )
+    if options.attention is not None and options.mode == "static":
+        raise OptionsError("the attention shape is for dynamic quantization, not --mode static")
 
 
 def _check_fits(session: ort.InferenceSession, data: Dataset, model: Path) -> None:
@@ -158,12 +168,19 @@ def _make_variants(
 ) -> list[_Candidate]:
     stem = options.model.stem.removesuffix("-fp32")
     candidates = [_Candidate("fp32", "baseline", options.model)]
+    source = options.model
+    if mode == "dynamic" and options.attention is not None:
+        source = options.out / f"{stem}-fp32-fused.onnx"
+        with steps.step("transformer fusions"):
+            fused = fuse_transformer(options.model, source, options.attention)
+        note = "fused " + ", ".join(f"{count} {op}" for op, count in fused.items())
+        candidates.append(_Candidate("fp32-fused", "compare", source, note=note))
     int8 = options.out / f"{stem}-int8-{mode}.onnx"
     with steps.step(f"{mode} int8 quantization"):
         if mode == "static" and calibration is not None:  # _calibration() ensures it is
             quantize_int8_static(options.model, int8, calibration)
         else:
-            quantize_int8_dynamic(options.model, int8)
+            quantize_int8_dynamic(source, int8)
     candidates.append(_Candidate(f"int8-{mode}", "quantized", int8))
     if options.sparsity > 0:
         percent = round(options.sparsity * 100)
