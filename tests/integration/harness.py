@@ -136,6 +136,20 @@ def fleet_cli(port: int, *args: str, timeout: float = 30) -> subprocess.Complete
     )
 
 
+def model_optimize(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``fleet model optimize ARGS`` as a user runs it, from the repository root."""
+    argv = [sys.executable, "-m", "fleet", "model", "optimize", *map(str, args)]
+    return subprocess.run(
+        argv,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "300", "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+
+
 def start_controller(tmp: Path, port: int, **env: str) -> ManagedProcess:
     """Start the controller and wait until it answers, so its session exists before devices
     publish anything (messages sent before a subscriber's first connect cannot be queued)."""

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from agent.inference.card import card_path_for, load_card
+from tests.integration.harness import model_optimize
 
 pytestmark = pytest.mark.integration
 
@@ -27,23 +26,10 @@ SPARSITY = 0.6
 EXIT_BAD_INPUT = 65
 
 
-def _optimize(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "fleet", "model", "optimize", *map(str, args)]
-    return subprocess.run(
-        argv,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "300", "PYTHONPATH": str(REPO)},
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def optimized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("optimize") / "out"
-    done = _optimize(
+    done = model_optimize(
         FP32,
         "--calibration", CALIBRATION,
         "--eval", EVAL,
@@ -147,7 +133,7 @@ def test_bad_input_is_one_clear_line_and_a_failing_exit(
         else:
             np.savez(eval_data, x=np.zeros((2, 63), dtype=np.float32), y=np.zeros(2, np.int64))
     out = tmp_path / "out"
-    done = _optimize(model, "--calibration", CALIBRATION, "--eval", eval_data, "--out", out)
+    done = model_optimize(model, "--calibration", CALIBRATION, "--eval", eval_data, "--out", out)
     assert done.returncode == EXIT_BAD_INPUT
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()

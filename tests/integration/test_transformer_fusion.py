@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import pytest
 from fleet.modelopt.errors import OptimizeError, OptionsError
 from fleet.modelopt.measure import mean_cosine
 from fleet.modelopt.quantize import AttentionShape, fuse_transformer, quantize_int8_dynamic
+from tests.integration.harness import model_optimize
 
 pytestmark = pytest.mark.integration
 
@@ -101,25 +100,12 @@ def test_an_impossible_attention_shape_is_an_options_error(heads: int, hidden: i
         AttentionShape(heads, hidden)
 
 
-def _optimize(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "fleet", "model", "optimize", *map(str, args)]
-    return subprocess.run(
-        argv,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "300", "PYTHONPATH": str(REPO)},
-        check=False,
-    )
-
-
 def test_optimize_command_reports_fused_fp32_beside_int8(tmp_path: Path) -> None:
     eval_data = tmp_path / "eval.npz"
     feeds = _feeds(count=16)
     np.savez(eval_data, **{name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
     out = tmp_path / "out"
-    done = _optimize(
+    done = model_optimize(
         TINY, "--eval", eval_data, "--out", out, "--sparsity", "0", "--runs", "10",
         "--attention-heads", "4", "--hidden-size", "32",
     )  # fmt: skip
@@ -139,7 +125,7 @@ def test_optimize_command_reports_fused_fp32_beside_int8(tmp_path: Path) -> None
 
 def test_optimize_command_wants_both_attention_options(tmp_path: Path) -> None:
     eval_data, out = tmp_path / "x.npz", tmp_path / "out"
-    done = _optimize(TINY, "--eval", eval_data, "--out", out, "--attention-heads", "4")
+    done = model_optimize(TINY, "--eval", eval_data, "--out", out, "--attention-heads", "4")
     assert done.returncode != 0
     assert "--attention-heads and --hidden-size go together" in done.stderr
     assert "Traceback" not in done.stderr
