@@ -130,10 +130,14 @@ class ChunkStaging:
         self._synced_at = time.monotonic()
 
     def assemble(self, dest: Path) -> Path:
-        """Move the complete file to ``dest`` (a rename, then the directories synced).
+        """Move the complete file to ``dest`` (a rename).
 
-        The file's bytes are not synced here: a power cut before they reach the disk leaves
-        a file that fails its hash check on the next start and is fetched again.
+        Neither the file's bytes nor the directories are synced here, because everything in
+        staging is checked again after a restart. A power cut that loses the rename leaves
+        ``part``, whose chunks are checked one by one and kept; one that loses bytes leaves
+        a file that fails its hash check and is fetched again. The slot install syncs its own
+        copy. (The two directory syncs took about 0.7 ms of a 50 ms download of 8 MiB here,
+        and an SD card takes far longer.)
         """
         missing = self.missing()
         if missing:
@@ -151,17 +155,17 @@ class ChunkStaging:
             os.replace(self._part, dest)
         except OSError as exc:
             raise StoreError(f"cannot move the staged file ({exc})", path=str(dest)) from exc
-        fsync_dir(dest.parent)
-        fsync_dir(self.directory)
         self._stored.clear()
         return dest
 
     def discard(self) -> None:
-        """Delete this staging directory and everything in it."""
+        """Delete this staging directory and everything in it.
+
+        Not synced: a directory that a power cut brings back is checked chunk by chunk, or
+        swept, like any other staging left behind.
+        """
         self._close()
         shutil.rmtree(self.directory, ignore_errors=True)
-        if self.directory.parent.is_dir():
-            fsync_dir(self.directory.parent)
         self._stored.clear()
 
     @property
