@@ -434,12 +434,10 @@ def decode_reply(payload: bytes) -> DecodedReply:
     if end > len(payload) or end - 2 > REPLY_HEADER_MAX:
         raise ValueError(f"header of {end - 2} bytes")
     fields = json.loads(payload[2:end])
-    correlation = None
-    if isinstance(fields, dict):
-        correlation = _correlation_field(fields.pop("correlation", None))
-    if not isinstance(fields, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields.values()
-    ):
+    if not isinstance(fields, dict):
+        raise ValueError(f"header {fields!r}")  # noqa: TRY004  # the contract: ValueError
+    correlation = _correlation_field(fields.pop("correlation", None))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields.values()):
         raise ValueError(f"header {fields!r}")
     return DecodedReply(fields, correlation, memoryview(payload)[end:])
 
