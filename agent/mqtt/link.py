@@ -1,4 +1,5 @@
-"""The MQTT link: the only module that imports paho.
+"""The MQTT link: with its paho client (``agent.mqtt.paho_client``), the only code that
+imports paho.
 
 One ``MqttLink`` keeps one MQTT v5 connection alive on the running asyncio loop. paho's
 socket callbacks are bridged into the loop (``add_reader``/``add_writer``), so every paho
@@ -52,6 +53,7 @@ from agent.mqtt.base import (
     backoff_delay,
     publish_packet_size,
 )
+from agent.mqtt.paho_client import LinkClient
 
 log = structlog.get_logger("agent.mqtt")
 
@@ -350,7 +352,7 @@ class MqttLink:
 
     def _make_client(self) -> paho.Client:
         s = self._settings
-        client = paho.Client(
+        client = LinkClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             protocol=paho.MQTTv5,
