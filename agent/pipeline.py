@@ -242,7 +242,7 @@ class SensorPipeline:
         }
 
 
-def parse_input(payload: bytes) -> list[float]:
+def parse_input(payload: bytes | bytearray) -> list[float]:
     """An MQTT source's message: ``{"inputs": [...]}`` or a bare JSON list, numbers only.
 
     Nested lists are flattened in order (the model input's shape is restored later).

@@ -74,7 +74,9 @@ class InboundMessage:
     """A message delivered to us, with the v5 request/response properties we use."""
 
     topic: str
-    payload: bytes
+    # bytes, or for a packet of 64 KiB or more the bytearray paho read it into
+    # (agent.mqtt.paho_client: no copy of a large payload). Treat it as read-only.
+    payload: bytes | bytearray
     qos: int
     retain: bool
     response_topic: str | None = None

@@ -512,7 +512,7 @@ class MqttLink:
         props = msg.properties
         message = InboundMessage(
             topic=msg.topic,
-            payload=bytes(msg.payload),
+            payload=msg.payload,
             qos=msg.qos,
             retain=bool(msg.retain),
             response_topic=getattr(props, "ResponseTopic", None) if props else None,

@@ -11,10 +11,11 @@ docs/benchmarks.md).
 ``LinkClient`` overrides two of paho's internal methods, for large packets only (at least
 ``LARGE_PACKET_BYTES``):
 
-- ``_handle_publish`` reads a QoS 0 or 1 MQTT v5 PUBLISH through a ``memoryview`` and copies
-  the payload once, to the ``bytes`` that callbacks get as before. Anything else (QoS 2, a
-  small packet, an empty topic, lengths that do not add up, properties that do not parse)
-  goes to paho's own ``_handle_publish``, which keeps its checks and its errors.
+- ``_handle_publish`` reads a QoS 0 or 1 MQTT v5 PUBLISH through a ``memoryview`` and hands
+  over the packet itself as the payload, a ``bytearray`` with the topic and properties cut
+  off in place: no copy at all. Anything else (QoS 2, a small packet, an empty topic,
+  lengths that do not add up, properties that do not parse) goes to paho's own
+  ``_handle_publish``, which keeps its checks and its errors (and gives ``bytes``).
 - ``_packet_queue`` queues a ``memoryview`` of the packet, so paho's ``packet[pos:]`` is a
   view instead of a copy.
 
@@ -71,6 +72,7 @@ class LinkClient(paho.Client):
             mid = int.from_bytes(view[at : at + 2], "big")
             at += 2
         properties = _properties_at(view, at)
+        view.release()  # a bytearray with a view on it cannot shrink
         if not topic or properties is None:
             return None
         parsed, length = properties
@@ -79,7 +81,10 @@ class LinkClient(paho.Client):
         message.qos = qos
         message.retain = bool(command & 0x01)
         message.properties = parsed
-        message.payload = bytes(view[at + length :])
+        # The packet becomes the payload: a bytearray drops a prefix in place, without a copy.
+        # paho starts a new bytearray for the next packet.
+        del packet[: at + length]
+        message.payload = packet
         message.timestamp = time.monotonic()  # paho's clock for messages
         return message
 

@@ -24,7 +24,9 @@ def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False).encode()
 
 
-def decode_object(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+def decode_object(
+    payload: bytes | bytearray, *, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> dict[str, Any]:
     """Parse a JSON object payload.
 
     Raises:
@@ -65,7 +67,7 @@ def from_iso(text: str) -> datetime:
     return moment
 
 
-def _excerpt(payload: bytes) -> str:
+def _excerpt(payload: bytes | bytearray) -> str:
     return payload[:_EXCERPT].decode("utf-8", errors="replace")
 
 

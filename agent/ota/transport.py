@@ -426,7 +426,7 @@ def encode_reply(
     return len(header).to_bytes(2, "big") + header + data
 
 
-def decode_reply(payload: bytes) -> DecodedReply:
+def decode_reply(payload: bytes | bytearray) -> DecodedReply:
     """A reply payload taken apart; ``ValueError`` if it is not one."""
     if len(payload) < 2:
         raise ValueError("shorter than its header length")

@@ -107,7 +107,7 @@ class OtaUpdater:
         """Take desired-state and repository-file messages; False for anything else."""
         if message.topic == self._desired_topic:
             if message.payload:  # an empty retained message only clears the topic
-                self._offer(message.payload)
+                self._offer(bytes(message.payload))
             return True
         try:
             channel = parse(message.topic).channel

@@ -78,7 +78,7 @@ class RepositoryFiles:
         self._repo = repo_dir.resolve()
         self._roots = {name: (self._repo / name).resolve() for name in SERVED_DIRS}
 
-    def answer(self, payload: bytes, max_reply: int) -> FileReply:
+    def answer(self, payload: bytes | bytearray, max_reply: int) -> FileReply:
         """The reply to one request payload; never raises for anything the payload holds."""
         try:
             request = parse_request(payload)
@@ -122,7 +122,7 @@ class RepositoryFiles:
         return FileReply(STATUS_OK, data, size, request.offset)
 
 
-def parse_request(payload: bytes) -> FileRequest:
+def parse_request(payload: bytes | bytearray) -> FileRequest:
     """``{"path": str, "offset": int >= 0, "length": int > 0}`` or ``BadRequestError``."""
     if len(payload) > MAX_REQUEST_BYTES:
         raise BadRequestError(f"request of {len(payload)} bytes, limit {MAX_REQUEST_BYTES}")
@@ -235,7 +235,9 @@ class FileService:
         )
         work.add_done_callback(lambda done: self._send(done, reply_topic))
 
-    def _encoded_answer(self, payload: bytes, max_reply: int, correlation: bytes) -> bytes:
+    def _encoded_answer(
+        self, payload: bytes | bytearray, max_reply: int, correlation: bytes
+    ) -> bytes:
         # Encoding copies the whole range: do it in the worker, not on the loop thread.
         return self._files.answer(payload, max_reply).encode(correlation)
 
