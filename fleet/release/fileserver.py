@@ -274,8 +274,8 @@ class FileService:
             if not done.cancelled():
                 log.error("fileserver.answer_failed", topic=topic, error=repr(done.exception()))
             return
-        # No v5 property at all, the correlation is in the payload: each property costs the
-        # device several copies of the packet (agent.ota.transport.encode_reply).
+        # No v5 property at all, the correlation is in the payload: a device on plain paho
+        # copies the packet several times per property (agent.ota.transport.encode_reply).
         options = PublishOptions(content_type=None)
         try:
             acked = self._link.publish(topic, done.result(), qos=1, options=options)

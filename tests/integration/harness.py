@@ -6,6 +6,8 @@ a real paho client with a persistent session, so it keeps receiving across broke
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from agent.mqtt.link import MqttLink
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,6 +39,21 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: fl
             return result
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def running_link(link: MqttLink, timeout: float = 10) -> AsyncIterator[MqttLink]:
+    """Run ``link`` for the block, connected and with its subscriptions acknowledged; close it
+    cleanly after."""
+    task = asyncio.create_task(link.run())
+    try:
+        await link.wait_connected(timeout)
+        await link.wait_subscribed(timeout)
+        yield link
+    finally:
+        await link.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:

@@ -10,9 +10,7 @@ in-flight limit: without a PUBACK the broker stops after ``INFLIGHT`` messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from agent.mqtt.base import InboundMessage, LinkSettings, PublishOptions
 from agent.mqtt.link import MqttLink
 from agent.mqtt.paho_client import LARGE_PACKET_BYTES
 from fleet.localbroker import PrivateBroker
+from tests.integration.harness import running_link
 
 INFLIGHT = 3  # the broker's limit of unacknowledged QoS 1 messages per client
 TOPIC = "fleet/big-receiver/file"
@@ -35,20 +34,6 @@ def small_window_broker(tmp_path: Path) -> PrivateBroker:
     broker.start()
     yield broker
     broker.stop()
-
-
-@contextlib.asynccontextmanager
-async def running(link: MqttLink) -> AsyncIterator[MqttLink]:
-    runner = asyncio.create_task(link.run())
-    try:
-        await link.wait_connected(10)
-        await link.wait_subscribed(10)
-        yield link
-    finally:
-        await link.close()
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
 
 
 def _link(port: int, client_id: str, *, manual_ack: bool = False) -> MqttLink:
@@ -78,7 +63,7 @@ class TestLargePublishes:
     async def _round_trip(self, port: int, qos: int) -> None:
         receiver, inbox = _receiver(port)
         sent = []
-        async with running(receiver), running(_link(port, "big-sender")) as sender:
+        async with running_link(receiver), running_link(_link(port, "big-sender")) as sender:
             for number, size in enumerate(SIZES):
                 payload = os.urandom(size)
                 options = PublishOptions(
@@ -106,10 +91,10 @@ class TestLargePublishes:
 
     async def _retained(self, port: int) -> None:
         payload = os.urandom(2 * LARGE_PACKET_BYTES)
-        async with running(_link(port, "big-sender")) as sender:
+        async with running_link(_link(port, "big-sender")) as sender:
             await asyncio.wait_for(sender.publish(TOPIC, payload, retain=True), 10)
         receiver, inbox = _receiver(port)
-        async with running(receiver):
+        async with running_link(receiver):
             got = await asyncio.wait_for(inbox.get(), 10)
         assert got.retain
         assert got.payload == payload
@@ -121,7 +106,7 @@ class TestLargePublishes:
     async def _acknowledged(self, port: int) -> None:
         count = 3 * INFLIGHT
         receiver, inbox = _receiver(port)
-        async with running(receiver), running(_link(port, "big-sender")) as sender:
+        async with running_link(receiver), running_link(_link(port, "big-sender")) as sender:
             payloads = [os.urandom(LARGE_PACKET_BYTES + n) for n in range(count)]
             for payload in payloads:
                 sender.publish(TOPIC, payload)
@@ -136,7 +121,7 @@ class TestLargePublishes:
     async def _manual(self, port: int) -> None:
         count = INFLIGHT + 2
         receiver, inbox = _receiver(port, manual_ack=True)
-        async with running(receiver), running(_link(port, "big-sender")) as sender:
+        async with running_link(receiver), running_link(_link(port, "big-sender")) as sender:
             for n in range(count):
                 sender.publish(TOPIC, os.urandom(LARGE_PACKET_BYTES + n))
             first = [await asyncio.wait_for(inbox.get(), 10) for _ in range(INFLIGHT)]

@@ -38,6 +38,7 @@ from agent.mqtt.topics import Channel, parse, topic_for
 from agent.ota.transport import ChunkRange, MqttFetcher, RepositoryClient, decode_reply
 from fleet.localbroker import PrivateBroker
 from fleet.release.fileserver import FileService, RepositoryFiles
+from tests.integration.harness import running_link
 
 DEVICE = "pi-1"
 OTHER_DEVICE = "pi-2"
@@ -58,18 +59,6 @@ def _settings(port: int, client_id: str) -> LinkSettings:
     return LinkSettings(
         host="127.0.0.1", port=port, client_id=client_id, clean_start=True, session_expiry_s=0
     )
-
-
-@contextlib.asynccontextmanager
-async def _running(link: MqttLink) -> AsyncIterator[None]:
-    task = asyncio.create_task(link.run())
-    try:
-        await link.wait_connected(10)
-        yield
-    finally:
-        await link.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -95,9 +84,7 @@ async def _pair(
 
     device.set_message_handler(route_device)
     device.add_subscription(client.subscription())
-    async with _running(controller), _running(device):
-        await controller.wait_subscribed(10)
-        await device.wait_subscribed(10)
+    async with running_link(controller), running_link(device):
         try:
             yield pair
         finally:
@@ -403,7 +390,7 @@ class TestLinkTrouble:
         client = RepositoryClient(device, DEVICE, timeout_s=0.2, retries=2)
         device.set_message_handler(client.on_message)
         device.add_subscription(client.subscription())
-        async with _running(device):
+        async with running_link(device):
             with pytest.raises(FetchError) as raised:
                 await client.fetch_range("metadata/1.root.json", 0, 100)
         assert raised.value.status == 504
