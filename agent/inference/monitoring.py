@@ -50,6 +50,11 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 LATENCY_QUANTILES = (0.5, 0.95, 0.99)
 TOP_CLASSES_IN_SNAPSHOT = 10
 LABELS_IN_MESSAGES = 20
+# Output windows take queued outputs in bulk once this many batches or bytes are waiting
+# (or when anything reads them): rare enough to vanish per request, small enough that the
+# fold itself stays well under a millisecond and holds little memory.
+FOLD_BATCHES = 256
+FOLD_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,12 @@ class _ModelStats:
         return list(zip(bounds, cumulative, strict=True))
 
 
+class _Pending(NamedTuple):
+    stats: _ModelStats
+    scores: npt.NDArray[Any]  # the batch's first output, one flattened row per batch row
+    ids: tuple[str, ...]
+
+
 class _LowRow(NamedTuple):
     row: int
     label: str
@@ -236,6 +247,9 @@ class ModelMonitor:
         self._retired: deque[Key] = deque()
         self._error_only: dict[Key, Counter[str]] = {}
         self._predictions: OrderedDict[Key, tuple[str, int]] = OrderedDict()
+        # Outputs not yet in their windows (``_record_result``); folded before any report.
+        self._pending: list[_Pending] = []
+        self._pending_bytes = 0
         self._internal_errors = 0
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(MonitorCollector(self._collect, lambda: self.capture))
@@ -277,6 +291,14 @@ class ModelMonitor:
         except Exception:
             self._internal_failure("on_result", card.name)
 
+    def flush(self) -> None:
+        """Fold the outputs queued for the output windows now (every report does this)."""
+        try:
+            with self._lock:
+                self._fold_pending()
+        except Exception:
+            self._internal_failure("flush", "")
+
     def on_error(self, model: str, version: str | None, error: InferenceError) -> None:
         try:
             kind = type(error).__name__
@@ -301,6 +323,7 @@ class ModelMonitor:
         id is unknown, aged out, or already had its feedback (each prediction counts once).
         """
         with self._lock:
+            self._fold_pending()
             remembered = self._predictions.get((model, prediction_id))
             if remembered is None:
                 raise self._feedback_refusal(model, prediction_id)
@@ -347,7 +370,13 @@ class ModelMonitor:
     # -- internals ------------------------------------------------------------------------
 
     def _record_result(self, card: ModelCard, prediction: Prediction) -> list[_LowRow]:
-        """Update the stats of one batch; the rows under the low-confidence threshold."""
+        """Update the stats of one batch; the rows under the low-confidence threshold.
+
+        Counters and latency are updated now. The output windows (classes, confidence,
+        norms) take the batch later, in bulk, unless the low-confidence capture has to look
+        at it now: a request then costs a list append instead of a few numpy calls on small
+        arrays, which on a small board is a visible share of a millisecond model's latency.
+        """
         key = (card.name, card.version)
         stats = self._stats.get(key)
         if stats is None:  # a result before on_loaded: start counting now
@@ -355,24 +384,56 @@ class ModelMonitor:
         output = _first_output(card, prediction)
         rows = len(prediction.ids) or (output.shape[0] if output.ndim else 1)
         stats.record_batch(rows, prediction.latency_s, self._now())
-        if card.task == "embedding":
-            stats.norms.extend(np.linalg.norm(output.reshape(rows, -1), axis=1))
-        if not stats.is_classifier:
+        if card.task != "embedding" and not stats.is_classifier:
             return []
         scores = output.reshape(rows, -1)
+        threshold = self.low_confidence_threshold
+        if not (stats.is_classifier and self.capture is not None and threshold is not None):
+            self._pending.append(_Pending(stats, scores, prediction.ids))
+            self._pending_bytes += scores.nbytes
+            if len(self._pending) >= FOLD_BATCHES or self._pending_bytes >= FOLD_BYTES:
+                self._fold_pending()
+            return []
+        predicted, confidence = self._fold(stats, [_Pending(stats, scores, prediction.ids)])
+        low = np.flatnonzero(confidence < threshold).tolist()
+        return [
+            _LowRow(row, stats.label(int(predicted[row])), float(confidence[row])) for row in low
+        ]
+
+    def _fold_pending(self) -> None:
+        """Queued outputs into their windows, one vectorized pass per model version."""
+        if not self._pending:
+            return
+        groups: dict[int, list[_Pending]] = {}
+        for item in self._pending:
+            groups.setdefault(id(item.stats), []).append(item)
+        self._pending.clear()
+        self._pending_bytes = 0
+        for items in groups.values():
+            self._fold(items[0].stats, items)
+
+    def _fold(
+        self, stats: _ModelStats, items: list[_Pending]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """``items`` (rows by flattened output, of one version) into the output windows;
+        a classifier's predicted classes and top-1 confidence per row."""
+        if stats.card.task == "embedding":
+            stats.norms.extend(_row_norms([item.scores for item in items]))
+        if not stats.is_classifier:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        scores = np.concatenate([item.scores for item in items])
         stats.classes = stats.classes or scores.shape[1]
         predicted = scores.argmax(axis=1).astype(np.int64)
         confidence = scores.max(axis=1).astype(np.float64)
         stats.predicted.extend(predicted)
         stats.confidence.extend(confidence)
-        self._remember(card.name, card.version, prediction.ids, predicted)
-        if self.low_confidence_threshold is None:
-            return []
-        low = np.flatnonzero(confidence < self.low_confidence_threshold).tolist()
-        stats.low_confidence += len(low)
-        return [
-            _LowRow(row, stats.label(int(predicted[row])), float(confidence[row])) for row in low
-        ]
+        ids = tuple(prediction_id for item in items for prediction_id in item.ids)
+        self._remember(stats.card.name, stats.card.version, ids, predicted)
+        if self.low_confidence_threshold is not None:
+            stats.low_confidence += int(
+                np.count_nonzero(confidence < self.low_confidence_threshold)
+            )
+        return predicted, confidence
 
     def _remember(
         self, model: str, version: str, ids: tuple[str, ...], predicted: npt.NDArray[np.int64]
@@ -425,6 +486,7 @@ class ModelMonitor:
 
     def _collect(self) -> tuple[list[View], dict[Key, Counter[str]], int]:
         with self._lock:
+            self._fold_pending()
             now = self._now()
             views = [
                 View(
@@ -438,6 +500,15 @@ class ModelMonitor:
             ]
             error_only = {key: Counter(errors) for key, errors in self._error_only.items()}
             return views, error_only, self._internal_errors
+
+
+def _row_norms(batches: list[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
+    """The L2 norm of every row of ``batches`` (2-D each; widths may differ between them)."""
+    if len({batch.shape[1] for batch in batches}) > 1:
+        return np.concatenate([_row_norms([batch]) for batch in batches])
+    rows = np.concatenate(batches).astype(np.float64, copy=False)
+    norms: npt.NDArray[np.float64] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+    return norms
 
 
 def _first_output(card: ModelCard, prediction: Prediction) -> npt.NDArray[Any]:

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,9 +42,11 @@ from agent.errors import (
 from agent.inference.backends import (
     Backend,
     BackendOptions,
+    CheckedFeeds,
+    InputContract,
     caller_dtype,
     check_signature,
-    conform_feeds,
+    input_contract,
     open_backend,
 )
 from agent.inference.card import ModelCard, card_path_for, load_card
@@ -64,7 +66,7 @@ class Prediction:
 
     model: str
     version: str
-    outputs: dict[str, Array]  # float32, batch first
+    outputs: dict[str, Array]  # float32, batch first; read-only (observers read them later)
     ids: tuple[str, ...]  # one prediction id per batch row (for feedback / capture)
     latency_s: float  # time inside backend.run
 
@@ -143,6 +145,12 @@ class _Servable:
     backend: Backend
     in_flight: int = 0
     retiring: bool = False
+    # The card's inputs; the same object as the backend's when the file declares just those,
+    # so the backend does not check a request again.
+    contract: InputContract = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.contract = input_contract(self.card.name, self.card.inputs)
 
 
 @dataclass(frozen=True)
@@ -302,7 +310,7 @@ class ModelRegistry:
         servable = self._resolve(name, version)
         card = servable.card
         try:
-            conformed, batch = _conform(card, feeds)
+            conformed, batch = _conform(servable.contract, feeds)
             if self._pending >= self._max_queue:
                 raise ServiceBusyError(model=name, queued=self._pending)
         except InferenceError as exc:
@@ -384,6 +392,11 @@ class ModelRegistry:
         """The card of the default (or the given) serving version of ``name``."""
         return self._resolve(name, version).card
 
+    def backend(self, name: str, version: str | None = None) -> Backend:
+        """The backend of the default (or the given) serving version of ``name``: for
+        benchmarks and diagnostics that compare the runtime itself with the service."""
+        return self._resolve(name, version).backend
+
     def status(self, name: str) -> list[VersionStatus]:
         """Every version of ``name`` the registry knows about, the most recent first."""
         statuses = self._statuses.get(name)
@@ -462,14 +475,14 @@ def _error_code(error: InferenceError) -> str:
     return "UNKNOWN"
 
 
-def _conform(card: ModelCard, feeds: Mapping[str, Array]) -> tuple[dict[str, Array], int]:
+def _conform(contract: InputContract, feeds: Mapping[str, Array]) -> tuple[CheckedFeeds, int]:
     """``feeds`` checked against the card (names, shapes, dtypes: the backends' own rules) and
     converted to the caller dtypes, with the batch size they share."""
-    conformed = conform_feeds(card.name, card.inputs, feeds)
+    conformed = contract.conform(feeds)
     batch_sizes = {array.shape[0] if array.ndim else 1 for array in conformed.values()}
     if len(batch_sizes) > 1:
         raise InvalidInputError(
-            f"inputs have different batch sizes {sorted(batch_sizes)}", model=card.name
+            f"inputs have different batch sizes {sorted(batch_sizes)}", model=contract.model
         )
     return conformed, batch_sizes.pop()
 
@@ -479,6 +492,8 @@ def _run_timed(backend: Backend, feeds: Mapping[str, Array]) -> _RunResult:
     started = time.perf_counter()
     outputs = backend.run(feeds)
     latency_s = time.perf_counter() - started
+    for array in outputs.values():
+        array.flags.writeable = False
     return _RunResult(outputs, latency_s, _first_nonfinite(outputs))
 
 

@@ -392,3 +392,27 @@ def test_versions_side_by_side_explicit_requests_and_unload() -> None:
         await registry.close()
 
     run(scenario())
+
+
+def test_outputs_are_read_only_and_the_monitor_sees_what_the_caller_got() -> None:
+    # The monitor folds outputs into its windows after predict returns; a caller that wrote
+    # into them would change what it reports. The registry hands them out read-only.
+    rows, _ = eval_split()
+
+    async def scenario() -> None:
+        monitor = ModelMonitor()
+        registry = ModelRegistry(BackendOptions(), observer=monitor)
+        await registry.load(FP32)
+        checked = registry.backend("digits").run({"pixels": rows[:20]})  # a backend's own
+        assert checked["probabilities"].flags.writeable
+        prediction = await registry.predict("digits", {"pixels": rows[:20]})
+        probabilities = prediction.outputs["probabilities"]
+        with pytest.raises(ValueError, match="read-only"):
+            probabilities[:] = 0
+        [block] = monitor.snapshot()["models"]
+        confidence = probabilities.max(axis=1).astype(np.float64)
+        assert block["output_window_samples"] == 20
+        assert block["confidence_mean"] == pytest.approx(confidence.mean())
+        await registry.close()
+
+    run(scenario())

@@ -23,7 +23,7 @@ from agent.errors import (
 from agent.inference.backends import BackendOptions, open_backend
 from agent.inference.capture import CaptureBuffer
 from agent.inference.card import ModelCard, ReferenceStats, TensorSpec, card_path_for, load_card
-from agent.inference.monitoring import ModelMonitor, MonitorLimits
+from agent.inference.monitoring import FOLD_BATCHES, FOLD_BYTES, ModelMonitor, MonitorLimits
 from agent.inference.registry import Prediction
 
 DIGITS = Path(__file__).parents[2] / "models" / "digits"
@@ -473,3 +473,43 @@ class TestWithTheDigitsModel:
         assert block["output_window_samples"] >= 100
         assert block["drift_psi"]["class"] > 0.25
         assert block["drift_level"] == "significant"
+
+
+class TestDeferredWindows:
+    """Output windows take results in bulk; every read sees all of them."""
+
+    def test_single_rows_folded_in_bulk_match_one_batch(self) -> None:
+        limits = MonitorLimits(output_window=50)
+        one_by_one, at_once, card = ModelMonitor(limits), ModelMonitor(limits), _card()
+        confidence = np.linspace(0.2, 0.99, FOLD_BATCHES + 44).tolist()
+        top = [i % 7 for i in range(len(confidence))]
+        for i, (cls, conf) in enumerate(zip(top, confidence, strict=True)):
+            _result(one_by_one, card, _probabilities([cls], [conf]), first_id=i)
+        _result(at_once, card, _probabilities(top, confidence))
+        for key in ("output_window_samples", "confidence_mean", "confidence_std", "top_classes"):
+            assert _model(one_by_one)[key] == pytest.approx(_model(at_once)[key]), key
+        assert _model(one_by_one)["requests"] == len(top)
+
+    def test_queued_results_stay_bounded_in_count_and_bytes(self) -> None:
+        monitor, card = ModelMonitor(), _card(name="embed", task="embedding", width=3)
+        for i in range(FOLD_BATCHES * 2 + 5):
+            _result(monitor, card, np.ones((1, 3), np.float32), first_id=i)
+            assert len(monitor._pending) < FOLD_BATCHES
+        wide = _card(name="wide", task="embedding", width=FOLD_BYTES // 4)
+        _result(monitor, wide, np.ones((1, FOLD_BYTES // 4), np.float32))
+        assert monitor._pending == []  # one large output is folded at once
+        assert _model(monitor, name="embed")["output_window_samples"] == FOLD_BATCHES * 2 + 5
+
+    def test_feedback_right_after_a_result_finds_its_prediction(self) -> None:
+        monitor, card = ModelMonitor(), _card()
+        _result(monitor, card, _probabilities([3], [0.8]), first_id=7)
+        monitor.feedback("toy", "id7", 3)
+        assert _model(monitor)["accuracy"] == 1.0
+
+    def test_embedding_norms_of_outputs_of_different_widths(self) -> None:
+        # A token-level output is (batch, tokens, width): its rows differ in length.
+        monitor, card = ModelMonitor(), _card(name="embed", task="embedding", width=-1)
+        _result(monitor, card, np.full((1, 2, 2), 0.5, np.float32))  # norm 1
+        _result(monitor, card, np.full((2, 1, 4), 1.5, np.float32))  # norms 3 and 3
+        block = _model(monitor, name="embed")
+        assert block["embedding_norm_mean"] == pytest.approx(7 / 3)

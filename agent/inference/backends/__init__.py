@@ -4,8 +4,8 @@ This package owns the contract between the agent and a runtime: ``BackendOptions
 config may tune), the ``Backend`` protocol every runtime module implements, ``open_backend``
 (checks the file, then imports the runtime module lazily so a board with one runtime never
 imports the other), ``check_signature`` (the card's I/O contract against what the file
-declares) and ``conform_feeds``, the input validation both backends run before a runtime
-sees a request. Only ``onnx.py`` and ``litert.py`` import a runtime.
+declares) and, from ``feeds``, the input check every request passes once before a runtime
+sees it (``conform_feeds``). Only ``onnx.py`` and ``litert.py`` import a runtime.
 
 Callers always speak float: a quantized input takes float32 (the backend quantizes with the
 model's own scale and zero point) and a quantized output comes back dequantized as float32.
@@ -20,13 +20,34 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-import numpy as np
 import numpy.typing as npt
 
-from agent.errors import InvalidInputError, ModelLoadError, ModelSignatureError
-from agent.inference.card import DType, ModelCard, Quantization, Runtime, TensorSpec
+from agent.errors import ModelLoadError, ModelSignatureError
+from agent.inference.backends.feeds import (
+    CheckedFeeds,
+    InputContract,
+    Tensor,
+    caller_dtype,
+    conform_feeds,
+    input_contract,
+)
+from agent.inference.card import ModelCard, Quantization, Runtime, TensorSpec
+
+__all__ = [
+    "Backend",
+    "BackendOptions",
+    "CheckedFeeds",
+    "InputContract",
+    "Tensor",
+    "caller_dtype",
+    "check_model_file",
+    "check_signature",
+    "conform_feeds",
+    "input_contract",
+    "open_backend",
+]
 
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
 # An ONNX ModelProto serializes ir_version (field 1, varint) first: tag byte 0x08.
@@ -34,8 +55,6 @@ ONNX_FIRST_BYTE = 0x08
 SCALE_RELATIVE_TOLERANCE = 1e-6
 
 TfliteRuntimeChoice = Literal["auto", "litert", "tflite-runtime"]
-# A tensor of any element type, batch first (float32 wherever the model is quantized).
-Tensor = npt.NDArray[Any]
 
 
 @dataclass(frozen=True)
@@ -118,81 +137,6 @@ def check_model_file(path: Path, runtime: Runtime) -> None:
 
 def _looks_like_onnx(head: bytes) -> bool:
     return head[0] == ONNX_FIRST_BYTE
-
-
-def caller_dtype(spec: TensorSpec) -> DType:
-    """The dtype callers use for ``spec``: float32 for a quantized tensor, else its own."""
-    return "float32" if spec.quantization is not None else spec.dtype
-
-
-def conform_feeds(
-    model: str, specs: tuple[TensorSpec, ...], feeds: Mapping[str, npt.ArrayLike]
-) -> dict[str, Tensor]:
-    """``feeds`` checked against ``specs`` and converted to each input's caller dtype.
-
-    ``InvalidInputError`` naming the input, what was expected and what was given, for an
-    unknown or missing name, a wrong rank or size, an empty batch, or a dtype that does not
-    convert without changing values (float for an integer input, out-of-range integers).
-    """
-    names = [spec.name for spec in specs]
-    unknown = sorted(set(feeds) - set(names))
-    if unknown:
-        raise InvalidInputError(
-            f"unknown input {unknown[0]!r}; the model takes {names}", model=model, detail=unknown[0]
-        )
-    missing = [name for name in names if name not in feeds]
-    if missing:
-        raise InvalidInputError(
-            f"missing input {missing[0]!r}; the model takes {names}", model=model, detail=missing[0]
-        )
-    return {spec.name: _conform(model, spec, feeds[spec.name]) for spec in specs}
-
-
-def _conform(model: str, spec: TensorSpec, value: npt.ArrayLike) -> Tensor:
-    array = np.asarray(value)
-    shape = tuple(int(size) for size in array.shape)
-    if not spec.accepts_shape(shape):
-        raise InvalidInputError(
-            f"input {spec.name!r} has shape {list(shape)}, expected {list(spec.shape)} "
-            "(-1: any size)",
-            model=model,
-            detail=spec.name,
-        )
-    if shape and shape[0] == 0:
-        raise InvalidInputError(
-            f"input {spec.name!r} has an empty batch (shape {list(shape)})",
-            model=model,
-            detail=spec.name,
-        )
-    return _convert_dtype(model, spec, array)
-
-
-def _convert_dtype(model: str, spec: TensorSpec, array: Tensor) -> Tensor:
-    target = np.dtype(caller_dtype(spec))
-    given = array.dtype
-    if target.kind == "f" and given.kind in "fiu":
-        # Integers are exact numbers for a float input (JSON [0, 1] parses as ints).
-        return array.astype(target, copy=False)
-    if target.kind in "iu" and given.kind in "iu":
-        if not np.can_cast(given, target) and array.size and not _fits(array, target):
-            raise InvalidInputError(
-                f"input {spec.name!r} has {given} values outside the range of {target}",
-                model=model,
-                detail=spec.name,
-            )
-        return array.astype(target, copy=False)
-    if target.kind == "b" and given.kind == "b":
-        return array
-    raise InvalidInputError(
-        f"input {spec.name!r} has dtype {given}, expected {target}",
-        model=model,
-        detail=spec.name,
-    )
-
-
-def _fits(array: Tensor, target: np.dtype[np.integer]) -> bool:
-    limits = np.iinfo(target)
-    return bool(array.min() >= limits.min and array.max() <= limits.max)
 
 
 def check_signature(card: ModelCard, backend: Backend) -> None:

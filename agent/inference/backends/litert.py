@@ -29,7 +29,12 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import InvalidInputError, ModelLoadError, ModelRunError
-from agent.inference.backends import BackendOptions, Tensor, TfliteRuntimeChoice, conform_feeds
+from agent.inference.backends import (
+    BackendOptions,
+    Tensor,
+    TfliteRuntimeChoice,
+    input_contract,
+)
 from agent.inference.card import DType, Quantization, TensorSpec
 from agent.inference.quantize import dequantize, quantize
 
@@ -108,10 +113,11 @@ class TfliteBackend:
         self._resizable = _has_batch_dimension(file_inputs)
         self.inputs = _any_batch(file_inputs) if self._resizable else file_inputs
         self.outputs = _any_batch(file_outputs) if self._resizable else file_outputs
+        self._contract = input_contract(model, self.inputs)
         self._batched = not self._resizable or _runs_batched(invoke, file_inputs, file_outputs)
 
     def run(self, feeds: Mapping[str, npt.ArrayLike]) -> Arrays:
-        arrays = conform_feeds(self._model, self.inputs, feeds)
+        arrays = self._contract.conform(feeds)
         raw = {spec.name: self._to_model(spec, arrays[spec.name]) for spec in self.inputs}
         rows = _batch_size(self._model, raw) if self._resizable else None
         with self._lock:

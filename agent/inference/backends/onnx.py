@@ -19,7 +19,7 @@ import onnxruntime as ort
 import structlog
 
 from agent.errors import ModelLoadError, ModelRunError
-from agent.inference.backends import BackendOptions, Tensor, conform_feeds
+from agent.inference.backends import BackendOptions, Tensor, input_contract
 from agent.inference.card import DType, TensorSpec
 
 log = structlog.get_logger("agent.inference")
@@ -47,12 +47,21 @@ class OnnxBackend:
         self.path = path
         self.inputs = tuple(_tensor_spec(arg, path) for arg in session.get_inputs())
         self.outputs = tuple(_tensor_spec(arg, path) for arg in session.get_outputs())
+        self._contract = input_contract(model, self.inputs)
         self._output_names = [spec.name for spec in self.outputs]
         providers = ", ".join(session.get_providers())
         self.runtime = f"onnxruntime {ort.__version__} ({providers})"
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The ``InferenceSession`` itself (benchmarks time it bare); ``ModelRunError`` once
+        the backend is closed."""
+        if self._session is None:
+            raise ModelRunError(f"backend for {self.path} is closed", model=self._model)
+        return self._session
+
     def run(self, feeds: Mapping[str, npt.ArrayLike]) -> dict[str, Tensor]:
-        arrays = conform_feeds(self._model, self.inputs, feeds)
+        arrays = self._contract.conform(feeds)
         session = self._session
         if session is None:
             raise ModelRunError(f"backend for {self.path} is closed", model=self._model)
