@@ -38,7 +38,8 @@ def caller_dtype(spec: TensorSpec) -> DType:
 
 
 class CheckedFeeds(dict[str, Tensor]):
-    """Input arrays by name that ``contract`` checked and converted."""
+    """Input arrays by name that ``contract`` checked and converted (not to be changed: the
+    same contract hands them on without checking them again)."""
 
     __slots__ = ("contract",)
 
