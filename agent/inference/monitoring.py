@@ -291,14 +291,6 @@ class ModelMonitor:
         except Exception:
             self._internal_failure("on_result", card.name)
 
-    def flush(self) -> None:
-        """Fold the outputs queued for the output windows now (every report does this)."""
-        try:
-            with self._lock:
-                self._fold_pending()
-        except Exception:
-            self._internal_failure("flush", "")
-
     def on_error(self, model: str, version: str | None, error: InferenceError) -> None:
         try:
             kind = type(error).__name__

@@ -55,8 +55,8 @@ class InputContract:
         self.model = model
         self.specs = specs
         self._names = [spec.name for spec in specs]
-        # (name, caller dtype, shape with -1 for any size) per input, in the model's order.
-        self._plan = [(spec.name, np.dtype(caller_dtype(spec)), spec.shape) for spec in specs]
+        # (spec, caller dtype) per input, in the model's order.
+        self._plan = [(spec, np.dtype(caller_dtype(spec))) for spec in specs]
 
     def conform(self, feeds: Mapping[str, npt.ArrayLike]) -> CheckedFeeds:
         """``feeds`` checked and converted to each input's caller dtype.
@@ -68,7 +68,8 @@ class InputContract:
         """
         if isinstance(feeds, CheckedFeeds) and feeds.contract is self:
             return feeds
-        return self._as_given(feeds) or self._converted(feeds)
+        as_given = self._as_given(feeds)
+        return as_given if as_given is not None else self._converted(feeds)
 
     def _as_given(self, feeds: Mapping[str, npt.ArrayLike]) -> CheckedFeeds | None:
         """The common case at no cost: exactly the inputs, as arrays of the caller dtypes and
@@ -76,17 +77,14 @@ class InputContract:
         if len(feeds) != len(self._plan):
             return None
         arrays: dict[str, Tensor] = {}
-        for name, dtype, want in self._plan:
-            value = feeds.get(name)
+        for spec, dtype in self._plan:
+            value = feeds.get(spec.name)
             if type(value) is not np.ndarray or value.dtype != dtype:
                 return None
             shape = value.shape
-            if len(shape) != len(want) or (shape and shape[0] == 0):
+            if not spec.accepts_shape(shape) or (shape and shape[0] == 0):
                 return None
-            for size, wanted in zip(shape, want, strict=True):
-                if wanted not in (-1, size):
-                    return None
-            arrays[name] = value
+            arrays[spec.name] = value
         return CheckedFeeds(self, arrays)
 
     def _converted(self, feeds: Mapping[str, npt.ArrayLike]) -> CheckedFeeds:
