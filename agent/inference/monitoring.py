@@ -108,7 +108,7 @@ class _ModelStats:
         self.confidence = _Ring(limits.output_window, np.float64)
         self.norms = _Ring(limits.output_window, np.float64)
         self.feedback: deque[tuple[int, int]] = deque(maxlen=limits.feedback_window)
-        self.is_classifier = card.task == "classification" and len(card.outputs) == 1
+        self.is_classifier = _is_classifier(card)
         width = card.outputs[0].shape[-1] if card.outputs[0].shape else -1
         self.classes = width if width > 0 else len(card.labels or ()) or None
 
@@ -210,9 +210,22 @@ class _ModelStats:
 
 
 class _Pending(NamedTuple):
-    stats: _ModelStats
-    scores: npt.NDArray[Any]  # the batch's first output, one flattened row per batch row
+    """One result not yet in its model's stats."""
+
+    card: ModelCard
+    output: npt.NDArray[Any]  # the batch's first output, as the model gave it
     ids: tuple[str, ...]
+    latency_s: float
+    at: float  # the monitor's clock when the result came
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids) or (self.output.shape[0] if self.output.ndim else 1)
+
+    @property
+    def scores(self) -> npt.NDArray[Any]:
+        """The output with one flattened row per batch row."""
+        return self.output.reshape(self.rows, -1)
 
 
 class _LowRow(NamedTuple):
@@ -247,7 +260,7 @@ class ModelMonitor:
         self._retired: deque[Key] = deque()
         self._error_only: dict[Key, Counter[str]] = {}
         self._predictions: OrderedDict[Key, tuple[str, int]] = OrderedDict()
-        # Outputs not yet in their windows (``_record_result``); folded before any report.
+        # Results not yet in their stats (``_record_result``); folded before any report.
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
         self._internal_errors = 0
@@ -260,6 +273,7 @@ class ModelMonitor:
         try:
             key = (card.name, card.version)
             with self._lock:
+                self._fold_pending()  # results of an earlier load of this version go there
                 self._stats[key] = _ModelStats(card, self.limits, since=self._now())
                 if key in self._retired:
                     self._retired.remove(key)
@@ -270,6 +284,7 @@ class ModelMonitor:
         try:
             key = (card.name, card.version)
             with self._lock:
+                self._fold_pending()  # before its stats may be dropped
                 stats = self._stats.get(key)
                 if stats is None or not stats.loaded:
                     return
@@ -362,47 +377,55 @@ class ModelMonitor:
     # -- internals ------------------------------------------------------------------------
 
     def _record_result(self, card: ModelCard, prediction: Prediction) -> list[_LowRow]:
-        """Update the stats of one batch; the rows under the low-confidence threshold.
+        """Take one batch; the rows under the low-confidence threshold.
 
-        Counters and latency are updated now. The output windows (classes, confidence,
-        norms) take the batch later, in bulk, unless the low-confidence capture has to look
-        at it now: a request then costs a list append instead of a few numpy calls on small
-        arrays, which on a small board is a visible share of a millisecond model's latency.
+        The result is queued, and the queue is folded into the stats in bulk (counters,
+        latency, throughput and the output windows alike), unless the low-confidence capture
+        has to look at this batch now. What runs right after an inference meets caches the
+        model has just flushed, where even a few microseconds of Python cost tens: a request
+        costs one append here (bench/bench_models.py measures the difference).
         """
-        key = (card.name, card.version)
-        stats = self._stats.get(key)
-        if stats is None:  # a result before on_loaded: start counting now
-            stats = self._stats[key] = _ModelStats(card, self.limits, since=self._now())
-        output = _first_output(card, prediction)
-        rows = len(prediction.ids) or (output.shape[0] if output.ndim else 1)
-        stats.record_batch(rows, prediction.latency_s, self._now())
-        if card.task != "embedding" and not stats.is_classifier:
-            return []
-        scores = output.reshape(rows, -1)
+        pending = _Pending(
+            card, _first_output(card, prediction), prediction.ids, prediction.latency_s, self._now()
+        )
         threshold = self.low_confidence_threshold
-        if not (stats.is_classifier and self.capture is not None and threshold is not None):
-            self._pending.append(_Pending(stats, scores, prediction.ids))
-            self._pending_bytes += scores.nbytes
-            if len(self._pending) >= FOLD_BATCHES or self._pending_bytes >= FOLD_BYTES:
-                self._fold_pending()
-            return []
-        predicted, confidence = self._fold(stats, [_Pending(stats, scores, prediction.ids)])
-        low = np.flatnonzero(confidence < threshold).tolist()
-        return [
-            _LowRow(row, stats.label(int(predicted[row])), float(confidence[row])) for row in low
-        ]
+        if self.capture is not None and threshold is not None and _is_classifier(card):
+            self._fold_pending()  # the results before this one first, in order
+            stats = self._stats_for(pending)
+            predicted, confidence = self._fold(stats, [pending])
+            low = np.flatnonzero(confidence < threshold).tolist()
+            return [
+                _LowRow(row, stats.label(int(predicted[row])), float(confidence[row]))
+                for row in low
+            ]
+        self._pending.append(pending)
+        self._pending_bytes += pending.output.nbytes
+        if len(self._pending) >= FOLD_BATCHES or self._pending_bytes >= FOLD_BYTES:
+            self._fold_pending()
+        return []
 
     def _fold_pending(self) -> None:
-        """Queued outputs into their windows, one vectorized pass per model version."""
+        """Queued results into their stats, in order; the output windows take each model
+        version's batches in one vectorized pass."""
         if not self._pending:
             return
-        groups: dict[int, list[_Pending]] = {}
-        for item in self._pending:
-            groups.setdefault(id(item.stats), []).append(item)
-        self._pending.clear()
+        pending, self._pending = self._pending, []
         self._pending_bytes = 0
-        for items in groups.values():
-            self._fold(items[0].stats, items)
+        groups: dict[int, tuple[_ModelStats, list[_Pending]]] = {}
+        for item in pending:
+            stats = self._stats_for(item)
+            groups.setdefault(id(stats), (stats, []))[1].append(item)
+        for stats, items in groups.values():
+            self._fold(stats, items)
+
+    def _stats_for(self, item: _Pending) -> _ModelStats:
+        """The stats of ``item``'s model version, with ``item`` counted in them."""
+        key = (item.card.name, item.card.version)
+        stats = self._stats.get(key)
+        if stats is None:  # a result before on_loaded: start counting now
+            stats = self._stats[key] = _ModelStats(item.card, self.limits, since=item.at)
+        stats.record_batch(item.rows, item.latency_s, item.at)
+        return stats
 
     def _fold(
         self, stats: _ModelStats, items: list[_Pending]
@@ -503,12 +526,16 @@ def _row_norms(batches: list[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
     return norms
 
 
+def _is_classifier(card: ModelCard) -> bool:
+    return card.task == "classification" and len(card.outputs) == 1
+
+
 def _first_output(card: ModelCard, prediction: Prediction) -> npt.NDArray[Any]:
     name = card.outputs[0].name
     output = prediction.outputs.get(name)
     if output is None:
         output = next(iter(prediction.outputs.values()))
-    return np.asarray(output)
+    return output if type(output) is np.ndarray else np.asarray(output)
 
 
 def _class_index(stats: _ModelStats, label: str | int) -> int:

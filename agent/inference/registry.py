@@ -15,6 +15,7 @@ event loop thread, only ``Backend.run`` and loading run in worker threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import secrets
 import time
@@ -60,9 +61,10 @@ EventSink = Callable[[str, dict[str, Any]], None]
 _STATUS_HISTORY = 8
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Prediction:
-    """The answer to one predict call."""
+    """The answer to one predict call (not frozen only because a frozen dataclass costs a
+    request several microseconds to make; nothing changes it)."""
 
     model: str
     version: str
@@ -153,11 +155,9 @@ class _Servable:
         self.contract = input_contract(self.card.name, self.card.inputs)
 
 
-@dataclass(frozen=True)
-class _RunResult:
-    outputs: dict[str, Array]
-    latency_s: float
-    nonfinite: tuple[str, int] | None  # first output with NaN/Inf and how many
+# What a worker thread hands back: the outputs, the time inside ``backend.run``, and the
+# first output with NaN/Inf and how many (a tuple: the cheapest thing to make).
+_RunResult = tuple[dict[str, Array], float, tuple[str, int] | None]
 
 
 class ModelRegistry:
@@ -188,8 +188,7 @@ class ModelRegistry:
         self._statuses: dict[str, dict[str, VersionStatus]] = {}
         self._closed = False
         self._pending = 0  # requests queued or running, all models together
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Future[None] | None = None  # close() waits on it for _pending 0
         self._id_prefix = secrets.token_hex(3)
         self._id_counter = itertools.count(1)
 
@@ -307,37 +306,59 @@ class ModelRegistry:
         self, name: str, feeds: Mapping[str, Array], *, version: str | None = None
     ) -> Prediction:
         """Run one batch on the default (or the given) version of ``name``."""
-        servable = self._resolve(name, version)
+        # One coroutine and few helper layers: everything after the inference runs with
+        # cold caches (see agent.inference.workers), where each Python call is costly.
+        versions = self._versions.get(name)
+        if version is None and versions:
+            servable = next(reversed(versions.values()))
+        else:
+            servable = self._resolve(name, version)
         card = servable.card
         try:
-            conformed, batch = _conform(servable.contract, feeds)
+            conformed = servable.contract.conform(feeds)
+            batch = conformed.batch
+            if batch is None:
+                raise _mixed_batches(conformed)
             if self._pending >= self._max_queue:
                 raise ServiceBusyError(model=name, queued=self._pending)
         except InferenceError as exc:
             self._report_error(card, exc)
             raise
-        result = await self._run(servable, conformed)
-        if result.nonfinite is not None:
-            output, count = result.nonfinite
-            error = NonFiniteOutputError(model=name, output=output, count=count)
-            self._report_error(card, error)
-            self._emit(
-                "model_output_nonfinite",
-                model=name,
-                version=card.version,
-                output=output,
-                count=count,
-            )
-            raise error
-        prediction = Prediction(
-            model=name,
-            version=card.version,
-            outputs=result.outputs,
-            ids=self._new_ids(batch),
-            latency_s=result.latency_s,
+        servable.in_flight += 1
+        self._pending += 1
+        # The version stays open until its thread is done, even if the caller is cancelled
+        # meanwhile (on_finished).
+        future = self._workers.run(
+            functools.partial(_run_timed, servable.backend, conformed),
+            on_finished=functools.partial(self._release, servable),
         )
-        self._notify(lambda observer: observer.on_result(card, prediction, conformed))
+        try:
+            outputs, latency_s, nonfinite = await future
+        except InferenceError as exc:
+            self._report_error(card, exc)
+            raise
+        if nonfinite is not None:
+            raise self._nonfinite(card, *nonfinite)
+        prediction = Prediction(name, card.version, outputs, self._new_ids(batch), latency_s)
+        observer = self._observer
+        if observer is not None:
+            try:
+                observer.on_result(card, prediction, conformed)
+            except Exception:  # a broken monitor must not fail requests
+                log.exception("observer.failed")
         return prediction
+
+    def _nonfinite(self, card: ModelCard, output: str, count: int) -> NonFiniteOutputError:
+        error = NonFiniteOutputError(model=card.name, output=output, count=count)
+        self._report_error(card, error)
+        self._emit(
+            "model_output_nonfinite",
+            model=card.name,
+            version=card.version,
+            output=output,
+            count=count,
+        )
+        return error
 
     def _resolve(self, name: str, version: str | None) -> _Servable:
         versions = self._versions.get(name)
@@ -350,33 +371,20 @@ class ModelRegistry:
             raise UnknownModelError(name, version)
         return servable
 
-    async def _run(self, servable: _Servable, feeds: Mapping[str, Array]) -> _RunResult:
-        """``backend.run`` on an inference thread; the version stays open until the thread is
-        done, even if the caller is cancelled meanwhile (``on_finished``)."""
-        servable.in_flight += 1
-        self._pending += 1
-        self._idle.clear()
-        backend = servable.backend
-        future = self._workers.run(
-            lambda: _run_timed(backend, feeds), on_finished=lambda: self._release(servable)
-        )
-        try:
-            return await future
-        except InferenceError as exc:
-            self._report_error(servable.card, exc)
-            raise
-
     def _release(self, servable: _Servable) -> None:
         servable.in_flight -= 1
         self._pending -= 1
-        if self._pending == 0:
-            self._idle.set()
+        if self._pending == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
         if servable.retiring and servable.in_flight == 0:
             self._close_servable(servable)
 
     def _new_ids(self, count: int) -> tuple[str, ...]:
         # A random per-process prefix keeps ids from two runs of the agent apart.
-        return tuple(f"{self._id_prefix}-{next(self._id_counter):x}" for _ in range(count))
+        prefix, counter = self._id_prefix, self._id_counter
+        if count == 1:
+            return (f"{prefix}-{next(counter):x}",)
+        return tuple(f"{prefix}-{next(counter):x}" for _ in range(count))
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -411,7 +419,10 @@ class ModelRegistry:
         self._closed = True
         for name in list(self._versions):
             self.unload(name)
-        await self._idle.wait()
+        if self._pending:
+            if self._idle is None or self._idle.done():
+                self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._idle)  # shared by every close() that waits
         self._workers.stop()
         self._loader.shutdown(wait=False, cancel_futures=True)
 
@@ -475,16 +486,11 @@ def _error_code(error: InferenceError) -> str:
     return "UNKNOWN"
 
 
-def _conform(contract: InputContract, feeds: Mapping[str, Array]) -> tuple[CheckedFeeds, int]:
-    """``feeds`` checked against the card (names, shapes, dtypes: the backends' own rules) and
-    converted to the caller dtypes, with the batch size they share."""
-    conformed = contract.conform(feeds)
-    batch_sizes = {array.shape[0] if array.ndim else 1 for array in conformed.values()}
-    if len(batch_sizes) > 1:
-        raise InvalidInputError(
-            f"inputs have different batch sizes {sorted(batch_sizes)}", model=contract.model
-        )
-    return conformed, batch_sizes.pop()
+def _mixed_batches(feeds: CheckedFeeds) -> InvalidInputError:
+    sizes = sorted({array.shape[0] if array.ndim else 1 for array in feeds.values()})
+    return InvalidInputError(
+        f"inputs have different batch sizes {sizes}", model=feeds.contract.model
+    )
 
 
 def _run_timed(backend: Backend, feeds: Mapping[str, Array]) -> _RunResult:
@@ -492,9 +498,14 @@ def _run_timed(backend: Backend, feeds: Mapping[str, Array]) -> _RunResult:
     started = time.perf_counter()
     outputs = backend.run(feeds)
     latency_s = time.perf_counter() - started
-    for array in outputs.values():
-        array.flags.writeable = False
-    return _RunResult(outputs, latency_s, _first_nonfinite(outputs))
+    nonfinite = None
+    for name, array in outputs.items():
+        array.setflags(write=False)
+        if nonfinite is None and array.dtype.kind in "fc":
+            bad = array.size - np.count_nonzero(np.isfinite(array))
+            if bad:
+                nonfinite = name, int(bad)
+    return outputs, latency_s, nonfinite
 
 
 def _first_nonfinite(outputs: Mapping[str, Array]) -> tuple[str, int] | None:

@@ -97,3 +97,25 @@ class TestCheckedOnce:
         )
         with pytest.raises(InvalidInputError, match=r"shape \[1, 7\], expected \[-1, 5\]"):
             input_contract("m", fixed).conform(checked)
+
+
+class TestBatch:
+    """The batch size the inputs share, found by the same check (fast path or not)."""
+
+    @pytest.mark.parametrize("convert", [False, True], ids=["as declared", "converted"])
+    def test_inputs_of_one_batch_size_give_it(self, convert: bool) -> None:
+        feeds = {"ids": np.zeros((3, 5), np.int64), "mask": np.ones((3, 5), np.int64)}
+        if convert:  # int32 takes the path that converts
+            feeds = {name: array.astype(np.int32) for name, array in feeds.items()}
+        assert input_contract("m", TOKENS).conform(feeds).batch == 3
+
+    @pytest.mark.parametrize("convert", [False, True], ids=["as declared", "converted"])
+    def test_inputs_of_different_batch_sizes_give_none(self, convert: bool) -> None:
+        dtype = np.int32 if convert else np.int64
+        feeds = {"ids": np.zeros((3, 5), dtype), "mask": np.ones((2, 5), dtype)}
+        assert input_contract("m", TOKENS).conform(feeds).batch is None
+
+    def test_a_scalar_input_is_a_batch_of_one(self) -> None:
+        scalar = (TensorSpec(name="t", dtype="float32", shape=()),)
+        checked = input_contract("m", scalar).conform({"t": np.float32(0.5) * np.ones(())})
+        assert checked.batch == 1

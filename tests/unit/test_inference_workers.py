@@ -111,3 +111,19 @@ async def _a_cancelled_caller_still_gets_the_finished_hook_after_the_call_ends()
 def test_zero_threads_is_refused() -> None:
     with pytest.raises(ValueError, match="count must be >= 1, got 0"):
         InferenceWorkers(0)
+
+
+def test_stop_lets_queued_calls_finish_then_refuses_new_ones() -> None:
+    asyncio.run(_stop_lets_queued_calls_finish_then_refuses_new_ones())
+
+
+async def _stop_lets_queued_calls_finish_then_refuses_new_ones() -> None:
+    workers = InferenceWorkers(1)
+    gate = threading.Event()
+    first = workers.run(lambda: gate.wait(5) and "first")
+    second = workers.run(lambda: "second")
+    workers.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        workers.run(lambda: "third")
+    gate.set()
+    assert (await first, await second) == ("first", "second")

@@ -476,7 +476,35 @@ class TestWithTheDigitsModel:
 
 
 class TestDeferredWindows:
-    """Output windows take results in bulk; every read sees all of them."""
+    """Results are queued and taken into the stats in bulk; every read sees all of them."""
+
+    def test_results_queued_before_a_reload_stay_with_the_earlier_load(self) -> None:
+        monitor, card = ModelMonitor(), _card()
+        monitor.on_loaded(card)
+        _result(monitor, card, _probabilities([1, 2], [0.9, 0.8]))
+        assert monitor._pending  # not yet in the stats
+        monitor.on_loaded(card)  # the same version loaded again starts its counts again
+        _result(monitor, card, _probabilities([3], [0.7]))
+        assert (_model(monitor)["requests"], _model(monitor)["batches"]) == (1, 1)
+
+    def test_results_of_a_forgotten_version_do_not_bring_it_back(self) -> None:
+        monitor = ModelMonitor(MonitorLimits(retired_versions=1))
+        first, second = _card(version="1"), _card(version="2")
+        monitor.on_loaded(first)
+        _result(monitor, first, _probabilities([0], [0.9]))
+        monitor.on_unloaded(first)
+        monitor.on_loaded(second)
+        monitor.on_unloaded(second)  # version 1 is now forgotten
+        assert {m["version"] for m in monitor.snapshot()["models"]} == {"2"}
+
+    def test_counters_and_latency_are_current_at_every_read(self) -> None:
+        monitor, card = ModelMonitor(), _card()
+        for count in (1, 2, 3):
+            _result(monitor, card, _probabilities([0], [0.9]), latency_s=count / 1000)
+            block = _model(monitor)
+            assert (block["requests"], block["batches"]) == (count, count)
+            median_ms = (count + 1) / 2  # of 1, 2, ... count ms
+            assert block["latency_quantile_seconds"]["0.5"] == pytest.approx(median_ms / 1000)
 
     def test_single_rows_folded_in_bulk_match_one_batch(self) -> None:
         limits = MonitorLimits(output_window=50)

@@ -39,13 +39,14 @@ def caller_dtype(spec: TensorSpec) -> DType:
 
 class CheckedFeeds(dict[str, Tensor]):
     """Input arrays by name that ``contract`` checked and converted (not to be changed: the
-    same contract hands them on without checking them again)."""
+    same contract hands them on without checking them again), and the batch size they share
+    (the first dimension; 1 for a scalar; None if the inputs disagree)."""
 
-    __slots__ = ("contract",)
-
-    def __init__(self, contract: InputContract, arrays: dict[str, Tensor]) -> None:
-        super().__init__(arrays)
-        self.contract = contract
+    __slots__ = ("batch", "contract")
+    # Set by the one maker, ``InputContract``, right after filling the dict (a constructor
+    # of our own would cost every request a Python call).
+    contract: InputContract
+    batch: int | None
 
 
 class InputContract:
@@ -55,8 +56,18 @@ class InputContract:
         self.model = model
         self.specs = specs
         self._names = [spec.name for spec in specs]
-        # (spec, caller dtype) per input, in the model's order.
-        self._plan = [(spec, np.dtype(caller_dtype(spec))) for spec in specs]
+        # Per input, in the model's order: name, caller dtype, rank and the dimensions of a
+        # fixed size as (index, size): ``TensorSpec.accepts_shape`` unrolled, because this
+        # runs on every request.
+        self._plan = [
+            (
+                spec.name,
+                np.dtype(caller_dtype(spec)),
+                len(spec.shape),
+                tuple((index, size) for index, size in enumerate(spec.shape) if size != -1),
+            )
+            for spec in specs
+        ]
 
     def conform(self, feeds: Mapping[str, npt.ArrayLike]) -> CheckedFeeds:
         """``feeds`` checked and converted to each input's caller dtype.
@@ -66,7 +77,7 @@ class InputContract:
         not convert without changing values (float for an integer input, out-of-range
         integers).
         """
-        if isinstance(feeds, CheckedFeeds) and feeds.contract is self:
+        if type(feeds) is CheckedFeeds and feeds.contract is self:
             return feeds
         as_given = self._as_given(feeds)
         return as_given if as_given is not None else self._converted(feeds)
@@ -76,16 +87,26 @@ class InputContract:
         of shapes that fit. None if anything is off; ``_converted`` then says what."""
         if len(feeds) != len(self._plan):
             return None
-        arrays: dict[str, Tensor] = {}
-        for spec, dtype in self._plan:
-            value = feeds.get(spec.name)
-            if type(value) is not np.ndarray or value.dtype != dtype:
+        checked = CheckedFeeds()
+        batches: set[int] = set()
+        for name, dtype, rank, fixed in self._plan:
+            value = feeds.get(name)
+            if type(value) is not np.ndarray or (value.dtype is not dtype and value.dtype != dtype):
                 return None
             shape = value.shape
-            if not spec.accepts_shape(shape) or (shape and shape[0] == 0):
+            if len(shape) != rank:
                 return None
-            arrays[spec.name] = value
-        return CheckedFeeds(self, arrays)
+            for index, size in fixed:
+                if shape[index] != size:
+                    return None
+            rows = shape[0] if shape else 1
+            if rows == 0:
+                return None
+            batches.add(rows)
+            checked[name] = value
+        checked.contract = self
+        checked.batch = batches.pop() if len(batches) == 1 else _shared(batches)
+        return checked
 
     def _converted(self, feeds: Mapping[str, npt.ArrayLike]) -> CheckedFeeds:
         model, names = self.model, self._names
@@ -103,9 +124,13 @@ class InputContract:
                 model=model,
                 detail=missing[0],
             )
-        return CheckedFeeds(
-            self, {spec.name: _conform(model, spec, feeds[spec.name]) for spec in self.specs}
+        checked = CheckedFeeds(
+            {spec.name: _conform(model, spec, feeds[spec.name]) for spec in self.specs}
         )
+        batches = {array.shape[0] if array.ndim else 1 for array in checked.values()}
+        checked.contract = self
+        checked.batch = _shared(batches)
+        return checked
 
 
 @functools.lru_cache(maxsize=CONTRACT_CACHE_SIZE)
@@ -119,6 +144,13 @@ def conform_feeds(
 ) -> CheckedFeeds:
     """``feeds`` checked against ``specs``: ``InputContract.conform`` of their contract."""
     return input_contract(model, specs).conform(feeds)
+
+
+def _shared(batches: set[int]) -> int | None:
+    """The one batch size of all inputs (1 for a model without inputs); None if they differ."""
+    if len(batches) > 1:
+        return None
+    return batches.pop() if batches else 1
 
 
 def _conform(model: str, spec: TensorSpec, value: npt.ArrayLike) -> Tensor:
