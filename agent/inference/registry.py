@@ -308,11 +308,7 @@ class ModelRegistry:
         """Run one batch on the default (or the given) version of ``name``."""
         # One coroutine and few helper layers: everything after the inference runs with
         # cold caches (see agent.inference.workers), where each Python call is costly.
-        versions = self._versions.get(name)
-        if version is None and versions:
-            servable = next(reversed(versions.values()))
-        else:
-            servable = self._resolve(name, version)
+        servable = self._resolve(name, version)
         card = servable.card
         try:
             conformed = servable.contract.conform(feeds)
@@ -498,14 +494,9 @@ def _run_timed(backend: Backend, feeds: Mapping[str, Array]) -> _RunResult:
     started = time.perf_counter()
     outputs = backend.run(feeds)
     latency_s = time.perf_counter() - started
-    nonfinite = None
-    for name, array in outputs.items():
+    for array in outputs.values():
         array.setflags(write=False)
-        if nonfinite is None and array.dtype.kind in "fc":
-            bad = array.size - np.count_nonzero(np.isfinite(array))
-            if bad:
-                nonfinite = name, int(bad)
-    return outputs, latency_s, nonfinite
+    return outputs, latency_s, _first_nonfinite(outputs)
 
 
 def _first_nonfinite(outputs: Mapping[str, Array]) -> tuple[str, int] | None:

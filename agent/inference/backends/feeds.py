@@ -105,7 +105,7 @@ class InputContract:
             batches.add(rows)
             checked[name] = value
         checked.contract = self
-        checked.batch = batches.pop() if len(batches) == 1 else _shared(batches)
+        checked.batch = _shared(batches)
         return checked
 
     def _converted(self, feeds: Mapping[str, npt.ArrayLike]) -> CheckedFeeds:

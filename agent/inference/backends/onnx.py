@@ -18,7 +18,7 @@ import onnxruntime as ort
 import structlog
 
 from agent.errors import ModelLoadError, ModelRunError
-from agent.inference.backends import BackendOptions, CheckedFeeds, Tensor, input_contract
+from agent.inference.backends import BackendOptions, Tensor, input_contract
 from agent.inference.card import DType, TensorSpec
 
 log = structlog.get_logger("agent.inference")
@@ -60,14 +60,7 @@ class OnnxBackend:
         return self._session
 
     def run(self, feeds: Mapping[str, npt.ArrayLike]) -> dict[str, Tensor]:
-        contract = self._contract
-        # What the registry checked against this very contract goes straight through (the
-        # first test of ``InputContract.conform``, here to spare a call per request).
-        arrays = (
-            feeds
-            if type(feeds) is CheckedFeeds and feeds.contract is contract
-            else contract.conform(feeds)
-        )
+        arrays = self._contract.conform(feeds)
         session = self._session
         if session is None:
             raise ModelRunError(f"backend for {self.path} is closed", model=self._model)
