@@ -7,14 +7,15 @@ Exit codes: 0 success, 78 configuration error (listed in the unit's
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 
 import agent
+from agent import eventloop
 from agent.config import DEFAULT_CONFIG_PATH, load_config, masked_dump
 from agent.errors import EXIT_RUNTIME, AgentError, ConfigError
+from agent.eventloop import LOOP_CHOICES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +66,12 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument(
         "--max-body-mb", type=float, default=16, help="largest request body in MiB (default 16)"
     )
+    serve.add_argument(
+        "--event-loop",
+        choices=LOOP_CHOICES,
+        default="auto",
+        help="asyncio event loop (default auto: uvloop where installed)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +100,10 @@ def _run(config: object) -> int:
     assert isinstance(config, AgentConfig)
     configure_logging(config.log.level, config.log.format)
     try:
-        asyncio.run(Agent(config).run())
+        eventloop.run(Agent(config).run(), config.event_loop)
+    except ConfigError as exc:
+        sys.stderr.write(f"edge-agent: config error: {exc}\n")
+        return exc.exit_code
     except AgentError as exc:
         sys.stderr.write(f"edge-agent: {exc}\n")
         return EXIT_RUNTIME
@@ -124,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         )
-        asyncio.run(serve(settings))
+        eventloop.run(serve(settings), args.event_loop)
     except ConfigError as exc:
         sys.stderr.write(f"edge-agent: config error: {exc}\n")
         return exc.exit_code

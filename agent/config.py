@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
+from agent.eventloop import LoopChoice
 from agent.mqtt.topics import DEVICE_ID_PATTERN
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
@@ -392,6 +393,10 @@ class AgentConfig(TomlBackedSettings):
     state_dir: Path = Field(
         default=Path("/var/lib/edge-agent"),
         description="Where the agent keeps its queue, counters and models.",
+    )
+    event_loop: LoopChoice = Field(
+        default="auto",
+        description="The asyncio event loop: auto takes uvloop where it is installed.",
     )
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection.")
     telemetry: TelemetryConfig = Field(

@@ -31,10 +31,13 @@ target and the exit code stays 0.
    the load until one second after the switch, over the p99 gap of the steady window
    (target at most 2), and the count of failed requests (target 0).
 
+It runs on the event loop the agent itself chooses (``agent.eventloop``: uvloop where it is
+installed); ``--event-loop asyncio`` measures the agent on asyncio's own loop instead.
+
 Run from the repository root (the large model must have been built once, see
 ``make bench-models``)::
 
-    .venv/bin/python -m bench.bench_models [--quick] [--json PATH]
+    .venv/bin/python -m bench.bench_models [--quick] [--json PATH] [--event-loop CHOICE]
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from agent import eventloop
+from agent.eventloop import LOOP_CHOICES
 from agent.inference.backends import BackendOptions
 from agent.inference.backends.onnx import OnnxBackend
 from agent.inference.card import ModelCard, card_path_for, load_card
@@ -477,7 +482,7 @@ def render(results: Results) -> str:
     m = results.meta
     out = [
         f"Models benchmark, {m['when']}: Python {m['python']}, onnxruntime {m['onnxruntime']}, "
-        f"{m['cpu_count']} cores, {THREADS} intra-op threads",
+        f"{m['cpu_count']} cores, {THREADS} intra-op threads, {m['event_loop']} event loop",
         "",
         report.render_table(rows, header),
         "",
@@ -508,6 +513,7 @@ async def run(profile: Profile) -> Results:
             "onnxruntime": ort.__version__,
             "cpu_count": os.cpu_count(),
             "threads": THREADS,
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "profile": profile.__dict__,
         }
     )
@@ -524,13 +530,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--event-loop",
+        choices=LOOP_CHOICES,
+        default="auto",
+        help="the loop to run on, chosen as the agent chooses its own (default auto)",
+    )
     args = parser.parse_args(argv)
     if not (MINILM_FP32.exists() and MINILM_INT8.exists() and MINILM_DATA.exists()):
         sys.exit(
             f"the large model is not built ({MINILM_FP32.relative_to(REPO)} and its int8 "
             "variant): run `make bench-models`, which builds it in .venv-models first"
         )
-    results = asyncio.run(run(QUICK if args.quick else FULL))
+    results = eventloop.run(run(QUICK if args.quick else FULL), args.event_loop)
     print()
     print(render(results))
     if args.json:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from agent.errors import EXIT_CONFIG
 from tests.integration.harness import ManagedProcess, wait_until
@@ -25,11 +26,19 @@ def serve_process(tmp_path: Path, *args: str) -> ManagedProcess:
     return ManagedProcess(argv, ENV, tmp_path / "serve.log")
 
 
-def listening_url(process: ManagedProcess) -> str | None:
-    """The URL from the one ``serve.listening`` log line (JSON: stderr is not a terminal)."""
+def log_event(process: ManagedProcess, event: str) -> dict[str, Any] | None:
+    """The first log line of ``event`` (JSON: stderr is not a terminal)."""
     for line in process.log().splitlines():
-        if line.startswith("{") and json.loads(line).get("event") == "serve.listening":
-            return str(json.loads(line)["url"])
+        if line.startswith("{") and json.loads(line).get("event") == event:
+            return dict(json.loads(line))
+    return None
+
+
+def listening_url(process: ManagedProcess) -> str | None:
+    """The URL from the one ``serve.listening`` log line."""
+    listening = log_event(process, "serve.listening")
+    if listening is not None:
+        return str(listening["url"])
     assert process.alive, process.log()
     return None
 
@@ -40,16 +49,22 @@ def get_json(url: str, body: object = None) -> Any:
         return json.loads(response.read())
 
 
+# uvloop comes with the inference extra (make test installs it), so auto must pick it.
+@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
 def test_serve_answers_predict_and_exits_0_on_sigterm(
-    tmp_path: Path, processes: list[ManagedProcess]
+    tmp_path: Path, processes: list[ManagedProcess], choice: str, loop: str
 ) -> None:
     process = serve_process(
         tmp_path,
         *("--model", f"digits={FP32}", "--model", f"digits={INT8}"),
         *("--model", f"lite={TFLITE}", "--port", "0", "--threads", "1"),
+        *("--event-loop", choice),
     )
     processes.append(process.start())
     url = wait_until(lambda: listening_url(process), 60, "the serve.listening log line")
+    selected = log_event(process, "event_loop.selected")
+    assert selected is not None, process.log()
+    assert (selected["loop"], selected["setting"]) == (loop, choice)
     rows, labels = eval_split()
 
     status = get_json(f"{url}/v1/models/digits")

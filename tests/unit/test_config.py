@@ -77,6 +77,7 @@ class TestErrors:
             ("device_id = 'Bad Id'\n", "device_id"),
             ("[queue]\nmax_bytes = 'lots'\n", "queue.max_bytes"),
             ("device_id = 'x\n", "not valid TOML"),
+            ("event_loop = 'trio'\n", "event_loop: Input should be 'auto', 'uvloop' or 'asyncio'"),
         ],
     )
     def test_bad_files_name_the_key(self, tmp_path: Path, text: str, expected: str) -> None:
