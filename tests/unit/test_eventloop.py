@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from agent.cli import main
 from agent.errors import EXIT_CONFIG, ConfigError
 from agent.eventloop import loop_factory, run
 
@@ -54,12 +54,16 @@ def test_an_unknown_choice_names_itself_and_never_starts_the_coroutine() -> None
     assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
 
 
-@pytest.mark.usefixtures("without_uvloop")
-def test_the_daemon_exits_78_when_its_config_asks_for_a_missing_uvloop(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_daemon_exits_78_when_its_config_asks_for_a_missing_uvloop(tmp_path: Path) -> None:
+    # Its own process: the daemon configures logging for the whole process.
     config = tmp_path / "agent.toml"
     config.write_text(f'event_loop = "uvloop"\nstate_dir = "{tmp_path / "state"}"\n')
-    assert main(["run", "--config", str(config)]) == EXIT_CONFIG
-    error = capsys.readouterr().err
-    assert "edge-agent: config error: event_loop is 'uvloop', not installed" in error
+    script = (
+        "import sys; sys.modules['uvloop'] = None; from agent.cli import main; "
+        f"sys.exit(main(['run', '--config', {str(config)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "edge-agent: config error: event_loop is 'uvloop', not installed" in result.stderr
