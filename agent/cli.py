@@ -15,7 +15,6 @@ import agent
 from agent import eventloop
 from agent.config import DEFAULT_CONFIG_PATH, load_config, masked_dump
 from agent.errors import EXIT_RUNTIME, AgentError, ConfigError
-from agent.eventloop import LOOP_CHOICES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +67,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument(
         "--event-loop",
-        choices=LOOP_CHOICES,
+        choices=eventloop.LOOP_CHOICES,
         default="auto",
         help="asyncio event loop (default auto: uvloop where installed)",
     )
@@ -84,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        sys.stderr.write(f"edge-agent: config error: {exc}\n")
-        return exc.exit_code
+        return _config_error(exc)
     if args.command == "check-config":
         sys.stdout.write(json.dumps(masked_dump(config), indent=2) + "\n")
         return 0
     return _run(config)
+
+
+def _config_error(exc: ConfigError) -> int:
+    sys.stderr.write(f"edge-agent: config error: {exc}\n")
+    return exc.exit_code
 
 
 def _run(config: object) -> int:
@@ -102,8 +105,7 @@ def _run(config: object) -> int:
     try:
         eventloop.run(Agent(config).run(), config.event_loop)
     except ConfigError as exc:
-        sys.stderr.write(f"edge-agent: config error: {exc}\n")
-        return exc.exit_code
+        return _config_error(exc)
     except AgentError as exc:
         sys.stderr.write(f"edge-agent: {exc}\n")
         return EXIT_RUNTIME
@@ -136,8 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         eventloop.run(serve(settings), args.event_loop)
     except ConfigError as exc:
-        sys.stderr.write(f"edge-agent: config error: {exc}\n")
-        return exc.exit_code
+        return _config_error(exc)
     except (AgentError, OSError) as exc:
         sys.stderr.write(f"edge-agent: {exc}\n")
         return EXIT_RUNTIME

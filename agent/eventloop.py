@@ -4,8 +4,8 @@ Why uvloop: a model run hands its result back to the loop from an inference thre
 board that hop is part of every request's latency. asyncio's loop handles the wake-up in
 Python (selector bookkeeping, reading the self-pipe, a handle per callback); uvloop does the
 same in C. On the large reference model at 17 tokens (a 2.6-3.3 ms run) a bare thread hop
-cost 1.02-1.04 x a bare ``session.run`` with asyncio's loop and 1.00-1.03 x with uvloop
-(bench/bench_models.py, docs/benchmarks.md).
+cost 1.01-1.04 x a bare ``session.run`` with asyncio's loop and 1.00-1.03 x with uvloop
+(docs/benchmarks.md, the models section).
 
 uvloop ships with the ``inference`` extra; without it (a board with no wheel for it, the
 tflite-runtime environment) the agent runs on asyncio's loop and says so in its log. The
@@ -19,11 +19,8 @@ import importlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar, get_args
 
-import structlog
-
 from agent.errors import ConfigError
 
-log = structlog.get_logger("agent.eventloop")
 T = TypeVar("T")
 LoopChoice = Literal["auto", "uvloop", "asyncio"]
 LOOP_CHOICES: tuple[str, ...] = get_args(LoopChoice)
@@ -58,6 +55,10 @@ def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
     except ConfigError:
         main.close()  # never awaited: close it so Python does not warn about it
         raise
-    log.info("event_loop.selected", loop=name, setting=choice)
+    # Imported here: agent.config imports this module for LoopChoice, and check-config
+    # should not pay for the logging stack.
+    import structlog  # noqa: PLC0415
+
+    structlog.get_logger("agent.eventloop").info("event_loop.selected", loop=name, setting=choice)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)

@@ -61,7 +61,6 @@ import numpy as np
 import onnxruntime as ort
 
 from agent import eventloop
-from agent.eventloop import LOOP_CHOICES
 from agent.inference.backends import BackendOptions
 from agent.inference.backends.onnx import OnnxBackend
 from agent.inference.card import ModelCard, card_path_for, load_card
@@ -532,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
         "--event-loop",
-        choices=LOOP_CHOICES,
+        choices=eventloop.LOOP_CHOICES,
         default="auto",
         help="the loop to run on, chosen as the agent chooses its own (default auto)",
     )
