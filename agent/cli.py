@@ -63,6 +63,12 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument("--workers", type=int, default=2, help="model runs at once (default 2)")
     serve.add_argument(
+        "--onnx-thread-pools",
+        choices=("shared", "per-model"),
+        default="shared",
+        help="one ONNX Runtime thread pool for all models, or one per model (default shared)",
+    )
+    serve.add_argument(
         "--max-body-mb", type=float, default=16, help="largest request body in MiB (default 16)"
     )
     serve.add_argument(
@@ -132,6 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
                 onnx_providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
                 intra_op_threads=threads,
                 tflite_threads=threads or None,
+                onnx_thread_pools=args.onnx_thread_pools,
             ),
             workers=args.workers,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024),

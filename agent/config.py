@@ -204,6 +204,11 @@ class InferenceConfig(_Section):
     )
     intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads (0: auto).")
     inter_op_threads: int = Field(default=0, ge=0, description="ORT inter-op threads (0: auto).")
+    onnx_thread_pools: Literal["shared", "per-model"] = Field(
+        default="shared",
+        description="shared: all ONNX models run on one pair of thread pools (a swap starts "
+        "no threads); per-model: each model its own.",
+    )
     tflite_threads: int | None = Field(default=None, ge=1, description="LiteRT threads.")
     tflite_runtime: Literal["auto", "litert", "tflite-runtime"] = Field(
         default="auto", description="TFLite interpreter: auto prefers LiteRT."

@@ -1,9 +1,11 @@
 """Models benchmark: serving overhead, int8 against fp32, and a hot swap under load.
 
 Everything runs in one process, on the same model files, the same inputs and the same ONNX
-Runtime thread count; nothing touches the network except the optional REST figure, which
-goes to 127.0.0.1. Nothing here asserts on timing: the table says PASS or MISS against each
-target and the exit code stays 0.
+Runtime threads: the shared pools the agent uses by default (``onnx_thread_pools = "shared"``,
+two intra-op threads), made before the first session, so bare sessions run on them too.
+Nothing touches the network except the optional REST figure, which goes to 127.0.0.1.
+Nothing here asserts on timing: the table says PASS or MISS against each target and the exit
+code stays 0.
 
 1. Serving overhead on the large model (all-MiniLM-L6-v2, ONNX fp32, built by
    ``models/minilm/build.py``). The baseline is a bare ``onnxruntime.InferenceSession.run``
@@ -62,7 +64,7 @@ import onnxruntime as ort
 
 from agent import eventloop
 from agent.inference.backends import BackendOptions
-from agent.inference.backends.onnx import OnnxBackend
+from agent.inference.backends.onnx import OnnxBackend, share_thread_pools, shared_thread_pools
 from agent.inference.card import ModelCard, card_path_for, load_card
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
@@ -120,9 +122,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def session_options() -> ort.SessionOptions:
+    """A bare session's options: on the shared pools once they exist, as the agent's are."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
+    if shared_thread_pools() is not None:
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = THREADS
+        options.inter_op_num_threads = 1
     return options
 
 
@@ -204,7 +210,9 @@ def agent_timer(registry: ModelRegistry, name: str) -> Callable[[Mapping[str, np
 
 
 def new_registry(monitor: ModelMonitor | None = None) -> ModelRegistry:
-    options = BackendOptions(intra_op_threads=THREADS, inter_op_threads=1)
+    options = BackendOptions(
+        intra_op_threads=THREADS, inter_op_threads=1, onnx_thread_pools="shared"
+    )
     return ModelRegistry(options, workers=2, max_queue=64, observer=monitor)
 
 
@@ -481,7 +489,8 @@ def render(results: Results) -> str:
     m = results.meta
     out = [
         f"Models benchmark, {m['when']}: Python {m['python']}, onnxruntime {m['onnxruntime']}, "
-        f"{m['cpu_count']} cores, {THREADS} intra-op threads, {m['event_loop']} event loop",
+        f"{m['cpu_count']} cores, {THREADS} intra-op threads in shared pools, "
+        f"{m['event_loop']} event loop",
         "",
         report.render_table(rows, header),
         "",
@@ -512,10 +521,12 @@ async def run(profile: Profile) -> Results:
             "onnxruntime": ort.__version__,
             "cpu_count": os.cpu_count(),
             "threads": THREADS,
+            "onnx_thread_pools": "shared",
             "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "profile": profile.__dict__,
         }
     )
+    share_thread_pools(THREADS, 1)  # before any session, bare ones included
     print("1/3 serving overhead on MiniLM ...", flush=True)
     await serving_overhead(results, profile)
     print("2/3 int8 against fp32 ...", flush=True)

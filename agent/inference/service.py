@@ -65,6 +65,7 @@ class InferenceService:
                 onnx_providers=tuple(inference.providers),
                 intra_op_threads=inference.intra_op_threads,
                 inter_op_threads=inference.inter_op_threads,
+                onnx_thread_pools=inference.onnx_thread_pools,
                 tflite_threads=inference.tflite_threads,
                 tflite_runtime=inference.tflite_runtime,
             ),

@@ -155,6 +155,10 @@ class TestAgentServesModels:
 
         assert agent.alive
         assert agent.terminate() == 0
+        # The daemon's default: its ONNX models run on the process's shared thread pools.
+        lines = [line for line in agent.log().splitlines() if line.startswith("{")]
+        pools = [json.loads(line) for line in lines if '"inference.thread_pools"' in line]
+        assert [entry["mode"] for entry in pools] == ["shared"], agent.log()[-2000:]
         client.loop_stop()
         client.disconnect()
         recorder.stop()

@@ -50,21 +50,30 @@ def get_json(url: str, body: object = None) -> Any:
 
 
 # uvloop comes with the inference extra (make test installs it), so auto must pick it.
-@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+@pytest.mark.parametrize(
+    ("choice", "loop", "pools"),
+    [("auto", "uvloop", "shared"), ("asyncio", "asyncio", "per-model")],
+)
 def test_serve_answers_predict_and_exits_0_on_sigterm(
-    tmp_path: Path, processes: list[ManagedProcess], choice: str, loop: str
+    tmp_path: Path, processes: list[ManagedProcess], choice: str, loop: str, pools: str
 ) -> None:
     process = serve_process(
         tmp_path,
         *("--model", f"digits={FP32}", "--model", f"digits={INT8}"),
         *("--model", f"lite={TFLITE}", "--port", "0", "--threads", "1"),
-        *("--event-loop", choice),
+        *("--event-loop", choice, "--onnx-thread-pools", pools),
     )
     processes.append(process.start())
     url = wait_until(lambda: listening_url(process), 60, "the serve.listening log line")
     selected = log_event(process, "event_loop.selected")
     assert selected is not None, process.log()
     assert (selected["loop"], selected["setting"]) == (loop, choice)
+    shared = log_event(process, "inference.thread_pools")
+    if pools == "shared":
+        assert shared is not None, process.log()
+        assert (shared["mode"], shared["intra_op_threads"]) == ("shared", 1)
+    else:
+        assert shared is None, process.log()
     rows, labels = eval_split()
 
     status = get_json(f"{url}/v1/models/digits")

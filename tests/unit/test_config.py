@@ -78,6 +78,10 @@ class TestErrors:
             ("[queue]\nmax_bytes = 'lots'\n", "queue.max_bytes"),
             ("device_id = 'x\n", "not valid TOML"),
             ("event_loop = 'trio'\n", "event_loop: Input should be 'auto', 'uvloop' or 'asyncio'"),
+            (
+                "[inference]\nonnx_thread_pools = 'global'\n",
+                "inference.onnx_thread_pools: Input should be 'shared' or 'per-model'",
+            ),
         ],
     )
     def test_bad_files_name_the_key(self, tmp_path: Path, text: str, expected: str) -> None:

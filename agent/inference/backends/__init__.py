@@ -40,6 +40,7 @@ __all__ = [
     "BackendOptions",
     "CheckedFeeds",
     "InputContract",
+    "OnnxThreadPools",
     "Tensor",
     "caller_dtype",
     "check_model_file",
@@ -55,6 +56,7 @@ ONNX_FIRST_BYTE = 0x08
 SCALE_RELATIVE_TOLERANCE = 1e-6
 
 TfliteRuntimeChoice = Literal["auto", "litert", "tflite-runtime"]
+OnnxThreadPools = Literal["shared", "per-model"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,11 @@ class BackendOptions:
     inter_op_threads: int = 0
     tflite_threads: int | None = None  # None: the runtime's default
     tflite_runtime: TfliteRuntimeChoice = "auto"  # auto: LiteRT preferred, else tflite-runtime
+    # shared: every ONNX session of the process runs on one pair of thread pools, made at the
+    # first load (a hot swap then starts and stops no threads). It is process state in ONNX
+    # Runtime, so the daemon and ``serve`` choose it; the library default leaves a process
+    # (a test run, a benchmark's bare sessions) free to open sessions with pools of their own.
+    onnx_thread_pools: OnnxThreadPools = "per-model"
 
 
 class Backend(Protocol):

@@ -3,12 +3,15 @@
 Owns provider selection (the configured execution providers in order, those this build of
 onnxruntime lacks skipped with one warning, CPU always the last resort), session threading,
 reading the graph's inputs and outputs into ``TensorSpec`` and running validated feeds.
+It also owns the process's shared thread pools (ONNX Runtime's global thread pools), made
+once at the first load that asks for them and used by every session opened after.
 ONNX graphs have no quantization at their inputs and outputs (a QDQ int8 model keeps float
 I/O), so no conversion happens here. ``InferenceSession.run`` is thread-safe: no lock.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import structlog
 
-from agent.errors import ModelLoadError, ModelRunError
+from agent.errors import InferenceError, ModelLoadError, ModelRunError
 from agent.inference.backends import BackendOptions, Tensor, input_contract
 from agent.inference.card import DType, TensorSpec
 
@@ -35,6 +38,11 @@ ORT_TENSOR_DTYPES: dict[str, DType] = {
     "tensor(bool)": "bool",
 }
 MAX_RUNTIME_MESSAGE = 500  # onnxruntime messages can quote whole graphs
+
+# ONNX Runtime's global thread pools are process state: once made they cannot be resized, and
+# it refuses any later session that asks for pools of its own.
+_shared_pools_lock = threading.Lock()
+_shared_pools: tuple[int, int] | None = None  # (intra-op, inter-op) sizes, 0 meaning ORT's
 
 
 class OnnxBackend:
@@ -80,11 +88,7 @@ class OnnxBackend:
 def open_onnx(path: Path, options: BackendOptions, *, model: str) -> OnnxBackend:
     """An ``OnnxBackend`` for ``path``; ``ModelLoadError`` if onnxruntime rejects the file."""
     providers = choose_providers(options.onnx_providers, model=model)
-    session_options = ort.SessionOptions()
-    if options.intra_op_threads:
-        session_options.intra_op_num_threads = options.intra_op_threads
-    if options.inter_op_threads:
-        session_options.inter_op_num_threads = options.inter_op_threads
+    session_options = _session_options(options, path)
     try:
         session = ort.InferenceSession(str(path), session_options, providers=providers)
     except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
@@ -93,6 +97,55 @@ def open_onnx(path: Path, options: BackendOptions, *, model: str) -> OnnxBackend
             f"onnxruntime cannot load the model: {message}", path=str(path)
         ) from exc
     return OnnxBackend(session, path=path, model=model)
+
+
+def _session_options(options: BackendOptions, path: Path) -> ort.SessionOptions:
+    session_options = ort.SessionOptions()
+    if options.onnx_thread_pools == "shared":
+        try:
+            share_thread_pools(options.intra_op_threads, options.inter_op_threads)
+        except InferenceError as exc:
+            raise ModelLoadError(str(exc), path=str(path)) from exc
+    if shared_thread_pools() is not None:
+        # Sessions of their own are refused once the shared pools exist, so even a per-model
+        # request follows them; the thread counts are the pools'.
+        session_options.use_per_session_threads = False
+    else:
+        if options.intra_op_threads:
+            session_options.intra_op_num_threads = options.intra_op_threads
+        if options.inter_op_threads:
+            session_options.inter_op_num_threads = options.inter_op_threads
+    return session_options
+
+
+def share_thread_pools(intra_op_threads: int, inter_op_threads: int) -> None:
+    """Make the process's shared thread pools, unless they exist: every session opened after
+    runs on them, so loading or dropping a model starts or stops no threads and several models
+    do not each spin a pool on the same cores. ``InferenceError`` if ONNX Runtime refuses."""
+    global _shared_pools  # noqa: PLW0603  # process state, as it is in ONNX Runtime
+    with _shared_pools_lock:
+        if _shared_pools is not None:
+            return
+        try:
+            ort.set_global_thread_pool_sizes(intra_op_threads, inter_op_threads)
+        except Exception as exc:  # onnxruntime's Fail: pools made elsewhere, or a bad size
+            raise InferenceError(
+                f"onnxruntime cannot make the shared thread pools (intra_op_threads="
+                f"{intra_op_threads}, inter_op_threads={inter_op_threads}): {_first_line(exc)}"
+            ) from exc
+        _shared_pools = (intra_op_threads, inter_op_threads)
+    log.info(
+        "inference.thread_pools",
+        mode="shared",
+        intra_op_threads=intra_op_threads or "auto",
+        inter_op_threads=inter_op_threads or "auto",
+    )
+
+
+def shared_thread_pools() -> tuple[int, int] | None:
+    """The shared pools' (intra-op, inter-op) sizes (0: ONNX Runtime's choice), or ``None``
+    before any load asked for them."""
+    return _shared_pools
 
 
 def choose_providers(requested: Sequence[str], *, model: str) -> list[str]:
