@@ -10,19 +10,12 @@ cost 1.01-1.04 x a bare ``session.run`` with asyncio's loop and 1.00-1.03 x with
 uvloop ships with the ``inference`` extra; without it (a board with no wheel for it, the
 tflite-runtime environment) the agent runs on asyncio's loop and says so in its log. The
 ``event_loop`` setting (``edge-agent serve --event-loop``) forces either one.
-
-``run`` also shortens the interpreter's GIL switch interval from 5 ms to 1 ms: a thread that
-runs Python while the loop or an inference thread waits for the GIL (a model load checking
-its card and golden output, say) gives it up after 1 ms instead of 5. In a hot swap under
-load that took the longest gap between results from a median of 14.9 ms to 12.2 ms
-(docs/benchmarks.md, the models section).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar, get_args
 
@@ -33,7 +26,6 @@ LoopChoice = Literal["auto", "uvloop", "asyncio"]
 LOOP_CHOICES: tuple[str, ...] = get_args(LoopChoice)
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
-GIL_SWITCH_INTERVAL_S = 0.001  # CPython's default is 0.005
 
 
 def loop_factory(choice: str = "auto") -> tuple[str, LoopFactory]:
@@ -57,8 +49,7 @@ def loop_factory(choice: str = "auto") -> tuple[str, LoopFactory]:
 
 
 def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
-    """``asyncio.run(main)`` on the loop ``choice`` stands for (see ``loop_factory``), with
-    the GIL switch interval at ``GIL_SWITCH_INTERVAL_S`` until it returns."""
+    """``asyncio.run(main)`` on the loop ``choice`` stands for (see ``loop_factory``)."""
     try:
         name, factory = loop_factory(choice)
     except ConfigError:
@@ -68,16 +59,6 @@ def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
     # should not pay for the logging stack.
     import structlog  # noqa: PLC0415
 
-    previous_interval = sys.getswitchinterval()
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    structlog.get_logger("agent.eventloop").info(
-        "event_loop.selected",
-        loop=name,
-        setting=choice,
-        gil_switch_interval_ms=GIL_SWITCH_INTERVAL_S * 1e3,
-    )
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(main)
-    finally:
-        sys.setswitchinterval(previous_interval)
+    structlog.get_logger("agent.eventloop").info("event_loop.selected", loop=name, setting=choice)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import EXIT_CONFIG, ConfigError
-from agent.eventloop import GIL_SWITCH_INTERVAL_S, loop_factory, run
+from agent.eventloop import loop_factory, run
 
 
 async def _loop_module() -> str:
@@ -34,18 +34,6 @@ def test_auto_takes_uvloop_where_installed() -> None:
 def test_auto_falls_back_to_asyncio_without_uvloop() -> None:
     assert loop_factory("auto")[0] == "asyncio"
     assert run(_loop_module()).startswith("asyncio.")
-
-
-async def _switch_interval() -> float:
-    return sys.getswitchinterval()
-
-
-@pytest.mark.parametrize("choice", ["auto", "asyncio"])
-def test_the_loop_runs_with_a_1_ms_gil_switch_interval_and_restores_it(choice: str) -> None:
-    before = sys.getswitchinterval()
-    assert before != GIL_SWITCH_INTERVAL_S  # CPython's 5 ms
-    assert run(_switch_interval(), choice) == pytest.approx(GIL_SWITCH_INTERVAL_S)
-    assert sys.getswitchinterval() == before
 
 
 def test_asyncio_is_asyncio_even_with_uvloop_installed() -> None:
