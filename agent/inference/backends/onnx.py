@@ -119,9 +119,10 @@ def _session_options(options: BackendOptions, path: Path) -> ort.SessionOptions:
 
 
 def share_thread_pools(intra_op_threads: int, inter_op_threads: int) -> None:
-    """Make the process's shared thread pools, unless they exist: every session opened after
-    runs on them, so loading or dropping a model starts or stops no threads and several models
-    do not each spin a pool on the same cores. ``InferenceError`` if ONNX Runtime refuses."""
+    """Make the process's shared thread pools, unless they exist (the first call's sizes
+    stay): every session opened after runs on them, so loading or dropping a model starts or
+    stops no threads and several models do not each spin a pool on the same cores.
+    ``InferenceError`` if ONNX Runtime refuses."""
     global _shared_pools  # noqa: PLW0603  # process state, as it is in ONNX Runtime
     with _shared_pools_lock:
         if _shared_pools is not None:
