@@ -45,6 +45,7 @@ from agent.inference.backends import (
     BackendOptions,
     CheckedFeeds,
     InputContract,
+    batch_sizes,
     caller_dtype,
     check_signature,
     input_contract,
@@ -483,7 +484,7 @@ def _error_code(error: InferenceError) -> str:
 
 
 def _mixed_batches(feeds: CheckedFeeds) -> InvalidInputError:
-    sizes = sorted({array.shape[0] if array.ndim else 1 for array in feeds.values()})
+    sizes = sorted(batch_sizes(feeds.values()))
     return InvalidInputError(
         f"inputs have different batch sizes {sizes}", model=feeds.contract.model
     )

@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_registry import FP32, INT8
+from tests.integration.test_registry import FP32, INT8, REPO
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 INTRA_OP_THREADS = 3  # two pool threads per pool (the caller is the third)
 
 # Loads digits v1, then v2 beside it (keep_others), then v1 again in place of both: a swap.

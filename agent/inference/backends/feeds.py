@@ -17,7 +17,7 @@ Pure: numpy only, no runtime, no IO.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -127,9 +127,8 @@ class InputContract:
         checked = CheckedFeeds(
             {spec.name: _conform(model, spec, feeds[spec.name]) for spec in self.specs}
         )
-        batches = {array.shape[0] if array.ndim else 1 for array in checked.values()}
         checked.contract = self
-        checked.batch = _shared(batches)
+        checked.batch = _shared(batch_sizes(checked.values()))
         return checked
 
 
@@ -144,6 +143,11 @@ def conform_feeds(
 ) -> CheckedFeeds:
     """``feeds`` checked against ``specs``: ``InputContract.conform`` of their contract."""
     return input_contract(model, specs).conform(feeds)
+
+
+def batch_sizes(arrays: Iterable[Tensor]) -> set[int]:
+    """The batch size of each array: its first dimension, 1 for a scalar."""
+    return {array.shape[0] if array.ndim else 1 for array in arrays}
 
 
 def _shared(batches: set[int]) -> int | None:
