@@ -100,6 +100,13 @@ def optimize(options: OptimizeOptions, progress: Progress | None = None) -> Repo
     names = input_names(baseline)
     eval_data = load_dataset(options.eval_data, names)
     mode = choose_mode(baseline, eval_data.labels is not None, options.mode)
+    if options.attention is not None and mode == "static":
+        # Static int8 quantizes the graph as it is: the fusions would be silently skipped.
+        raise OptionsError(
+            "the attention shape is for dynamic quantization, and --mode auto chose static "
+            "for this model (float inputs, labelled eval data): pass --mode dynamic, or leave "
+            "out --attention-heads and --hidden-size"
+        )
     calibration = _calibration(options, names, mode)
     _check_fits(baseline, eval_data, options.model)
     if calibration is not None:

@@ -4,7 +4,8 @@ The tiny BERT has the architecture and the export of all-MiniLM-L6-v2 (TorchScri
 at a size that loads in milliseconds: what ONNX Runtime fuses in it, it fuses in MiniLM.
 Checked here: the fusions keep the outputs, the quantizer keeps the fused attention
 (``QAttention``), a graph without a recognised attention is an error rather than a silently
-unfused file, and ``fleet model optimize`` reports the fused fp32 beside the int8 variant.
+unfused file, and ``fleet model optimize`` reports the fused fp32 beside the int8 variant
+(and refuses the attention options when it would quantize statically, which cannot fuse).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from fleet.modelopt.errors import OptimizeError, OptionsError
+from fleet.modelopt.errors import EXIT_USAGE, OptimizeError, OptionsError
 from fleet.modelopt.measure import mean_cosine
 from fleet.modelopt.quantize import AttentionShape, fuse_transformer, quantize_int8_dynamic
 from tests.integration.harness import model_optimize
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "models" / "tinybert" / "tinybert-fp32.onnx"
 DIGITS = REPO / "models" / "digits" / "digits-fp32.onnx"
+DIGITS_EVAL = REPO / "models" / "digits" / "data" / "eval.npz"
+DIGITS_CALIBRATION = REPO / "models" / "digits" / "data" / "calibration.npz"
 SHAPE = AttentionShape(heads=4, hidden_size=32)
 LAYERS, VOCAB = 2, 128
 
@@ -129,3 +132,19 @@ def test_optimize_command_wants_both_attention_options(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "--attention-heads and --hidden-size go together" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_optimize_command_refuses_attention_options_when_auto_picks_static(
+    tmp_path: Path,
+) -> None:
+    """Float inputs and labelled data make ``--mode auto`` static, which cannot fuse."""
+    out = tmp_path / "out"
+    done = model_optimize(
+        DIGITS, "--eval", DIGITS_EVAL, "--calibration", DIGITS_CALIBRATION, "--out", out,
+        "--attention-heads", "4", "--hidden-size", "32",
+    )  # fmt: skip
+    assert done.returncode == EXIT_USAGE
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "--mode auto chose static" in line
+    assert not out.exists()
