@@ -418,7 +418,12 @@ class SwapRun:
 
 async def hot_swap(results: Results, profile: Profile) -> None:
     """``profile.swaps`` swaps, each from a fresh registry serving fp32; the median ratio."""
-    runs = [await _one_swap(profile) for _ in range(profile.swaps)]
+    card_v1 = load_card(card_path_for(MINILM_FP32)).model_copy(update={"version": "1"})
+    card_v2 = load_card(card_path_for(MINILM_INT8)).model_copy(
+        update={"name": card_v1.name, "version": "2"}
+    )
+    inputs = load_inputs(card_v1)
+    runs = [await _one_swap(profile, card_v1, card_v2, inputs) for _ in range(profile.swaps)]
     ranked = sorted(runs, key=lambda run: run.ratio)
     median = ranked[len(ranked) // 2]  # an odd count: the middle swap itself
     failures = [failure for run in runs for failure in run.failures]
@@ -465,15 +470,14 @@ async def hot_swap(results: Results, profile: Profile) -> None:
     )
 
 
-async def _one_swap(profile: Profile) -> SwapRun:
+async def _one_swap(
+    profile: Profile,
+    card_v1: ModelCard,
+    card_v2: ModelCard,
+    inputs: list[dict[str, np.ndarray]],
+) -> SwapRun:
     """Clients call ``predict`` back to back on fp32 v1; after the steady window, int8 v2 is
     loaded beside it and switched to while they go on."""
-    card_v1 = load_card(card_path_for(MINILM_FP32))
-    card_v2 = load_card(card_path_for(MINILM_INT8)).model_copy(
-        update={"name": card_v1.name, "version": "2"}
-    )
-    card_v1 = card_v1.model_copy(update={"version": "1"})
-    inputs = load_inputs(card_v1)
     registry = new_registry(ModelMonitor())
     done: list[float] = []  # when each result came back
     started_after_switch: set[str] = set()

@@ -100,13 +100,7 @@ def optimize(options: OptimizeOptions, progress: Progress | None = None) -> Repo
     names = input_names(baseline)
     eval_data = load_dataset(options.eval_data, names)
     mode = choose_mode(baseline, eval_data.labels is not None, options.mode)
-    if options.attention is not None and mode == "static":
-        # Static int8 quantizes the graph as it is: the fusions would be silently skipped.
-        raise OptionsError(
-            "the attention shape is for dynamic quantization, and --mode auto chose static "
-            "for this model (float inputs, labelled eval data): pass --mode dynamic, or leave "
-            "out --attention-heads and --hidden-size"
-        )
+    _check_attention_mode(options, mode)
     calibration = _calibration(options, names, mode)
     _check_fits(baseline, eval_data, options.model)
     if calibration is not None:
@@ -141,8 +135,21 @@ def _check_options(options: OptimizeOptions) -> None:
         raise OptionsError(
             f"--runs and --threads must be at least 1 (got {options.runs}, {options.threads})"
         )
-    if options.attention is not None and options.mode == "static":
+    _check_attention_mode(options, options.mode)  # an explicit --mode: before any loading
+
+
+def _check_attention_mode(options: OptimizeOptions, mode: str) -> None:
+    """Static int8 quantizes the graph as it is: refuse an attention shape that it would
+    silently skip, whether ``--mode static`` said so or ``--mode auto`` chose it."""
+    if options.attention is None or mode != "static":
+        return
+    if options.mode == "static":
         raise OptionsError("the attention shape is for dynamic quantization, not --mode static")
+    raise OptionsError(
+        "the attention shape is for dynamic quantization, and --mode auto chose static "
+        "for this model (float inputs, labelled eval data): pass --mode dynamic, or leave "
+        "out --attention-heads and --hidden-size"
+    )
 
 
 def _check_fits(session: ort.InferenceSession, data: Dataset, model: Path) -> None:

@@ -29,8 +29,8 @@ def serve_process(tmp_path: Path, *args: str) -> ManagedProcess:
 def log_event(process: ManagedProcess, event: str) -> dict[str, Any] | None:
     """The first log line of ``event`` (JSON: stderr is not a terminal)."""
     for line in process.log().splitlines():
-        if line.startswith("{") and json.loads(line).get("event") == event:
-            return dict(json.loads(line))
+        if line.startswith("{") and (entry := json.loads(line)).get("event") == event:
+            return dict(entry)
     return None
 
 
