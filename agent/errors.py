@@ -36,10 +36,15 @@ class TopicError(AgentError, ValueError):
 
 
 class PayloadError(AgentError, ValueError):
-    """A message payload is not valid JSON of the expected shape."""
+    """A message payload is not valid JSON of the expected shape.
 
-    def __init__(self, message: str, *, excerpt: str) -> None:
+    ``reason`` is a short, stable code (``too_large``, ``too_deep``, ``not_json``, ...) that
+    rejection counters are keyed by; the message says the rest.
+    """
+
+    def __init__(self, message: str, *, excerpt: str, reason: str = "invalid") -> None:
         self.excerpt = excerpt
+        self.reason = reason
         super().__init__(f"{message}: {excerpt!r}")
 
 
