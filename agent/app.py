@@ -3,7 +3,12 @@
 One asyncio loop, one ``TaskGroup``: the MQTT link, the outbox forwarder, the telemetry
 loop, the command dispatcher, board readers and the systemd watchdog. SIGTERM or SIGINT
 starts a graceful stop: a retained ``offline`` status, a clean MQTT disconnect (so the
-broker discards the will), the outbox closed. Anything queued but unsent stays on disk.
+broker discards the will), the models unloaded, every event emitted until then written to
+the outbox, and only then the outbox closed. Anything queued but unsent stays on disk.
+
+Every inbound message is routed by ``_on_message``; whatever a receiver refuses is recorded
+in one ``InboundRejections`` ledger, whose counts are in telemetry (``rejected``) and in the
+``health`` command's reply.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from agent.background import BackgroundTasks
-from agent.commands import CommandDispatcher, CommandError
+from agent.commands import CaptureRequest, CommandDispatcher, CommandError, NoArguments
 from agent.config import AgentConfig, PipelineConfig, SerialConfig
 from agent.errors import InferenceError, PayloadError, TopicError
 from agent.events import EventEmitter
 from agent.forwarder import DiskOutbox, Forwarder
 from agent.health import HealthChange, HealthMonitor, Status
+from agent.inbound import InboundRejections
 from agent.mqtt import payloads
 from agent.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings, TlsSettings
 from agent.mqtt.link import MqttLink
@@ -146,7 +152,8 @@ class Agent:
         self.events = EventEmitter(config.device_id, self.outbox)
         self.presence = Presence(config.device_id)
         self.link = MqttLink(link_settings(config, self.presence))
-        self.commands = CommandDispatcher(config.device_id, self.link)
+        self.rejections = InboundRejections()
+        self.commands = CommandDispatcher(config.device_id, self.link, self.rejections)
         self.link.set_message_handler(self._on_message)
         self.link.add_subscription(device_commands(config.device_id), qos=1)
         if any(p.source == "mqtt" for p in config.pipelines):
@@ -167,6 +174,7 @@ class Agent:
             health=self.health,
             link_state=self.link_watcher.state,
             on_health_change=self._health_changed,
+            rejected=self.rejections.snapshot,
             # Only a tick with something to read on the loop makes the round trip there.
             extras=self._telemetry_extras if _has_extras(config) else None,
         )
@@ -184,9 +192,9 @@ class Agent:
             self.ota = self._build_ota(self.inference)
         self.pipelines: list[SensorPipeline] = []  # built in run(), once models are loaded
         self.notifier = SystemdNotifier()
-        self.commands.register("ping", self._ping)
-        self.commands.register("health", self._health_report)
-        self.commands.register("capture", self._capture)
+        self.commands.register("ping", self._ping, NoArguments)
+        self.commands.register("health", self._health_report, NoArguments)
+        self.commands.register("capture", self._capture, CaptureRequest)
 
     def _build_ota(self, inference: InferenceService) -> OtaUpdater:
         # Imported here: an agent without OTA never loads the TUF client.
@@ -217,6 +225,7 @@ class Agent:
             registry=inference.registry,
             watch=watch,
             reporter=Reporter(self.events.emit, publish_reported, __version__),
+            rejections=self.rejections,
         )
         for topic_filter in updater.subscriptions():
             self.link.add_subscription(topic_filter, qos=1)
@@ -305,7 +314,17 @@ class Agent:
         )
 
     def _on_message(self, message: InboundMessage) -> None:
-        """Link callback: pipeline inputs go to their pipeline, the rest to the commands."""
+        """Link callback: pipeline inputs go to their pipeline, the rest to the commands.
+
+        Nothing a message holds may escape: an unexpected error is a rejection like any other.
+        """
+        try:
+            self._route(message)
+        except Exception as exc:  # a message never ends the link's callback or the agent
+            log.exception("agent.route_failed", topic=message.topic[:256])
+            self.rejections.reject(message, "handler_failed", f"{type(exc).__name__}: {exc}")
+
+    def _route(self, message: InboundMessage) -> None:
         if self.ota is not None and self.ota.on_message(message):
             return
         try:
@@ -317,14 +336,15 @@ class Agent:
             return
         pipeline = next((p for p in self.pipelines if p.spec.name == topic.name), None)
         if pipeline is None or pipeline.spec.channel is not None:
-            log.warning("pipeline.no_mqtt_source", topic=message.topic)
+            self.rejections.reject(message, "no_pipeline", "no pipeline takes MQTT inputs here")
             return
         try:
             pipeline.submit(parse_input(message.payload))
         except PayloadError as exc:
+            self.rejections.reject(message, exc.reason, str(exc))
             pipeline.reject(str(exc))
 
-    async def _capture(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _capture(self, request: CaptureRequest) -> dict[str, Any]:
         if self.inference is None:
             raise CommandError("no models are configured")
         topic = topic_for(self.config.device_id, Channel.CAPTURE)
@@ -332,7 +352,7 @@ class Agent:
         async def publish(body: dict[str, Any]) -> None:
             await self.outbox.append(topic, payloads.encode(body))
 
-        return await self.inference.capture_command(request, publish)
+        return await self.inference.capture_command(request.model_dump(), publish)
 
     async def _on_sensor(self, channel: int, value: int) -> None:
         for pipeline in self.pipelines:
@@ -374,10 +394,10 @@ class Agent:
             reason=change.after.reason,
         )
 
-    async def _ping(self, _request: dict[str, Any]) -> dict[str, Any]:
+    async def _ping(self, _request: NoArguments) -> dict[str, Any]:
         return {"pong": True}
 
-    async def _health_report(self, _request: dict[str, Any]) -> dict[str, Any]:
+    async def _health_report(self, _request: NoArguments) -> dict[str, Any]:
         stats = await self.outbox.stats()
         return {
             "health": self.health.snapshot(),
@@ -387,6 +407,7 @@ class Agent:
                 "dropped_total": stats.dropped_total,
             },
             "link": self.link_watcher.state(),
+            "rejected": self.rejections.snapshot(),
         }
 
     async def run(self) -> None:
@@ -428,8 +449,11 @@ class Agent:
                 for task in workers:
                     task.cancel()
         finally:
+            # Order matters: unloading the models emits model_unloaded; every event emitted
+            # until now must reach the outbox before it closes, and none may come after.
             if self.inference is not None:
                 await self.inference.close()
+            await self.events.close()
             await self.outbox.close()
         log.info("agent.stopped")
 

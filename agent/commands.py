@@ -1,21 +1,31 @@
 """Commands from the controller on ``fleet/<device_id>/cmd/<name>`` (MQTT v5 request/response).
 
 Inbound messages arrive on the loop thread and go into a bounded queue; when it is full the
-command is refused with a ``busy`` reply instead of growing memory. Replies go to the
-request's response topic (or ``fleet/<device_id>/reply``) with its correlation data and a
-message expiry, so a late answer does not linger in the broker.
+command is refused with a ``busy`` reply instead of growing memory. Each command has a typed
+request model (``extra="forbid"``): the body is decoded within the payload limits and
+validated before the handler sees it. Replies go to the request's response topic (or
+``fleet/<device_id>/reply``) with its correlation data and a message expiry, so a late
+answer does not linger in the broker.
+
+Nothing a message carries can stop the dispatch loop: a refused request (bad topic, body,
+unknown command) and a handler that raises anything but ``CancelledError`` are answered
+``ok: false`` with the reason, recorded in the agent's ``InboundRejections`` (counted by
+reason, dead-lettered) and the loop goes on; so does a reply that cannot be sent (a response
+topic with wildcards, a packet over the broker's limit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import structlog
+from pydantic import BaseModel, ConfigDict
 
-from agent.errors import MqttError, PayloadError, TopicError
+from agent.errors import PayloadError, TopicError
+from agent.inbound import InboundRejections
 from agent.mqtt import payloads
 from agent.mqtt.base import InboundMessage, PublishOptions
 from agent.mqtt.link import MqttLink
@@ -23,68 +33,151 @@ from agent.mqtt.topics import Channel, parse, topic_for
 
 log = structlog.get_logger("agent.commands")
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+RequestT = TypeVar("RequestT", bound=BaseModel)
 REPLY_EXPIRY_S = 60
+# A command body is a few fields; the general payload cap is for telemetry-sized messages.
+MAX_COMMAND_BYTES = 16 * 1024
+# Replies echo the correlation data; a peer's oversized one is not echoed (or published).
+MAX_CORRELATION_BYTES = 64
+
+
+class NoArguments(BaseModel):
+    """The request of a command that takes none: an empty body or ``{}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CaptureRequest(BaseModel):
+    """``capture``: what to do with the low-confidence capture buffer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["list", "clear", "upload"] = "list"
 
 
 class CommandError(Exception):
     """A handler's way of answering ``ok: false`` with a reason."""
 
 
+@dataclass(frozen=True)
+class _Route:
+    request: type[BaseModel]
+    handler: Callable[[Any], Awaitable[dict[str, Any]]]
+
+
+class _Refused(Exception):
+    """A request the dispatcher will not run: its reason code and the reply's error text."""
+
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+
+
 class CommandDispatcher:
     """Routes command messages to handlers and publishes their replies."""
 
-    def __init__(self, device_id: str, link: MqttLink, *, queue_size: int = 32) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        link: MqttLink,
+        rejections: InboundRejections,
+        *,
+        queue_size: int = 32,
+    ) -> None:
         self._device_id = device_id
         self._link = link
-        self._handlers: dict[str, Handler] = {}
+        self._rejections = rejections
+        self._routes: dict[str, _Route] = {}
         self._queue: asyncio.Queue[InboundMessage] = asyncio.Queue(maxsize=queue_size)
 
-    def register(self, name: str, handler: Handler) -> None:
-        self._handlers[name] = handler
+    def register(
+        self,
+        name: str,
+        handler: Callable[[RequestT], Awaitable[dict[str, Any]]],
+        request: type[RequestT],
+    ) -> None:
+        """``handler`` runs with the body validated into ``request``."""
+        self._routes[name] = _Route(request, handler)
 
     def on_message(self, message: InboundMessage) -> None:
         """Link callback (loop thread): queue, or refuse when the queue is full."""
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
-            log.warning("commands.busy", topic=message.topic)
+            self._rejections.reject(message, "busy", "too many pending commands")
             self._reply(message, {"ok": False, "error": "busy: too many pending commands"})
 
     async def run(self) -> None:
         while True:
             message = await self._queue.get()
-            self._reply(message, await self._handle(message))
+            await self.dispatch(message)
+
+    async def dispatch(self, message: InboundMessage) -> None:
+        """Handle one message and reply; never raises (but lets cancellation through)."""
+        try:
+            body = await self._handle(message)
+        except Exception as exc:  # a message must never end the loop
+            # _handle catches handler failures itself: this is a bug in the dispatcher.
+            log.exception("commands.dispatch_failed", topic=message.topic)
+            self._rejections.reject(message, "handler_failed", f"{type(exc).__name__}: {exc}")
+            body = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
+        self._reply(message, body)
 
     async def _handle(self, message: InboundMessage) -> dict[str, Any]:
         try:
-            topic = parse(message.topic)
-            if topic.channel is not Channel.CMD or topic.device_id != self._device_id:
-                raise TopicError("not a command for this device", topic=message.topic)
-            request = payloads.decode_object(message.payload) if message.payload else {}
-        except (TopicError, PayloadError) as exc:
-            log.warning("commands.bad_request", topic=message.topic, error=str(exc))
+            name, route, request = self._decode(message)
+        except _Refused as exc:
+            self._rejections.reject(message, exc.reason, str(exc))
             return {"ok": False, "error": str(exc)}
-        handler = self._handlers.get(topic.name or "")
-        if handler is None:
-            return {"ok": False, "error": f"unknown command {topic.name!r}"}
         try:
-            result = await handler(request)
+            result = await route.handler(request)
         except CommandError as exc:
-            return {"ok": False, "command": topic.name, "error": str(exc)}
-        except Exception as exc:
-            log.exception("commands.handler_failed", command=topic.name)
-            return {"ok": False, "command": topic.name, "error": f"internal error: {exc}"}
-        return {"ok": True, "command": topic.name, **result}
+            return {"ok": False, "command": name, "error": str(exc)}
+        except Exception as exc:  # any handler bug is answered, not fatal
+            log.exception("commands.handler_failed", command=name)
+            self._rejections.reject(message, "handler_failed", f"{type(exc).__name__}: {exc}")
+            return {"ok": False, "command": name, "error": f"internal error: {exc!r}"[:300]}
+        return {"ok": True, "command": name, **result}
+
+    def _decode(self, message: InboundMessage) -> tuple[str, _Route, BaseModel]:
+        """The command's name, route and validated request, or ``_Refused`` with a reason."""
+        try:
+            topic = parse(message.topic)
+        except TopicError as exc:
+            raise _Refused("bad_topic", str(exc)) from None
+        if topic.channel is not Channel.CMD or topic.device_id != self._device_id:
+            raise _Refused("bad_topic", f"not a command for this device: {message.topic!r}")
+        name = topic.name or ""
+        route = self._routes.get(name)
+        if route is None:
+            raise _Refused("unknown_command", f"unknown command {name[:64]!r}")
+        try:
+            payload = message.payload if message.payload else b"{}"
+            request = payloads.decode_model(route.request, payload, max_bytes=MAX_COMMAND_BYTES)
+        except PayloadError as exc:
+            raise _Refused(exc.reason, str(exc)) from None
+        return name, route, request
 
     def _reply(self, message: InboundMessage, body: dict[str, Any]) -> None:
         body.setdefault("device_id", self._device_id)
         body.setdefault("ts", payloads.utc_now())
         target = message.response_topic or topic_for(self._device_id, Channel.REPLY)
-        options = PublishOptions(
-            correlation_data=message.correlation_data, message_expiry_s=REPLY_EXPIRY_S
-        )
+        correlation = message.correlation_data
+        if correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:
+            correlation = None
+        options = PublishOptions(correlation_data=correlation, message_expiry_s=REPLY_EXPIRY_S)
         # A reply that cannot be sent now is not queued: the requester has a timeout and
-        # a stale answer is worse than none.
-        with contextlib.suppress(MqttError):
-            self._link.publish(target, payloads.encode(body), qos=1, options=options)
+        # a stale answer is worse than none. The response topic is the sender's claim and may
+        # be anything (wildcards, too long): paho's ValueError is as much a refusal as ours.
+        try:
+            sent = self._link.publish(target, payloads.encode(body), qos=1, options=options)
+        except Exception as exc:  # see above
+            log.warning("commands.reply_failed", topic=target[:256], error=str(exc)[:200])
+            return
+        sent.add_done_callback(_ignore_outcome)
+
+
+def _ignore_outcome(future: asyncio.Future[None]) -> None:
+    """A reply's PUBACK (or its refusal) changes nothing: retrieve it quietly."""
+    if not future.cancelled():
+        future.exception()

@@ -365,6 +365,12 @@ class OtaConfig(_Section):
     retry_s: float = Field(
         default=30.0, gt=0, description="Wait before retrying a deferred or failed download."
     )
+    rekey_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="At most one early TUF refresh per this many seconds for a desired state "
+        "whose signature the trusted keys do not verify (a rotated key, or a forgery).",
+    )
     clock_floor: datetime = Field(
         default=datetime(2026, 1, 1, tzinfo=UTC),
         description="Before this time the clock counts as unset: updates wait for time sync.",

@@ -1,9 +1,17 @@
-"""Events on ``fleet/<device_id>/events``: state changes, queued so they survive outages."""
+"""Events on ``fleet/<device_id>/events``: state changes, queued so they survive outages.
+
+``emit`` takes the event at once, in the call (its body, its timestamp, and the append to
+the outbox it starts): an event emitted from a synchronous callback through a background
+task is not lost because that task had not run yet. At shutdown ``close`` refuses anything
+emitted later (logged, not scheduled on a closed outbox) and waits for every append already
+started, so the agent closes the outbox only after its last event is on disk.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 
 import structlog
@@ -22,11 +30,46 @@ class EventEmitter:
         self._device_id = device_id
         self._topic = topic_for(device_id, Channel.EVENTS)
         self._outbox = outbox
+        self._pending: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.refused_after_close = 0
 
-    async def emit(self, event: str, **fields: Any) -> None:
+    def emit(self, event: str, **fields: Any) -> Coroutine[Any, Any, None]:
+        """Queue one event now; awaiting the result waits until it is in the outbox.
+
+        Must be called on the event loop. After ``close`` the event is logged and dropped.
+        """
         body = {"device_id": self._device_id, "event": event, "ts": payloads.utc_now(), **fields}
+        if self._closed:
+            self.refused_after_close += 1
+            log.warning("event.after_close", name=event, **fields)
+            return _nothing()
         log.info("event.queued", name=event, **fields)
-        await self._outbox.append(self._topic, payloads.encode(body))
+        task = asyncio.get_running_loop().create_task(self._append(event, payloads.encode(body)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return _wait(task)
+
+    async def _append(self, event: str, payload: bytes) -> None:
+        try:
+            await self._outbox.append(self._topic, payload)
+        except Exception as exc:  # the task is nobody's to await: report here, never raise
+            log.error("event.lost", name=event, error=f"{type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        """Refuse new events and wait until every one already emitted is in the outbox."""
+        self._closed = True
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+async def _wait(task: asyncio.Task[None]) -> None:
+    # Shielded: a caller cancelled while waiting does not take the event with it.
+    await asyncio.shield(task)
+
+
+async def _nothing() -> None:
+    return None
 
 
 class EventThrottle:

@@ -18,7 +18,6 @@ one; an MQTT source that must not lose requests sets a deeper queue).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,12 +27,16 @@ from typing import Any
 import structlog
 
 from agent.errors import InferenceError, PayloadError, SerialLinkError
+from agent.mqtt import payloads
 
 log = structlog.get_logger("agent.pipeline")
 
 Actuate = Callable[[int, int], Awaitable[None]]
 Emit = Callable[..., Awaitable[None]]
 PublishResult = Callable[[dict[str, Any]], Awaitable[None]]
+
+# An MQTT input is one model input as JSON text: room for an image-sized tensor, not more.
+MAX_INPUT_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -245,21 +248,25 @@ class SensorPipeline:
 def parse_input(payload: bytes | bytearray) -> list[float]:
     """An MQTT source's message: ``{"inputs": [...]}`` or a bare JSON list, numbers only.
 
-    Nested lists are flattened in order (the model input's shape is restored later).
+    Nested lists are flattened in order (the model input's shape is restored later). Decoded
+    within the payload limits (size, nesting depth, 64-bit numbers: ``payloads.decode_json``).
+
+    Raises:
+        PayloadError: with the decoder's reason code, or ``schema`` (not numbers in lists)
+            or ``empty`` (no values).
     """
     excerpt = payload[:64].decode(errors="replace")
-    try:
-        body = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PayloadError("pipeline input is not JSON", excerpt=excerpt) from exc
+    body = payloads.decode_json(payload, max_bytes=MAX_INPUT_BYTES)
     values = body.get("inputs") if isinstance(body, dict) else body
     flat: list[float] = []
     if not _flatten(values, flat):
         raise PayloadError(
-            "pipeline input must be finite numbers in (nested) lists", excerpt=excerpt
+            "pipeline input must be finite numbers in (nested) lists",
+            excerpt=excerpt,
+            reason="schema",
         )
     if not flat:
-        raise PayloadError("pipeline input has no values", excerpt=excerpt)
+        raise PayloadError("pipeline input has no values", excerpt=excerpt, reason="empty")
     return flat
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,10 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Key, Signature, Signer
 
-from agent.errors import UpdateError
+from agent.errors import PayloadError, UpdateError
+from agent.mqtt import payloads
 from agent.ota.reasons import Reason
 
 MAX_DESIRED_BYTES = 16 * 1024
+# More signatures than any threshold needs is a cost, not a proof.
+MAX_SIGNATURES = 8
 
 
 class DesiredModel(BaseModel):
@@ -43,7 +47,7 @@ class DesiredState(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     device_id: str = Field(description="The only device this message is for.")
-    counter: int = Field(ge=1, description="Grows with every message to this device.")
+    counter: int = Field(ge=1, le=2**63 - 1, description="Grows with every message to this device.")
     expires: datetime = Field(description="UTC; the device ignores the message after this.")
     action: Literal["deploy", "rollback"] = Field(
         description="deploy: install and activate `model`; rollback: return to the "
@@ -69,6 +73,16 @@ def sign_desired(state: DesiredState, signer: Signer) -> bytes:
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class SignedDesired:
+    """An envelope taken apart: the typed state, the raw ``signed`` object (its canonical
+    bytes are what was signed) and the signatures as sent."""
+
+    state: DesiredState
+    signed: dict[str, Any]
+    signatures: list[Any]
+
+
 def verify_desired(
     payload: bytes,
     *,
@@ -84,21 +98,48 @@ def verify_desired(
         UpdateError: reason ``malformed_desired``, ``desired_unsigned``,
             ``desired_other_device``, ``desired_replayed`` or ``desired_expired``.
     """
-    signed, signatures = _envelope(payload)
+    parsed = parse_desired(payload)
+    check_desired(parsed.state, device_id=device_id, last_counter=last_counter, now=now)
+    check_signatures(parsed, keys=keys, threshold=threshold)
+    return parsed.state
+
+
+def parse_desired(payload: bytes) -> SignedDesired:
+    """Size, JSON within the payload limits, envelope shape, then the typed state.
+
+    Raises:
+        UpdateError: ``malformed_desired`` naming the payload reason or the first bad field.
+    """
+    try:
+        envelope = payloads.decode_object(payload, max_bytes=MAX_DESIRED_BYTES, max_depth=8)
+    except PayloadError as exc:
+        raise UpdateError(Reason.MALFORMED_DESIRED, f"{exc.reason}: {exc}") from None
+    signed, signatures = envelope.get("signed"), envelope.get("signatures")
+    if not isinstance(signed, dict) or not isinstance(signatures, list):
+        raise UpdateError(Reason.MALFORMED_DESIRED, "needs 'signed' (object) and 'signatures'")
+    if len(signatures) > MAX_SIGNATURES:
+        raise UpdateError(
+            Reason.MALFORMED_DESIRED, f"{len(signatures)} signatures, limit {MAX_SIGNATURES}"
+        )
     try:
         state = DesiredState.model_validate(signed)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(root)"
-        raise UpdateError(Reason.MALFORMED_DESIRED, f"field {where}: {first['msg']}") from exc
-    valid = _valid_keyids(canonical(signed), signatures, keys)
-    if len(valid) < threshold:
         raise UpdateError(
-            Reason.DESIRED_UNSIGNED,
-            f"{len(valid)} valid signature(s) by the online key(s), {threshold} needed",
-        )
+            Reason.MALFORMED_DESIRED, f"field {payloads.schema_problem(exc)}"
+        ) from None
+    return SignedDesired(state, signed, signatures)
+
+
+def check_desired(state: DesiredState, *, device_id: str, last_counter: int, now: datetime) -> None:
+    """This device, a counter above the last accepted one, not expired (no keys needed).
+
+    Raises:
+        UpdateError: ``desired_other_device``, ``desired_replayed`` or ``desired_expired``.
+    """
     if state.device_id != device_id:
-        raise UpdateError(Reason.DESIRED_OTHER_DEVICE, f"message is for device {state.device_id!r}")
+        raise UpdateError(
+            Reason.DESIRED_OTHER_DEVICE, f"message is for device {state.device_id[:64]!r}"
+        )
     if state.counter <= last_counter:
         raise UpdateError(
             Reason.DESIRED_REPLAYED,
@@ -106,24 +147,22 @@ def verify_desired(
         )
     if state.expires.tzinfo is None or state.expires <= now:
         raise UpdateError(Reason.DESIRED_EXPIRED, f"expired at {state.expires.isoformat()}")
-    return state
 
 
-def _envelope(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
-    if len(payload) > MAX_DESIRED_BYTES:
+def signatures_valid(parsed: SignedDesired, *, keys: Mapping[str, Key], threshold: int) -> bool:
+    """Whether at least ``threshold`` of ``keys`` signed the envelope (no IO)."""
+    return len(_valid_keyids(canonical(parsed.signed), parsed.signatures, keys)) >= threshold
+
+
+def check_signatures(parsed: SignedDesired, *, keys: Mapping[str, Key], threshold: int) -> None:
+    """Raises:
+    UpdateError: ``desired_unsigned`` unless ``threshold`` of ``keys`` signed it."""
+    valid = _valid_keyids(canonical(parsed.signed), parsed.signatures, keys)
+    if len(valid) < threshold:
         raise UpdateError(
-            Reason.MALFORMED_DESIRED, f"{len(payload)} bytes, limit {MAX_DESIRED_BYTES}"
+            Reason.DESIRED_UNSIGNED,
+            f"{len(valid)} valid signature(s) by the online key(s), {threshold} needed",
         )
-    try:
-        envelope = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UpdateError(Reason.MALFORMED_DESIRED, f"not JSON ({exc})") from exc
-    if not isinstance(envelope, dict):
-        raise UpdateError(Reason.MALFORMED_DESIRED, "not a JSON object")
-    signed, signatures = envelope.get("signed"), envelope.get("signatures")
-    if not isinstance(signed, dict) or not isinstance(signatures, list):
-        raise UpdateError(Reason.MALFORMED_DESIRED, "needs 'signed' (object) and 'signatures'")
-    return signed, signatures
 
 
 def _valid_keyids(data: bytes, signatures: list[Any], keys: Mapping[str, Key]) -> set[str]:

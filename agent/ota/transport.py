@@ -32,7 +32,9 @@ import structlog
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
-from agent.errors import FetchError, MqttError, UpdateError
+from agent.errors import FetchError, MqttError, PayloadError, UpdateError
+from agent.inbound import InboundRejections
+from agent.mqtt import payloads
 from agent.mqtt.base import InboundMessage, PublishOptions
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Channel, topic_for
@@ -113,6 +115,7 @@ class RepositoryClient:
         timeout_s: float = 10.0,
         retries: int = 3,
         request_bytes: int = DEFAULT_REQUEST_BYTES,
+        rejections: InboundRejections | None = None,
     ) -> None:
         if window < 1 or timeout_s <= 0 or retries < 0 or request_bytes < 1:
             raise ValueError(
@@ -120,6 +123,7 @@ class RepositoryClient:
                 f"request_bytes={request_bytes}"
             )
         self._request_bytes = request_bytes
+        self._rejections = rejections or InboundRejections()
         self._link = link
         self._request_topic = topic_for(device_id, Channel.FETCH)
         self._reply_topic = topic_for(device_id, Channel.FILE)
@@ -149,7 +153,8 @@ class RepositoryClient:
 
         The request is named by the ``correlation`` of the reply's header, or by its v5
         correlation data when the header has none. A reply that cannot be decoded fails its
-        request (502) if its v5 correlation data names one, and is dropped otherwise.
+        request (502) if its v5 correlation data names one, and is dropped otherwise. Every
+        reply that no request takes (undecodable, unknown or late) is recorded as rejected.
         """
         if msg.topic != self._reply_topic:
             return
@@ -159,10 +164,14 @@ class RepositoryClient:
             waiter = self._waiter_for(msg, msg.correlation_data)
             if waiter is not None:
                 waiter.set_exception(exc)
+            else:
+                self._rejections.reject(msg, "bad_reply", str(exc)[:200])
             return
         waiter = self._waiter_for(msg, reply.correlation or msg.correlation_data)
         if waiter is not None:
             waiter.set_result(reply)
+        else:
+            self._rejections.reject(msg, "unmatched_reply", "no request waits for this reply")
 
     def _waiter_for(
         self, msg: InboundMessage, correlation: bytes | None
@@ -434,9 +443,11 @@ def decode_reply(payload: bytes | bytearray) -> DecodedReply:
     end = 2 + int.from_bytes(payload[:2], "big")
     if end > len(payload) or end - 2 > REPLY_HEADER_MAX:
         raise ValueError(f"header of {end - 2} bytes")
-    fields = json.loads(payload[2:end])
-    if not isinstance(fields, dict):
-        raise ValueError(f"header {fields!r}")  # noqa: TRY004  # the contract: ValueError
+    try:
+        # A flat object of a few integers: anything deeper is not a header.
+        fields = payloads.decode_object(payload[2:end], max_bytes=REPLY_HEADER_MAX, max_depth=1)
+    except PayloadError as exc:  # a ValueError too, but say which limit
+        raise ValueError(f"header: {exc.reason}: {exc}") from None
     correlation = _correlation_field(fields.pop("correlation", None))
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields.values()):
         raise ValueError(f"header {fields!r}")
@@ -447,7 +458,7 @@ def _correlation_field(value: object) -> bytes | None:
     if value is None:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= 2 * MAX_CORRELATION_BYTES:
-        raise ValueError(f"correlation {value!r}")
+        raise ValueError(f"correlation {str(value)[:80]!r}")
     return bytes.fromhex(value)  # ValueError if it is not hex
 
 

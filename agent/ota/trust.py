@@ -80,8 +80,13 @@ class TrustedRepository:
         return self._trusted_root().version
 
     def _trusted_root(self) -> Root:
+        # Before the first refresh the provisioned root is the trusted one: reading it here
+        # lets a desired state be checked without any fetch even on a fresh device.
+        path = self._dir / "root.json"
+        if not path.exists():
+            path = self._provisioned_root
         try:
-            return Metadata[Root].from_file(str(self._dir / "root.json")).signed
+            return Metadata[Root].from_file(str(path)).signed
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read the trusted root ({exc})", path=str(self._dir)) from exc
 

@@ -2,10 +2,16 @@
 
 One update, step by step (each reported as it happens, see ``agent.ota.report``):
 
-1. A retained ``fleet/<id>/desired`` envelope arrives. With the clock obviously unset the
-   update is deferred, not judged. The TUF metadata is refreshed over MQTT (``trust``), then
-   the envelope is checked against the trusted online keys, this device id, the last accepted
-   counter and its expiry (``desired``), and accepted atomically (``device.json``).
+1. A retained ``fleet/<id>/desired`` envelope arrives. Junk costs nothing: the size, the
+   JSON (within the payload limits) and the envelope's shape are checked first, then (with
+   the clock set; with it obviously unset the update is deferred, not judged) this device id,
+   the last accepted counter, the expiry and the signature against the online keys of the
+   TUF root already trusted on disk, all without a fetch (``desired``). Only a signature that
+   does not verify with those keys may refresh the TUF metadata early, in case the key was
+   rotated, and such refreshes are rate-limited (``ota.rekey_interval_s``). A message that
+   passes is checked once more against the freshly refreshed metadata (a revoked key) and
+   accepted atomically (``device.json``). Every refused message is recorded in the agent's
+   rejection ledger.
 2. The model it names must be a signed target whose custom fields (``release``) fit this
    device: hardware id, agent version, length cap, a release counter not below the installed
    one.
@@ -29,6 +35,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,13 +48,21 @@ from tuf.api.metadata import TargetFile
 from agent import __version__
 from agent.config import OtaConfig
 from agent.errors import AgentError, UpdateError
+from agent.inbound import InboundRejections
 from agent.inference.registry import ModelRegistry
 from agent.mqtt.base import InboundMessage
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Channel, parse, topic_for
 from agent.ota import fsutil
 from agent.ota.activation import Activator
-from agent.ota.desired import DesiredState, verify_desired
+from agent.ota.desired import (
+    DesiredState,
+    SignedDesired,
+    check_desired,
+    check_signatures,
+    parse_desired,
+    signatures_valid,
+)
 from agent.ota.reasons import Reason
 from agent.ota.release import ModelRelease, release_from_custom, version_tuple
 from agent.ota.report import Reporter
@@ -67,6 +82,43 @@ PROGRESS_STEP = 10
 # it was, the clock is not set yet): the same desired state is tried again every retry_s.
 # The others are properties of the message or the release and would fail the same way.
 RETRIED = frozenset({Reason.TRANSPORT, Reason.METADATA_EXPIRED, Reason.CLOCK_UNSET})
+# Refusals of the message itself: what the rejection ledger counts for the desired topic.
+MESSAGE_REASONS = frozenset(
+    {
+        Reason.MALFORMED_DESIRED,
+        Reason.DESIRED_UNSIGNED,
+        Reason.DESIRED_OTHER_DEVICE,
+        Reason.DESIRED_REPLAYED,
+        Reason.DESIRED_EXPIRED,
+    }
+)
+
+
+class RefreshLimiter:
+    """At most one early metadata refresh (for a rotated key) per ``interval_s``.
+
+    A message whose signature does not verify with the trusted keys is either signed by a key
+    the device has not learnt yet or forged; only the first case is worth a refresh, and it
+    cannot be told from the second without one. Limiting them keeps a flood of forged
+    messages from turning into a flood of fetches. ``admitted`` and ``refused`` count both
+    outcomes.
+    """
+
+    def __init__(self, interval_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: float | None = None
+        self.admitted = 0
+        self.refused = 0
+
+    def admit(self) -> bool:
+        now = self._clock()
+        if self._last is not None and now - self._last < self._interval_s:
+            self.refused += 1
+            return False
+        self._last = now
+        self.admitted += 1
+        return True
 
 
 class OtaUpdater:
@@ -83,6 +135,7 @@ class OtaUpdater:
         watch: RequestWatch,
         reporter: Reporter,
         clock: Callable[[], datetime] | None = None,
+        rejections: InboundRejections | None = None,
     ) -> None:
         self._config = config
         self._device_id = device_id
@@ -91,12 +144,19 @@ class OtaUpdater:
         self._reporter = reporter
         self._clock = clock or (lambda: datetime.now(UTC))
         self._device_file = self._root / "device.json"
+        self._rejections = rejections or InboundRejections()
         self.client = RepositoryClient(
-            link, device_id, window=config.fetch_window, timeout_s=config.fetch_timeout_s
+            link,
+            device_id,
+            window=config.fetch_window,
+            timeout_s=config.fetch_timeout_s,
+            rejections=self._rejections,
         )
+        self.rekey = RefreshLimiter(config.rekey_interval_s)
         self._activator = Activator(registry, watch, reporter, config.health)
         self._desired_topic = topic_for(device_id, Channel.DESIRED)
-        self._inbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
+        # (payload, retained): only the newest desired state waits.
+        self._inbox: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue(maxsize=1)
         self._trust: TrustedRepository | None = None
         self._last_notice: tuple[str, str] | None = None
 
@@ -107,7 +167,7 @@ class OtaUpdater:
         """Take desired-state and repository-file messages; False for anything else."""
         if message.topic == self._desired_topic:
             if message.payload:  # an empty retained message only clears the topic
-                self._offer(bytes(message.payload))
+                self._offer(bytes(message.payload), retained=message.retain)
             return True
         try:
             channel = parse(message.topic).channel
@@ -118,11 +178,11 @@ class OtaUpdater:
             return True
         return False
 
-    def _offer(self, payload: bytes) -> None:
+    def _offer(self, payload: bytes, *, retained: bool = False) -> None:
         """Keep only the newest desired state waiting: older ones are superseded anyway."""
         with contextlib.suppress(asyncio.QueueEmpty):
             self._inbox.get_nowait()
-        self._inbox.put_nowait(payload)
+        self._inbox.put_nowait((payload, retained))
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -156,8 +216,8 @@ class OtaUpdater:
                 await self._settle_accepted(store.name, rolled_back)
         await self._reporter.publish()
         while True:
-            payload = await self._inbox.get()
-            retry = await self._handle(payload)
+            payload, retained = await self._inbox.get()
+            retry = await self._handle(payload, retained=retained)
             if retry:
                 asyncio.get_running_loop().call_later(self._config.retry_s, self._retry, payload)
 
@@ -176,14 +236,19 @@ class OtaUpdater:
 
     def _retry(self, payload: bytes) -> None:
         if self._inbox.empty():  # a newer desired state wins over a retry
-            self._inbox.put_nowait(payload)
+            self._inbox.put_nowait((payload, False))
 
-    async def _handle(self, payload: bytes) -> bool:
+    async def _handle(self, payload: bytes, *, retained: bool = False) -> bool:
         """One desired state; True when it should be tried again later."""
         accepted = await asyncio.to_thread(fsutil.read_json, self._device_file) or {}
         resuming = accepted.get("payload") == payload.decode(errors="replace")
         if resuming and accepted.get("done"):
             return False  # the retained copy of what was already done
+        try:
+            parsed = parse_desired(payload)  # junk goes no further, whatever the clock says
+        except UpdateError as exc:
+            await self._refuse(payload, retained, exc)
+            return False
         now = self._clock()
         if now < self._config.clock_floor:
             if self._first_notice(payload, Reason.CLOCK_UNSET):
@@ -194,10 +259,9 @@ class OtaUpdater:
                 )
             return True
         try:
-            desired = await self._accept(payload, accepted, resuming=resuming)
+            desired = await self._accept(parsed, payload, accepted, resuming=resuming)
         except UpdateError as exc:
-            if self._first_notice(payload, exc.reason):
-                await self._reporter.refused(exc.reason, exc.detail)
+            await self._refuse(payload, retained, exc)
             return exc.reason in RETRIED
         try:
             if desired.action == "rollback":
@@ -215,6 +279,14 @@ class OtaUpdater:
         await self._record_accepted(desired, payload, done=True)
         return False
 
+    async def _refuse(self, payload: bytes, retained: bool, exc: UpdateError) -> None:
+        """Count a refused message in the ledger and report it (once per payload and reason)."""
+        if exc.reason in MESSAGE_REASONS:
+            message = InboundMessage(self._desired_topic, payload, qos=1, retain=retained)
+            self._rejections.reject(message, exc.reason, exc.detail)
+        if self._first_notice(payload, exc.reason):
+            await self._reporter.refused(exc.reason, exc.detail)
+
     def _first_notice(self, payload: bytes, reason: str) -> bool:
         """Report a deferral or a retried failure once, not at every retry."""
         notice = (hashlib.sha256(payload).hexdigest(), reason)
@@ -224,20 +296,32 @@ class OtaUpdater:
         return True
 
     async def _accept(
-        self, payload: bytes, accepted: dict[str, Any], *, resuming: bool
+        self, parsed: SignedDesired, payload: bytes, accepted: dict[str, Any], *, resuming: bool
     ) -> DesiredState:
-        trust = self._trusted()
-        await asyncio.to_thread(trust.refresh)
-        online = await asyncio.to_thread(trust.online_keys)
+        """Every check of the message, the signature against the keys trusted on disk first;
+        then the metadata refresh an accepted message needs (and a check against it)."""
         last = int(accepted.get("counter", 0))
-        desired = verify_desired(
-            payload,
-            keys=online.keys,
-            threshold=online.threshold,
+        check_desired(
+            parsed.state,
             device_id=self._device_id,
             last_counter=last - 1 if resuming else last,
             now=self._clock(),
         )
+        trust = self._trusted()
+        online = await asyncio.to_thread(trust.online_keys)
+        if not signatures_valid(parsed, keys=online.keys, threshold=online.threshold):
+            if not self.rekey.admit():
+                raise UpdateError(
+                    Reason.DESIRED_UNSIGNED,
+                    "not signed by the trusted online key(s); no metadata refresh for a "
+                    f"rotated key within {self._config.rekey_interval_s:g} s of the last one",
+                )
+            log.info("ota.rekey_refresh", reason="signature does not verify with trusted keys")
+        await asyncio.to_thread(trust.refresh)
+        # Against the refreshed root: a rotated key now verifies, a revoked one no longer does.
+        online = await asyncio.to_thread(trust.online_keys)
+        check_signatures(parsed, keys=online.keys, threshold=online.threshold)
+        desired = parsed.state
         if not resuming:
             await self._record_accepted(desired, payload, done=False)
         return desired

@@ -101,8 +101,9 @@ class BoardMonitor:
 class TelemetryService:
     """Produces one telemetry message per interval; see the module docstring.
 
-    ``link_state`` is called on the worker thread and must be safe there (plain attribute
-    reads); ``extras`` is called on the event loop.
+    ``link_state`` and ``rejected`` (the refused-message counts, ``rejected`` in the body)
+    are called on the worker thread and must be safe there (plain attribute reads);
+    ``extras`` is called on the event loop.
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class TelemetryService:
         link_state: Callable[[], dict[str, Any]],
         on_health_change: Callable[[HealthChange], Awaitable[None]],
         extras: Callable[[], dict[str, Any]] | None = None,
+        rejected: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._device_id = device_id
         self._topic = topic_for(device_id, Channel.TELEMETRY)
@@ -128,6 +130,8 @@ class TelemetryService:
         self._link_state = link_state
         self._on_health_change = on_health_change
         self._extras = extras
+        # Called on the worker thread like link_state: must be safe there.
+        self._rejected = rejected
         self._dropped_seen: int | None = None
         self._changes: deque[HealthChange] = deque()
         self._failure: BaseException | None = None
@@ -238,6 +242,8 @@ class TelemetryService:
                 "health": health,
                 **extras,
             }
+            if self._rejected is not None:
+                body["rejected"] = self._rejected()
             if board_reading is not None:
                 body["board"] = {"kind": self._board.kind, **board_reading}
             if errors:
