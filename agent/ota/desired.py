@@ -104,7 +104,7 @@ def verify_desired(
     return parsed.state
 
 
-def parse_desired(payload: bytes) -> SignedDesired:
+def parse_desired(payload: bytes | bytearray) -> SignedDesired:
     """Size, JSON within the payload limits, envelope shape, then the typed state.
 
     Raises:

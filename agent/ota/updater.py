@@ -46,12 +46,14 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 
 from agent import __version__
+from agent.background import BackgroundTasks
 from agent.config import OtaConfig
 from agent.errors import AgentError, UpdateError
 from agent.inbound import InboundRejections
 from agent.inference.registry import ModelRegistry
 from agent.mqtt.base import InboundMessage
 from agent.mqtt.link import MqttLink
+from agent.mqtt.rejections import EXCERPT_BYTES
 from agent.mqtt.topics import Channel, parse, topic_for
 from agent.ota import fsutil
 from agent.ota.activation import Activator
@@ -159,6 +161,7 @@ class OtaUpdater:
         self._inbox: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue(maxsize=1)
         self._trust: TrustedRepository | None = None
         self._last_notice: tuple[str, str] | None = None
+        self._tasks = BackgroundTasks()
 
     def subscriptions(self) -> list[str]:
         return [self._desired_topic, self.client.subscription()]
@@ -167,7 +170,7 @@ class OtaUpdater:
         """Take desired-state and repository-file messages; False for anything else."""
         if message.topic == self._desired_topic:
             if message.payload:  # an empty retained message only clears the topic
-                self._offer(bytes(message.payload), retained=message.retain)
+                self._take_desired(message)
             return True
         try:
             channel = parse(message.topic).channel
@@ -177,6 +180,18 @@ class OtaUpdater:
             self.client.on_message(message)
             return True
         return False
+
+    def _take_desired(self, message: InboundMessage) -> None:
+        """Refuse junk here, as it arrives (size, JSON, shape: no disk, no keys), so each
+        refused message is counted even in a burst; queue the rest for ``_handle``."""
+        try:
+            parse_desired(message.payload)
+        except UpdateError as exc:
+            # The first bytes are enough to report and dead-letter it.
+            excerpt = bytes(message.payload[:EXCERPT_BYTES])
+            self._tasks.spawn(self._refuse(excerpt, message.retain, exc))
+            return
+        self._offer(bytes(message.payload), retained=message.retain)
 
     def _offer(self, payload: bytes, *, retained: bool = False) -> None:
         """Keep only the newest desired state waiting: older ones are superseded anyway."""

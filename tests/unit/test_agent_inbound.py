@@ -336,6 +336,26 @@ class TestDesiredState:
         }
         assert all(name == "ota_rejected" for name, _ in events)
 
+    def test_a_burst_of_junk_is_refused_on_arrival_each_counted(self, tmp_path: Path) -> None:
+        """Only one desired state waits (the newest wins), so junk is refused before that."""
+        updater, trust, events = _updater(tmp_path)
+        junk = [p for p in _junk_desired() if len(p) <= 16 * 1024 and b'"signed": {"' not in p]
+        topic = f"fleet/{DEVICE}/desired"
+
+        async def main() -> None:
+            for payload in junk:
+                assert updater.on_message(InboundMessage(topic, payload, qos=1, retain=True))
+            for _ in range(20):
+                await asyncio.sleep(0)
+
+        asyncio.run(main())
+        assert updater._inbox.empty()
+        assert updater._rejections.snapshot() == {
+            "total": len(junk),
+            "by_reason": {Reason.MALFORMED_DESIRED: len(junk)},
+        }
+        assert len(events) == len(junk) and trust.refreshes == 0
+
     def test_forged_signatures_refresh_at_most_once_per_interval(self, tmp_path: Path) -> None:
         updater, trust, _ = _updater(tmp_path)
         clock = FakeClock()
