@@ -151,7 +151,8 @@ class SensorPipeline:
     def reject(self, reason: str) -> None:
         """An input that could not be read (malformed MQTT message): counted and logged."""
         self.counters.rejected += 1
-        log.warning("pipeline.input_rejected", pipeline=self.spec.name, reason=reason)
+        # Logged (throttled) by the rejection ledger that the caller records it in.
+        log.debug("pipeline.input_rejected", pipeline=self.spec.name, reason=reason)
 
     async def run(self) -> None:
         """Run the model on queued inputs until cancelled."""
