@@ -160,7 +160,11 @@ class SensorPipeline:
             await self._ready.wait()
             self._ready.clear()
             while self._pending:
-                await self.process(self._pending.popleft())
+                features = self._pending.popleft()
+                try:
+                    await self.process(features)
+                except Exception as exc:  # one input must not end the pipeline for good
+                    self._count_failure(exc)
 
     # -- model and sinks ------------------------------------------------------------------
 
@@ -180,6 +184,12 @@ class SensorPipeline:
             return result
         await self._drive(result, features)
         return result
+
+    def _count_failure(self, exc: Exception) -> None:
+        kind = type(exc).__name__
+        self.counters.errors += 1
+        self.counters.errors_by_kind[kind] = self.counters.errors_by_kind.get(kind, 0) + 1
+        log.exception("pipeline.input_failed", pipeline=self.spec.name, kind=kind)
 
     def _count_model_error(self, exc: InferenceError) -> None:
         kind = type(exc).__name__

@@ -232,7 +232,13 @@ class OtaUpdater:
         await self._reporter.publish()
         while True:
             payload, retained = await self._inbox.get()
-            retry = await self._handle(payload, retained=retained)
+            try:
+                retry = await self._handle(payload, retained=retained)
+            except Exception as exc:  # a retained message that crashed us would at every start
+                log.exception("ota.handle_failed")
+                message = InboundMessage(self._desired_topic, payload, qos=1, retain=retained)
+                self._rejections.reject(message, "handler_failed", f"{type(exc).__name__}: {exc}")
+                retry = False
             if retry:
                 asyncio.get_running_loop().call_later(self._config.retry_s, self._retry, payload)
 

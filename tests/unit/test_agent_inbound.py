@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -34,7 +35,7 @@ from agent.ota.transport import RepositoryClient
 from agent.ota.trust import OnlineKeys
 from agent.ota.updater import OtaUpdater, RefreshLimiter
 from agent.ota.watch import RequestWatch
-from agent.pipeline import parse_input
+from agent.pipeline import Classification, PipelineSpec, SensorPipeline, parse_input
 
 DEVICE = "pi-01"
 DEEP = b"[" * 6000 + b"]" * 6000  # the 6 KB array of issue 21
@@ -399,6 +400,76 @@ class TestDesiredState:
         with pytest.raises(UpdateError) as caught:
             asyncio.run(updater._accept(parse_desired(payload), payload, {}, resuming=False))
         assert caught.value.reason == Reason.DESIRED_UNSIGNED
+
+
+class TestLoopsSurviveBugs:
+    def test_the_ota_loop_survives_any_exception_of_one_desired_state(self, tmp_path: Path) -> None:
+        updater, _, _ = _updater(tmp_path)
+        handled: list[bytes] = []
+
+        async def handle(payload: bytes, *, retained: bool = False) -> bool:
+            handled.append(payload)
+            if payload == b"first":
+                raise RecursionError("a bug deep in the update")
+            return False
+
+        updater._handle = handle  # type: ignore[method-assign]
+        updater._activator.resume = _no_resume  # type: ignore[method-assign]
+        updater._reporter.publish = _nothing  # type: ignore[method-assign]
+
+        async def main() -> None:
+            task = asyncio.create_task(updater.run())
+            updater._offer(b"first", retained=True)
+            await _until(lambda: len(handled) == 1)  # run() first looks at the disk
+            updater._offer(b"second")
+            await _until(lambda: len(handled) == 2)
+            assert not task.done()
+            task.cancel()
+
+        asyncio.run(main())
+        assert handled == [b"first", b"second"]
+        assert updater._rejections.snapshot()["by_reason"] == {"handler_failed": 1}
+
+    def test_a_pipeline_survives_any_exception_of_one_input(self) -> None:
+        async def classify(features: list[float]) -> Classification:
+            if features[0] < 0:
+                raise MemoryError("a bug, not an InferenceError")
+            return Classification("high", features[0])
+
+        async def emit(*_: Any, **__: Any) -> None:
+            return None
+
+        pipeline = SensorPipeline(PipelineSpec("p", None, 1.0, None), classify, None, emit)
+
+        async def main() -> None:
+            task = asyncio.create_task(pipeline.run())
+            pipeline.submit([-1.0])
+            pipeline.submit([0.7])
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert not task.done()
+            task.cancel()
+
+        asyncio.run(main())
+        assert pipeline.counters.results == 1
+        assert pipeline.counters.errors_by_kind == {"MemoryError": 1}
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Let the loop (and its worker threads) run until ``condition`` holds, 5 s at most."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def _no_resume(_store: Any) -> None:
+    return None
+
+
+async def _nothing() -> None:
+    return None
 
 
 class TestRepositoryReplies:
