@@ -39,7 +39,10 @@ def num(value: object) -> float | None:
     """A finite number, or None (booleans and strings are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
     return number if math.isfinite(number) else None
 
 
@@ -122,10 +125,10 @@ def _short_ts(value: object) -> str:
     return moment.astimezone(UTC).strftime("%m-%d %H:%M:%S") if moment else "-" * 14
 
 
-def _models_cell(models: object) -> Text:
+def _models_cell(models: object, separator: str = ", ") -> Text:
     pairs = sorted(obj(models).items())
     shown = [f"{text(name, 24)} v{text(version, 12) or '?'}" for name, version in pairs]
-    return Text(", ".join(shown) or "-")
+    return Text(separator.join(shown) or "-")
 
 
 def _state_cell(device: dict[str, Any]) -> Text:
@@ -173,11 +176,13 @@ def compact_devices_table(devices: list[dict[str, Any]], title: str = "Devices")
     """
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     ids = [text(d.get("device_id"), 64) or "?" for d in devices]
-    table.add_column("device", no_wrap=True, min_width=max([6, *map(len, ids)]))
+    # Every column keeps its full width; only an id longer than 24 characters folds.
+    longest = max([6, *map(len, ids)])
+    table.add_column("device", overflow="fold", min_width=min(longest, 24))
     table.add_column("state", no_wrap=True, min_width=7)
-    for column in ("seen", "cpu", "mem", "temp"):
-        table.add_column(column, no_wrap=True, justify="right")
-    table.add_column("models", overflow="fold", ratio=1)
+    for column, width in (("seen", 4), ("cpu", 4), ("mem", 4), ("temp", 5)):
+        table.add_column(column, no_wrap=True, justify="right", min_width=width)
+    table.add_column("models", overflow="fold", min_width=12)
     for device_id, d in zip(ids, devices, strict=True):
         cpu, memory, temp = (
             num(d.get(key)) for key in ("cpu_percent", "memory_percent", "temperature_c")
@@ -189,7 +194,7 @@ def compact_devices_table(devices: list[dict[str, Any]], title: str = "Devices")
             "-" if cpu is None else f"{cpu:.0f}%",
             "-" if memory is None else f"{memory:.0f}%",
             "-" if temp is None else f"{temp:.0f}°C",
-            _models_cell(d.get("models")),
+            _models_cell(d.get("models"), "\n"),
         )
     return table
 
@@ -365,7 +370,10 @@ def _pipeline_rows(pipelines: dict[str, Any]) -> list[tuple[str, str]]:
         label, score = text(p.get("last_label"), 24), num(p.get("last_score"))
         if label is not None:
             parts.append(f"last {label}" + (f" ({score:.2f})" if score is not None else ""))
-        parts.append(f"{_fmt(p.get('actuations'))} actuations, {_fmt(p.get('errors'))} errors")
+        for key in ("actuations", "errors"):
+            count = num(p.get(key))
+            if count is not None:
+                parts.append(f"{count:.0f} {key}")
         rows.append(("pipeline", f"{text(name, 24)}: " + ", ".join(parts)))
     if len(pipelines) > SHOWN_PIPELINES:
         rows.append(("", f"and {len(pipelines) - SHOWN_PIPELINES} more pipelines (--raw)"))
