@@ -99,6 +99,9 @@ class LiveDisplay:
         self._live.update(Group(table, *styled, *note), refresh=True)
 
     def finish(self, frame: Frame) -> None:
+        if self._live is not None:
+            # The last live frame makes way for the summary (after Ctrl-C it stays instead).
+            self._live.transient = True
         self.close()
         self._console.print(Group(*_summary(frame, "Fleet at the end")))
 
