@@ -134,7 +134,10 @@ def devices_show(
     device_id: Annotated[str, typer.Argument(help="device id")],
     json_out: JsonOpt = False,
     raw: Annotated[
-        bool, typer.Option("--raw", help="the full detail as JSON (all telemetry and events)")
+        bool,
+        typer.Option(
+            "--raw", help="the whole detail as JSON (every telemetry field, recent events)"
+        ),
     ] = False,
     broker: BrokerOpt = None,
     db: DbOpt = None,
