@@ -8,6 +8,7 @@ Exit codes: 0 ok, 2 unknown device, 69 controller unavailable, 78 configuration 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,35 @@ from fleet.view import device_detail_view, devices_table
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 devices_app = typer.Typer(no_args_is_help=True, help="Devices seen by the controller.")
 app.add_typer(devices_app, name="devices")
+
+
+def package_version() -> str:
+    """The installed distribution's version; the package's own when it is not installed."""
+    try:
+        return importlib.metadata.version("edge-fleet")
+    except importlib.metadata.PackageNotFoundError:
+        import fleet  # noqa: PLC0415
+
+        return str(getattr(fleet, "__version__", "unknown"))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"fleet {package_version()}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Options taken before any command (``--version``)."""
+
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="fleet TOML config file")]
 BrokerOpt = Annotated[
@@ -103,6 +133,12 @@ def devices_list(
 def devices_show(
     device_id: Annotated[str, typer.Argument(help="device id")],
     json_out: JsonOpt = False,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", help="the whole detail as JSON (every telemetry field, recent events)"
+        ),
+    ] = False,
     broker: BrokerOpt = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
@@ -111,14 +147,14 @@ def devices_show(
     key_file: KeyOpt = None,
     timeout: TimeoutOpt = None,
 ) -> None:
-    """The latest telemetry and recent events of one device."""
+    """One device: state, resources, link, models, OTA state and its latest events."""
     try:
         cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
         reply = _query(cfg, db is not None, "devices-show", {"device_id": device_id})
     except FleetError as exc:
         _fail(exc)
         return
-    if json_out:
+    if json_out or raw:
         sys.stdout.write(json.dumps(reply["device"], indent=2) + "\n")
     else:
         device_detail_view(Console(), reply["device"])

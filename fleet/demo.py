@@ -3,12 +3,15 @@
 Everything runs on this machine on embedded defaults: Mosquitto on a free loopback port with
 a throw-away config and data dir, the controller on SQLite, three agents with their own
 state dirs, and an emulated Arduino (the real firmware in simavr) on one agent's serial port.
+The agents start only once the controller answers a request, so it is subscribed before any
+device publishes (a device's first telemetry and its ``agent_started`` event are stored).
 The light level on the board's A0 input swings up and down; the agent's pipeline turns pin B5
 on above the threshold and off below it, and the line under the table shows both. The table
-refreshes every second until Ctrl-C or ``DEMO_SECONDS`` elapse; then every process the demo
-started is stopped and its files removed (``DEMO_KEEP=1`` keeps them). Part-way through, one
-agent is killed with SIGKILL so the table shows the Last Will turning it offline, and it is
-started again.
+(80 columns; ``fleet.demo_display``) refreshes every second until Ctrl-C or ``DEMO_SECONDS``
+elapse; when stdout is not a terminal, a plain line per change is printed instead. Then every
+process the demo started is stopped and its files removed (``DEMO_KEEP=1`` keeps them).
+Part-way through, one agent is killed with SIGKILL so the table shows the Last Will turning
+it offline, and it is started again.
 
 Another agent (``pi-kitchen``) serves the committed digits classifier (int8 ONNX), and part-way
 through gets a signed OTA update to digits@3 (``fleet.demo_ota``). The demo is its client:
@@ -19,6 +22,7 @@ API, returns the true labels as feedback, and shows what the agent's model monit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -31,17 +35,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.text import Text
-
+from agent.log import configure_logging
+from fleet.config import load_fleet_config
+from fleet.demo_display import BoardState, Display, Frame, make_display
 from fleet.demo_model import MODEL_DEVICE, ModelClient
 from fleet.demo_ota import DemoRelease
 from fleet.emulated_board import EmulatedBoard
-from fleet.errors import FleetError
+from fleet.errors import ControllerUnavailableError, FleetError
 from fleet.localbroker import PrivateBroker, free_port
+from fleet.rpc import call
 from fleet.store import SqliteFleetStore
-from fleet.view import devices_table
 
 DEVICES = ("pi-kitchen", "pi-garage", "jetson-yard")
 SERIAL_DEVICE = "pi-garage"
@@ -98,15 +101,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _drive_board(board: EmulatedBoard, elapsed: float) -> str:
-    """Set the light level on A0 and describe what the pipeline did with it."""
+def _drive_board(board: EmulatedBoard, elapsed: float) -> BoardState:
+    """Set the light level on A0; the state of pin B5, which the agent's pipeline drives."""
     millivolts = _light_level(elapsed)
     board.set_adc(0, millivolts)
-    pin = "ON" if board.pin_state(5) else "off"
-    return (
-        f"emulated Arduino on {SERIAL_DEVICE}: A0 = {millivolts / 1000:.2f} V -> "
-        f"pipeline 'light' (on above 2.75 V, off below 2.25 V) -> pin B5 {pin}"
-    )
+    return BoardState(SERIAL_DEVICE, millivolts / 1000, bool(board.pin_state(5)))
 
 
 def _light_level(elapsed: float) -> int:
@@ -114,17 +113,71 @@ def _light_level(elapsed: float) -> int:
     return int(2500 + 2200 * math.sin(elapsed / 3))
 
 
+def wait_for_controller(
+    broker_url: str, controller: subprocess.Popen[bytes], timeout_s: float = 60.0
+) -> None:
+    """Return once the controller answers a request over the broker.
+
+    Its requests arrive through a subscription made in the same SUBSCRIBE as the devices'
+    topics, so an answer proves its session and subscriptions are in place: telemetry and
+    events published from now on are queued for it, none is lost before its first start.
+    """
+    config = load_fleet_config(None, broker=broker_url, rpc_timeout_s=2.0)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if controller.poll() is not None:
+            raise FleetError(f"the controller exited with {controller.returncode}")
+        try:
+            asyncio.run(call(config, "devices-list", {}))
+        except ControllerUnavailableError:
+            if time.monotonic() > deadline:
+                raise FleetError(f"the controller did not answer within {timeout_s:g} s") from None
+            time.sleep(0.2)
+            continue
+        except FleetError:
+            pass  # it answered, with an error: it is subscribed all the same
+        return
+
+
 def run(seconds: float | None, workdir: Path) -> None:
-    console = Console()
+    # Library logs (the release repository, the link) go to stderr, and only warnings.
+    configure_logging("warning", "console")
+    display = make_display()
+    processes: list[subprocess.Popen[bytes]] = []
     board = EmulatedBoard(log_path=workdir / "sim.log")
-    board.start()
+    broker = PrivateBroker(workdir / "broker")
+    try:
+        board.start()
+        broker.start()
+        _run(seconds, workdir, display, board, broker, processes)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        display.close()
+        for process in processes:
+            _stop(process)
+        broker.stop()
+        board.stop()
+
+
+def _run(
+    seconds: float | None,
+    workdir: Path,
+    display: Display,
+    board: EmulatedBoard,
+    broker: PrivateBroker,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
     tty = workdir / "ttyEMU0"
     tty.symlink_to(board.pty_path)
-    broker = PrivateBroker(workdir / "broker")
-    broker.start()
     db = workdir / "fleet.sqlite3"
     release = DemoRelease(workdir)
     controller = _controller(broker, db, release, workdir)
+    processes.append(controller)
+    display.message(f"broker {broker.url}, controller db {db}, logs in {workdir}")
+    # Agents start only once the controller is subscribed: their first telemetry and their
+    # agent_started events would otherwise reach no subscriber and be lost.
+    wait_for_controller(broker.url, controller)
     model = ModelClient(free_port())
     agents = {
         device: _agent(
@@ -137,53 +190,60 @@ def run(seconds: float | None, workdir: Path) -> None:
         )
         for device in DEVICES
     }
-    console.print(f"broker {broker.url}, controller db {db}, logs in {workdir}")
-    console.print(f"{MODEL_DEVICE} serves the digits model at {model.url}/v1/models/digits")
-    console.print(f"try it: .venv/bin/fleet devices list --broker {broker.url}")
+    store = SqliteFleetStore(db)
+    try:
+        display.message(f"{MODEL_DEVICE} serves the digits model at {model.url}/v1/models/digits")
+        display.message(f"try it: .venv/bin/fleet devices list --broker {broker.url}")
+        frame = _loop(seconds, workdir, display, board, broker, store, model, release, agents)
+        display.finish(frame)
+    finally:
+        # The victim may have been restarted: the processes to stop are the current ones.
+        processes.extend(agents.values())
+        store.close()
+
+
+def _loop(
+    seconds: float | None,
+    workdir: Path,
+    display: Display,
+    board: EmulatedBoard,
+    broker: PrivateBroker,
+    store: SqliteFleetStore,
+    model: ModelClient,
+    release: DemoRelease,
+    agents: dict[str, subprocess.Popen[bytes]],
+) -> Frame:
+    """One frame a second until ``seconds`` have passed (or Ctrl-C); returns the last one."""
     started = time.monotonic()
     victim = DEVICES[-1]
     killed_at: float | None = None
-    try:
-        while not db.exists():
-            time.sleep(0.1)
-        store = SqliteFleetStore(db)
-        with Live(console=console, refresh_per_second=2, auto_refresh=False) as live:
-            while seconds is None or time.monotonic() - started < seconds:
-                elapsed = time.monotonic() - started
-                note = ""
-                if killed_at is None and elapsed > _kill_after(seconds):
-                    agents[victim].kill()
-                    killed_at = elapsed
-                elif killed_at is not None and elapsed - killed_at > 8 and agents[victim].poll():
-                    agents[victim] = _agent(workdir, broker.port, victim)
-                if killed_at is not None and agents[victim].poll() is not None:
-                    note = f"{victim} was killed with SIGKILL: its Last Will marks it offline"
-                serial = _drive_board(board, elapsed)
-                table = devices_table(store.list_devices(), title=f"Fleet ({elapsed:.0f}s)")
-                model.step()
-                if not release.deployed and elapsed > _deploy_after(seconds):
-                    release.deploy(broker.url)
-                ota = release.status_line(_reported(store, MODEL_DEVICE))
-                live.update(
-                    Group(
-                        table,
-                        Text(serial, style="cyan"),
-                        Text(model.status_line(), style="magenta"),
-                        Text(ota, style="green"),
-                        Text(note, style="yellow"),
-                    ),
-                    refresh=True,
-                )
-                time.sleep(1)
-        store.close()
-        console.print(devices_table(SqliteFleetStore(db).list_devices(), title="Fleet at the end"))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for process in [*agents.values(), controller]:
-            _stop(process)
-        broker.stop()
-        board.stop()
+    while True:
+        elapsed = time.monotonic() - started
+        notes = []
+        if killed_at is None and elapsed > _kill_after(seconds):
+            agents[victim].kill()
+            killed_at = elapsed
+            notes.append(f"{victim} killed with SIGKILL: its Last Will marks it offline")
+        elif killed_at is not None and elapsed - killed_at > 8 and agents[victim].poll():
+            agents[victim] = _agent(workdir, broker.port, victim)
+            notes.append(f"{victim} started again")
+        board_state = _drive_board(board, elapsed)
+        model.step()
+        if not release.deployed and elapsed > _deploy_after(seconds):
+            release.deploy(broker.url)
+        frame = Frame(
+            elapsed=elapsed,
+            devices=store.list_devices(),
+            board=board_state,
+            model_line=model.status_line(),
+            model_version=model.serving_version,
+            ota_line=release.status_line(_reported(store, MODEL_DEVICE)),
+            notes=notes,
+        )
+        display.update(frame)
+        if seconds is not None and time.monotonic() - started >= seconds:
+            return frame
+        time.sleep(1)
 
 
 def _controller(

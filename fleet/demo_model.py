@@ -63,15 +63,20 @@ class ModelClient:
             # The agent is still starting, or was restarted: try again next step.
             self.failed += 1
 
+    @property
+    def serving_version(self) -> str | None:
+        """The version that answered the last step's requests; None before the first answer."""
+        return self.version if self._metrics else None
+
     def status_line(self) -> str:
+        """One line, under 80 characters: predictions, p50, accuracy from feedback, drift."""
         m = self._metrics
         if not m:
-            return f"{MODEL_DEVICE}: waiting for the digits model at {self.url} ..."
+            return f"{MODEL_DEVICE}: waiting for the digits model ..."
         return (
-            f"{MODEL_DEVICE} serves digits v{self.version} at {self.url}: "
-            f"{m.get('requests', 0):.0f} predictions, p50 {m.get('p50', 0) * 1e3:.2f} ms, "
-            f"accuracy from feedback {m.get('accuracy', 0):.1%}, "
-            f"drift PSI {m.get('psi', 0):.3f}"
+            f"{MODEL_DEVICE} digits v{self.version}: {m.get('requests', 0):.0f} predictions, "
+            f"p50 {m.get('p50', 0) * 1e3:.2f} ms, accuracy {m.get('accuracy', 0):.1%}, "
+            f"PSI {m.get('psi', 0):.3f}"
         )
 
     def _post(self, verb: str, body: dict[str, Any]) -> Any:

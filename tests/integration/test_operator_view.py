@@ -1,0 +1,161 @@
+"""What an operator sees: ``fleet --version``, ``fleet devices show`` and ``make demo`` piped."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fleet.demo_model import EVAL_SPLIT, MODEL_FILE
+from fleet.localbroker import PrivateBroker, free_port
+from fleet.store import SqliteFleetStore
+from tests.integration.harness import (
+    REPO,
+    ManagedProcess,
+    agent_process,
+    start_controller,
+    wait_until,
+)
+
+DEMO_DEVICES = ("pi-kitchen", "pi-garage", "jetson-yard")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_AGENT_", "FLEET_"))}
+    # A pipe at 80 columns, whatever the terminal running the tests says.
+    for name in ("COLUMNS", "LINES", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        env.pop(name, None)
+    return env | extra
+
+
+def _fleet(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleet", *args],
+        env=_env(COLUMNS="80"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def test_fleet_version_prints_the_package_version() -> None:
+    result = _fleet("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"fleet {importlib.metadata.version('edge-fleet')}\n"
+
+
+def _predict(rest_port: int) -> bool:
+    rows = np.load(EVAL_SPLIT)["x"][:4].tolist()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{rest_port}/v1/models/digits:predict",
+        data=json.dumps({"instances": rows}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _detail_with_requests(port: int, device_id: str) -> dict[str, Any] | None:
+    result = _fleet("devices", "show", device_id, "--raw", "--broker", f"mqtt://127.0.0.1:{port}")
+    if result.returncode != 0:
+        return None
+    detail: dict[str, Any] = json.loads(result.stdout)
+    models = ((detail.get("telemetry") or {}).get("inference") or {}).get("models") or []
+    return detail if any(m.get("requests") for m in models) else None
+
+
+def test_devices_show_is_a_short_human_view_and_raw_is_the_json(
+    tmp_path: Path, broker: PrivateBroker, processes: list[ManagedProcess]
+) -> None:
+    rest_port = free_port()
+    processes.append(start_controller(tmp_path, broker.port))
+    agent = agent_process(
+        tmp_path,
+        broker.port,
+        "pi-view",
+        models=json.dumps([{"path": str(MODEL_FILE)}]),
+        inference__port=str(rest_port),
+    )
+    processes.append(agent.start())
+    wait_until(lambda: _predict(rest_port), 60, "the digits model answering")
+    detail = wait_until(
+        lambda: _detail_with_requests(broker.port, "pi-view"), 30, "telemetry with requests"
+    )
+    # What --raw prints is the whole detail: the long JSON the human view replaces.
+    assert detail["telemetry"]["seq"] >= 1 and len(json.dumps(detail, indent=2).splitlines()) > 60
+
+    shown = _fleet("devices", "show", "pi-view", "--broker", broker.url)
+
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert 10 <= len(lines) <= 25, shown.stdout
+    assert all(len(line) <= 80 for line in lines), shown.stdout
+    assert "{" not in shown.stdout and "\x1b" not in shown.stdout
+    assert lines[0].startswith("pi-view  online since ") and lines[0].endswith(", agent 0.1.0")
+    rows = {line[:11].strip(): line[11:] for line in lines[1:] if line[:11].strip()}
+    assert rows["health"].startswith(("ok", "degraded"))
+    assert "% of " in rows["cpu"] and " cores" in rows["cpu"]
+    assert " GiB" in rows["memory"] and " free" in rows["disk"]
+    assert rows["mqtt"].startswith("connected, 0 outages; queue ")
+    assert rows["telemetry"].startswith("seq ")
+    assert rows["model"].startswith("digits v2: p50 ") and " ms, p95 " in rows["model"]
+    assert " requests, 0 errors" in rows["model"]
+    assert "agent_started" in rows["events"] or "agent_started" in shown.stdout
+
+    as_json = _fleet("devices", "show", "pi-view", "--json", "--broker", broker.url)
+    assert as_json.returncode == 0, as_json.stderr
+    assert set(json.loads(as_json.stdout)) == set(detail)
+
+
+def test_piped_demo_prints_plain_change_lines_and_stores_every_first_message(
+    tmp_path: Path,
+) -> None:
+    """`make demo | cat`: no escape codes, lines of at most 80 columns, a line per change;
+    the controller is subscribed before the agents start, so nothing they send is lost."""
+    result = subprocess.run(
+        [sys.executable, "-m", "fleet.demo"],
+        env=_env(DEMO_SECONDS="20", DEMO_KEEP="1", TMPDIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    lines = out.splitlines()
+    assert "\x1b" not in out
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    for device in DEMO_DEVICES:
+        assert any(
+            line.endswith(f"] {device}: online") or f"] {device}: online," in line for line in lines
+        ), out
+    assert any("jetson-yard killed with SIGKILL" in line for line in lines), out
+    assert any(line.endswith("] jetson-yard: online -> offline") for line in lines), out
+    assert any("] pi-garage: pin B5 ON" in line for line in lines), out
+    assert any("] OTA" in line for line in lines), out
+    # It ends with the summary, the OTA line last.
+    assert [line for line in lines if not line.startswith(" ")][-1].startswith("OTA"), out
+
+    (workdir,) = tmp_path.glob("edge-fleet-demo-*")
+    store = SqliteFleetStore(workdir / "fleet.sqlite3")
+    try:
+        for device in DEMO_DEVICES:
+            assert min(store.telemetry_seqs(device)) == 1, device
+            events = store.device_detail(device, events=1000)["events"]
+            assert "agent_started" in [e["event"] for e in events], device
+    finally:
+        store.close()
