@@ -89,7 +89,7 @@ class StatusMessage(_Device):
     models: dict[Key, Text] = Field(default_factory=dict, max_length=MAX_KEYS)
     boot_time: AnyTimestamp | None = None
     started_at: AnyTimestamp | None = None
-    ts: Timestamp | None = None
+    ts: Timestamp
     reason: Text | None = None
 
 
@@ -147,8 +147,8 @@ class ReportedMessage(_Device):
 
     agent_version: Text | None = None
     desired_counter: Count | None = None
-    ts: Timestamp | None = None
-    models: dict[Key, ReportedModel | None] = Field(default_factory=dict, max_length=MAX_KEYS)
+    ts: Timestamp
+    models: dict[Key, ReportedModel | None] = Field(max_length=MAX_KEYS)
 
 
 DeviceMessage = StatusMessage | TelemetryMessage | EventMessage | ReportedMessage
