@@ -360,3 +360,70 @@ class TestRateLimiter:
 
 def test_clock_sanity() -> None:
     assert abs(payloads.from_iso(NOW).timestamp() - time.time()) < 60
+
+
+class _Link:
+    """Stands in for the controller's link in the file server (ack, info, publish)."""
+
+    def __init__(self, *, broken: bool = False, replies: int = 0) -> None:
+        self.acked: list[int] = []
+        self.published: list[str] = []
+        self.broken = broken
+        self.replies = replies
+        self.all_replied = asyncio.Event()
+        if replies == 0:
+            self.all_replied.set()
+
+    def ack(self, message: InboundMessage) -> None:
+        self.acked.append(message.mid)
+
+    @property
+    def info(self) -> None:
+        if self.broken:
+            raise RuntimeError("link bug")
+
+    def publish(self, topic: str, _payload: bytes, **_kw: object) -> asyncio.Future[None]:
+        self.published.append(topic)
+        if len(self.published) >= self.replies:
+            self.all_replied.set()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class TestFileServerIngest:
+    def _request(self, mid: int, *, response: str | None = "fleet/d-1/file") -> InboundMessage:
+        body = b'{"path": "metadata/nosuch.json", "offset": 0, "length": 10}'
+        return InboundMessage(
+            "fleet/d-1/fetch", body, 1, False, response, b"c" * 16 if response else None, mid
+        )
+
+    def _serve(self, tmp_path: Path, link: _Link, messages: list[InboundMessage]) -> Any:
+        from fleet.release.fileserver import FileService, RepositoryFiles
+
+        async def scenario() -> FileService:
+            service = FileService(link, RepositoryFiles(tmp_path), rate_per_s=0.001, burst=2)  # type: ignore[arg-type]
+            for message in messages:
+                service.on_message(message)
+            async with asyncio.timeout(10):  # the worker thread reads, the reply goes out
+                await link.all_replied.wait()
+            service.close()
+            return service
+
+        return asyncio.run(scenario())
+
+    def test_fetch_storm_is_rate_limited_and_poison_counted(self, tmp_path: Path) -> None:
+        link = _Link(replies=2)
+        messages = [self._request(n) for n in range(1, 5)]
+        messages.append(self._request(5, response=None))
+        messages.append(InboundMessage("fleet/d-1/fetch", b"[" * 9000, 1, True, None, None, 6))
+        service = self._serve(tmp_path, link, messages)
+        assert link.acked == [1, 2, 3, 4, 5, 6]
+        assert link.published == ["fleet/d-1/file", "fleet/d-1/file"]
+        assert service.rejections.counts == {"rate_limited": 2, "response_topic": 2}
+
+    def test_a_failure_inside_is_counted_not_raised(self, tmp_path: Path) -> None:
+        link = _Link(broken=True)
+        service = self._serve(tmp_path, link, [self._request(1)])
+        assert link.acked == [1]
+        assert service.rejections.counts == {"handler_failed": 1}
