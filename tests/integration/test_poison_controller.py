@@ -276,6 +276,9 @@ def test_seq_beyond_63_bits_is_acknowledged_and_not_redelivered(
         poison = {**_valid("telemetry", "pi-big"), "seq": 2**63}
         bench.send("fleet/pi-big/telemetry", [("seq", _enc(poison), "number_range")], retain=False)
         bench.check("seq 2^63")
+        shown = fleet_cli(broker.port, "controller-status", "--timeout", "5")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["rejected"]["by_reason"] == {"number_range": 1}
         assert controller.terminate() == 0
         bench.controller = start_controller(tmp_path, broker.port)
         processes.append(bench.controller)
