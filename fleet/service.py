@@ -163,73 +163,74 @@ class Controller:
         return handler(request), []
 
     def _on_message(self, message: InboundMessage) -> None:
-        """Loop thread: every message is acknowledged here or after its commit, whatever
-        it holds; nothing raises out of this (an unacknowledged message would block one slot
-        of the broker's receive window until the next connection, and come back then)."""
+        """Loop thread: every message is acknowledged, once, whatever it holds: here, by
+        the file server, or after its commit. Nothing raises out of this (an unacknowledged
+        message would hold a slot of the broker's receive window until the next connection,
+        and come back then)."""
         try:
-            self._dispatch(message)
+            acked_elsewhere = self._dispatch(message)
         except Exception as exc:  # a handler bug must not wedge ingest
             log.exception("controller.handler_failed", topic=message.topic[:256])
             self._reject(message, "handler_failed", repr(exc))
+            acked_elsewhere = False
+        if not acked_elsewhere:
+            self.link.ack(message)
 
-    def _dispatch(self, message: InboundMessage) -> None:
+    def _dispatch(self, message: InboundMessage) -> bool:
+        """Handle one message; True when it is acknowledged elsewhere (file server, writer)."""
         if self.ota is not None and self._fetch(message):
-            return
+            return True
         if message.topic.startswith(CONTROLLER_ROOT + "/"):
-            self.link.ack(message)  # a request is answered once, never redelivered
-            self._request(message)
-            return
+            self._request(message)  # answered once, never redelivered
+            return False
         if not message.payload and _clears_retained(message.topic):
-            self.link.ack(message)  # a cleared retained status or reported state
-            return
+            return False  # a cleared retained status or reported state
         try:
             item = validate(message, time.time())
         except (TopicError, PayloadError) as exc:
             self._reject(message, rejection_reason(exc), str(exc))
-            return
+            return False
         try:
             self._queue.put_nowait((item, message))
         except asyncio.QueueFull:
             # Not acknowledged: the broker redelivers it after the controller reconnects.
             log.error("controller.overloaded", topic=message.topic, queue=_QUEUE_LIMIT)
+        return True
 
     def _fetch(self, message: InboundMessage) -> bool:
         """A repository file request: the file server acknowledges and counts it."""
         assert self.ota is not None
         try:
             return self.ota.on_message(message)
-        except Exception as exc:  # one bad request must not stop the others
+        except Exception as exc:  # the file server acknowledged it before failing
             log.exception("controller.fetch_failed", topic=message.topic[:256])
             self._reject(message, "handler_failed", repr(exc))
             return True
 
     def _request(self, message: InboundMessage) -> None:
-        """Count a malformed RPC request, then answer it (with ``ok: false`` if it has
-        somewhere to send the answer)."""
+        """Count a malformed RPC request, then answer it (``ok: false`` for a malformed
+        one); a request without a response topic is only counted."""
         try:
             parse_controller_rpc(message.topic)
             if message.payload:
                 payloads.decode_object(message.payload)
         except (TopicError, PayloadError) as exc:
-            self._reject(message, rejection_reason(exc), str(exc), ack=False)
+            self._reject(message, rejection_reason(exc), str(exc))
         else:
             if message.response_topic is None:
-                detail = "a request without a response topic"
-                self._reject(message, "no_response_topic", detail, ack=False)
+                self._reject(message, "no_response_topic", "a request without a response topic")
+        if message.response_topic is None:
+            return  # nowhere to send an answer
         task = asyncio.get_running_loop().create_task(self._answer(message))
         self._rpc_tasks.add(task)
         task.add_done_callback(self._rpc_tasks.discard)
 
-    def _reject(
-        self, message: InboundMessage, reason: str, detail: str, *, ack: bool = True
-    ) -> None:
-        """Count, dead-letter and acknowledge a message that will not be stored."""
+    def _reject(self, message: InboundMessage, reason: str, detail: str) -> None:
+        """Count and dead-letter a message that will not be stored (the caller acks it)."""
         letter = self.rejections.reject(
             message.topic, message.payload, reason, detail, retained=message.retain
         )
         self._park(letter)
-        if ack:
-            self.link.ack(message)
 
     def _park(self, letter: DeadLetter) -> None:
         with contextlib.suppress(asyncio.QueueFull):  # counted all the same
@@ -270,12 +271,13 @@ class Controller:
 
     def _rpc_status(self, _request: dict[str, Any]) -> dict[str, Any]:
         """Store thread: what was refused since the start, and the newest dead letters."""
-        counts = dict(self.rejections.counts)
+        # dict() of a Counter copies in one step under the GIL: the loop thread may be
+        # counting meanwhile.
+        counts = Counter(dict(self.rejections.counts))
         if self.ota is not None:
-            for reason, count in self.ota.files.rejections.counts.items():
-                counts[reason] = counts.get(reason, 0) + count
+            counts.update(dict(self.ota.files.rejections.counts))
         return {
-            "rejected": {"total": sum(counts.values()), "by_reason": counts},
+            "rejected": {"total": counts.total(), "by_reason": dict(counts)},
             "dead_letters": self.store.dead_letters(_RECENT_LETTERS),
         }
 
@@ -334,6 +336,7 @@ class Controller:
     def _store_failed(self, message: InboundMessage, exc: Exception) -> None:
         log.error("controller.store_failed", topic=message.topic, error=repr(exc)[:300])
         self._reject(message, "store_failed", repr(exc))
+        self.link.ack(message)
 
     async def _letter_writer(self) -> None:
         """Keep dead letters in the store, in batches; a failure here only loses the copy."""
