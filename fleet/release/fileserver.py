@@ -15,7 +15,6 @@ The wire protocol is described in ``agent.ota.transport`` (the device side).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
 import time
@@ -28,7 +27,8 @@ from typing import Any, TypeGuard
 
 import structlog
 
-from agent.errors import MqttError, TopicError
+from agent.errors import MqttError, PayloadError, TopicError
+from agent.mqtt import payloads
 from agent.mqtt.base import InboundMessage, PublishOptions, publish_packet_size
 from agent.mqtt.link import MqttLink
 from agent.mqtt.rejections import RejectionLedger
@@ -168,8 +168,9 @@ def parse_request(payload: bytes | bytearray) -> FileRequest:
     if len(payload) > MAX_REQUEST_BYTES:
         raise BadRequestError(f"request of {len(payload)} bytes, limit {MAX_REQUEST_BYTES}")
     try:
-        body: Any = json.loads(payload)
-    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        # Depth is checked before parsing: a request nests no deeper than its object.
+        body: Any = payloads.decode_json(payload, max_bytes=MAX_REQUEST_BYTES, max_depth=2)
+    except PayloadError as exc:  # not UTF-8, not JSON, nested too deep, a number too big
         raise BadRequestError(f"request is not JSON: {exc}"[:200]) from None
     if not isinstance(body, dict):
         raise BadRequestError("request is not a JSON object")
