@@ -294,6 +294,34 @@ class TestControllerIngest:
         assert status["rejected"]["total"] == 25
         assert status["dead_letters"][0]["reason"] == "store_failed"
 
+    def test_a_locked_database_is_tried_again(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """'database is locked' twice, then the batch commits: stored, nothing refused."""
+        import fleet.service
+
+        monkeypatch.setattr(fleet.service, "_LOCKED_BACKOFF_S", 0.0)
+        controller, acked = _controller(tmp_path)
+        real_ingest = controller.store.ingest
+        failures = [StoreError("database error (database is locked)", path="x")] * 2
+
+        def flaky(batch: list[Inbound]) -> None:
+            if failures:
+                raise failures.pop()
+            real_ingest(batch)
+
+        monkeypatch.setattr(controller.store, "ingest", flaky)
+
+        async def scenario() -> None:
+            writer = asyncio.create_task(controller._writer())
+            controller._on_message(_telemetry_message("good", 1, mid=1))
+            await controller._queue.join()
+            writer.cancel()
+
+        asyncio.run(scenario())
+        assert acked == [1] and not controller.rejected and not failures
+        assert controller.store.telemetry_seqs("good") == [1]
+
     def test_refused_messages_are_acknowledged_and_counted(self, tmp_path: Path) -> None:
         async def scenario(controller: Controller) -> None:
             letters = asyncio.create_task(controller._letter_writer())
