@@ -2,10 +2,14 @@
 
 It holds a persistent MQTT session (clean start false), so messages published while it is
 restarting are queued by the broker and stored when it is back. Inbound messages are
-validated on the loop thread (topic, size, JSON, device id in the body matching the topic)
-and written in batches by a worker thread. A bad message is logged with the device and the
-reason and counted; it never stops the controller or affects other devices. The controller
-also answers the CLI's requests on ``fleet-controller/rpc/<method>``.
+validated on the loop thread into typed models (``agent.mqtt.messages``: size, depth, types,
+ranges, timestamps, the device id against the topic's) and written in batches by a worker
+thread. Every message is acknowledged exactly once: a valid one after its commit, any other
+at once. A refused one, or one whose handler or store write raised, is counted by reason,
+kept as a dead letter and never retried; a batch that fails is retried one message at a
+time, so one poison row cannot hold back the rest. Nothing a message holds stops the
+controller. It also answers the CLI's requests on ``fleet-controller/rpc/<method>``
+(``controller-status`` reports the refusals).
 """
 
 from __future__ import annotations
