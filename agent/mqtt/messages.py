@@ -37,9 +37,13 @@ def _timestamp(text: str) -> str:
         moment = payloads.from_iso(text)
     except ValueError:
         raise ValueError("not an ISO 8601 time with a zone") from None
-    if moment < EARLIEST:
+    try:
+        epoch = moment.timestamp()
+    except OverflowError:  # a year at the edge of datetime's range with an offset
+        raise ValueError("outside the range of a timestamp") from None
+    if epoch < EARLIEST.timestamp():
         raise ValueError("before 2000")
-    if moment.timestamp() > time.time() + MAX_FUTURE_S:
+    if epoch > time.time() + MAX_FUTURE_S:
         raise ValueError("more than a day in the future")
     return text
 
