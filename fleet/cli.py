@@ -352,3 +352,23 @@ def main() -> None:
     # Library logs (link state) go to stderr and only when they matter, so --json stays clean.
     configure_logging("warning", "console")
     app()
+
+
+@app.command("controller-status")
+def controller_status(
+    broker: BrokerOpt = None,
+    config: ConfigOpt = None,
+    ca_file: CaOpt = None,
+    cert_file: CertOpt = None,
+    key_file: KeyOpt = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """Messages the controller refused since it started, by reason, and the newest ones (JSON)."""
+    try:
+        cfg = _config(config, broker, ca_file, cert_file, key_file, None, timeout)
+        reply = _query(cfg, False, "controller-status", {})
+    except FleetError as exc:
+        _fail(exc)
+        return
+    body = {"rejected": reply["rejected"], "dead_letters": reply["dead_letters"]}
+    sys.stdout.write(json.dumps(body, indent=2) + "\n")

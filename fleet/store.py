@@ -9,6 +9,12 @@ Telemetry is keyed by (device, stream, seq): a resent message (agent restarted b
 PUBACK was recorded) is counted as a duplicate, not stored twice. ``stream`` changes only
 when a device's state dir is recreated, so its seq restarting at 1 is not mistaken for
 duplicates. Retention is bounded by age and by rows per device.
+
+The newest telemetry of a device is chosen by its parsed ``ts`` (``telemetry_ts``, Unix
+seconds), not by comparing text. Refused messages are kept as dead letters, the newest
+``DEAD_LETTERS_KEPT`` only. A database written by an older schema is upgraded in place at
+open (missing columns and tables added, rows kept). Reads are defensive: a stored row that
+is not what today's ingest writes is shown as missing values, never an exception.
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.mqtt import payloads
+from agent.mqtt.rejections import DeadLetter
 from fleet.errors import StoreError, UnknownDeviceError
+
+DEAD_LETTERS_KEPT = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -62,6 +72,15 @@ CREATE TABLE IF NOT EXISTS reported (
     received  REAL NOT NULL,
     payload   TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic     TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    detail    TEXT NOT NULL,
+    excerpt   BLOB NOT NULL,
+    retained  INTEGER NOT NULL,
+    received  REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS desired (
     device_id TEXT PRIMARY KEY,
     counter   INTEGER NOT NULL,
@@ -71,6 +90,11 @@ CREATE TABLE IF NOT EXISTS desired (
     updated   REAL NOT NULL
 );
 """
+# Columns added after the first schema: (table, column, type), added to older databases.
+_ADDED_COLUMNS = (
+    ("devices", "telemetry_ts", "REAL"),
+    ("telemetry", "ts_epoch", "REAL"),
+)
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,10 @@ class FleetStore(Protocol):
 
     def prune(self, now: float | None = None) -> int: ...
 
+    def add_dead_letters(self, letters: list[DeadLetter]) -> None: ...
+
+    def dead_letters(self, limit: int = 10) -> list[dict[str, Any]]: ...
+
     def close(self) -> None: ...
 
     def next_desired(
@@ -126,8 +154,16 @@ class SqliteFleetStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            self._upgrade()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the fleet database ({exc})", path=str(path)) from exc
+
+    def _upgrade(self) -> None:
+        """Add the columns a database made by an older version lacks; its rows stay."""
+        for table, column, kind in _ADDED_COLUMNS:
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -176,14 +212,19 @@ class SqliteFleetStore:
     def _telemetry(self, db: sqlite3.Connection, item: Inbound) -> None:
         body = item.body
         seq = int(body["seq"])
+        if not 0 <= seq <= payloads.INT_MAX:
+            raise StoreError(f"telemetry seq {seq} outside 0..2^63-1", path=str(self._path))
+        ts_epoch = _epoch(body.get("ts"))
         cursor = db.execute(
-            "INSERT OR IGNORE INTO telemetry (device_id, stream, seq, ts, received, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO telemetry "
+            "(device_id, stream, seq, ts, ts_epoch, received, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 item.device_id,
                 str(body.get("stream", "")),
                 seq,
                 str(body["ts"]),
+                ts_epoch,
                 item.received,
                 json.dumps(body),
             ),
@@ -194,13 +235,16 @@ class SqliteFleetStore:
                 (item.device_id,),
             )
             return
+        if ts_epoch is None:
+            return  # kept in the history, never shown as the newest
         # A backlog drains oldest first, so the newest measurement is the one with the
-        # latest ts, not the one that arrived last.
+        # latest ts, not the one that arrived last. Compared as numbers: a row stored by an
+        # older version (telemetry_ts NULL) is replaced by the first parsed one.
         db.execute(
-            "UPDATE devices SET telemetry_json = ?, telemetry_seq = ?, telemetry_received = ? "
-            "WHERE device_id = ? AND (telemetry_json IS NULL "
-            "OR json_extract(telemetry_json, '$.ts') <= ?)",
-            (json.dumps(body), seq, item.received, item.device_id, str(body["ts"])),
+            "UPDATE devices SET telemetry_json = ?, telemetry_seq = ?, telemetry_received = ?, "
+            "telemetry_ts = ? WHERE device_id = ? AND (telemetry_json IS NULL "
+            "OR telemetry_ts IS NULL OR telemetry_ts <= ?)",
+            (json.dumps(body), seq, item.received, ts_epoch, item.device_id, ts_epoch),
         )
 
     def _event(self, db: sqlite3.Connection, item: Inbound) -> None:
@@ -240,6 +284,40 @@ class SqliteFleetStore:
                 (device_id, counter, model, version, action, now),
             )
         return counter
+
+    def add_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Keep refused messages, the newest ``DEAD_LETTERS_KEPT`` of them."""
+        if not letters:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO dead_letters (topic, reason, detail, excerpt, retained, received) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(d.topic, d.reason, d.detail, d.excerpt, int(d.retained), d.at) for d in letters],
+            )
+            db.execute(
+                "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?",
+                (DEAD_LETTERS_KEPT,),
+            )
+
+    def dead_letters(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest dead letters, newest first."""
+        rows = self._query(
+            "SELECT topic, reason, detail, excerpt, retained, received FROM dead_letters "
+            "ORDER BY id DESC LIMIT ?",
+            (max(0, min(limit, DEAD_LETTERS_KEPT)),),
+        )
+        return [
+            {
+                "topic": r["topic"],
+                "reason": r["reason"],
+                "detail": r["detail"],
+                "excerpt": bytes(r["excerpt"]).decode("utf-8", errors="replace"),
+                "retained": bool(r["retained"]),
+                "received": r["received"],
+            }
+            for r in rows
+        ]
 
     def prune(self, now: float | None = None) -> int:
         """Apply retention; returns the number of rows removed."""
@@ -284,11 +362,11 @@ class SqliteFleetStore:
         )
         return {
             "summary": device_summary(row, time.time()),
-            "reported": json.loads(reported[0]["payload"]) if reported else None,
+            "reported": _document(reported[0]["payload"]) if reported else None,
             "desired": dict(desired[0]) if desired else None,
-            "status": json.loads(row["status_json"]) if row["status_json"] else None,
-            "telemetry": json.loads(row["telemetry_json"]) if row["telemetry_json"] else None,
-            "events": [json.loads(r["payload"]) for r in recent],
+            "status": _document(row["status_json"]),
+            "telemetry": _document(row["telemetry_json"]),
+            "events": [_document(r["payload"]) for r in recent],
         }
 
     def telemetry_seqs(self, device_id: str) -> list[int]:
@@ -313,23 +391,63 @@ class SqliteFleetStore:
 
 
 def device_summary(row: sqlite3.Row, now: float) -> dict[str, Any]:
-    """The device-list view of one device row."""
-    telemetry = json.loads(row["telemetry_json"]) if row["telemetry_json"] else {}
-    status = json.loads(row["status_json"]) if row["status_json"] else {}
-    temps = telemetry.get("temperatures_c") or {}
+    """The device-list view of one device row; odd stored values read as missing."""
+    telemetry = _document(row["telemetry_json"]) or {}
+    status = _document(row["status_json"]) or {}
+    temps = [t for t in (_section(telemetry, "temperatures_c")).values() if _is_number(t)]
     received = row["telemetry_received"]
+    state = row["state"] if isinstance(row["state"], str) else None
+    models = status.get("models")
     return {
         "device_id": row["device_id"],
-        "online": row["state"] == "online",
-        "state": row["state"] or "unknown",
-        "agent_version": status.get("agent_version"),
-        "last_telemetry_age_s": round(now - received, 1) if received else None,
-        "last_seq": row["telemetry_seq"],
-        "cpu_percent": (telemetry.get("cpu") or {}).get("percent"),
-        "memory_percent": (telemetry.get("memory") or {}).get("used_percent"),
-        "temperature_c": max(temps.values()) if temps else None,
-        "health": (telemetry.get("health") or {}).get("status"),
-        "queue_depth": (telemetry.get("queue") or {}).get("depth"),
-        "models": status.get("models") or {},
+        "online": state == "online",
+        "state": state or "unknown",
+        "agent_version": _text(status.get("agent_version")),
+        "last_telemetry_age_s": round(now - received, 1) if _is_number(received) else None,
+        "last_seq": row["telemetry_seq"] if isinstance(row["telemetry_seq"], int) else None,
+        "cpu_percent": _number(_section(telemetry, "cpu").get("percent")),
+        "memory_percent": _number(_section(telemetry, "memory").get("used_percent")),
+        "temperature_c": max(temps) if temps else None,
+        "health": _text(_section(telemetry, "health").get("status")),
+        "queue_depth": _number(_section(telemetry, "queue").get("depth")),
+        "models": models if isinstance(models, dict) else {},
         "duplicates": row["duplicates"],
     }
+
+
+def _document(text: object) -> dict[str, Any] | None:
+    """A stored JSON object, or None for anything else (NULL, not JSON, not an object)."""
+    if not isinstance(text, str | bytes) or not text:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _section(document: dict[str, Any], key: str) -> dict[str, Any]:
+    value = document.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number(value: object) -> int | float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _epoch(ts: object) -> float | None:
+    """Unix seconds of an ISO 8601 ``ts``; None when it does not parse."""
+    if not isinstance(ts, str):
+        return None
+    try:
+        return payloads.from_iso(ts).timestamp()
+    except (ValueError, OverflowError):
+        return None

@@ -6,15 +6,20 @@ and reads the range from the repository directory (``metadata/`` and ``targets/`
 answers each on the requesting device's own ``fleet/<id>/file`` topic (and only there, so a
 device cannot make the controller publish into another device's topics), reads in worker
 threads and bounds the requests it holds, so a flood costs dropped requests, not memory.
+Each device may ask ``rate_per_s`` times a second on average (bursts of ``burst``): a fetch
+storm from one device is refused (``rate_limited``) before it costs a disk read. Every
+refused request is acknowledged and counted by reason in ``rejections``.
 The wire protocol is described in ``agent.ota.transport`` (the device side).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +27,11 @@ from typing import Any, TypeGuard
 
 import structlog
 
-from agent.errors import MqttError, TopicError
+from agent.errors import MqttError, PayloadError, TopicError
+from agent.mqtt import payloads
 from agent.mqtt.base import InboundMessage, PublishOptions, publish_packet_size
 from agent.mqtt.link import MqttLink
+from agent.mqtt.rejections import RejectionLedger
 from agent.mqtt.topics import Channel, all_devices, parse, topic_for
 from agent.ota.transport import (
     MAX_CORRELATION_BYTES,
@@ -43,6 +50,40 @@ log = structlog.get_logger("fleet.release.fileserver")
 
 SERVED_DIRS = ("metadata", "targets")
 MAX_PATH_LENGTH = 1024
+# A device downloads with 1 MiB requests, four in flight: about 300 a second at the fastest
+# measured (docs/benchmarks.md). Above that it is a storm, not a download.
+DEFAULT_RATE_PER_S = 400.0
+DEFAULT_BURST = 400
+MAX_BUCKETS = 10_000  # devices tracked at once; the least recently seen is forgotten
+
+
+class RateLimiter:
+    """A token bucket per key: ``burst`` at once, ``rate_per_s`` on average after."""
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = MAX_BUCKETS,
+    ) -> None:
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._clock = clock
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def admit(self, key: str) -> bool:
+        """Take a token for ``key``; False when its bucket is empty."""
+        now = self._clock()
+        tokens, since = self._buckets.pop(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - since) * self._rate)
+        admitted = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if admitted else tokens, now)
+        while len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return admitted
 
 
 class BadRequestError(ValueError):
@@ -127,8 +168,9 @@ def parse_request(payload: bytes | bytearray) -> FileRequest:
     if len(payload) > MAX_REQUEST_BYTES:
         raise BadRequestError(f"request of {len(payload)} bytes, limit {MAX_REQUEST_BYTES}")
     try:
-        body: Any = json.loads(payload)
-    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        # Depth is checked before parsing: a request nests no deeper than its object.
+        body: Any = payloads.decode_json(payload, max_bytes=MAX_REQUEST_BYTES, max_depth=2)
+    except PayloadError as exc:  # not UTF-8, not JSON, nested too deep, a number too big
         raise BadRequestError(f"request is not JSON: {exc}"[:200]) from None
     if not isinstance(body, dict):
         raise BadRequestError("request is not a JSON object")
@@ -200,8 +242,12 @@ class FileService:
         *,
         workers: int = 1,
         max_pending: int = 32,
+        rate_per_s: float = DEFAULT_RATE_PER_S,
+        burst: int = DEFAULT_BURST,
     ) -> None:
         self._link = link
+        self._limiter = RateLimiter(rate_per_s, burst)
+        self.rejections = RejectionLedger(log, event="fileserver.rejected")
         self._files = files
         self._max_pending = max_pending
         self._pending = 0
@@ -216,14 +262,28 @@ class FileService:
         return all_devices(Channel.FETCH)
 
     def on_message(self, msg: InboundMessage) -> None:
-        """Start answering one request; invalid or excess requests are dropped and logged."""
-        self._link.ack(msg)  # a lost request is only a device-side retry: never redeliver
+        """Start answering one request; invalid or excess requests are dropped and counted.
+
+        Never raises: whatever the message holds, it is acknowledged first (a lost request is
+        only a device-side retry, so it is never redelivered) and a failure here is counted.
+        """
+        self._link.ack(msg)
+        try:
+            self._take(msg)
+        except Exception as exc:  # one odd request must not stop the controller's loop
+            log.exception("fileserver.handler_failed", topic=msg.topic[:256])
+            self._refuse(msg, "handler_failed", repr(exc))
+
+    def _take(self, msg: InboundMessage) -> None:
         reply_topic = self._reply_topic(msg)
         if reply_topic is None or msg.correlation_data is None:
             return
+        if not self._limiter.admit(reply_topic):
+            self._refuse(msg, "rate_limited", "too many requests from this device")
+            return
         if self._pending >= self._max_pending:
             self.dropped += 1
-            log.warning("fileserver.busy", topic=msg.topic, pending=self._pending)
+            self._refuse(msg, "busy", f"{self._pending} requests pending")
             return
         info = self._link.info
         correlation = bytes(msg.correlation_data)
@@ -234,6 +294,9 @@ class FileService:
             self._executor, self._encoded_answer, msg.payload, max_reply, correlation
         )
         work.add_done_callback(lambda done: self._send(done, reply_topic))
+
+    def _refuse(self, msg: InboundMessage, reason: str, detail: str) -> None:
+        self.rejections.reject(msg.topic, msg.payload, reason, detail, retained=msg.retain)
 
     def _encoded_answer(
         self, payload: bytes | bytearray, max_reply: int, correlation: bytes
@@ -248,23 +311,19 @@ class FileService:
         try:
             topic = parse(msg.topic)
         except TopicError as exc:
-            log.warning("fileserver.bad_topic", error=str(exc))
+            self._refuse(msg, "topic", str(exc))
             return None
         if topic.channel is not Channel.FETCH:
-            log.warning("fileserver.bad_topic", topic=msg.topic)
+            self._refuse(msg, "topic", "not a fetch topic")
             return None
         expected = topic_for(topic.device_id, Channel.FILE)
         if msg.response_topic != expected:
-            log.warning(
-                "fileserver.refused_response_topic",
-                device_id=topic.device_id,
-                response_topic=msg.response_topic,
-                expected=expected,
-            )
+            shown = repr((msg.response_topic or "")[:100])
+            self._refuse(msg, "response_topic", f"response topic {shown}, expected {expected}")
             return None
         size = len(msg.correlation_data or b"")
         if not 0 < size <= MAX_CORRELATION_BYTES:
-            log.warning("fileserver.bad_correlation", device_id=topic.device_id, size=size)
+            self._refuse(msg, "correlation", f"correlation data of {size} bytes")
             return None
         return expected
 

@@ -20,6 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import PacketTooLargeError
+from agent.mqtt import payloads
 from agent.mqtt.base import LinkSettings, publish_packet_size
 from agent.mqtt.link import MqttLink
 from fleet.localbroker import BrokerError, PrivateBroker, free_port
@@ -229,10 +230,14 @@ class TestBadInput:
             ("fleet/pi-31/telemetry", b"{" + b" " * 400_000 + b"}"),
             ("fleet/Bad_Id/telemetry", b'{"seq": 1, "ts": "2026-01-01T00:00:00Z"}'),
             ("fleet/pi-31/nonsense", b"{}"),
-            ("fleet/pi-31/telemetry", b'{"device_id": "pi-30", "seq": 1, "ts": "x"}'),
+            (
+                "fleet/pi-31/telemetry",
+                json.dumps({"device_id": "pi-30", "seq": 1, "ts": payloads.utc_now()}).encode(),
+            ),
         ]
         for topic, payload in garbage:
             client.publish(topic, payload, qos=1).wait_for_publish(5)
+        # Five reasons (not_utf8, schema, too_large, topic, device_mismatch), each logged once.
         wait_until(lambda: controller.log().count("controller.rejected") >= 5, 10, "rejections")
         assert controller.alive
         time.sleep(1.5)

@@ -112,9 +112,13 @@ def _message(topic: str, body: object) -> InboundMessage:
 class TestValidation:
     def test_good_messages(self) -> None:
         """Well-formed status, telemetry and events become Inbound records."""
-        item = validate(_message("fleet/pi-1/telemetry", {"seq": 1, "ts": "t"}), 5.0)
+        ts = "2026-01-01T00:00:00.000Z"
+        item = validate(_message("fleet/pi-1/telemetry", {"seq": 1, "ts": ts}), 5.0)
         assert (item.device_id, item.kind, item.received) == ("pi-1", "telemetry", 5.0)
-        assert validate(_message("fleet/pi-1/status", {"state": "online"}), 0).kind == "status"
+        assert (
+            validate(_message("fleet/pi-1/status", {"state": "online", "ts": ts}), 0).kind
+            == "status"
+        )
 
     @pytest.mark.parametrize(
         ("topic", "body", "error"),
