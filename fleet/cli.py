@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fleet.config import FleetConfig, load_fleet_config
 from fleet.errors import FleetConfigError, FleetError, OperatorKeyError
@@ -72,7 +73,10 @@ def _config(
 
 
 def _fail(exc: FleetError) -> None:
-    Console(stderr=True).print(f"[red]fleet: {exc}[/red]", highlight=False)
+    # soft_wrap: one line however narrow the terminal, so the message greps and pipes whole.
+    # escape: messages name config sections ("[operator]") that rich would take for markup.
+    message = f"[red]fleet: {escape(str(exc))}[/red]"
+    Console(stderr=True).print(message, highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
