@@ -118,8 +118,17 @@ def devices_list(
         return
     if json_out:
         sys.stdout.write(json.dumps(reply["devices"], indent=2) + "\n")
-    else:
-        Console().print(devices_table(reply["devices"]))
+        return
+    console = Console()
+    console.print(devices_table(reply["devices"]))
+    # Admission under the table (not a column): the table's columns already fill 80 columns.
+    pending = [d["device_id"] for d in reply["devices"] if d.get("admission") == "pending"]
+    if pending:
+        console.print(
+            f"pending, not deploy targets until `fleet devices accept ID`: {', '.join(pending)}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @devices_app.command("show")

@@ -5,6 +5,9 @@ Built by ``fleet serve`` when ``[ota] repo`` is set. It answers the devices' fil
 ``timestamp_refresh_s`` (each one expires after ``timestamp_expiry_s``), and turns
 ``fleet deploy`` / ``fleet rollback`` into signed, retained desired-state messages, one per
 device, each with the next value of that device's counter (kept in the controller's store).
+The controller calls ``deploy``/``rollback`` only for requests signed by a trusted operator
+(``fleet.operators``); here a target must also be an accepted device with a reported OTA
+state, and ``deploy --all`` names every device it leaves out and why.
 
 The repository is re-read from disk for every operation: ``fleet model publish`` and
 ``fleet keys rotate`` change it from another process, and a timestamp signed over a stale
