@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from agent.config import TomlBackedSettings, format_validation_error, toml_file
 from fleet.errors import BrokerUrlError, FleetConfigError
+from fleet.operators import NAME_PATTERN
 
 DEFAULT_CONFIG_PATH = Path("/etc/fleet/fleet.toml")
 
@@ -66,7 +67,7 @@ class OperatorOptions(_Section):
 
     name: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$",
+        pattern=NAME_PATTERN,
         description="Operator name registered with `fleet operators add` (optional: the key "
         "identifies the operator).",
     )

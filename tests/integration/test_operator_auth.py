@@ -41,12 +41,16 @@ class Rpc:
         self.replies: dict[bytes, dict[str, Any]] = {}
         self.captured: list[bytes] = []
         self._lock = threading.Lock()
+        self._subacks: set[int] = set()
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda _c, _u, mid, _rc, _p: self._subacks.add(mid)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        for topic in ("test-inbox", "fleet-controller/rpc/deploy"):
+        mids = {
             self.client.subscribe(topic, qos=1)[1]
-        time.sleep(0.3)  # SUBACKs in
+            for topic in ("test-inbox", "fleet-controller/rpc/deploy")
+        }
+        wait_until(lambda: mids <= self._subacks, 10, "SUBACKs")
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
@@ -96,14 +100,25 @@ def _three_devices(fleet: Fleet) -> None:
     _fake_device(fleet, ACCEPTED, ota=True)
     _fake_device(fleet, PENDING, ota=True)
     _fake_device(fleet, NO_OTA, ota=False)
-    wait_until(
-        lambda: all(_shown(fleet, d)["reported"] for d in (ACCEPTED, PENDING)),
-        20,
-        "fake devices and their reported state stored",
-    )
+
+    def stored() -> bool:
+        shown = {d: fleet.cli("devices", "show", d, "--json") for d in (ACCEPTED, PENDING, NO_OTA)}
+        if any(r.returncode != 0 for r in shown.values()):
+            return False
+        return all(json.loads(shown[d].stdout)["reported"] for d in (ACCEPTED, PENDING))
+
+    wait_until(stored, 20, "fake devices and their reported state stored")
     for device in (ACCEPTED, NO_OTA):
         result = fleet.cli("devices", "accept", device)
         assert result.returncode == 0, result.stderr
+
+
+def _deploy_and_wait(fleet: Fleet, desired: Recorder, release: str, device: str) -> None:
+    """A signed deploy through the CLI, and its directive seen on the broker."""
+    before = len(desired.messages)
+    result = fleet.cli("deploy", release, "--device", device)
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: len(desired.messages) > before, 10, f"directive for {release}")
 
 
 def _signed(key: Any, when: float) -> bytes:
@@ -139,7 +154,6 @@ def test_unsigned_foreign_expired_and_replayed_deploys_are_refused(
         assert reply["ok"] is False, reply
         assert (reply["kind"], reply["reason"]) == ("OperatorRefusedError", reason), reply
         assert "unauthorized" in reply["error"]
-    time.sleep(0.5)  # a directive would be retained before the reply: nothing to wait for
     assert desired.messages == []
     assert all(_shown(fleet, d)["desired"] is None for d in (ACCEPTED, PENDING, NO_OTA))
 
@@ -149,15 +163,19 @@ def test_unsigned_foreign_expired_and_replayed_deploys_are_refused(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["operator"] == "tester"
     wait_until(lambda: desired.messages, 10, "the signed deploy's desired state")
+    assert [t for t, _b, _r in desired.messages] == [f"fleet/{ACCEPTED}/desired"]
     before = _shown(fleet, ACCEPTED)["desired"]
     assert before["counter"] == 1
     captured = wait_until(lambda: rpc.captured, 5, "the CLI's request seen on the broker")[0]
     reply = rpc.send("deploy", captured)
     assert (reply["ok"], reply["reason"]) == (False, "replayed"), reply
-    time.sleep(0.5)
-    assert len(desired.messages) == 1, desired.messages
     assert _shown(fleet, ACCEPTED)["desired"] == before
     assert _refusals(fleet) == ["unsigned", "unknown_key", "expired", "replayed"]
+    # The controller publishes in order: once the next real deploy's directive is in, any
+    # directive a refused request had caused would have arrived before it.
+    _deploy_and_wait(fleet, desired, "digits@2", ACCEPTED)
+    assert [b["signed"]["counter"] for _t, b, _r in desired.messages] == [1, 2]
+    assert all(_shown(fleet, d)["desired"] is None for d in (PENDING, NO_OTA))
 
 
 def test_only_accepted_devices_with_ota_are_deployed_to(fleet: Fleet, desired: Recorder) -> None:
@@ -178,9 +196,9 @@ def test_only_accepted_devices_with_ota_are_deployed_to(fleet: Fleet, desired: R
     assert f"desired on: {ACCEPTED}" in every.stdout
     assert f"skipped {PENDING}: pending" in every.stdout
     assert f"skipped {NO_OTA}: OTA disabled (no reported state)" in every.stdout
-    wait_until(lambda: desired.messages, 10, "the desired state of the accepted device")
-    time.sleep(0.5)
-    assert [topic for topic, _b, _r in desired.messages] == [f"fleet/{ACCEPTED}/desired"]
+    _deploy_and_wait(fleet, desired, "digits@2", ACCEPTED)  # everything before it is in
+    topics = [topic for topic, _b, _r in desired.messages]
+    assert topics == [f"fleet/{ACCEPTED}/desired"] * 2, topics
     assert _shown(fleet, PENDING)["desired"] is None
 
 
