@@ -184,6 +184,10 @@ def test_only_accepted_devices_with_ota_are_deployed_to(fleet: Fleet, desired: R
     assert listed[PENDING]["admission"] == "pending"
     assert listed[ACCEPTED]["admission"] == "accepted"
 
+    table = fleet.cli("devices", "list").stdout
+    assert f"pending, not deploy targets until `fleet devices accept ID`: {PENDING}" in table
+    rollback = fleet.cli("rollback", "--device", PENDING)
+    assert rollback.returncode == 65 and "is pending" in rollback.stderr, rollback.stderr
     refused = fleet.cli("deploy", "digits@1", "--device", PENDING)
     assert refused.returncode == 65, refused.stderr
     assert f"device '{PENDING}' is pending" in refused.stderr

@@ -8,6 +8,7 @@ refusals are counted and recorded, and that a spent nonce survives a controller 
 from __future__ import annotations
 
 import base64
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,24 @@ def test_the_last_operator_cannot_be_removed_over_mqtt(tmp_path: Path) -> None:
     with pytest.raises(FleetError, match="last operator"):
         controller._call("operators-remove", request)
     assert [o["name"] for o in controller.store.list_operators()] == ["alice"]
+
+
+def test_a_database_from_before_admission_opens_with_its_devices_pending(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    old = sqlite3.connect(db)
+    old.execute(
+        "CREATE TABLE devices (device_id TEXT PRIMARY KEY, state TEXT, status_json TEXT, "
+        "status_received REAL, telemetry_json TEXT, telemetry_seq INTEGER, "
+        "telemetry_received REAL, first_seen REAL NOT NULL, last_seen REAL NOT NULL, "
+        "duplicates INTEGER NOT NULL DEFAULT 0)"
+    )
+    old.execute("INSERT INTO devices (device_id, first_seen, last_seen) VALUES ('pi-1', 1, 1)")
+    old.commit()
+    old.close()
+    store = SqliteFleetStore(db)
+    assert store.list_devices()[0]["admission"] == "pending"
+    assert store.list_operators() == []
+    assert store.accept_device("pi-1", operator="--db", now=NOW) is True
+    assert store.accept_device("pi-1", operator="--db", now=NOW) is False
+    assert store.admission("pi-1") == "accepted"
+    store.close()
