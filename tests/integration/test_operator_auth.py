@@ -249,3 +249,30 @@ def test_cli_says_when_the_broker_is_up_but_no_controller_answers(broker: Any) -
     assert result.returncode == 69, result.stderr
     assert "is up, but no fleet controller answered" in result.stderr
     assert "cannot reach" not in result.stderr
+
+
+def test_the_db_bootstrap_registers_operators_and_accepts_devices(tmp_path: Path) -> None:
+    """On the controller's host, file access to the database is the authentication."""
+    from fleet.store import Inbound, SqliteFleetStore
+
+    db = tmp_path / "fleet.sqlite3"
+    store = SqliteFleetStore(db)
+    store.ingest([Inbound("pi-1", "status", {"state": "online"}, time.time())])
+    store.close()
+    key = tmp_path / "alice.pem"
+    made = release_cli("operators", "keygen", "--out", str(key))
+    assert made.returncode == 0 and "key id:" in made.stdout, made.stderr
+    again = release_cli("operators", "keygen", "--out", str(key))
+    assert again.returncode == 78 and "File exists" in again.stderr, again.stderr
+
+    public = (tmp_path / "alice.pem.pub").read_text().strip()
+    assert release_cli("operators", "add", "alice", public, "--db", str(db)).returncode == 0
+    wrong = release_cli("operators", "add", "eve", str(key), "--db", str(db))
+    assert wrong.returncode == 78 and "private key" in wrong.stderr, wrong.stderr
+    listed = json.loads(release_cli("operators", "list", "--json", "--db", str(db)).stdout)
+    assert [o["name"] for o in listed] == ["alice"]
+    assert release_cli("devices", "accept", "pi-1", "--db", str(db)).returncode == 0
+    shown = json.loads(release_cli("devices", "show", "pi-1", "--json", "--db", str(db)).stdout)
+    assert shown["summary"]["admission"] == "accepted"
+    assert release_cli("operators", "remove", "alice", "--db", str(db)).returncode == 0
+    assert json.loads(release_cli("operators", "list", "--json", "--db", str(db)).stdout) == []
