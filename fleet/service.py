@@ -41,15 +41,12 @@ from fleet.errors import (
     OperatorRefusedError,
     UnknownDeviceError,
 )
-from fleet.operators import Verified, check_name, parse_public_key, verify_request
+from fleet.operator_rpc import OperatorGate, SignedRpc
 from fleet.ota import ReleaseService
 from fleet.store import FleetStore, Inbound, Retention, SqliteFleetStore
 
 log = structlog.get_logger("fleet.service")
 
-OtaRpc = Callable[[dict[str, Any]], tuple[dict[str, Any], list[tuple[str, bytes]]]]
-# A request that changes anything: run only once ``verify_request`` accepted its signature.
-SignedRpc = Callable[[Verified], tuple[dict[str, Any], list[tuple[str, bytes]]]]
 _RECORDED = (Channel.STATUS, Channel.TELEMETRY, Channel.EVENTS, Channel.REPORTED)
 _QUEUE_LIMIT = 50_000
 _BATCH = 500
@@ -110,16 +107,6 @@ def _require(body: dict[str, Any], message: InboundMessage, **fields: type) -> N
             )
 
 
-class _StoredNonces:
-    """The store's spent nonces as the ``Container`` that ``verify_request`` checks."""
-
-    def __init__(self, store: FleetStore) -> None:
-        self._store = store
-
-    def __contains__(self, nonce: object) -> bool:
-        return isinstance(nonce, str) and self._store.nonce_used(nonce)
-
-
 class Controller:
     """The controller service: ingest, retention and the CLI's RPC."""
 
@@ -131,7 +118,6 @@ class Controller:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self._clock = clock
         retention = Retention(
             config.retention.max_age_s,
             config.retention.max_telemetry_rows,
@@ -157,12 +143,8 @@ class Controller:
         }
         # Everything that changes the fleet: signed by a trusted operator key (fleet.operators).
         # They may hand back signed desired states, published on the loop after the call.
-        self._signed_rpc: dict[str, SignedRpc] = {
-            "devices-accept": self._rpc_accept,
-            "operators-add": self._rpc_operator_add,
-            "operators-remove": self._rpc_operator_remove,
-        }
-        self.refused_requests: Counter[str] = Counter()  # by reason: unsigned, replayed, ...
+        self.gate = OperatorGate(self.store, window_s=config.operator.request_window_s, clock=clock)
+        self._signed_rpc: dict[str, SignedRpc] = self.gate.handlers()
         self.ota: ReleaseService | None = None
         if config.ota.repo is not None:
             ota = self.ota = ReleaseService(config.ota, self.link, self.store)
@@ -174,90 +156,15 @@ class Controller:
     ) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
         """Store thread: run one RPC; returns its reply and the messages to publish.
 
-        Runs on the single store thread, so checking a nonce and recording it cannot
-        interleave with another request carrying the same nonce.
+        Mutating methods pass the operator gate first (``fleet.operator_rpc``).
         """
         signed = self._signed_rpc.get(method)
         if signed is not None:
-            verified = self._authorize(method, request)
-            try:
-                body, messages = signed(verified)
-            except FleetError as exc:
-                self._audit(verified.operator, method, "failed", str(exc))
-                raise
-            self._audit(verified.operator, method, "ok", "")
-            log.info("controller.operator_request", operator=verified.operator, method=method)
-            return {**body, "operator": verified.operator}, messages
+            return self.gate.run(method, request, signed)
         handler = self._rpc.get(method)
         if handler is None:
             raise FleetError(f"unknown method {method!r}")
         return handler(request), []
-
-    def _authorize(self, method: str, request: dict[str, Any]) -> Verified:
-        """Verify a signed request and spend its nonce; refusals are counted and logged."""
-        now = self._clock()
-        window = self.config.operator.request_window_s
-        try:
-            verified = verify_request(
-                request,
-                method=method,
-                trusted=self.store.trusted_keys(),
-                now=now,
-                window_s=window,
-                seen_nonces=_StoredNonces(self.store),
-            )
-            # Remembered until a request with this timestamp would be refused as expired.
-            if not self.store.remember_nonce(
-                verified.nonce, expires=verified.ts + window + 1, now=now
-            ):
-                raise OperatorRefusedError("replayed", f"nonce {verified.nonce} was already used")
-        except OperatorRefusedError as exc:
-            self.refused_requests[exc.reason] += 1
-            log.warning(
-                "controller.operator_refused",
-                rejection="unauthorized",
-                reason=exc.reason,
-                method=method,
-                detail=exc.detail,
-            )
-            self._audit(None, method, f"refused:{exc.reason}", exc.detail)
-            raise
-        return verified
-
-    def _audit(self, operator: str | None, method: str, outcome: str, detail: str) -> None:
-        self.store.log_request(
-            operator=operator, method=method, outcome=outcome, detail=detail, now=self._clock()
-        )
-
-    def _rpc_accept(self, verified: Verified) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
-        device_id = verified.body.get("device_id")
-        if not isinstance(device_id, str) or not device_id:
-            raise FleetError("devices-accept needs a device_id string")
-        changed = self.store.accept_device(device_id, operator=verified.operator, now=self._clock())
-        log.info("controller.device_accepted", device=device_id, operator=verified.operator)
-        return {"device_id": device_id, "admission": "accepted", "changed": changed}, []
-
-    def _rpc_operator_add(
-        self, verified: Verified
-    ) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
-        name, key = verified.body.get("name"), verified.body.get("public_key")
-        if not isinstance(name, str) or not isinstance(key, str):
-            raise FleetError("operators-add needs name and public_key strings")
-        key_id = self.store.add_operator(check_name(name), parse_public_key(key), now=self._clock())
-        return {"name": name, "key_id": key_id}, []
-
-    def _rpc_operator_remove(
-        self, verified: Verified
-    ) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
-        name = verified.body.get("name")
-        if not isinstance(name, str):
-            raise FleetError("operators-remove needs a name string")
-        if [o["name"] for o in self.store.list_operators()] == [name]:
-            raise FleetError(
-                f"{name!r} is the last operator: remove it with --db on the controller's host"
-            )
-        self.store.remove_operator(name)
-        return {"name": name, "removed": True}, []
 
     def _on_message(self, message: InboundMessage) -> None:
         if self.ota is not None and self.ota.on_message(message):

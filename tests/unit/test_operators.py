@@ -167,7 +167,7 @@ def test_devices_accept_needs_a_trusted_signature_and_refusals_are_recorded(
         with pytest.raises(OperatorRefusedError):
             controller._call("devices-accept", request)
     assert store.admission("pi-1") == "pending"
-    assert controller.refused_requests == {"unsigned": 1, "unknown_key": 1}
+    assert controller.gate.refused == {"unsigned": 1, "unknown_key": 1}
     outcomes = [row["outcome"] for row in store.operator_log()]
     assert outcomes == ["refused:unknown_key", "refused:unsigned"]
 
