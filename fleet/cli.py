@@ -2,7 +2,12 @@
 
 Tables for people, ``--json`` for scripts. Device queries go to the controller over MQTT
 (``--broker``), or straight to its database with ``--db`` on the controller's own host.
-Exit codes: 0 ok, 2 unknown device, 69 controller unavailable, 78 configuration error.
+Requests that change anything (deploy, rollback, devices accept, operators add/remove) are
+signed with the operator's key (``[operator] key_file``, ``FLEET_OPERATOR__KEY_FILE`` or
+``--operator-key``); with ``--db`` the operator and accept commands edit the controller's
+database directly (bootstrap on the controller's host, authorized by file access).
+Exit codes: 0 ok, 2 unknown device, 65 device pending or refused input, 69 broker or
+controller unavailable, 77 request refused by the controller, 78 configuration error.
 """
 
 from __future__ import annotations
@@ -10,21 +15,28 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fleet.config import FleetConfig, load_fleet_config
-from fleet.errors import FleetError
+from fleet.errors import FleetConfigError, FleetError, OperatorKeyError
 from fleet.release.cli import keys_app, register_model_commands
 from fleet.view import device_detail_view, devices_table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 devices_app = typer.Typer(no_args_is_help=True, help="Devices seen by the controller.")
 app.add_typer(devices_app, name="devices")
+operators_app = typer.Typer(
+    no_args_is_help=True, help="Operator keys the controller trusts for signed requests."
+)
+app.add_typer(operators_app, name="operators")
 
 
 def package_version() -> str:
@@ -65,6 +77,14 @@ KeyOpt = Annotated[Path | None, typer.Option("--key-file", help="client key (TLS
 DbOpt = Annotated[Path | None, typer.Option("--db", help="read the controller database directly")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="seconds to wait")]
+OperatorKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--operator-key", help="operator private key (PEM) to sign the request with"),
+]
+DirectOpt = Annotated[
+    Path | None,
+    typer.Option("--db", help="edit the controller database directly (on the controller host)"),
+]
 
 
 def _config(
@@ -83,7 +103,10 @@ def _config(
 
 
 def _fail(exc: FleetError) -> None:
-    Console(stderr=True).print(f"[red]fleet: {exc}[/red]", highlight=False)
+    # soft_wrap: one line however narrow the terminal, so the message greps and pipes whole.
+    # escape: messages name config sections ("[operator]") that rich would take for markup.
+    message = f"[red]fleet: {escape(str(exc))}[/red]"
+    Console(stderr=True).print(message, highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -125,8 +148,17 @@ def devices_list(
         return
     if json_out:
         sys.stdout.write(json.dumps(reply["devices"], indent=2) + "\n")
-    else:
-        Console().print(devices_table(reply["devices"]))
+        return
+    console = Console()
+    console.print(devices_table(reply["devices"]))
+    # Admission under the table (not a column): the table's columns already fill 80 columns.
+    pending = [d["device_id"] for d in reply["devices"] if d.get("admission") == "pending"]
+    if pending:
+        console.print(
+            f"pending, not deploy targets until `fleet devices accept ID`: {', '.join(pending)}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @devices_app.command("show")
@@ -203,6 +235,7 @@ def deploy(
     cert_file: CertOpt = None,
     key_file: KeyOpt = None,
     timeout: TimeoutOpt = None,
+    operator_key: OperatorKeyOpt = None,
 ) -> None:
     """Set the desired model of devices (signed, retained; the controller needs --repo)."""
     name, _, version = release.partition("@")
@@ -213,7 +246,7 @@ def deploy(
             raise FleetError("give --device ID (one or more) or --all")
         cfg = _config(config, broker, ca_file, cert_file, key_file, None, timeout)
         request = {"model": name, "version": version, "devices": device or [], "all": all_devices}
-        reply = _query(cfg, False, "deploy", request)
+        reply = _signed(cfg, operator_key, "deploy", request)
     except FleetError as exc:
         _fail(exc)
         return
@@ -231,6 +264,7 @@ def rollback(
     cert_file: CertOpt = None,
     key_file: KeyOpt = None,
     timeout: TimeoutOpt = None,
+    operator_key: OperatorKeyOpt = None,
 ) -> None:
     """Return a device to its previous committed model version."""
     try:
@@ -238,7 +272,7 @@ def rollback(
         request: dict[str, Any] = {"device_id": device}
         if model is not None:
             request["model"] = model
-        reply = _query(cfg, False, "rollback", request)
+        reply = _signed(cfg, operator_key, "rollback", request)
     except FleetError as exc:
         _fail(exc)
         return
@@ -253,7 +287,222 @@ def _print_desired(reply: dict[str, Any], json_out: bool, what: str) -> None:
         sys.stdout.write(json.dumps(reply, indent=2) + "\n")
         return
     devices = reply.get("devices") or [reply.get("device_id")]
-    Console().print(f"{what}: {', '.join(str(d) for d in devices)}", highlight=False)
+    console = Console()
+    console.print(f"{what}: {', '.join(str(d) for d in devices)}", highlight=False)
+    for skipped in reply.get("skipped") or []:
+        console.print(f"skipped {skipped['device_id']}: {skipped['reason']}", highlight=False)
+
+
+# -- operators and device admission ----------------------------------------------------------
+
+
+def _signer(cfg: FleetConfig, operator_key: Path | None, method: str) -> Any:
+    """The ``OperatorSigner`` of the configured key; a clear config error when there is none."""
+    from fleet.operators import load_private_key  # noqa: PLC0415
+    from fleet.rpc import OperatorSigner  # noqa: PLC0415
+
+    path = operator_key or cfg.operator.key_file
+    if path is None:
+        raise FleetConfigError(
+            f"{method} must be signed by an operator key: give --operator-key FILE, set "
+            "[operator] key_file in the fleet config or FLEET_OPERATOR__KEY_FILE "
+            "(create one with `fleet operators keygen --out FILE`)"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        message = f"cannot read the operator key ({exc.strerror})"
+        raise OperatorKeyError(message, value=str(path)) from None
+    return OperatorSigner(load_private_key(data, source=str(path)), cfg.operator.name)
+
+
+def _signed(
+    cfg: FleetConfig, operator_key: Path | None, method: str, request: dict[str, Any]
+) -> dict[str, Any]:
+    from fleet.rpc import call  # noqa: PLC0415
+
+    signer = _signer(cfg, operator_key, method)
+    return asyncio.run(call(cfg, method, request, signer=signer))
+
+
+def _open_store(cfg: FleetConfig) -> Any:
+    from fleet.store import SqliteFleetStore  # noqa: PLC0415
+
+    if not cfg.db.is_file():
+        raise FleetError(f"no controller database at {cfg.db}")
+    return SqliteFleetStore(cfg.db)
+
+
+def _public_key_arg(text: str) -> str:
+    """PUBLIC_KEY as given: a file holding the key, or the base64/PEM text itself."""
+    from fleet.operators import parse_public_key  # noqa: PLC0415
+
+    path = Path(text)
+    if len(text) < 4096 and path.is_file():
+        text = path.read_text(errors="replace")
+    if "PRIVATE KEY" in text:
+        raise OperatorKeyError("that is a private key; give the public key", value=str(path))
+    return parse_public_key(text)
+
+
+@operators_app.command("keygen")
+def operators_keygen(
+    out: Annotated[Path, typer.Option("--out", help="private key file to create (PEM, 0600)")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Create an operator key: FILE (private, mode 0600) and FILE.pub (public, base64)."""
+    from fleet.operators import generate_key, key_id, private_key_pem, public_key_text  # noqa: PLC0415
+
+    key = generate_key()
+    public = public_key_text(key.public_key())
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(private_key_pem(key))
+        Path(f"{out}.pub").write_text(public + "\n")
+    except OSError as exc:
+        _fail(OperatorKeyError(f"cannot create the key file ({exc.strerror})", value=str(out)))
+        return
+    kid = key_id(public)
+    if json_out:
+        info = {"key_file": str(out), "public_key": public, "key_id": kid}
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    console = Console()
+    console.print(f"private key: {out} (mode 0600)", highlight=False)
+    console.print(f"public key:  {public}", highlight=False)
+    console.print(f"key id:      {kid}", highlight=False)
+    console.print(
+        f"register it: fleet operators add NAME {out}.pub (with --db on the controller's host)",
+        highlight=False,
+    )
+
+
+@operators_app.command("add")
+def operators_add(
+    name: Annotated[str, typer.Argument(help="operator name")],
+    public_key: Annotated[str, typer.Argument(help="public key: a file, or base64/PEM text")],
+    db: DirectOpt = None,
+    broker: BrokerOpt = None,
+    config: ConfigOpt = None,
+    ca_file: CaOpt = None,
+    cert_file: CertOpt = None,
+    key_file: KeyOpt = None,
+    timeout: TimeoutOpt = None,
+    operator_key: OperatorKeyOpt = None,
+) -> None:
+    """Trust an operator key: with --db directly, else signed by an existing operator."""
+    from fleet.operators import check_name  # noqa: PLC0415
+
+    try:
+        key = _public_key_arg(public_key)
+        cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
+        if db is not None:
+            store = _open_store(cfg)
+            try:
+                kid = store.add_operator(check_name(name), key, now=time.time())
+            finally:
+                store.close()
+        else:
+            reply = _signed(cfg, operator_key, "operators-add", {"name": name, "public_key": key})
+            kid = reply["key_id"]
+    except FleetError as exc:
+        _fail(exc)
+        return
+    Console().print(f"operator {name} added (key id {kid})", highlight=False)
+
+
+@operators_app.command("remove")
+def operators_remove(
+    name: Annotated[str, typer.Argument(help="operator name")],
+    db: DirectOpt = None,
+    broker: BrokerOpt = None,
+    config: ConfigOpt = None,
+    ca_file: CaOpt = None,
+    cert_file: CertOpt = None,
+    key_file: KeyOpt = None,
+    timeout: TimeoutOpt = None,
+    operator_key: OperatorKeyOpt = None,
+) -> None:
+    """Stop trusting an operator: with --db directly, else signed by an existing operator."""
+    try:
+        cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
+        if db is not None:
+            store = _open_store(cfg)
+            try:
+                store.remove_operator(name)
+            finally:
+                store.close()
+        else:
+            _signed(cfg, operator_key, "operators-remove", {"name": name})
+    except FleetError as exc:
+        _fail(exc)
+        return
+    Console().print(f"operator {name} removed", highlight=False)
+
+
+@operators_app.command("list")
+def operators_list(
+    json_out: JsonOpt = False,
+    db: DirectOpt = None,
+    broker: BrokerOpt = None,
+    config: ConfigOpt = None,
+    ca_file: CaOpt = None,
+    cert_file: CertOpt = None,
+    key_file: KeyOpt = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """The operators the controller trusts, with their key ids."""
+    try:
+        cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
+        if db is not None:
+            store = _open_store(cfg)
+            try:
+                operators = store.list_operators()
+            finally:
+                store.close()
+        else:
+            operators = _query(cfg, False, "operators-list", {})["operators"]
+    except FleetError as exc:
+        _fail(exc)
+        return
+    if json_out:
+        sys.stdout.write(json.dumps(operators, indent=2) + "\n")
+        return
+    console = Console()
+    if not operators:
+        console.print("no operators: add one with `fleet operators add NAME KEY --db DB`")
+    for operator in operators:
+        console.print(f"{operator['name']}  {operator['key_id']}", highlight=False)
+
+
+@devices_app.command("accept")
+def devices_accept(
+    device_id: Annotated[str, typer.Argument(help="device id")],
+    db: DirectOpt = None,
+    broker: BrokerOpt = None,
+    config: ConfigOpt = None,
+    ca_file: CaOpt = None,
+    cert_file: CertOpt = None,
+    key_file: KeyOpt = None,
+    timeout: TimeoutOpt = None,
+    operator_key: OperatorKeyOpt = None,
+) -> None:
+    """Accept a pending device as a deploy target (signed; or --db on the controller host)."""
+    try:
+        cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
+        if db is not None:
+            store = _open_store(cfg)
+            try:
+                store.accept_device(device_id, operator="--db", now=time.time())
+            finally:
+                store.close()
+        else:
+            _signed(cfg, operator_key, "devices-accept", {"device_id": device_id})
+    except FleetError as exc:
+        _fail(exc)
+        return
+    Console().print(f"device {device_id} accepted", highlight=False)
 
 
 model_app = typer.Typer(

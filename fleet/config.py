@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from agent.config import TomlBackedSettings, format_validation_error, toml_file
 from fleet.errors import BrokerUrlError, FleetConfigError
+from fleet.operators import NAME_PATTERN
 
 DEFAULT_CONFIG_PATH = Path("/etc/fleet/fleet.toml")
 
@@ -61,6 +62,26 @@ class OtaOptions(_Section):
     )
 
 
+class OperatorOptions(_Section):
+    """Who this CLI signs mutating requests as; how strict the controller is about them."""
+
+    name: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Operator name registered with `fleet operators add` (optional: the key "
+        "identifies the operator).",
+    )
+    key_file: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM) from `fleet operators keygen`."
+    )
+    request_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Controller: a signed request older or newer than this is refused, s.",
+    )
+
+
 def _default_db() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "fleet" / "fleet.sqlite3"
@@ -82,6 +103,9 @@ class FleetConfig(TomlBackedSettings):
         default_factory=RetentionOptions, description="History retention."
     )
     ota: OtaOptions = Field(default_factory=OtaOptions, description="Signed model releases.")
+    operator: OperatorOptions = Field(
+        default_factory=OperatorOptions, description="Operator key for signed requests."
+    )
 
 
 def load_fleet_config(path: Path | None = None, **overrides: object) -> FleetConfig:

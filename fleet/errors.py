@@ -35,8 +35,8 @@ class ControllerUnavailableError(FleetError):
     def __init__(self, broker: str, timeout_s: float) -> None:
         self.broker = broker
         super().__init__(
-            f"no fleet controller answered on {broker} within {timeout_s:g}s "
-            "(is `fleet serve` running?)"
+            f"the broker at {broker} is up, but no fleet controller answered within "
+            f"{timeout_s:g}s (is `fleet serve` running?)"
         )
 
 
@@ -85,3 +85,50 @@ class PublishRefusedError(FleetError):
     def __init__(self, message: str, *, model: str) -> None:
         self.model = model
         super().__init__(f"{message}: {model}")
+
+
+# -- operator authentication and device admission (fleet.operators) ---------------------------
+
+EXIT_NOPERM = 77  # sysexits EX_NOPERM: the controller refused the operator's request
+
+
+class BrokerUnreachableError(ControllerUnavailableError):
+    """The broker itself could not be reached (refused, unreachable, TLS failure)."""
+
+    def __init__(self, broker: str, reason: str) -> None:
+        self.broker = broker
+        self.reason = reason
+        FleetError.__init__(self, f"cannot reach the broker at {broker} ({reason})")
+
+
+class OperatorKeyError(FleetConfigError):
+    """An operator key (file or text) that cannot be used, or a missing one."""
+
+    def __init__(self, message: str, *, value: str) -> None:
+        self.value = value
+        super().__init__(f"{message}: {value}")
+
+
+class OperatorRefusedError(FleetError):
+    """A mutating request refused by the controller: unsigned, unknown key, bad signature,
+    outside the time window or replayed (``reason`` says which)."""
+
+    exit_code = EXIT_NOPERM
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"unauthorized ({reason}): {detail}")
+
+
+class DeviceNotAcceptedError(FleetError):
+    """A deploy or rollback target that an operator has not accepted yet."""
+
+    exit_code = EXIT_DATA
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        super().__init__(
+            f"device {device_id!r} is pending: accept it first with `fleet devices accept "
+            f"{device_id}`"
+        )

@@ -5,6 +5,9 @@ Built by ``fleet serve`` when ``[ota] repo`` is set. It answers the devices' fil
 ``timestamp_refresh_s`` (each one expires after ``timestamp_expiry_s``), and turns
 ``fleet deploy`` / ``fleet rollback`` into signed, retained desired-state messages, one per
 device, each with the next value of that device's counter (kept in the controller's store).
+The controller calls ``deploy``/``rollback`` only for requests signed by a trusted operator
+(``fleet.operators``); here a target must also be an accepted device with a reported OTA
+state, and ``deploy --all`` names every device it leaves out and why.
 
 The repository is re-read from disk for every operation: ``fleet model publish`` and
 ``fleet keys rotate`` change it from another process, and a timestamp signed over a stale
@@ -28,11 +31,11 @@ from agent.mqtt.topics import Channel, parse, topic_for
 from agent.ota.desired import DesiredModel, DesiredState, sign_desired
 from agent.ota.release import CUSTOM_KEY
 from fleet.config import OtaOptions
-from fleet.errors import FleetError, UnknownDeviceError
+from fleet.errors import DeviceNotAcceptedError, FleetError, UnknownDeviceError
 from fleet.release.allocator import keep_large_buffers
 from fleet.release.fileserver import FileService, RepositoryFiles
 from fleet.release.repo import Repository, repository_lock
-from fleet.store import FleetStore
+from fleet.store import ACCEPTED, PENDING, FleetStore
 
 log = structlog.get_logger("fleet.ota")
 
@@ -85,18 +88,29 @@ class ReleaseService:
     # -- desired states (run in the controller's store thread) -----------------------------
 
     def deploy(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
-        """``{"model", "version", "devices": [...] | "all": true}`` -> reply, messages to send."""
+        """``{"model", "version", "devices": [...] | "all": true}`` -> reply, messages to send.
+
+        The reply's ``skipped`` names each device ``--all`` left out and why.
+        """
         name, version = _string(request, "model"), _string(request, "version")
         with repository_lock(self._dir):
             repo = Repository.open(self._dir)
             target = _find_target(repo, name, version)
-            devices = self._devices(request)
+            devices, skipped = self._devices(request)
             messages = [self._desired(repo, d, "deploy", name, version, target) for d in devices]
-        return {"model": name, "version": version, "target": target, "devices": devices}, messages
+        reply = {
+            "model": name,
+            "version": version,
+            "target": target,
+            "devices": devices,
+            "skipped": [{"device_id": d, "reason": r} for d, r in skipped],
+        }
+        return reply, messages
 
     def rollback(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
         """``{"device_id", "model"?}``: back to the device's previous committed version."""
         device_id = _string(request, "device_id")
+        self._require_accepted(device_id)
         detail = self._store.device_detail(device_id, events=0)
         models = ((detail.get("reported") or {}).get("models")) or {}
         name = request.get("model") or (next(iter(models)) if len(models) == 1 else None)
@@ -115,15 +129,42 @@ class ReleaseService:
         reply = {"device_id": device_id, "model": name, "version": version}
         return reply, [message]
 
-    def _devices(self, request: dict[str, Any]) -> list[str]:
-        known = [d["device_id"] for d in self._store.list_devices()]
-        devices = known if request.get("all") else request.get("devices") or []
-        if not devices or not all(isinstance(d, str) for d in devices):
+    def _devices(self, request: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]]]:
+        """Targets and (device, reason) skipped. ``--all``: accepted devices with OTA on;
+        named devices: each must be one of those, or the whole deploy is refused."""
+        if request.get("all") is True:
+            admission = self._store.admissions()
+            with_ota = self._store.ota_devices()
+            targets, skipped = [], []
+            for device_id in (d["device_id"] for d in self._store.list_devices()):
+                reason = _not_a_target(admission.get(device_id), device_id in with_ota)
+                if reason:
+                    skipped.append((device_id, reason))
+                else:
+                    targets.append(device_id)
+            if not targets:
+                why = "; ".join(f"{d}: {r}" for d, r in skipped) or "no device seen"
+                raise FleetError(f"no accepted device with OTA enabled ({why})")
+            return targets, skipped
+        devices = request.get("devices")
+        if (
+            not isinstance(devices, list)
+            or not devices
+            or not all(isinstance(d, str) for d in devices)
+        ):
             raise FleetError("deploy needs --device ID (one or more) or --all")
-        unknown = sorted(set(devices) - set(known))
-        if unknown:
-            raise UnknownDeviceError(unknown[0])
-        return list(devices)
+        for device_id in devices:
+            self._require_accepted(device_id)
+            if device_id not in self._store.ota_devices():
+                raise FleetError(f"device {device_id!r}: {OTA_DISABLED}; nothing deployed")
+        return list(dict.fromkeys(devices)), []
+
+    def _require_accepted(self, device_id: str) -> None:
+        state = self._store.admission(device_id)
+        if state is None:
+            raise UnknownDeviceError(device_id)
+        if state != ACCEPTED:
+            raise DeviceNotAcceptedError(device_id)
 
     def _desired(
         self, repo: Repository, device_id: str, action: str, name: str, version: str, target: str
@@ -146,6 +187,18 @@ class ReleaseService:
         options = PublishOptions(content_type="application/json")
         for topic, payload in messages:
             self._link.publish(topic, payload, qos=1, retain=True, options=options)
+
+
+OTA_DISABLED = "OTA disabled (no reported state)"
+
+
+def _not_a_target(admission: str | None, has_reported: bool) -> str | None:
+    """Why ``deploy --all`` leaves a device out, or None when it is a target."""
+    if admission != ACCEPTED:
+        return PENDING
+    if not has_reported:
+        return OTA_DISABLED
+    return None
 
 
 def _string(request: dict[str, Any], key: str) -> str:

@@ -3,7 +3,9 @@
 Each call opens a short, non-persistent session with its own inbox topic, publishes the
 request with a response topic and random correlation data, and waits for the matching reply
 (replies with other correlation data are ignored, so a late answer to an earlier call cannot
-be mistaken for this one).
+be mistaken for this one). Requests that change anything are signed with the operator's key
+(``fleet.operators``). When nothing answers, the error says whether the broker could not be
+reached at all or the broker is up and no controller answered.
 """
 
 from __future__ import annotations
@@ -11,31 +13,74 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
+from dataclasses import dataclass
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import MqttError, PayloadError
 from agent.mqtt import payloads
 from agent.mqtt.base import InboundMessage, PublishOptions
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import controller_rpc, reply_inbox
-from fleet.config import FleetConfig
-from fleet.errors import ControllerUnavailableError, FleetError, UnknownDeviceError
+from fleet.config import FleetConfig, parse_broker_url
+from fleet.errors import (
+    BrokerUnreachableError,
+    ControllerUnavailableError,
+    DeviceNotAcceptedError,
+    FleetError,
+    OperatorRefusedError,
+    UnknownDeviceError,
+)
+from fleet.operators import sign_request
 from fleet.service import link_settings_for
 
+_PROBE_TIMEOUT_S = 2.0
 
-async def call(config: FleetConfig, method: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Ask the controller; returns the reply body.
+
+@dataclass(frozen=True)
+class OperatorSigner:
+    """The operator key a mutating request is signed with."""
+
+    key: Ed25519PrivateKey
+    name: str | None = None
+
+    def sign(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        return sign_request(self.key, method, body, now=time.time(), operator=self.name)
+
+
+async def call(
+    config: FleetConfig,
+    method: str,
+    request: dict[str, Any],
+    *,
+    signer: OperatorSigner | None = None,
+) -> dict[str, Any]:
+    """Ask the controller (signed with ``signer`` when given); returns the reply body.
 
     Raises:
-        ControllerUnavailableError: no broker or no controller answer within the timeout.
+        BrokerUnreachableError: no MQTT connection to the broker within the timeout.
+        ControllerUnavailableError: the broker is up but no controller answered in time.
         UnknownDeviceError: the controller does not know the device asked about.
-        FleetError: the controller answered with an error.
+        DeviceNotAcceptedError: the device is pending (deploy, rollback).
+        OperatorRefusedError: the controller refused the request's signature.
+        FleetError: the controller answered with another error.
     """
+    payload = signer.sign(method, request) if signer is not None else request
+    reply = await _exchange(config, method, payload)
+    if not reply.get("ok"):
+        raise _reply_error(reply)
+    return reply
+
+
+async def _exchange(config: FleetConfig, method: str, payload: dict[str, Any]) -> dict[str, Any]:
     client_id = f"fleet-cli-{secrets.token_hex(6)}"
     link = MqttLink(link_settings_for(config, client_id=client_id, persistent=False))
     correlation = secrets.token_bytes(16)
     inbox = reply_inbox(client_id)
     answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    connected = False
 
     def on_message(message: InboundMessage) -> None:
         if message.correlation_data != correlation or answer.done():
@@ -51,15 +96,18 @@ async def call(config: FleetConfig, method: str, request: dict[str, Any]) -> dic
     try:
         async with asyncio.timeout(config.rpc_timeout_s):
             await link.wait_connected()
+            connected = True
             # The SUBACK must be in before the request goes out, or the reply can be lost.
             await link.wait_subscribed()
             link.publish(
                 controller_rpc(method),
-                payloads.encode(request),
+                payloads.encode(payload),
                 options=PublishOptions(response_topic=inbox, correlation_data=correlation),
             )
-            reply = await answer
+            return await answer
     except (TimeoutError, MqttError):
+        if not connected:
+            raise BrokerUnreachableError(config.broker, await _why_unreachable(config)) from None
         raise ControllerUnavailableError(config.broker, config.rpc_timeout_s) from None
     finally:
         with contextlib.suppress(Exception):
@@ -67,8 +115,31 @@ async def call(config: FleetConfig, method: str, request: dict[str, Any]) -> dic
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
-    if not reply.get("ok"):
-        if reply.get("kind") == "UnknownDeviceError":
-            raise UnknownDeviceError(str(request.get("device_id")))
-        raise FleetError(f"controller error: {reply.get('error')}")
-    return reply
+
+
+async def _why_unreachable(config: FleetConfig) -> str:
+    """One plain TCP connect to the broker's address, for the reason the MQTT link failed."""
+    address = parse_broker_url(config.broker)
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT_S):
+            _reader, writer = await asyncio.open_connection(address.host, address.port)
+    except TimeoutError:
+        return f"no answer from {address.host}:{address.port}"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return f"TCP connects but no MQTT session within {config.rpc_timeout_s:g}s"
+
+
+def _reply_error(reply: dict[str, Any]) -> FleetError:
+    """The typed error for an ``ok: false`` reply."""
+    kind, device = reply.get("kind"), reply.get("device_id")
+    if kind == "UnknownDeviceError" and isinstance(device, str):
+        return UnknownDeviceError(device)
+    if kind == "DeviceNotAcceptedError" and isinstance(device, str):
+        return DeviceNotAcceptedError(device)
+    if kind == "OperatorRefusedError":
+        return OperatorRefusedError(str(reply.get("reason")), str(reply.get("detail")))
+    return FleetError(f"controller error: {reply.get('error')}")

@@ -43,13 +43,18 @@ from agent.mqtt.topics import (
     parse_controller_rpc,
 )
 from fleet.config import FleetConfig, parse_broker_url
-from fleet.errors import FleetError
+from fleet.errors import (
+    DeviceNotAcceptedError,
+    FleetError,
+    OperatorRefusedError,
+    UnknownDeviceError,
+)
+from fleet.operator_rpc import OperatorGate, SignedRpc
 from fleet.ota import ReleaseService
 from fleet.store import FleetStore, Inbound, Retention, SqliteFleetStore
 
 log = structlog.get_logger("fleet.service")
 
-OtaRpc = Callable[[dict[str, Any]], tuple[dict[str, Any], list[tuple[str, bytes]]]]
 _RECORDED = (Channel.STATUS, Channel.TELEMETRY, Channel.EVENTS, Channel.REPORTED)
 _QUEUE_LIMIT = 50_000
 _BATCH = 500
@@ -121,7 +126,13 @@ class ShowRequest(BaseModel):
 class Controller:
     """The controller service: ingest, retention and the CLI's RPC."""
 
-    def __init__(self, config: FleetConfig, store: FleetStore | None = None) -> None:
+    def __init__(
+        self,
+        config: FleetConfig,
+        store: FleetStore | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         retention = Retention(
             config.retention.max_age_s,
@@ -143,24 +154,33 @@ class Controller:
         self.rejected: Counter[str] = self.rejections.counts
         self._letters: asyncio.Queue[DeadLetter] = asyncio.Queue(maxsize=_LETTER_QUEUE_LIMIT)
         self._rpc_tasks: set[asyncio.Task[None]] = set()
+        # Read-only RPCs: unsigned.
         self._rpc: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "devices-list": lambda _req: {"devices": self.store.list_devices()},
             "devices-show": self._rpc_show,
             "controller-status": self._rpc_status,
+            "operators-list": lambda _req: {"operators": self.store.list_operators()},
         }
-        # RPCs that also hand back signed desired states, published on the loop after the call.
-        self._ota_rpc: dict[str, OtaRpc] = {}
+        # Everything that changes the fleet: signed by a trusted operator key (fleet.operators).
+        # They may hand back signed desired states, published on the loop after the call.
+        self.gate = OperatorGate(self.store, window_s=config.operator.request_window_s, clock=clock)
+        self._signed_rpc: dict[str, SignedRpc] = self.gate.handlers()
         self.ota: ReleaseService | None = None
         if config.ota.repo is not None:
-            self.ota = ReleaseService(config.ota, self.link, self.store)
-            self._ota_rpc = {"deploy": self.ota.deploy, "rollback": self.ota.rollback}
+            ota = self.ota = ReleaseService(config.ota, self.link, self.store)
+            self._signed_rpc["deploy"] = lambda v: ota.deploy(v.body)
+            self._signed_rpc["rollback"] = lambda v: ota.rollback(v.body)
 
     def _call(
         self, method: str, request: dict[str, Any]
     ) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
-        """Store thread: run one RPC; returns its reply and the messages to publish."""
-        if method in self._ota_rpc:
-            return self._ota_rpc[method](request)
+        """Store thread: run one RPC; returns its reply and the messages to publish.
+
+        Mutating methods pass the operator gate first (``fleet.operator_rpc``).
+        """
+        signed = self._signed_rpc.get(method)
+        if signed is not None:
+            return self.gate.run(method, request, signed)
         handler = self._rpc.get(method)
         if handler is None:
             raise FleetError(f"unknown method {method!r}")
@@ -253,6 +273,12 @@ class Controller:
             reply: dict[str, Any] = {"ok": True, **body}
         except (FleetError, TopicError, PayloadError) as exc:
             reply = {"ok": False, "error": str(exc), "kind": type(exc).__name__}
+            if isinstance(exc, OperatorRefusedError):
+                reply["reason"], reply["detail"] = exc.reason, exc.detail
+                # Counted with every other refused message (the gate keeps the audit log).
+                self._reject(message, "unauthorized", f"{exc.reason}: {exc.detail}")
+            if isinstance(exc, UnknownDeviceError | DeviceNotAcceptedError):
+                reply["device_id"] = exc.device_id  # the CLI names the device from this
         except Exception as exc:  # every request gets an answer
             log.exception("controller.rpc_failed", topic=message.topic)
             reply = {"ok": False, "error": repr(exc)[:300], "kind": "InternalError"}

@@ -31,7 +31,8 @@ from typing import Any, Protocol
 
 from agent.mqtt import payloads
 from agent.mqtt.rejections import DeadLetter
-from fleet.errors import StoreError, UnknownDeviceError
+from fleet.errors import FleetError, StoreError, UnknownDeviceError
+from fleet.operators import TrustedKey, key_id
 
 DEAD_LETTERS_KEPT = 1000
 
@@ -96,6 +97,39 @@ _ADDED_COLUMNS = (
     ("telemetry", "ts_epoch", "REAL"),
 )
 
+# -- operators, request nonces and device admission (fleet.operators) -------------------------
+# Separate tables, not columns of ``devices``: an existing database gets them from CREATE TABLE
+# IF NOT EXISTS at open, and a device with no admission row is pending.
+_AUTH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS operators (
+    name       TEXT PRIMARY KEY,
+    key_id     TEXT NOT NULL UNIQUE,
+    public_key TEXT NOT NULL,
+    added      REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS request_nonces (
+    nonce   TEXT PRIMARY KEY,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS request_nonces_expires ON request_nonces (expires);
+CREATE TABLE IF NOT EXISTS operator_log (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    received REAL NOT NULL,
+    operator TEXT,
+    method   TEXT NOT NULL,
+    outcome  TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS admissions (
+    device_id   TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    operator    TEXT NOT NULL,
+    updated     REAL NOT NULL
+);
+"""
+_OPERATOR_LOG_ROWS = 10_000
+ACCEPTED, PENDING = "accepted", "pending"
+
 
 @dataclass(frozen=True)
 class Retention:
@@ -139,6 +173,32 @@ class FleetStore(Protocol):
         self, device_id: str, *, model: str, version: str, action: str, now: float
     ) -> int: ...
 
+    # -- operators, nonces, admission --
+
+    def add_operator(self, name: str, public_key: str, *, now: float) -> str: ...
+
+    def remove_operator(self, name: str) -> None: ...
+
+    def list_operators(self) -> list[dict[str, Any]]: ...
+
+    def trusted_keys(self) -> dict[str, TrustedKey]: ...
+
+    def nonce_used(self, nonce: str) -> bool: ...
+
+    def remember_nonce(self, nonce: str, *, expires: float, now: float) -> bool: ...
+
+    def log_request(
+        self, *, operator: str | None, method: str, outcome: str, detail: str, now: float
+    ) -> None: ...
+
+    def accept_device(self, device_id: str, *, operator: str, now: float) -> bool: ...
+
+    def admission(self, device_id: str) -> str | None: ...
+
+    def admissions(self) -> dict[str, str]: ...
+
+    def ota_devices(self) -> set[str]: ...
+
 
 class SqliteFleetStore:
     """SQLite implementation of ``FleetStore``; safe to call from several threads."""
@@ -154,6 +214,7 @@ class SqliteFleetStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            self._db.executescript(_AUTH_SCHEMA)
             self._upgrade()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the fleet database ({exc})", path=str(path)) from exc
@@ -345,7 +406,11 @@ class SqliteFleetStore:
     def list_devices(self, now: float | None = None) -> list[dict[str, Any]]:
         """A summary row per device, sorted by id."""
         rows = self._query("SELECT * FROM devices ORDER BY device_id")
-        return [device_summary(row, now or time.time()) for row in rows]
+        summaries = [device_summary(row, now or time.time()) for row in rows]
+        admitted = self.admissions()  # operator auth: pending until accepted
+        for summary in summaries:
+            summary["admission"] = admitted.get(summary["device_id"], PENDING)
+        return summaries
 
     def device_detail(self, device_id: str, *, events: int = 20) -> dict[str, Any]:
         rows = self._query("SELECT * FROM devices WHERE device_id = ?", (device_id,))
@@ -360,14 +425,120 @@ class SqliteFleetStore:
         desired = self._query(
             "SELECT counter, model, version, action FROM desired WHERE device_id = ?", (device_id,)
         )
+        summary = device_summary(row, time.time())
+        summary["admission"] = self.admission(device_id) or PENDING  # operator auth
         return {
-            "summary": device_summary(row, time.time()),
+            "summary": summary,
             "reported": _document(reported[0]["payload"]) if reported else None,
             "desired": dict(desired[0]) if desired else None,
             "status": _document(row["status_json"]),
             "telemetry": _document(row["telemetry_json"]),
             "events": [_document(r["payload"]) for r in recent],
         }
+
+    # -- operators, request nonces and device admission (fleet.operators) -----------------
+
+    def add_operator(self, name: str, public_key: str, *, now: float) -> str:
+        """Trust ``public_key`` (base64) as ``name``; returns its key id.
+
+        Raises:
+            FleetError: the name or the key is already registered.
+        """
+        kid = key_id(public_key)
+        with self._tx() as db:
+            clash = db.execute(
+                "SELECT name FROM operators WHERE name = ? OR key_id = ?", (name, kid)
+            ).fetchone()
+            if clash:
+                raise FleetError(f"operator {clash[0]!r} already has this name or key ({kid})")
+            db.execute(
+                "INSERT INTO operators (name, key_id, public_key, added) VALUES (?, ?, ?, ?)",
+                (name, kid, public_key, now),
+            )
+        return kid
+
+    def remove_operator(self, name: str) -> None:
+        """Raises ``FleetError`` when no operator has that name."""
+        with self._tx() as db:
+            if db.execute("DELETE FROM operators WHERE name = ?", (name,)).rowcount == 0:
+                raise FleetError(f"no operator named {name!r}")
+
+    def list_operators(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT name, key_id, public_key, added FROM operators ORDER BY name")
+        return [dict(row) for row in rows]
+
+    def trusted_keys(self) -> dict[str, TrustedKey]:
+        """Key id -> operator, for ``fleet.operators.verify_request``."""
+        return {
+            row["key_id"]: TrustedKey(row["name"], row["public_key"])
+            for row in self._query("SELECT name, key_id, public_key FROM operators")
+        }
+
+    def nonce_used(self, nonce: str) -> bool:
+        rows = self._query("SELECT 1 FROM request_nonces WHERE nonce = ?", (nonce,))
+        return bool(rows)
+
+    def remember_nonce(self, nonce: str, *, expires: float, now: float) -> bool:
+        """Record a used nonce until ``expires``; False if it was already recorded."""
+        with self._tx() as db:
+            db.execute("DELETE FROM request_nonces WHERE expires < ?", (now,))
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO request_nonces (nonce, expires) VALUES (?, ?)",
+                (nonce, expires),
+            )
+        return cursor.rowcount == 1
+
+    def log_request(
+        self, *, operator: str | None, method: str, outcome: str, detail: str, now: float
+    ) -> None:
+        """Append to the bounded audit log of mutating requests (accepted and refused)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO operator_log (received, operator, method, outcome, detail) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (now, operator, method[:64], outcome, detail[:500]),
+            )
+            db.execute(
+                "DELETE FROM operator_log WHERE id <= (SELECT MAX(id) FROM operator_log) - ?",
+                (_OPERATOR_LOG_ROWS,),
+            )
+
+    def operator_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM operator_log ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(row) for row in rows]
+
+    def accept_device(self, device_id: str, *, operator: str, now: float) -> bool:
+        """Make a known device a deploy target; False if it already was.
+
+        Raises:
+            UnknownDeviceError: the controller has never seen the device.
+        """
+        with self._tx() as db:
+            known = db.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,))
+            if known.fetchone() is None:
+                raise UnknownDeviceError(device_id)
+            cursor = db.execute(
+                "INSERT INTO admissions (device_id, state, operator, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(device_id) DO NOTHING",
+                (device_id, ACCEPTED, operator, now),
+            )
+        return cursor.rowcount == 1
+
+    def admission(self, device_id: str) -> str | None:
+        """accepted, pending, or None for a device never seen."""
+        if not self._query("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)):
+            return None
+        rows = self._query("SELECT state FROM admissions WHERE device_id = ?", (device_id,))
+        return str(rows[0]["state"]) if rows else PENDING
+
+    def admissions(self) -> dict[str, str]:
+        """The admission state of every device that has one (others are pending)."""
+        rows = self._query("SELECT device_id, state FROM admissions")
+        return {row["device_id"]: row["state"] for row in rows}
+
+    def ota_devices(self) -> set[str]:
+        """Devices that publish a reported OTA state (the agent does only with OTA enabled)."""
+        return {row["device_id"] for row in self._query("SELECT device_id FROM reported")}
 
     def telemetry_seqs(self, device_id: str) -> list[int]:
         """Stored seqs of a device in arrival order (for tests and gap reports)."""

@@ -143,10 +143,13 @@ def controller_process(tmp: Path, port: int, **env: str) -> ManagedProcess:
     )
 
 
-def fleet_cli(port: int, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def fleet_cli(
+    port: int, *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``fleet ARGS --broker ...``; ``env`` adds ``FLEET_*`` variables (e.g. the operator key)."""
     return subprocess.run(
         [sys.executable, "-m", "fleet", *args, "--broker", f"mqtt://127.0.0.1:{port}"],
-        env=_child_env({}),
+        env=_child_env(env or {}),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -179,6 +182,24 @@ def start_controller(tmp: Path, port: int, **env: str) -> ManagedProcess:
         "controller answering",
     )
     return controller
+
+
+def register_operator(tmp: Path, db: Path, name: str = "tester") -> Path:
+    """An operator key in ``tmp`` registered straight in the controller's database ``db``
+    (the ``--db`` bootstrap); returns the private key file."""
+    from fleet.operators import generate_key, private_key_pem, public_key_text
+    from fleet.store import SqliteFleetStore
+
+    key = generate_key()
+    key_file = tmp / f"operator-{name}.pem"
+    key_file.write_bytes(private_key_pem(key))
+    key_file.chmod(0o600)
+    store = SqliteFleetStore(db)
+    try:
+        store.add_operator(name, public_key_text(key.public_key()), now=time.time())
+    finally:
+        store.close()
+    return key_file
 
 
 def fleet_devices(port: int) -> list[dict[str, Any]]:

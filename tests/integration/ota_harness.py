@@ -44,6 +44,7 @@ from tests.integration.harness import (
     Recorder,
     agent_process,
     fleet_cli,
+    register_operator,
     start_controller,
     wait_until,
 )
@@ -59,6 +60,7 @@ class Fleet:
     broker: PrivateBroker
     repo_dir: Path
     recorder: Recorder
+    operator_key: Path | None = None
     agent: ManagedProcess | None = None
     controller: ManagedProcess | None = None
 
@@ -76,7 +78,9 @@ class Fleet:
         return self.agent
 
     def cli(self, *args: str) -> Any:
-        return fleet_cli(self.broker.port, *args)
+        """The `fleet` CLI as the registered operator (its key in FLEET_OPERATOR__KEY_FILE)."""
+        env = {"FLEET_OPERATOR__KEY_FILE": str(self.operator_key)} if self.operator_key else {}
+        return fleet_cli(self.broker.port, *args, env=env)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The events called ``name``, in arrival order, each once.
@@ -119,13 +123,16 @@ class Fleet:
         assert json.loads(result.stdout)["devices"] == [DEVICE]
 
     def wait_online(self) -> None:
-        """Until the controller knows the device (deploy refuses unknown devices)."""
+        """Until the controller knows the device and its reported OTA state, then accept it
+        (deploy refuses unknown and pending devices, and devices without OTA)."""
 
         def known() -> bool:
-            listed = json.loads(self.cli("devices", "list", "--json").stdout or "[]")
-            return any(d["device_id"] == DEVICE for d in listed)
+            shown = self.cli("devices", "show", DEVICE, "--json")
+            return shown.returncode == 0 and json.loads(shown.stdout).get("reported") is not None
 
-        wait_until(known, 30, "device known to the controller")
+        wait_until(known, 30, "device and its reported state known to the controller")
+        accepted = self.cli("devices", "accept", DEVICE)
+        assert accepted.returncode == 0, accepted.stderr + accepted.stdout
 
     def forge(self, state: DesiredState, *, signer_repo: Repository) -> None:
         """Publish a desired state signed by ``signer_repo``'s online key straight to the broker."""
@@ -150,9 +157,10 @@ def ota_fleet(tmp_path: Path, broker: PrivateBroker) -> Iterator[Fleet]:
     repo = Repository.init(repo_dir)
     publish_model(repo, DIGITS / "digits-fp32.onnx", name="digits", version="1", hardware=GENERIC)
     publish_model(repo, DIGITS / "digits-int8.onnx", name="digits", version="2", hardware=GENERIC)
+    operator_key = register_operator(tmp_path, tmp_path / "fleet.sqlite3")
     controller = start_controller(tmp_path, broker.port, OTA__REPO=str(repo_dir))
     recorder = Recorder(broker.port, f"fleet/{DEVICE}/#").start()
-    state = Fleet(tmp_path, broker, repo_dir, recorder)
+    state = Fleet(tmp_path, broker, repo_dir, recorder, operator_key)
     state.controller = controller
     try:
         yield state

@@ -1,0 +1,135 @@
+"""The controller's gate for requests that change the fleet, and the operator/admission RPCs.
+
+``OperatorGate.run`` verifies a signed request (``fleet.operators.verify_request``), spends
+its nonce in the store, runs the handler, and records the outcome: refusals are counted by
+reason (``refused``), logged once each as ``controller.operator_refused`` with
+``rejection="unauthorized"``, and written to the store's bounded ``operator_log`` with the
+accepted and failed requests. It runs on the controller's single store thread, so checking a
+nonce and recording it cannot interleave with another request carrying the same nonce.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from fleet.errors import FleetError, OperatorRefusedError
+from fleet.operators import Verified, check_name, parse_public_key, verify_request
+from fleet.store import FleetStore
+
+log = structlog.get_logger("fleet.service")
+
+Outcome = tuple[dict[str, Any], list[tuple[str, bytes]]]
+# A request that changes anything: run only once ``verify_request`` accepted its signature.
+SignedRpc = Callable[[Verified], Outcome]
+
+
+class _StoredNonces:
+    """The store's spent nonces as the ``Container`` that ``verify_request`` checks."""
+
+    def __init__(self, store: FleetStore) -> None:
+        self._store = store
+
+    def __contains__(self, nonce: object) -> bool:
+        return isinstance(nonce, str) and self._store.nonce_used(nonce)
+
+
+class OperatorGate:
+    """Signature, time window and nonce checks in front of every mutating RPC."""
+
+    def __init__(self, store: FleetStore, *, window_s: float, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._window_s = window_s
+        self._clock = clock
+        self.refused: Counter[str] = Counter()  # by reason: unsigned, replayed, ...
+
+    def handlers(self) -> dict[str, SignedRpc]:
+        """The signed RPCs this module owns (the OTA ones are added by the controller)."""
+        return {
+            "devices-accept": self._accept,
+            "operators-add": self._operator_add,
+            "operators-remove": self._operator_remove,
+        }
+
+    def run(self, method: str, request: dict[str, Any], handler: SignedRpc) -> Outcome:
+        """Verify, then run ``handler``; the reply names the operator.
+
+        Raises:
+            OperatorRefusedError: the request is not validly signed, fresh and new.
+            FleetError: the handler refused it (recorded as failed).
+        """
+        verified = self._authorize(method, request)
+        try:
+            body, messages = handler(verified)
+        except FleetError as exc:
+            self._audit(verified.operator, method, "failed", str(exc))
+            raise
+        self._audit(verified.operator, method, "ok", "")
+        log.info("controller.operator_request", operator=verified.operator, method=method)
+        return {**body, "operator": verified.operator}, messages
+
+    def _authorize(self, method: str, request: dict[str, Any]) -> Verified:
+        now = self._clock()
+        try:
+            verified = verify_request(
+                request,
+                method=method,
+                trusted=self._store.trusted_keys(),
+                now=now,
+                window_s=self._window_s,
+                seen_nonces=_StoredNonces(self._store),
+            )
+            # Remembered until a request with this timestamp would be refused as expired.
+            expires = verified.ts + self._window_s + 1
+            if not self._store.remember_nonce(verified.nonce, expires=expires, now=now):
+                raise OperatorRefusedError("replayed", f"nonce {verified.nonce} was already used")
+        except OperatorRefusedError as exc:
+            self.refused[exc.reason] += 1
+            log.warning(
+                "controller.operator_refused",
+                rejection="unauthorized",
+                reason=exc.reason,
+                method=method,
+                detail=exc.detail,
+            )
+            self._audit(None, method, f"refused:{exc.reason}", exc.detail)
+            raise
+        return verified
+
+    def _audit(self, operator: str | None, method: str, outcome: str, detail: str) -> None:
+        self._store.log_request(
+            operator=operator, method=method, outcome=outcome, detail=detail, now=self._clock()
+        )
+
+    def _accept(self, verified: Verified) -> Outcome:
+        device_id = verified.body.get("device_id")
+        if not isinstance(device_id, str) or not device_id:
+            raise FleetError("devices-accept needs a device_id string")
+        changed = self._store.accept_device(
+            device_id, operator=verified.operator, now=self._clock()
+        )
+        log.info("controller.device_accepted", device=device_id, operator=verified.operator)
+        return {"device_id": device_id, "admission": "accepted", "changed": changed}, []
+
+    def _operator_add(self, verified: Verified) -> Outcome:
+        name, key = verified.body.get("name"), verified.body.get("public_key")
+        if not isinstance(name, str) or not isinstance(key, str):
+            raise FleetError("operators-add needs name and public_key strings")
+        key_id = self._store.add_operator(
+            check_name(name), parse_public_key(key), now=self._clock()
+        )
+        return {"name": name, "key_id": key_id}, []
+
+    def _operator_remove(self, verified: Verified) -> Outcome:
+        name = verified.body.get("name")
+        if not isinstance(name, str):
+            raise FleetError("operators-remove needs a name string")
+        if [o["name"] for o in self._store.list_operators()] == [name]:
+            raise FleetError(
+                f"{name!r} is the last operator: remove it with --db on the controller's host"
+            )
+        self._store.remove_operator(name)
+        return {"name": name, "removed": True}, []
