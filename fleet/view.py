@@ -247,6 +247,9 @@ def _header(summary: dict[str, Any], status: dict[str, Any], now: float) -> Text
         line.append(f" since {since}")
     version = text(status.get("agent_version") or summary.get("agent_version"), 24)
     line.append(f", agent {version or '-'}")
+    admission = text(summary.get("admission"), 16)
+    if admission == "pending":  # not a deploy target until `fleet devices accept`
+        line.append(", pending acceptance", style="yellow")
     return line
 
 

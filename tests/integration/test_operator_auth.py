@@ -23,6 +23,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.mqtt import payloads
 from fleet.operators import generate_key, load_private_key, sign_request
 from tests.integration.harness import Recorder, fleet_cli, wait_until
 from tests.integration.ota_harness import Fleet, free_port, release_cli
@@ -82,10 +83,11 @@ def rpc(fleet: Fleet) -> Iterator[Rpc]:
 
 def _fake_device(fleet: Fleet, device_id: str, *, ota: bool) -> None:
     """What the controller knows of a device: its retained status (and reported state)."""
-    status = {"device_id": device_id, "state": "online", "agent_version": "0.0-test"}
+    now = payloads.utc_now()  # the controller refuses status and reported without a timestamp
+    status = {"device_id": device_id, "state": "online", "agent_version": "0.0-test", "ts": now}
     fleet.publish_raw(f"fleet/{device_id}/status", json.dumps(status).encode())
     if ota:
-        reported = {"device_id": device_id, "models": {}}
+        reported = {"device_id": device_id, "models": {}, "ts": now}
         fleet.publish_raw(f"fleet/{device_id}/reported", json.dumps(reported).encode())
 
 

@@ -44,9 +44,9 @@ def test_deploy_update_and_operator_rollback(fleet: Fleet) -> None:
     assert shown["reported"]["models"]["digits"]["active"]["version"] == "2"
     assert shown["desired"]["version"] == "2"
     table = fleet.cli("devices", "show", DEVICE).stdout
-    assert "Models (OTA)" in table
-    assert "2 (release 2" in table
-    assert "1 (release 1" in table  # the previous version, kept for a rollback
+    assert "digits: active 2 (slot" in table
+    assert "previous 1 (slot" in table  # the previous version, kept for a rollback
+    assert "desired    digits@2 (deploy" in table
 
     result = fleet.cli("rollback", "--device", DEVICE, "--json")
     assert result.returncode == 0, result.stderr

@@ -163,6 +163,13 @@ class TestDeviceShow:
         assert len(events) == 5
         assert "model_unloaded model=digits version=3" in events[0]
 
+    def test_a_pending_device_says_so_in_its_header(self) -> None:
+        """A device not yet accepted by an operator is marked in the first line."""
+        detail = _detail()
+        assert "pending acceptance" not in _rendered(detail)[0]
+        detail["summary"]["admission"] = "pending"
+        assert "pending acceptance" in _rendered(detail)[0]
+
     def test_raw_telemetry_is_not_printed(self) -> None:
         shown = "\n".join(_rendered(_detail()))
         assert "per_core" not in shown and "top_classes" not in shown and "{" not in shown
