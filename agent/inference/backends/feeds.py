@@ -183,7 +183,8 @@ def _convert_dtype(model: str, spec: TensorSpec, array: Tensor) -> Tensor:
     given = array.dtype
     if target.kind == "f" and given.kind in "fiu":
         # Integers are exact numbers for a float input (JSON [0, 1] parses as ints).
-        converted = array.astype(target, copy=False)
+        with np.errstate(over="ignore"):  # an overflow is refused below, not warned about
+            converted = array.astype(target, copy=False)
         # After the cast: 1e39 is finite in float64 and inf in float32. One vectorised pass.
         if converted.size and not np.isfinite(converted).all():
             raise _not_finite(model, spec, array, converted)
