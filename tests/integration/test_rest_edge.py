@@ -12,6 +12,7 @@ import http.client
 import json
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,9 +22,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.errors import EXIT_CONFIG
 from tests.integration.harness import ManagedProcess, wait_until
 from tests.integration.test_registry import FP32, INT8, eval_split
-from tests.integration.test_serve_cli import TFLITE, listening_url, serve_process
+from tests.integration.test_serve_cli import ENV, TFLITE, listening_url, serve_process
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +182,11 @@ def _status_field(pid: int, name: str) -> float:
         if line.startswith(f"{name}:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no {name} for process {pid}")
+
+
+def test_a_budget_smaller_than_one_body_is_a_config_error() -> None:
+    argv = [sys.executable, "-m", "agent", "serve", "--model", f"digits={FP32}"]
+    argv += ["--max-body-mb", "2", "--body-budget-mb", "1"]
+    result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "must hold one body of the largest size" in result.stderr
