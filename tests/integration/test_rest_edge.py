@@ -99,7 +99,7 @@ def test_metrics_are_promtool_clean_and_count_every_refusal(
     rows, _ = eval_split()
     before = rest_errors(client.metrics())
     for model in ("digits", "lite"):
-        assert client.predict(model, rows_body(rows[:20]))[0] == 200
+        assert client.predict(model, rows_body(rows[:120]))[0] == 200  # enough for drift
     status, _, answer = client.predict("digits", rows_body(rows[:3]))
     assert status == 200
     prediction_id = json.loads(answer)["prediction_ids"][0]
@@ -127,6 +127,11 @@ def test_metrics_are_promtool_clean_and_count_every_refusal(
     expected_counts = Counter(reason for *_, reason in refusals)
     expected_counts.update(["unknown_prediction", "unknown_route", "method_not_allowed"])
     assert after - before == expected_counts
+    # Every kind of family is in what promtool checks: counters, gauges, the histogram, the
+    # latency summary, drift and feedback scores, the REST families.
+    for family in ("edge_model_drift_psi", "edge_model_accuracy", "edge_rest_body_bytes"):
+        assert family in text
+    assert "# TYPE edge_model_latency_quantile_seconds summary" in text
     lint = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
