@@ -61,6 +61,7 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Above these sizes JSON work moves to a worker thread (a 16 MiB body takes ~100 ms to parse).
 _OFFLOAD_BODY_BYTES = 256 * 1024
 _OFFLOAD_OUTPUT_ELEMENTS = 64 * 1024
+_READ_CHUNK_BYTES = 1024 * 1024
 _TF_DTYPES = {
     "float32": "DT_FLOAT",
     "float16": "DT_HALF",
@@ -200,7 +201,8 @@ class _Api:
         name, version = request.match_info["name"], request.match_info.get("version")
         # An unknown model is a 404 before the body is even read.
         card = self._registry.card(name, version)
-        # The body is referenced only by the parse, so it is freed as soon as that is done.
+        # The body is referenced only by the parse (see _read_body), so it is freed as soon
+        # as the arrays are built.
         feeds, row_format = await _maybe_off_loop(
             (request.content_length or _OFFLOAD_BODY_BYTES + 1) > _OFFLOAD_BODY_BYTES,
             _decode_predict,
@@ -247,9 +249,24 @@ class _Api:
         return self._monitor
 
     async def _read_body(self, request: web.Request) -> bytes:
-        """The body (its size was checked and budgeted by ``body_budget``); a chunked body
-        is cut off by aiohttp once it passes ``client_max_size``."""
-        return await request.read()
+        """The body (its declared size was checked and budgeted by ``body_budget``); one
+        without a Content-Length (chunked) is cut off with 413 once it passes the limit.
+
+        Read from the stream, not with ``request.read()``: that keeps the bytes on the request
+        until the answer is sent, and the parse is their only use.
+        """
+        limit = self._max_body_bytes
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(_READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=limit,
+                    actual_size=size,
+                    text=f"request body is over the limit of {limit} bytes",
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     @web.middleware
     async def body_budget(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
