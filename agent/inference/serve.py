@@ -8,8 +8,9 @@ A model that fails to load is a configuration error: nothing is served.
 
 The process is set up for request bodies of megabytes (``unmap_large_blocks``): glibc's
 allocator returns every block above 128 KiB to the system when it is freed, instead of
-keeping it in the heap. Under rounds of 50 concurrent 10 MB bodies that kept the process
-flat at about 240 MiB instead of growing round after round (bench/bench_rest_memory.py).
+keeping it in the heap. Under rounds of 50 concurrent 10 MB bodies that (with the REST
+service's body budget) keeps the process at about 240 MiB after each round instead of growing
+round after round (bench/bench_rest_memory.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
