@@ -72,6 +72,13 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--max-body-mb", type=float, default=16, help="largest request body in MiB (default 16)"
     )
     serve.add_argument(
+        "--body-budget-mb",
+        type=float,
+        default=None,
+        help="request body MiB held by all requests in progress together; more is refused "
+        "with 503 (default: twice --max-body-mb)",
+    )
+    serve.add_argument(
         "--event-loop",
         choices=eventloop.LOOP_CHOICES,
         default="auto",
@@ -142,6 +149,9 @@ def _serve(args: argparse.Namespace) -> int:
             ),
             workers=args.workers,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            body_budget_bytes=None
+            if args.body_budget_mb is None
+            else int(args.body_budget_mb * 1024 * 1024),
         )
         eventloop.run(serve(settings), args.event_loop)
     except ConfigError as exc:

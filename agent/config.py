@@ -194,6 +194,12 @@ class InferenceConfig(_Section):
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted, bytes."
     )
+    body_budget_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Request body bytes all requests in progress may hold together; more is "
+        "refused with 503 and Retry-After (default: twice max_body_bytes).",
+    )
     workers: int = Field(default=2, ge=1, le=64, description="Inference threads.")
     max_queue: int = Field(
         default=64, ge=1, description="Requests queued or running before new ones are refused."
@@ -219,6 +225,16 @@ class InferenceConfig(_Section):
     capture_max_bytes: int = Field(
         default=64 * 1024 * 1024, ge=0, description="Cap of the low-confidence capture, bytes."
     )
+
+    @model_validator(mode="after")
+    def _budget_holds_one_body(self) -> InferenceConfig:
+        budget = self.body_budget_bytes
+        if budget is not None and budget < self.max_body_bytes:
+            raise ValueError(
+                f"body_budget_bytes ({budget}) must hold one body of max_body_bytes "
+                f"({self.max_body_bytes})"
+            )
+        return self
 
 
 class ModelConfig(_Section):

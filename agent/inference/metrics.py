@@ -4,6 +4,11 @@
 ``View`` per model and version; this module turns those views into the telemetry block
 (``view_json``) and into Prometheus metric families (``MonitorCollector``), so the two always
 report the same series. Metric names are ``edge_model_<name>``; docs/monitoring.md lists them.
+It also owns the REST edge's own families (``RestMetrics``: requests answered with an error,
+by a bounded ``reason``, and the request body bytes held), rendered beside the monitor's.
+Every family is one ``promtool check metrics`` accepts: counters end in ``_total`` (added by
+prometheus_client), units are in the names, and the recent latency quantiles are a summary
+(the one type that may carry a ``quantile`` label).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -77,6 +83,10 @@ class MonitorCollector:
             for name, extra, value in view.points:
                 families[name].add_metric([*labels, *extra], value)
             families["latency_seconds"].add_metric(labels, view.histogram, view.latency_sum)
+            # The summary's count and sum are cumulative, as a summary's must be (its
+            # quantiles cover the recent window): the histogram's.
+            batches = view.histogram[-1][1] if view.histogram else 0.0
+            families["latency_quantile_seconds"].add_totals(labels, batches, view.latency_sum)
         for (model, version), kinds in error_only.items():
             for kind, count in kinds.items():
                 families["errors"].add_metric([model, version, kind], count)
@@ -95,7 +105,7 @@ _MODEL_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "errors": ("counter", "Failed calls by error class.", ("kind",)),
     "nonfinite_outputs": ("counter", "NaN/Inf values in outputs.", ()),
     "latency_seconds": ("histogram", "Batch latency inside the backend.", ()),
-    "latency_quantile_seconds": ("gauge", "Batch latency quantiles, recent.", ("quantile",)),
+    "latency_quantile_seconds": ("summary", "Batch latency quantiles, recent.", ("quantile",)),
     "throughput_rows_per_second": ("gauge", "Rows per second, sliding window.", ()),
     "output_window_samples": ("gauge", "Predictions in the output window.", ()),
     "confidence_mean": ("gauge", "Mean top-1 confidence, output window.", ()),
@@ -109,10 +119,30 @@ _MODEL_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "precision": ("gauge", "Rolling macro precision from feedback.", ()),
     "recall": ("gauge", "Rolling macro recall from feedback.", ()),
 }
+
+
+class _QuantileSummary(Metric):
+    """A summary family with quantile samples (prometheus_client's ``SummaryMetricFamily``
+    takes only a count and a sum): the shape ``promtool`` accepts for a ``quantile`` label."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        super().__init__(name, documentation, "summary")
+        self._labels = labels
+
+    def add_metric(self, values: list[str], value: float) -> None:
+        self.add_sample(self.name, dict(zip(self._labels, values, strict=True)), value)
+
+    def add_totals(self, values: list[str], count: float, total: float) -> None:
+        labels = dict(zip(self._labels, values, strict=False))
+        self.add_sample(f"{self.name}_count", labels, count)
+        self.add_sample(f"{self.name}_sum", labels, total)
+
+
 _FAMILY_TYPES: dict[str, type[Metric]] = {
     "gauge": GaugeMetricFamily,
     "counter": CounterMetricFamily,
     "histogram": HistogramMetricFamily,
+    "summary": _QuantileSummary,
 }
 
 
@@ -135,3 +165,68 @@ def _capture_families(capture: CaptureBuffer | None) -> Iterator[Metric]:
     dropped.add_metric(["evicted"], stats.evicted)
     dropped.add_metric(["write_error"], stats.write_errors)
     yield dropped
+
+
+# Why the REST edge answered a request with an error, and the status it answers with. The
+# label set is fixed here (clients choose paths and bodies, never label values); anything
+# else is ``other`` with its status.
+REST_ERROR_REASONS: dict[str, int] = {
+    "bad_json": 400,  # not JSON, NaN/Infinity literals, too deep, not an object
+    "bad_input": 400,  # valid JSON the model cannot take (shape, dtype, non-finite, ...)
+    "unknown_model": 404,
+    "unknown_prediction": 404,  # feedback naming an id that is unknown, aged out or answered
+    "unknown_route": 404,
+    "method_not_allowed": 405,
+    "too_large": 413,  # a body over the per-request limit
+    "not_enabled": 501,  # feedback or /metrics without a monitor
+    "body_budget": 503,  # the bodies being handled already hold the byte budget
+    "busy": 503,  # the inference queue is full
+    "model_error": 500,  # the model failed or answered NaN/Inf
+    "internal": 500,
+}
+
+
+class RestMetrics:
+    """What the REST edge counts itself: error answers by reason, and the body bytes held.
+
+    Updated and rendered on the event loop only (no lock): the families are a few samples.
+    """
+
+    def __init__(self, body_budget_bytes: int) -> None:
+        self.body_budget_bytes = body_budget_bytes
+        self.body_bytes_held = 0
+        self.errors: Counter[tuple[str, int]] = Counter(
+            dict.fromkeys(REST_ERROR_REASONS.items(), 0)
+        )
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
+
+    def refused(self, reason: str, status: int) -> None:
+        if REST_ERROR_REASONS.get(reason) != status:
+            reason = "other"  # keeps the label set bounded whatever raised
+        self.errors[(reason, status)] += 1
+
+    def render(self) -> bytes:
+        data: bytes = generate_latest(self._registry)
+        return data
+
+    def collect(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "edge_rest_errors",
+            "Requests the REST API answered with an error status, by reason.",
+            labels=["reason", "code"],
+        )
+        for (reason, status), count in sorted(self.errors.items()):
+            errors.add_metric([reason, str(status)], count)
+        yield errors
+        yield GaugeMetricFamily(
+            "edge_rest_body_bytes",
+            "Request body bytes held by requests in progress (Content-Length, or the "
+            "per-request limit for a body without one).",
+            value=self.body_bytes_held,
+        )
+        yield GaugeMetricFamily(
+            "edge_rest_body_budget_bytes",
+            "Body bytes that requests in progress may hold at once; more is refused (503).",
+            value=self.body_budget_bytes,
+        )

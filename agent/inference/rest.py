@@ -8,8 +8,13 @@ responses, ``POST /v1/models/<name>:feedback`` (labelled feedback for the monito
 ``GET /metrics`` (Prometheus text) and ``GET /healthz``. See docs/inference-api.md.
 
 The only agent module that imports aiohttp. Bodies are capped (413 before buffering more than
-the cap); large bodies are parsed and large results encoded in a worker thread so that one big
-request does not stall the event loop for everyone else.
+the cap), and so are the body bytes of all requests in progress together (a byte budget taken
+from Content-Length before the body is read, the per-request cap for a body without one; 503
+with Retry-After when it is spent): a parsed JSON body holds about eight times its size while
+it becomes arrays, so the budget, not the request count, is what bounds the process's memory.
+Large bodies are parsed and large results encoded in a worker thread so that one big request
+does not stall the event loop for everyone else. Every error answer is counted by a bounded
+reason (``RestMetrics``) and shown on ``/metrics`` beside the monitor's families.
 """
 
 from __future__ import annotations
@@ -36,19 +41,27 @@ from agent.errors import (
 )
 from agent.inference.backends import caller_dtype, conform_feeds
 from agent.inference.card import ModelCard, TensorSpec
+from agent.inference.metrics import RestMetrics
 from agent.inference.registry import ModelRegistry, Prediction
 
 log = structlog.get_logger("agent.inference.rest")
 
 Array = npt.NDArray[Any]
 T = TypeVar("T")
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# Body bytes all requests in progress may hold together: two bodies at the largest size. A
+# parsed JSON body peaks at about 8x its size (Python lists of floats, then arrays), so this
+# bounds the request data in memory to a few hundred MiB however many clients send at once.
+DEFAULT_BODY_BUDGET_BYTES = 2 * DEFAULT_MAX_BODY_BYTES
+RETRY_AFTER_S = 1
 SIGNATURE_NAME = "serving_default"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Above these sizes JSON work moves to a worker thread (a 16 MiB body takes ~100 ms to parse).
 _OFFLOAD_BODY_BYTES = 256 * 1024
 _OFFLOAD_OUTPUT_ELEMENTS = 64 * 1024
+_READ_CHUNK_BYTES = 1024 * 1024
 _TF_DTYPES = {
     "float32": "DT_FLOAT",
     "float16": "DT_HALF",
@@ -95,10 +108,24 @@ async def start_rest(
     port: int = 8501,
     unix_path: str | Path | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_budget_bytes: int | None = None,
 ) -> RestServer:
-    """Serve the API on ``host:port`` (0: any free port), or on a Unix socket if given."""
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors_as_json])
-    _Api(registry, monitor, max_body_bytes).add_routes(app.router)
+    """Serve the API on ``host:port`` (0: any free port), or on a Unix socket if given.
+
+    ``body_budget_bytes`` (default: twice ``max_body_bytes``) caps the body bytes of the
+    requests in progress together; it must hold at least one body of ``max_body_bytes``.
+    """
+    budget = 2 * max_body_bytes if body_budget_bytes is None else body_budget_bytes
+    if budget < max_body_bytes:
+        raise ValueError(
+            f"the body budget ({budget} bytes) must hold one body of max_body_bytes "
+            f"({max_body_bytes})"
+        )
+    api = _Api(registry, monitor, max_body_bytes, RestMetrics(budget))
+    app = web.Application(
+        client_max_size=max_body_bytes, middlewares=[api.errors_as_json, api.body_budget]
+    )
+    api.add_routes(app.router)
     # No access log: a log line per request costs more than the inference of a small model.
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -127,11 +154,16 @@ class _Api:
     """The request handlers, bound to one registry and monitor."""
 
     def __init__(
-        self, registry: ModelRegistry, monitor: MonitorService | None, max_body_bytes: int
+        self,
+        registry: ModelRegistry,
+        monitor: MonitorService | None,
+        max_body_bytes: int,
+        metrics: RestMetrics,
     ) -> None:
         self._registry = registry
         self._monitor = monitor
         self._max_body_bytes = max_body_bytes
+        self._metrics = metrics
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get(f"/v1/models/{_NAME}", self.status)
@@ -169,9 +201,13 @@ class _Api:
         name, version = request.match_info["name"], request.match_info.get("version")
         # An unknown model is a 404 before the body is even read.
         card = self._registry.card(name, version)
-        body = await self._read_body(request)
+        # The body is referenced only by the parse (see _read_body), so it is freed as soon
+        # as the arrays are built.
         feeds, row_format = await _maybe_off_loop(
-            len(body) > _OFFLOAD_BODY_BYTES, _decode_predict, body, card
+            (request.content_length or _OFFLOAD_BODY_BYTES + 1) > _OFFLOAD_BODY_BYTES,
+            _decode_predict,
+            await self._read_body(request),
+            card,
         )
         prediction = await self._registry.predict(name, feeds, version=version)
         elements = sum(array.size for array in prediction.outputs.values())
@@ -199,6 +235,8 @@ class _Api:
     async def metrics(self, request: web.Request) -> web.Response:
         # In a thread: the monitor computes quantiles and drift for every model on each scrape.
         text = await asyncio.to_thread(self._require_monitor().render_prometheus)
+        # The edge's own families, on the loop that updates them (a few samples).
+        text += self._metrics.render()
         return web.Response(body=text, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -211,8 +249,33 @@ class _Api:
         return self._monitor
 
     async def _read_body(self, request: web.Request) -> bytes:
-        """The body, refused with 413 from its Content-Length alone when that is over the cap;
-        a chunked body is cut off by aiohttp once it passes ``client_max_size``."""
+        """The body (its declared size was checked and budgeted by ``body_budget``); one
+        without a Content-Length (chunked) is cut off with 413 once it passes the limit.
+
+        Read from the stream, not with ``request.read()``: that keeps the bytes on the request
+        until the answer is sent, and the parse is their only use.
+        """
+        limit = self._max_body_bytes
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(_READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=limit,
+                    actual_size=size,
+                    text=f"request body is over the limit of {limit} bytes",
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @web.middleware
+    async def body_budget(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Hold the request's body bytes against the budget until its answer is ready.
+
+        Before a byte of the body is read: 413 when Content-Length is over the per-request
+        cap, 503 with Retry-After when the budget cannot hold it. A body without a length
+        (chunked) is charged the per-request cap, the most it may grow to.
+        """
         declared = request.content_length
         if declared is not None and declared > self._max_body_bytes:
             raise web.HTTPRequestEntityTooLarge(
@@ -221,20 +284,66 @@ class _Api:
                 text=f"request body of {declared} bytes is over the limit of "
                 f"{self._max_body_bytes} bytes",
             )
-        return await request.read()
+        charge = declared if declared is not None else 0
+        if declared is None and request.body_exists:
+            charge = self._max_body_bytes
+        metrics = self._metrics
+        if charge and metrics.body_bytes_held + charge > metrics.body_budget_bytes:
+            raise _BodyBudgetFull(charge, metrics.body_bytes_held, metrics.body_budget_bytes)
+        metrics.body_bytes_held += charge
+        try:
+            return await handler(request)
+        finally:
+            metrics.body_bytes_held -= charge
+
+    @web.middleware
+    async def errors_as_json(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Every error as TensorFlow Serving sends it, ``{"error": "..."}`` and a status code,
+        counted by reason."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            status, reason, message, headers = _http_error(request, exc)
+        except Exception as exc:
+            status, reason, message, headers = _error_answer(request, exc)
+        self._metrics.refused(reason, status)
+        return web.json_response({"error": message}, status=status, headers=headers)
 
 
 # -- JSON <-> tensors ------------------------------------------------------------------------
 
 
+class MalformedBodyError(InvalidInputError):
+    """A request body that is not a JSON object (reason ``bad_json``)."""
+
+
+class _BodyBudgetFull(Exception):
+    """The requests in progress hold the body budget: this one is refused before its body."""
+
+    def __init__(self, size: int, held: int, budget: int) -> None:
+        super().__init__(
+            f"server busy: a request body of {size} bytes does not fit beside the {held} "
+            f"bytes of bodies in progress (budget {budget} bytes); retry later"
+        )
+
+
+def _refuse_constant(name: str) -> float:
+    # Strict JSON has no NaN or Infinity; a non-finite input would only come out as a
+    # non-finite output the monitor blames on the model.
+    raise ValueError(f"{name} is not a JSON number (non-finite inputs are refused)")
+
+
 def _parse_object(body: bytes, *, model: str) -> dict[str, Any]:
     try:
-        # Python's json accepts NaN/Infinity tokens, as TensorFlow Serving does.
-        doc = json.loads(body)
+        # parse_constant runs only for NaN/Infinity/-Infinity tokens: no cost for numbers.
+        # RecursionError: a body nested deeper than the parser recurses is refused as such.
+        doc = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
-        raise InvalidInputError(f"request body is not valid JSON ({exc})", model=model) from exc
+        raise MalformedBodyError(f"request body is not valid JSON ({exc})", model=model) from exc
     if not isinstance(doc, dict):
-        raise InvalidInputError(
+        raise MalformedBodyError(
             f"request body must be a JSON object, got {type(doc).__name__}", model=model
         )
     return doc
@@ -256,9 +365,24 @@ def _decode_predict(body: bytes, card: ModelCard) -> tuple[dict[str, Array], boo
             model=card.name,
         )
     columns = _rows_to_columns(doc["instances"], card) if row_format else _columns(doc, card)
-    arrays = {name: _to_array(value, name, card.name) for name, value in columns.items()}
-    # Converted here, in the thread that parsed a large body, not later on the event loop.
-    return conform_feeds(card.name, card.inputs, arrays), row_format
+    # Each input's lists are let go as soon as they are an array: the Python floats of a
+    # parsed body take about six times the bytes of its text.
+    del doc
+    arrays = {}
+    for name in list(columns):
+        arrays[name] = _to_array(columns.pop(name), name, card.name)
+    # Converted here, in the thread that parsed a large body, not later on the event loop;
+    # the conversion refuses values that are not finite in the input's dtype (1e39 in
+    # float32). An array that needed no conversion (a float64 input) is checked here.
+    feeds = conform_feeds(card.name, card.inputs, arrays)
+    for name, array in feeds.items():
+        if array is arrays[name] and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInputError(
+                f"input {name!r} contains NaN or Infinity: non-finite inputs are refused",
+                model=card.name,
+                detail=name,
+            )
+    return feeds, row_format
 
 
 def _rows_to_columns(instances: object, card: ModelCard) -> dict[str, list[object]]:
@@ -299,17 +423,14 @@ def _columns(doc: dict[str, Any], card: ModelCard) -> dict[str, Any]:
 
 
 def _to_array(value: object, name: str, model: str) -> Array:
-    """Nested JSON lists to an array; dtype and shape are checked by ``conform_feeds``."""
+    """Nested JSON lists to an array; dtype, shape and finiteness (in the input's own dtype,
+    after the cast) are checked by ``conform_feeds``."""
     try:
-        array = np.asarray(value)
+        return np.asarray(value)
     except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidInputError(
             f"input {name!r} is not a rectangular array of numbers ({exc})", model=model
         ) from exc
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        # Refused here: a NaN in would come out as a NaN the monitor blames on the model.
-        raise InvalidInputError(f"input {name!r} contains NaN or Infinity", model=model)
-    return array
 
 
 def _encode_predict(prediction: Prediction, row_format: bool) -> bytes:
@@ -375,37 +496,46 @@ async def _maybe_off_loop(off_loop: bool, work: Callable[..., T], *args: Any) ->
 # -- errors ----------------------------------------------------------------------------------
 
 
-def _status_for(error: InferenceError) -> int:
+# (status, reason, message, extra headers) of an error answer.
+_ErrorAnswer = tuple[int, str, str, dict[str, str] | None]
+
+
+def _error_answer(request: web.Request, exc: Exception) -> _ErrorAnswer:
+    if isinstance(exc, InferenceError):
+        status, reason = _status_for(exc)
+        return status, reason, str(exc), None
+    if isinstance(exc, _BodyBudgetFull):
+        return 503, "body_budget", str(exc), {"Retry-After": str(RETRY_AFTER_S)}
+    # The service keeps serving whatever one request hit.
+    log.error("rest.unexpected_error", path=request.path, exc_info=exc)
+    return 500, "internal", f"internal error: {type(exc).__name__}: {exc}", None
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> _ErrorAnswer:
+    if exc.status in (404, 405):
+        message = f"Malformed request: {request.method} {request.path}"
+    else:
+        message = exc.text or exc.reason
+    return exc.status, _HTTP_REASONS.get(exc.status, "other"), message, None
+
+
+_HTTP_REASONS = {
+    404: "unknown_route",
+    405: "method_not_allowed",
+    413: "too_large",
+    501: "not_enabled",
+}
+
+
+def _status_for(error: InferenceError) -> tuple[int, str]:
+    if isinstance(error, MalformedBodyError):
+        return 400, "bad_json"
     if isinstance(error, InvalidInputError):
-        return 400
-    if isinstance(error, UnknownModelError | UnknownPredictionError):
-        return 404
+        return 400, "bad_input"
+    if isinstance(error, UnknownModelError):
+        return 404, "unknown_model"
+    if isinstance(error, UnknownPredictionError):
+        return 404, "unknown_prediction"
     if isinstance(error, ServiceBusyError):
-        return 503
-    return 500
-
-
-def _error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-@web.middleware
-async def _errors_as_json(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every error as TensorFlow Serving sends it: ``{"error": "..."}`` and a status code."""
-    try:
-        return await handler(request)
-    except InferenceError as exc:
-        return _error_response(_status_for(exc), str(exc))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status in (404, 405):
-            message = f"Malformed request: {request.method} {request.path}"
-        else:
-            message = exc.text or exc.reason
-        return _error_response(exc.status, message)
-    except Exception as exc:  # the service keeps serving whatever one request hit
-        log.exception("rest.unexpected_error", path=request.path)
-        return _error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+        return 503, "busy"
+    return 500, "model_error"

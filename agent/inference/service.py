@@ -115,6 +115,7 @@ class InferenceService:
                 port=inference.port,
                 unix_path=inference.unix_socket,
                 max_body_bytes=inference.max_body_bytes,
+                body_budget_bytes=inference.body_budget_bytes,
             )
         except OSError as exc:
             self.rest_error = f"cannot serve the REST API on {where}: {exc.strerror or exc}"

@@ -272,6 +272,10 @@ def test_a_tflite_model_is_served_behind_the_same_api(server: ServerThread) -> N
         ({"instances": [[0.5] * 64], "inputs": [[0.5] * 64]}, ("instances", "inputs")),
         ({"signature_name": "classify", "instances": [[0.5] * 64]}, ("'classify'",)),
         ({"instances": [[float("nan")] * 64]}, ("NaN",)),
+        ({"instances": [[0.5] * 63 + [1e39]]}, ("'pixels'", "1e+39", "float32", "[0, 63]")),
+        ({"instances": [[1e308] + [0.5] * 63]}, ("'pixels'", "1e+308", "float32", "[0, 0]")),
+        ({"inputs": {"pixels": [[0.5] * 64, [-1e39] * 64]}}, ("'pixels'", "-1e+39", "[1, 0]")),
+        ({"instances": [[float("-inf")] + [0.5] * 63]}, ("-Infinity", "not a JSON number")),
         ({"instances": []}, ("non-empty",)),
         ([[0.5] * 64], ("JSON object",)),
     ],
@@ -285,6 +289,12 @@ def test_bad_input_is_a_400_naming_the_problem(
 def test_bad_json_is_a_400_and_unknown_routes_a_404(server: ServerThread) -> None:
     url = f"{server.url}/v1/models/digits:predict"
     assert_error(call(url, raw=b'{"instances": [[0.1, '), 400, "not valid JSON")
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"instances": [[%s' % literal + b", 0.5" * 63 + b"]]}"
+        assert_error(call(url, raw=body), 400, "not valid JSON", literal.decode())
+    # A number beyond float64 parses as Infinity: refused as such, for TFLite too.
+    lite = f"{server.url}/v1/models/digits-lite:predict"
+    assert_error(call(lite, raw=b'{"instances": [[1e400' + b", 0" * 63 + b"]]}"), 400, "NaN")
     assert_error(call(f"{server.url}/v1/models/letters:predict", {"instances": [[0]]}), 404)
     url = f"{server.url}/v1/models/digits/versions/3:predict"
     assert_error(call(url, {"instances": [[0.5] * 64]}), 404, "'3'")

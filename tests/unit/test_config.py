@@ -82,6 +82,10 @@ class TestErrors:
                 "[inference]\nonnx_thread_pools = 'global'\n",
                 "inference.onnx_thread_pools: Input should be 'shared' or 'per-model'",
             ),
+            (
+                "[inference]\nmax_body_bytes = 4096\nbody_budget_bytes = 2048\n",
+                "body_budget_bytes (2048) must hold one body of max_body_bytes (4096)",
+            ),
         ],
     )
     def test_bad_files_name_the_key(self, tmp_path: Path, text: str, expected: str) -> None:

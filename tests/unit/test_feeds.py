@@ -119,3 +119,35 @@ class TestBatch:
         scalar = (TensorSpec(name="t", dtype="float32", shape=()),)
         checked = input_contract("m", scalar).conform({"t": np.float32(0.5) * np.ones(())})
         assert checked.batch == 1
+
+
+class TestNonFinite:
+    """A value that is finite as given but not in the input's dtype is refused, naming it."""
+
+    @pytest.mark.parametrize("value", [1e39, 1e308, -1e39, 3.5e38])
+    def test_floats_beyond_float32_are_refused(self, value: float) -> None:
+        rows = np.zeros((2, 64))
+        rows[1, 5] = value
+        with pytest.raises(InvalidInputError) as refused:
+            conform_feeds("digits", PIXELS, {"pixels": rows})
+        message = str(refused.value)
+        assert "'pixels'" in message and "float32" in message and "[1, 5]" in message
+        assert refused.value.detail == "pixels"
+
+    def test_nan_and_infinity_are_refused(self) -> None:
+        for value in (np.nan, np.inf, -np.inf):
+            rows = np.zeros((1, 64))
+            rows[0, 0] = value
+            with pytest.raises(InvalidInputError, match="'pixels' contains NaN or Infinity"):
+                conform_feeds("digits", PIXELS, {"pixels": rows})
+
+    def test_integers_beyond_float16_are_refused(self) -> None:
+        spec = (TensorSpec(name="x", dtype="float16", shape=(-1,)),)
+        with pytest.raises(InvalidInputError, match="70000"):
+            conform_feeds("m", spec, {"x": np.array([1, 70000])})
+
+    def test_the_largest_float32_passes(self) -> None:
+        rows = np.full((1, 64), float(np.finfo(np.float32).max))
+        checked = conform_feeds("digits", PIXELS, {"pixels": rows})
+        assert checked["pixels"].dtype == np.float32
+        assert np.isfinite(checked["pixels"]).all()
