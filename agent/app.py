@@ -184,8 +184,12 @@ class Agent:
         self.inference: InferenceService | None = None
         if config.models or config.ota.enabled:
             # Imported here: an agent without models never loads numpy or a runtime.
+            from agent.inference.serve import unmap_large_blocks  # noqa: PLC0415
             from agent.inference.service import InferenceService  # noqa: PLC0415
 
+            # The REST API takes bodies of megabytes: as in `edge-agent serve`, freed large
+            # blocks go back to the system instead of growing the heap.
+            unmap_large_blocks()
             self.inference = InferenceService(config, self.events.emit)
         self.ota: OtaUpdater | None = None
         if config.ota.enabled and self.inference is not None:
