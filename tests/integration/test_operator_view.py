@@ -103,7 +103,8 @@ def test_devices_show_is_a_short_human_view_and_raw_is_the_json(
     assert 10 <= len(lines) <= 25, shown.stdout
     assert all(len(line) <= 80 for line in lines), shown.stdout
     assert "{" not in shown.stdout and "\x1b" not in shown.stdout
-    assert lines[0].startswith("pi-view  online since ") and lines[0].endswith(", agent 0.1.0")
+    assert lines[0].startswith("pi-view  online since ")
+    assert lines[0].endswith(", agent 0.1.0, pending acceptance")  # never accepted here
     rows = {line[:11].strip(): line[11:] for line in lines[1:] if line[:11].strip()}
     assert rows["health"].startswith(("ok", "degraded"))
     assert "% of " in rows["cpu"] and " cores" in rows["cpu"]
