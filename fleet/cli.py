@@ -598,8 +598,9 @@ def model_optimize(
 def main() -> None:
     from agent.log import configure_logging  # noqa: PLC0415
 
-    # Library logs (link state) go to stderr and only when they matter, so --json stays clean.
-    configure_logging("warning", "console")
+    # Library logs go to stderr and only for errors, so --json stays clean; the link's
+    # reconnect warnings are left out: the command says in one line what went wrong.
+    configure_logging("error", "console")
     app()
 
 

@@ -244,6 +244,8 @@ def test_cli_says_when_the_broker_cannot_be_reached() -> None:
     assert f"cannot reach the broker at mqtt://127.0.0.1:{port}" in result.stderr
     assert "refused" in result.stderr.lower()
     assert "fleet serve" not in result.stderr
+    # One line, not the link's reconnect warnings before it.
+    assert result.stderr.strip().count("\n") == 0, result.stderr
 
 
 def test_cli_says_when_the_broker_is_up_but_no_controller_answers(broker: Any) -> None:
