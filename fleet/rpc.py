@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -126,7 +127,8 @@ async def _why_unreachable(config: FleetConfig) -> str:
     except TimeoutError:
         return f"no answer from {address.host}:{address.port}"
     except OSError as exc:
-        return exc.strerror or str(exc)
+        # asyncio's own text ("Connect call failed ...") hides the reason; errno has it.
+        return os.strerror(exc.errno) if exc.errno else str(exc)
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
