@@ -3,7 +3,7 @@
 Everything runs in one process, on the same model files, the same inputs and the same ONNX
 Runtime threads: the shared pools the agent uses by default (``onnx_thread_pools = "shared"``,
 two intra-op threads), made before the first session, so bare sessions run on them too.
-Nothing touches the network except the optional REST figure, which goes to 127.0.0.1.
+Nothing touches the network.
 Nothing here asserts on timing: the table says PASS or MISS against each target and the exit
 code stays 0.
 

@@ -13,12 +13,12 @@ Figures: RSS after each round, the level-off ratio (RSS after the last round / R
 round 2: 1.0 is flat, above 1 the process keeps growing), the growth over the last rounds
 in MiB, the peak against the idle baseline, and the answers by status (200, 503 refused by
 the body budget, ...). The server is started with its default limits unless
-``--serve-arg`` passes others (e.g. ``--serve-arg=--max-body-budget-mb=1000`` to take the
+``--serve-arg`` passes others (e.g. ``--serve-arg=--body-budget-mb=1000`` to take the
 budget out of the way and see what it bounds).
 
 Why: before the body budget the process grew from about 100 MiB to 1.1 GiB under 50
 concurrent 10 MB requests and kept growing. Nothing here asserts on timing; the script exits
-0 unless the server did not start or died. ``tests/integration/test_rest_memory.py`` is the
+0 unless the server did not start or died. ``tests/integration/test_rest_edge.py`` is the
 lighter check that runs with the tests.
 """
 
