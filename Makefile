@@ -60,8 +60,8 @@ models: $(MODELS_STAMP)
 deps: system-deps $(STAMP)
 
 lint: deps
-	@$(VENV)/bin/ruff check agent fleet tests bench firmware/protocol models
-	@$(VENV)/bin/ruff format --check --quiet agent fleet tests bench firmware/protocol models
+	@$(VENV)/bin/ruff check agent fleet devtools tests bench firmware/protocol models
+	@$(VENV)/bin/ruff format --check --quiet agent fleet devtools tests bench firmware/protocol models
 
 typecheck: deps
 	@$(VENV)/bin/mypy
@@ -77,7 +77,7 @@ test: lint typecheck $(TFLITE_STAMP)
 	@$(TFLITE_PY) -m pytest -q -p no:cacheprovider --noconftest $(TFLITE_COMPAT_TESTS)
 
 demo: deps
-	@$(PY) -m fleet.demo
+	@$(PY) -m devtools.demo
 
 bench: deps
 	@$(PY) -m bench.bench_agent

@@ -1,7 +1,7 @@
 """Agent core benchmark: QoS 1 telemetry publish rate and the agent's idle footprint.
 
 Everything runs in one process against one private mosquitto on 127.0.0.1
-(``fleet.localbroker.PrivateBroker``); no traffic leaves the loopback interface, and every
+(``devtools.localbroker.PrivateBroker``); no traffic leaves the loopback interface, and every
 loop is bounded by a message count or a deadline.
 
 1. Publish rate at QoS 1. The payload is one real telemetry message, built by the agent's
@@ -97,7 +97,7 @@ from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.service import BoardMonitor, TelemetryService
 from bench import report
-from fleet.localbroker import PrivateBroker
+from devtools.localbroker import PrivateBroker
 
 HOST = "127.0.0.1"
 PUBLISH_DEVICE = "bench-publisher"

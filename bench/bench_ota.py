@@ -1,6 +1,6 @@
 """OTA benchmark: model transfer goodput over MQTT, and the time to verify a model file.
 
-One private mosquitto on 127.0.0.1 (``fleet.localbroker.PrivateBroker``); no traffic leaves
+One private mosquitto on 127.0.0.1 (``devtools.localbroker.PrivateBroker``); no traffic leaves
 the loopback interface, and every loop is bounded by a byte count or a deadline.
 
 The model is a generated file of random bytes (8 MiB; 2 MiB with ``--quick``), or with
@@ -90,7 +90,7 @@ from agent.ota.transport import (
 from agent.ota.updater import assemble_download, repository_path
 from bench import report
 from bench.bench_agent import _mosquitto_version
-from fleet.localbroker import PrivateBroker
+from devtools.localbroker import PrivateBroker
 from fleet.release.publish import publish_model as release_publish
 from fleet.release.repo import Repository
 

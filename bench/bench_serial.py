@@ -1,6 +1,6 @@
 """Serial link benchmark: throughput and round trips of the agent's serial path on the emulator.
 
-The firmware (``make -C firmware``) runs on the emulated ATmega328P (``fleet.emulated_board``),
+The firmware (``make -C firmware``) runs on the emulated ATmega328P (``devtools.emulated_board``),
 whose UART is a pseudo-terminal. The host side is the agent's own code path: the real pyserial
 ``SerialTransport`` opened at 115200 baud under a ``PeripheralSession`` (handshake, framing,
 decoding, acks). A thin tap between the two copies the bytes the session reads, so that frame
@@ -84,7 +84,7 @@ from agent.serial.framing import Frame, FrameDecoder, encode_frame
 from agent.serial.session import LinkStats, PeripheralSession
 from agent.serial.transport import SerialTransport
 from bench import report
-from fleet.emulated_board import FIRMWARE_DIR, BuildError, EmulatedBoard, run_make
+from devtools.emulated_board import FIRMWARE_DIR, BuildError, EmulatedBoard, run_make
 
 BAUD = 115200
 LINE_BYTES_PER_S = BAUD / 10  # 8N1: a start bit, 8 data bits, a stop bit per byte

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from fleet.localbroker import PrivateBroker
+from devtools.localbroker import PrivateBroker
 from tests.integration.harness import ManagedProcess
 
 if TYPE_CHECKING:

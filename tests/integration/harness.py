@@ -1,6 +1,6 @@
 """Real processes for integration tests: the agent, the controller, the fleet CLI, a recorder.
 
-Everything talks to a private Mosquitto on 127.0.0.1 (``fleet.localbroker``). The recorder is
+Everything talks to a private Mosquitto on 127.0.0.1 (``devtools.localbroker``). The recorder is
 a real paho client with a persistent session, so it keeps receiving across broker restarts.
 """
 

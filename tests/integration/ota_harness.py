@@ -35,7 +35,7 @@ from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets, Timestamp
 
 from agent.ota.desired import DesiredState, sign_desired
 from agent.ota.release import ModelRelease, release_from_custom
-from fleet.localbroker import PrivateBroker
+from devtools.localbroker import PrivateBroker
 from fleet.release.publish import publish_model
 from fleet.release.repo import Repository, repository_lock
 from tests.integration.harness import (

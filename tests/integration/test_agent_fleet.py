@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fleet.localbroker import PrivateBroker
+from devtools.localbroker import PrivateBroker
 from tests.integration.harness import (
     ManagedProcess,
     Recorder,

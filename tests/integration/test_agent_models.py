@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleet.localbroker import PrivateBroker, free_port
+from devtools.localbroker import PrivateBroker, free_port
 from tests.integration.harness import ManagedProcess, Recorder, agent_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleet.localbroker import PrivateBroker
+from devtools.localbroker import PrivateBroker
 from fleet.release.repo import Repository
 from tests.integration.harness import ManagedProcess, Recorder, agent_process, wait_until
 

@@ -13,7 +13,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from fleet.localbroker import PrivateBroker
+from devtools.localbroker import PrivateBroker
 from tests.integration.harness import ManagedProcess, Recorder, agent_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

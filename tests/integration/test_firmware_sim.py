@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fleet.emulated_board import FIRMWARE_DIR, EmulatedBoard, build_firmware, run_make
+from devtools.emulated_board import FIRMWARE_DIR, EmulatedBoard, build_firmware, run_make
 
 serial = pytest.importorskip("serial")
 msg = pytest.importorskip("agent.serial.messages_gen")

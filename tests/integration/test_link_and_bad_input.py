@@ -23,7 +23,7 @@ from agent.errors import PacketTooLargeError
 from agent.mqtt import payloads
 from agent.mqtt.base import LinkSettings, publish_packet_size
 from agent.mqtt.link import MqttLink
-from fleet.localbroker import BrokerError, PrivateBroker, free_port
+from devtools.localbroker import BrokerError, PrivateBroker, free_port
 from tests.integration.harness import (
     ManagedProcess,
     Recorder,

@@ -18,7 +18,7 @@ import pytest
 from agent.mqtt.base import InboundMessage, LinkSettings, PublishOptions
 from agent.mqtt.link import MqttLink
 from agent.mqtt.paho_client import LARGE_PACKET_BYTES
-from fleet.localbroker import PrivateBroker
+from devtools.localbroker import PrivateBroker
 from tests.integration.harness import running_link
 
 INFLIGHT = 3  # the broker's limit of unacknowledged QoS 1 messages per client

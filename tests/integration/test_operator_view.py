@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from fleet.demo_model import EVAL_SPLIT, MODEL_FILE
-from fleet.localbroker import PrivateBroker, free_port
+from devtools.demo_model import EVAL_SPLIT, MODEL_FILE
+from devtools.localbroker import PrivateBroker, free_port
 from fleet.store import SqliteFleetStore
 from tests.integration.harness import (
     REPO,
@@ -126,7 +126,7 @@ def test_piped_demo_prints_plain_change_lines_and_stores_every_first_message(
     """`make demo | cat`: no escape codes, lines of at most 80 columns, a line per change;
     the controller is subscribed before the agents start, so nothing they send is lost."""
     result = subprocess.run(
-        [sys.executable, "-m", "fleet.demo"],
+        [sys.executable, "-m", "devtools.demo"],
         env=_env(DEMO_SECONDS="20", DEMO_KEEP="1", TMPDIR=str(tmp_path)),
         capture_output=True,
         text=True,

@@ -36,7 +36,7 @@ from agent.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Channel, parse, topic_for
 from agent.ota.transport import ChunkRange, MqttFetcher, RepositoryClient, decode_reply
-from fleet.localbroker import PrivateBroker
+from devtools.localbroker import PrivateBroker
 from fleet.release.fileserver import FileService, RepositoryFiles
 from tests.integration.harness import running_link
 

@@ -26,10 +26,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.mqtt import payloads
+from devtools.localbroker import PrivateBroker
 from fleet import rpc
 from fleet.config import FleetConfig
 from fleet.errors import FleetError
-from fleet.localbroker import PrivateBroker
 from fleet.store import SqliteFleetStore
 from tests.integration.harness import (
     ManagedProcess,

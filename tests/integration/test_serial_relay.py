@@ -17,8 +17,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.inference.card import Golden, ModelCard, TensorSpec, card_path_for
-from fleet.emulated_board import EmulatedBoard, build_firmware
-from fleet.localbroker import PrivateBroker
+from devtools.emulated_board import EmulatedBoard, build_firmware
+from devtools.localbroker import PrivateBroker
 from tests.integration.harness import ManagedProcess, Recorder, agent_process, wait_until
 
 PIPELINE = json.dumps(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from fleet.localbroker import PrivateBroker
+from devtools.localbroker import PrivateBroker
 from tests.integration.harness import ManagedProcess, agent_process
 
 

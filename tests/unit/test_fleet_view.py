@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from fleet.demo_display import BoardState, Frame, LineDisplay, LiveDisplay
+from devtools.demo_display import BoardState, Frame, LineDisplay, LiveDisplay
 from fleet.view import age, compact_devices_table, device_detail_lines, device_detail_view
 
 NOW = datetime(2026, 12, 7, 3, 18, 30, tzinfo=UTC).timestamp()

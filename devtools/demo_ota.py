@@ -29,7 +29,7 @@ from typing import Any
 
 from rich.console import Console
 
-from fleet.demo_model import MODEL_DEVICE, REPO
+from devtools.demo_model import MODEL_DEVICE, REPO
 from fleet.operators import generate_key, key_id, private_key_pem, public_key_text
 from fleet.release.publish import publish_model
 from fleet.release.repo import Repository

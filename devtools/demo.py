@@ -7,14 +7,14 @@ The agents start only once the controller answers a request, so it is subscribed
 device publishes (a device's first telemetry and its ``agent_started`` event are stored).
 The light level on the board's A0 input swings up and down; the agent's pipeline turns pin B5
 on above the threshold and off below it, and the line under the table shows both. The table
-(80 columns; ``fleet.demo_display``) refreshes every second until Ctrl-C or ``DEMO_SECONDS``
+(80 columns; ``devtools.demo_display``) refreshes every second until Ctrl-C or ``DEMO_SECONDS``
 elapse; when stdout is not a terminal, a plain line per change is printed instead. Then every
 process the demo started is stopped and its files removed (``DEMO_KEEP=1`` keeps them).
 Part-way through, one agent is killed with SIGKILL so the table shows the Last Will turning
 it offline, and it is started again.
 
 Another agent (``pi-kitchen``) serves the committed digits classifier (int8 ONNX), and part-way
-through gets a signed OTA update to digits@3 (``fleet.demo_ota``). The demo is its client:
+through gets a signed OTA update to digits@3 (``devtools.demo_ota``). The demo is its client:
 every second it sends a few held-out images to the agent's TensorFlow Serving-compatible REST
 API, returns the true labels as feedback, and shows what the agent's model monitor reports on
 ``/metrics``: predictions, latency, accuracy from feedback and drift.
@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.log import configure_logging
+from devtools.demo_display import BoardState, Display, Frame, make_display
+from devtools.demo_model import MODEL_DEVICE, ModelClient
+from devtools.demo_ota import DemoRelease
+from devtools.emulated_board import EmulatedBoard
+from devtools.localbroker import PrivateBroker, free_port
 from fleet.config import load_fleet_config
-from fleet.demo_display import BoardState, Display, Frame, make_display
-from fleet.demo_model import MODEL_DEVICE, ModelClient
-from fleet.demo_ota import DemoRelease
-from fleet.emulated_board import EmulatedBoard
 from fleet.errors import ControllerUnavailableError, FleetError
-from fleet.localbroker import PrivateBroker, free_port
 from fleet.rpc import call
 from fleet.store import SqliteFleetStore
 
