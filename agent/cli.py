@@ -1,7 +1,9 @@
 """``edge-agent``: the daemon's command line (run, check-config, serve, version).
 
 Exit codes: 0 success, 78 configuration error (listed in the unit's
-``RestartPreventExitStatus=``), 1 any other failure.
+``RestartPreventExitStatus=``), 1 any other failure. A command that needs a package this
+install lacks (``serve``, or ``run`` with models or OTA, without the ``inference`` extra)
+prints one line naming the extra and exits 78 too: restarting will not install it.
 """
 
 from __future__ import annotations
@@ -9,12 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import agent
 from agent import eventloop
 from agent.config import DEFAULT_CONFIG_PATH, load_config, masked_dump
-from agent.errors import EXIT_RUNTIME, AgentError, ConfigError
+from agent.errors import EXIT_CONFIG, EXIT_RUNTIME, AgentError, ConfigError
+
+# Import names of what the `inference` extra brings (pyproject.toml). tflite-runtime is left
+# out: the LiteRT backend names a missing interpreter itself.
+INFERENCE_MODULES = frozenset(
+    {"numpy", "onnxruntime", "ai_edge_litert", "aiohttp", "prometheus_client", "uvloop"}
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"edge-agent {agent.__version__}\n")
         return 0
     if args.command == "serve":
-        return _serve(args)
+        return _needing_extras(lambda: _serve(args))
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -100,7 +109,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         sys.stdout.write(json.dumps(masked_dump(config), indent=2) + "\n")
         return 0
-    return _run(config)
+    return _needing_extras(lambda: _run(config))
+
+
+def _needing_extras(command: Callable[[], int]) -> int:
+    """Run ``command``; a package it imports that is not installed is one line and exit 78."""
+    try:
+        return command()
+    except (ModuleNotFoundError, BaseExceptionGroup) as exc:
+        missing = _module_not_found(exc)
+        message = None if missing is None else missing_extra_message(missing)
+        if message is None:
+            raise
+        sys.stderr.write(message + "\n")
+        return EXIT_CONFIG
+
+
+def _module_not_found(exc: BaseException) -> ModuleNotFoundError | None:
+    # The daemon's tasks run in a TaskGroup: an import inside one arrives in a group.
+    if isinstance(exc, ModuleNotFoundError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _module_not_found(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
+    """The line for a package that is not installed; None for a module of the agent itself
+    (a bug to see in full, not an install to fix)."""
+    root = (exc.name or "").partition(".")[0]
+    if not root or root == "agent":
+        return None
+    if root in INFERENCE_MODULES:
+        return (
+            "edge-agent: models and `edge-agent serve` need the 'inference' extra "
+            f"({root} is not installed): pip install 'edge-fleet[inference]'"
+        )
+    return f"edge-agent: {root} is not installed (a base dependency): pip install edge-fleet"
 
 
 def _config_error(exc: ConfigError) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import importlib.util
 import json
 import os
 import sys
@@ -547,6 +548,12 @@ def model_optimize(
     ] = None,
 ) -> None:
     """Quantize and prune an ONNX model, then compare size, latency and accuracy."""
+    # Checked before any work: matplotlib is imported only to write the report at the end,
+    # sympy only by ONNX Runtime's transformer fusions (--attention-heads).
+    later = ["matplotlib"] if attention_heads is None else ["matplotlib", "sympy"]
+    for module in later:
+        if importlib.util.find_spec(module) is None:
+            _fail(_optimize_extra_missing(module))
     try:
         from rich.markup import escape  # noqa: PLC0415
         from rich.progress import Progress  # noqa: PLC0415
@@ -555,9 +562,8 @@ def model_optimize(
         from fleet.modelopt.pipeline import OptimizeOptions, optimize  # noqa: PLC0415
         from fleet.modelopt.quantize import AttentionShape  # noqa: PLC0415
         from fleet.modelopt.report import render_table  # noqa: PLC0415
-    except ImportError as exc:
-        # No brackets in the message: the console would read "[optimize]" as markup.
-        _fail(FleetError(f"{exc.name} is missing: install the optimize extra of edge-fleet"))
+    except ImportError as exc:  # numpy, onnxruntime, onnx; an ABI mismatch has no name
+        _fail(_optimize_extra_missing(exc.name or str(exc)))
         return
     if mode not in ("auto", "static", "dynamic"):
         _fail(OptionsError(f"--mode must be auto, static or dynamic, not {mode!r}"))
@@ -595,7 +601,17 @@ def model_optimize(
     console.print(f"report: {out / 'report.json'}, {out / 'report.png'}", highlight=False)
 
 
+def _optimize_extra_missing(module: str) -> FleetConfigError:
+    # _fail escapes the message: rich shows "[optimize]" as it is.
+    return FleetConfigError(
+        f"fleet model optimize needs the 'optimize' extra ({module} is not installed): "
+        "pip install 'edge-fleet[optimize]'"
+    )
+
+
 def main() -> None:
+    """The CLI itself; the ``fleet`` command reaches it through ``fleet.__main__``, which
+    first makes sure the ``fleet`` extra (typer, rich) is installed."""
     from agent.log import configure_logging  # noqa: PLC0415
 
     # Library logs go to stderr and only for errors, so --json stays clean; the link's
