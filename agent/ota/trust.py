@@ -180,7 +180,7 @@ def canonical_json(value: Mapping[str, Any]) -> bytes:
     return encoded.encode()
 
 
-def sign_bytes(signer: Signer, data: bytes) -> dict[str, Any]:
+def sign_bytes(signer: Signer, data: bytes) -> dict[str, object]:
     """``signer``'s signature over ``data`` as it travels: ``{"keyid", "sig"}``."""
     return signer.sign(data).to_dict()
 
