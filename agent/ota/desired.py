@@ -9,7 +9,9 @@ controller's online key), so rotating that key through a new root also rotates t
 device, a replay of an older one or a stale one is refused. The model it names must also be
 a target of the signed TUF metadata (the updater checks that: Uptane's two repositories).
 
-Pure apart from the signing call: shared by the agent (verify) and the controller (sign).
+Pure apart from the signing call: shared by the agent (verify) and the controller (sign). The
+canonical JSON and the signatures are TUF's, reached through ``agent.ota.trust`` (the agent's
+only module that imports securesystemslib).
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from securesystemslib.formats import encode_canonical
-from securesystemslib.signer import Key, Signature, Signer
 
 from agent.errors import PayloadError, UpdateError
 from agent.mqtt import payloads
 from agent.ota.reasons import Reason
+from agent.ota.trust import PublicKey, Signer, canonical_json, sign_bytes, valid_keyids
 
 MAX_DESIRED_BYTES = 16 * 1024
 # More signatures than any threshold needs is a cost, not a proof.
@@ -61,15 +62,13 @@ class DesiredState(BaseModel):
 
 def canonical(value: Mapping[str, Any]) -> bytes:
     """Canonical JSON (TUF's): the bytes that are signed and verified."""
-    encoded = encode_canonical(dict(value))
-    assert isinstance(encoded, str)  # encode_canonical returns str when given no writer
-    return encoded.encode()
+    return canonical_json(value)
 
 
 def sign_desired(state: DesiredState, signer: Signer) -> bytes:
     """The envelope to publish, signed by ``signer`` (the controller's online key)."""
-    signature = signer.sign(state.signed_bytes())
-    envelope = {"signed": state.model_dump(mode="json"), "signatures": [signature.to_dict()]}
+    signature = sign_bytes(signer, state.signed_bytes())
+    envelope = {"signed": state.model_dump(mode="json"), "signatures": [signature]}
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 
@@ -86,7 +85,7 @@ class SignedDesired:
 def verify_desired(
     payload: bytes,
     *,
-    keys: Mapping[str, Key],
+    keys: Mapping[str, PublicKey],
     threshold: int,
     device_id: str,
     last_counter: int,
@@ -149,38 +148,24 @@ def check_desired(state: DesiredState, *, device_id: str, last_counter: int, now
         raise UpdateError(Reason.DESIRED_EXPIRED, f"expired at {state.expires.isoformat()}")
 
 
-def signatures_valid(parsed: SignedDesired, *, keys: Mapping[str, Key], threshold: int) -> bool:
+def signatures_valid(
+    parsed: SignedDesired, *, keys: Mapping[str, PublicKey], threshold: int
+) -> bool:
     """Whether at least ``threshold`` of ``keys`` signed the envelope (no IO)."""
-    return len(_valid_keyids(canonical(parsed.signed), parsed.signatures, keys)) >= threshold
+    return len(valid_keyids(canonical(parsed.signed), parsed.signatures, keys)) >= threshold
 
 
-def check_signatures(parsed: SignedDesired, *, keys: Mapping[str, Key], threshold: int) -> None:
+def check_signatures(
+    parsed: SignedDesired, *, keys: Mapping[str, PublicKey], threshold: int
+) -> None:
     """Raises:
     UpdateError: ``desired_unsigned`` unless ``threshold`` of ``keys`` signed it."""
-    valid = _valid_keyids(canonical(parsed.signed), parsed.signatures, keys)
+    valid = valid_keyids(canonical(parsed.signed), parsed.signatures, keys)
     if len(valid) < threshold:
         raise UpdateError(
             Reason.DESIRED_UNSIGNED,
             f"{len(valid)} valid signature(s) by the online key(s), {threshold} needed",
         )
-
-
-def _valid_keyids(data: bytes, signatures: list[Any], keys: Mapping[str, Key]) -> set[str]:
-    valid: set[str] = set()
-    for raw in signatures:
-        try:
-            signature = Signature.from_dict(dict(raw))
-        except (TypeError, ValueError, KeyError):
-            continue
-        key = keys.get(signature.keyid)
-        if key is None:
-            continue
-        try:
-            key.verify_signature(signature, data)
-        except Exception:  # noqa: S112 - any failure means "not a valid signature"
-            continue
-        valid.add(signature.keyid)
-    return valid
 
 
 def utc_now() -> datetime:

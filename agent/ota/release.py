@@ -1,7 +1,10 @@
 """What a signed model release says about itself: the ``custom`` fields of its TUF target.
 
 ``fleet model publish`` writes them into the targets metadata (signed with the release key);
-the agent reads them back from a verified ``TargetFile``. Pure: no IO, shared by both sides.
+the agent reads them back from a verified ``Target``: the TUF-free description of a signed
+target (path, length, hashes, custom fields) that ``agent.ota.trust`` and
+``fleet.release.repo`` hand out instead of python-tuf's ``TargetFile``. Pure: no IO, shared by
+both sides.
 
 Target paths follow ``models/<name>/<version>/<file name>``. The file travels in chunks of
 ``chunk_size`` bytes, each with its own sha256 in ``chunks``, so a download can be checked
@@ -15,6 +18,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import (
@@ -36,6 +40,32 @@ MAX_CHUNK_SIZE = 4 * 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(onnx|tflite)")
 _HARDWARE_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A signed target as verified TUF metadata describes it, free of python-tuf's types.
+
+    ``hashes`` maps an algorithm name (``sha256``, ``sha512``, ...) to the hex digest; ``custom``
+    is the target's custom fields exactly as signed (None when it has none).
+    """
+
+    path: str
+    length: int
+    hashes: Mapping[str, str]
+    custom: Mapping[str, Any] | None = field(default=None)
+
+    @classmethod
+    def from_data(
+        cls,
+        path: str,
+        data: bytes,
+        algorithms: Iterable[str] = ("sha256",),
+        custom: Mapping[str, Any] | None = None,
+    ) -> Target:
+        """The target that describes ``data`` (tests and tools)."""
+        hashes = {name: hashlib.new(name, data).hexdigest() for name in algorithms}
+        return cls(path, len(data), hashes, custom)
 
 
 class ModelRelease(BaseModel):

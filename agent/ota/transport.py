@@ -5,65 +5,58 @@ the device publishes ``{"path", "offset", "length"}`` on ``fleet/<id>/fetch`` (Q
 topic ``fleet/<id>/file``, 16 random bytes of correlation data, message expiry 30 s); the
 controller answers on the response topic with a payload of a small JSON header,
 ``correlation`` (the request's correlation data, in hex), ``status`` (200, 400, 404, 416),
-``size`` (the whole file's, with 200) and ``offset`` (see ``encode_reply``), followed by the
-raw bytes ``[offset, offset + n)``. An error reply carries a short UTF-8 message after the
-header. The reply has no v5 properties at all (see ``encode_reply`` for why); a reply that
-carries the correlation as a v5 property instead is matched too.
-``n`` may be smaller than asked (the broker's Maximum Packet Size), so readers loop until they
-have what they need.
+``size`` (the whole file's, with 200) and ``offset`` (see ``fetchcodec.encode_reply``),
+followed by the raw bytes ``[offset, offset + n)``. An error reply carries a short UTF-8
+message after the header. The reply has no v5 properties at all (see
+``fetchcodec.encode_reply`` for why); a reply that carries the correlation as a v5 property
+instead is matched too. ``n`` may be smaller than asked (the broker's Maximum Packet Size),
+so readers loop until they have what they need.
 
 ``RepositoryClient`` runs on the agent's asyncio loop: ``on_message`` matches replies to
 requests by correlation data, a request that gets no reply in time is sent again with new
 correlation data, and ``fetch_chunks`` keeps a window of chunks in flight (the round trip,
-not the bandwidth, bounds a one-at-a-time download). ``MqttFetcher`` adapts the client to
-``tuf.ngclient``, which runs in a worker thread and asks for ``mqtt:<path>`` URLs.
+not the bandwidth, bounds a one-at-a-time download). The wire format (limits, status codes,
+the reply header) is ``agent.ota.fetchcodec``'s; ``agent.ota.trust.MqttFetcher`` adapts this
+client to ``tuf.ngclient``, so this module does not import TUF.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import structlog
-from tuf.api.exceptions import DownloadError, DownloadHTTPError
-from tuf.ngclient import FetcherInterface
 
-from agent.errors import FetchError, MqttError, PayloadError, UpdateError
+from agent.errors import FetchError, MqttError, UpdateError
 from agent.inbound import InboundRejections
-from agent.mqtt import payloads
 from agent.mqtt.base import InboundMessage, PublishOptions
 from agent.mqtt.link import MqttLink
 from agent.mqtt.topics import Channel, topic_for
+from agent.ota.fetchcodec import (
+    CORRELATION_BYTES,
+    MAX_RANGE_LENGTH,
+    REQUEST_EXPIRY_S,
+    STATUS_BAD_REPLY,
+    STATUS_BAD_REQUEST,
+    STATUS_OK,
+    STATUS_TIMEOUT,
+    STATUS_TOO_LARGE,
+    DecodedReply,
+    decode_reply,
+    encode_request,
+)
 from agent.ota.reasons import Reason
 from agent.ota.release import DEFAULT_CHUNK_SIZE
 
 log = structlog.get_logger("agent.ota.transport")
 
-# -- the wire protocol, shared with fleet.release.fileserver ----------------------------------
-REQUEST_EXPIRY_S = 30
-CORRELATION_BYTES = 16
-MAX_CORRELATION_BYTES = 64  # the server ignores requests with more
-MAX_REQUEST_BYTES = 4096  # a request is a small JSON object
-MAX_RANGE_LENGTH = 64 * 1024 * 1024  # a larger "length" is a bad request
 # Bytes asked for per request in ``fetch_chunks``: four 256 KiB chunks (replies are cut to
 # the broker's packet limit anyway).
 DEFAULT_REQUEST_BYTES = 1024 * 1024
 DEFAULT_WINDOW = 4  # requests in flight in ``fetch_chunks``
-# Bytes of a reply's JSON header: three integers and a correlation of up to 64 bytes in hex.
-REPLY_HEADER_MAX = 256
-MAX_REPLY_PACKET = 4 * 1024 * 1024  # whole PUBLISH packet of a reply, whatever the broker allows
-URL_SCHEME = "mqtt:"
-STATUS_OK = 200
-STATUS_BAD_REQUEST = 400
-STATUS_NOT_FOUND = 404
-STATUS_TOO_LARGE = 413
-STATUS_BAD_RANGE = 416
-STATUS_BAD_REPLY = 502
-STATUS_TIMEOUT = 504
 
 # (index, bytes) of the chunks of one reply, in order; views into the reply, not copies.
 OnChunks = Callable[[list[tuple[int, memoryview]]], Awaitable[None]]
@@ -78,16 +71,6 @@ class RangeReply:
 
     data: memoryview
     size: int
-
-
-@dataclass(frozen=True)
-class DecodedReply:
-    """A reply payload taken apart: the integer header fields, the correlation data it
-    names (None if its header has none) and the data after the header (a view, not a copy)."""
-
-    fields: dict[str, int]
-    correlation: bytes | None
-    data: memoryview
 
 
 @dataclass(frozen=True)
@@ -192,7 +175,7 @@ class RepositoryClient:
         """
         if offset < 0 or not 0 < length <= MAX_RANGE_LENGTH:
             raise FetchError(path, STATUS_BAD_REQUEST, f"bad range offset={offset} length={length}")
-        request = _encode_request(path, offset, length)
+        request = encode_request(path, offset, length)
         for attempt in range(self._retries + 1):
             try:
                 reply = await self._exchange(request)
@@ -341,125 +324,6 @@ def _coalesce(ranges: Sequence[ChunkRange], limit: int) -> Iterator[list[ChunkRa
         size += chunk.length
     if group:
         yield group
-
-
-class MqttFetcher(FetcherInterface):
-    """``tuf.ngclient`` fetcher for ``mqtt:<path>`` URLs, backed by a ``RepositoryClient``.
-
-    ngclient calls it from a worker thread; each range is fetched on ``loop`` (the agent's)
-    and handed back. ``FetcherInterface`` enforces the maximum lengths: it stops reading
-    after the cap, so an endless file costs at most one range more.
-    """
-
-    def __init__(
-        self,
-        client: RepositoryClient,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        range_length: int = DEFAULT_CHUNK_SIZE,
-    ) -> None:
-        self._client = client
-        self._loop = loop
-        self._range_length = range_length
-        # A range may wait for every retry; beyond that the loop itself is stuck.
-        self._call_timeout_s = (client.retries + 1) * client.timeout_s + 5.0
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        if not url.startswith(URL_SCHEME):
-            raise DownloadError(f"not an {URL_SCHEME} URL: {url!r}")
-        if _on_loop_thread(self._loop):
-            raise DownloadError(f"{url}: MqttFetcher must not be called on the loop thread")
-        path = url.removeprefix(URL_SCHEME)
-        # The first range is fetched now, so a missing file fails the call itself.
-        first = self._range(path, 0)
-        return self._rest(path, first)
-
-    def _rest(self, path: str, reply: RangeReply) -> Iterator[bytes]:
-        offset = 0
-        while True:
-            if reply.data:
-                yield bytes(reply.data)
-            offset += len(reply.data)
-            if not reply.data or offset >= reply.size:
-                return
-            reply = self._range(path, offset)
-
-    def _range(self, path: str, offset: int) -> RangeReply:
-        future = asyncio.run_coroutine_threadsafe(
-            self._client.fetch_range(path, offset, self._range_length), self._loop
-        )
-        try:
-            return future.result(self._call_timeout_s)
-        except FetchError as exc:
-            if exc.status == STATUS_NOT_FOUND:
-                raise DownloadHTTPError(str(exc), STATUS_NOT_FOUND) from exc
-            raise DownloadError(str(exc)) from exc
-        except TimeoutError as exc:
-            future.cancel()
-            raise DownloadError(f"{path}: no answer from the agent loop at {offset}") from exc
-        except Exception as exc:  # the iterator must raise only DownloadError (ngclient's contract)
-            raise DownloadError(f"{path} at {offset}: {exc!r}") from exc
-
-
-def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
-
-
-def _encode_request(path: str, offset: int, length: int) -> bytes:
-    return json.dumps({"path": path, "offset": offset, "length": length}).encode()
-
-
-def encode_reply(
-    status: int, data: bytes, size: int | None, offset: int, correlation: bytes = b""
-) -> bytes:
-    """A reply's payload: a 2-byte big-endian header length, the JSON header
-    ``{"status", "offset", "size", "correlation"}``, then ``data`` (the bytes of the range, or
-    an error message).
-
-    Everything travels in the payload and the reply has no MQTT v5 property, not even the
-    correlation data that v5 request/response usually echoes: paho decodes properties by
-    slicing the rest of the packet, payload included, again and again. With the correlation
-    as a property paho took 2.0 ms to decode a 1 MiB reply instead of 0.5 ms, timed on its
-    own, and 1.2 instead of 0.8 ms per MiB during downloads (paho 2.2; three user properties
-    cost about 1.4 ms more; docs/benchmarks.md). The agent's own link no longer pays this
-    (``agent.mqtt.paho_client`` reads large packets in place); a client on plain paho does.
-    """
-    fields: dict[str, int | str] = {"status": status, "offset": offset}
-    if size is not None:
-        fields["size"] = size
-    if correlation:
-        fields["correlation"] = correlation.hex()
-    header = json.dumps(fields, separators=(",", ":")).encode()
-    return len(header).to_bytes(2, "big") + header + data
-
-
-def decode_reply(payload: bytes | bytearray) -> DecodedReply:
-    """A reply payload taken apart; ``ValueError`` if it is not one."""
-    if len(payload) < 2:
-        raise ValueError("shorter than its header length")
-    end = 2 + int.from_bytes(payload[:2], "big")
-    if end > len(payload) or end - 2 > REPLY_HEADER_MAX:
-        raise ValueError(f"header of {end - 2} bytes")
-    try:
-        # A flat object of a few integers: anything deeper is not a header.
-        fields = payloads.decode_object(payload[2:end], max_bytes=REPLY_HEADER_MAX, max_depth=1)
-    except PayloadError as exc:  # a ValueError too, but say which limit
-        raise ValueError(f"header: {exc.reason}: {exc}") from None
-    correlation = _correlation_field(fields.pop("correlation", None))
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in fields.values()):
-        raise ValueError(f"header {fields!r}")
-    return DecodedReply(fields, correlation, memoryview(payload)[end:])
-
-
-def _correlation_field(value: object) -> bytes | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 0 < len(value) <= 2 * MAX_CORRELATION_BYTES:
-        raise ValueError(f"correlation {str(value)[:80]!r}")
-    return bytes.fromhex(value)  # ValueError if it is not hex
 
 
 def _parse_reply(path: str, offset: int, length: int, reply: DecodedReply) -> RangeReply:

@@ -1,27 +1,53 @@
-"""The device's view of the signed repository: python-tuf's ngclient over the MQTT fetcher.
+"""The agent's one door to TUF: python-tuf's ngclient and securesystemslib's signatures.
 
-Synchronous (ngclient is): the updater runs these calls in a worker thread. A new ngclient
-``Updater`` is made per update cycle (``refresh()`` runs once per instance). The trusted
-metadata lives under ``state_dir/ota/tuf``; on the very first run it is seeded from the root
-file given at provisioning, later runs start from the newest root already trusted, so a
-device that was offline through several root rotations walks the chain when it comes back.
+No other agent module imports ``tuf`` or ``securesystemslib`` (ruff's banned-api enforces it):
+they get TUF-free types and functions from here.
+
+- ``TrustedRepository``: the device's view of the signed repository, ngclient over the MQTT
+  fetcher. Synchronous (ngclient is): the updater runs these calls in a worker thread. A new
+  ngclient ``Updater`` is made per update cycle (``refresh()`` runs once per instance). The
+  trusted metadata lives under ``state_dir/ota/tuf``; on the very first run it is seeded from
+  the root file given at provisioning, later runs start from the newest root already trusted,
+  so a device that was offline through several root rotations walks the chain when it comes
+  back. Targets come out as ``agent.ota.release.Target``, not ngclient's ``TargetFile``.
+- ``MqttFetcher``: ngclient's fetcher over ``agent.ota.transport.RepositoryClient``.
+- ``verify_file``: a downloaded file against its target's signed length and hashes.
+- ``canonical_json``, ``sign_bytes``, ``valid_keyids``: the signature primitives of the signed
+  desired state (``agent.ota.desired``), with the keys of the trusted root.
 
 Every ngclient failure is translated here into an ``UpdateError`` with a ``Reason``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+from securesystemslib.formats import encode_canonical
+from securesystemslib.signer import Signature
+from securesystemslib.signer import Signer as _Signer
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Key, Metadata, Root, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from agent.errors import StoreError, UpdateError
+from agent.errors import FetchError, StoreError, UpdateError
+from agent.ota.fetchcodec import STATUS_NOT_FOUND, URL_SCHEME
 from agent.ota.reasons import Reason
+from agent.ota.release import DEFAULT_CHUNK_SIZE, Target
+
+if TYPE_CHECKING:
+    # Types only: the desired-state signatures (and the controller) need this module without
+    # the MQTT client.
+    from agent.ota.transport import RangeReply, RepositoryClient
+
+PublicKey: TypeAlias = Key
+"""A public key of the trusted root (securesystemslib's ``Key``): it verifies signatures."""
+Signer: TypeAlias = _Signer
+"""Anything that signs (securesystemslib's ``Signer``): the controller's online key."""
 
 METADATA_BASE = "mqtt:metadata/"
 TARGETS_BASE = "mqtt:targets/"
@@ -31,7 +57,7 @@ TARGETS_BASE = "mqtt:targets/"
 class OnlineKeys:
     """Keys of the TUF timestamp role: the controller's online key(s) that sign desired state."""
 
-    keys: dict[str, Key]
+    keys: dict[str, PublicKey]
     threshold: int
 
 
@@ -60,7 +86,7 @@ class TrustedRepository:
             updater.refresh()
         self._updater = updater
 
-    def target(self, path: str) -> TargetFile:
+    def target(self, path: str) -> Target:
         """The signed description of ``path``; ``not_a_target`` if the metadata lacks it."""
         if self._updater is None:
             raise RuntimeError("refresh() first")
@@ -68,7 +94,9 @@ class TrustedRepository:
             info = self._updater.get_targetinfo(path)
         if info is None:
             raise UpdateError(Reason.NOT_A_TARGET, f"{path} is not in the signed targets")
-        return info
+        return Target(
+            path=info.path, length=info.length, hashes=dict(info.hashes), custom=info.custom
+        )
 
     def online_keys(self) -> OnlineKeys:
         """The timestamp role's keys and threshold in the newest trusted root."""
@@ -129,3 +157,123 @@ def translate_errors(what: str) -> Iterator[None]:
         raise UpdateError(reason, f"{what}: {exc}") from exc
     except (ValueError, TypeError, KeyError) as exc:
         raise UpdateError(Reason.UNTRUSTED_METADATA, f"{what}: malformed metadata ({exc})") from exc
+
+
+def verify_file(target: Target, path: Path) -> None:
+    """The whole file against its signed length and hashes (python-tuf reads and hashes it);
+    ``tampered`` if not."""
+    signed = TargetFile(target.length, dict(target.hashes), target.path)
+    try:
+        with path.open("rb") as handle:
+            signed.verify_length_and_hashes(handle)
+    except tuf_errors.LengthOrHashMismatchError as exc:
+        raise UpdateError(Reason.TAMPERED, f"{target.path}: {exc}") from exc
+
+
+# -- signatures of the desired state ---------------------------------------------------------
+
+
+def canonical_json(value: Mapping[str, Any]) -> bytes:
+    """Canonical JSON (TUF's): the bytes that are signed and verified."""
+    encoded = encode_canonical(dict(value))
+    assert isinstance(encoded, str)  # encode_canonical returns str when given no writer
+    return encoded.encode()
+
+
+def sign_bytes(signer: Signer, data: bytes) -> dict[str, object]:
+    """``signer``'s signature over ``data`` as it travels: ``{"keyid", "sig"}``."""
+    return signer.sign(data).to_dict()
+
+
+def valid_keyids(data: bytes, signatures: list[Any], keys: Mapping[str, PublicKey]) -> set[str]:
+    """The ids of ``keys`` with a valid signature over ``data`` among ``signatures`` (as sent:
+    anything malformed, by an unknown key or not verifying is skipped)."""
+    valid: set[str] = set()
+    for raw in signatures:
+        try:
+            signature = Signature.from_dict(dict(raw))
+        except (TypeError, ValueError, KeyError):
+            continue
+        key = keys.get(signature.keyid)
+        if key is None:
+            continue
+        try:
+            key.verify_signature(signature, data)
+        except Exception:  # noqa: S112 - any failure means "not a valid signature"
+            continue
+        valid.add(signature.keyid)
+    return valid
+
+
+# -- ngclient's fetcher ----------------------------------------------------------------------
+
+
+class MqttFetcher(FetcherInterface):
+    """``tuf.ngclient`` fetcher for ``mqtt:<path>`` URLs, backed by a ``RepositoryClient``.
+
+    ngclient calls it from a worker thread; each range is fetched on ``loop`` (the agent's)
+    and handed back. ``FetcherInterface`` enforces the maximum lengths: it stops reading
+    after the cap, so an endless file costs at most one range more.
+    """
+
+    def __init__(
+        self,
+        client: RepositoryClient,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        range_length: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self._client = client
+        self._loop = loop
+        self._range_length = range_length
+        # A range may wait for every retry; beyond that the loop itself is stuck.
+        self._call_timeout_s = (client.retries + 1) * client.timeout_s + 5.0
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        if not url.startswith(URL_SCHEME):
+            raise tuf_errors.DownloadError(f"not an {URL_SCHEME} URL: {url!r}")
+        if _on_loop_thread(self._loop):
+            raise tuf_errors.DownloadError(
+                f"{url}: MqttFetcher must not be called on the loop thread"
+            )
+        path = url.removeprefix(URL_SCHEME)
+        # The first range is fetched now, so a missing file fails the call itself.
+        first = self._range(path, 0)
+        return self._rest(path, first)
+
+    def _rest(self, path: str, reply: RangeReply) -> Iterator[bytes]:
+        offset = 0
+        while True:
+            if reply.data:
+                yield bytes(reply.data)
+            offset += len(reply.data)
+            if not reply.data or offset >= reply.size:
+                return
+            reply = self._range(path, offset)
+
+    def _range(self, path: str, offset: int) -> RangeReply:
+        future = asyncio.run_coroutine_threadsafe(
+            self._client.fetch_range(path, offset, self._range_length), self._loop
+        )
+        try:
+            return future.result(self._call_timeout_s)
+        except FetchError as exc:
+            if exc.status == STATUS_NOT_FOUND:
+                raise tuf_errors.DownloadHTTPError(str(exc), STATUS_NOT_FOUND) from exc
+            raise tuf_errors.DownloadError(str(exc)) from exc
+        except TimeoutError as exc:
+            future.cancel()
+            raise tuf_errors.DownloadError(
+                f"{path}: no answer from the agent loop at {offset}"
+            ) from exc
+        except (
+            Exception
+        ) as exc:  # the iterator must raise only tuf_errors.DownloadError (ngclient's contract)
+            raise tuf_errors.DownloadError(f"{path} at {offset}: {exc!r}") from exc
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

@@ -42,8 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import TargetFile
 
 from agent import __version__
 from agent.background import BackgroundTasks
@@ -66,12 +64,12 @@ from agent.ota.desired import (
     signatures_valid,
 )
 from agent.ota.reasons import Reason
-from agent.ota.release import ModelRelease, release_from_custom, version_tuple
+from agent.ota.release import ModelRelease, Target, release_from_custom, version_tuple
 from agent.ota.report import Reporter
 from agent.ota.slots import SlotStore
 from agent.ota.staging import ChunkStaging, sweep
-from agent.ota.transport import ChunkRange, MqttFetcher, RepositoryClient
-from agent.ota.trust import TrustedRepository
+from agent.ota.transport import ChunkRange, RepositoryClient
+from agent.ota.trust import MqttFetcher, TrustedRepository, verify_file
 from agent.ota.watch import RequestWatch
 
 log = structlog.get_logger("agent.ota.updater")
@@ -387,7 +385,7 @@ class OtaUpdater:
         await self._reporter.step(release.name, release.version, "installed", slot=slot)
         await self._activator.activate(store, slot)
 
-    def _check_release(self, desired: DesiredState, info: TargetFile) -> ModelRelease:
+    def _check_release(self, desired: DesiredState, info: Target) -> ModelRelease:
         release = release_from_custom(info.custom, target=info.path)
         if (release.name, release.version) != (desired.model.name, desired.model.version):
             raise UpdateError(
@@ -416,7 +414,7 @@ class OtaUpdater:
             )
         return release
 
-    async def _download(self, release: ModelRelease, info: TargetFile, sha256: str) -> Path:
+    async def _download(self, release: ModelRelease, info: Target, sha256: str) -> Path:
         staging_root = self._root / "staging"
         complete = staging_root / f"{sha256}.complete"
         await asyncio.to_thread(sweep, staging_root, {sha256, complete.name})
@@ -472,7 +470,7 @@ def repository_path(target: str, sha256: str) -> str:
     return f"targets/{prefix}{sha256}.{name}"
 
 
-def _verified(info: TargetFile, path: Path) -> bool:
+def _verified(info: Target, path: Path) -> bool:
     if not path.is_file():
         return False
     try:
@@ -483,7 +481,7 @@ def _verified(info: TargetFile, path: Path) -> bool:
     return True
 
 
-def assemble_download(staging: ChunkStaging, info: TargetFile, dest: Path) -> Path:
+def assemble_download(staging: ChunkStaging, info: Target, dest: Path) -> Path:
     """Worker thread: move the fully staged file to ``dest``; ``tampered`` (and nothing kept)
     if it is not the signed target.
 
@@ -491,7 +489,7 @@ def assemble_download(staging: ChunkStaging, info: TargetFile, dest: Path) -> Pa
     signed length: with sha256 the only signed hash, the file is the signed bytes and is not
     read again here. TUF's whole-file check (sha256 and length) runs once, in the install's
     copy (``SlotStore.install``). A target signed with other hashes as well is read and
-    checked here by python-tuf, since the install checks sha256 only.
+    checked here by python-tuf (``trust.verify_file``), since the install checks sha256 only.
     """
     try:
         staging.assemble(dest)
@@ -503,16 +501,6 @@ def assemble_download(staging: ChunkStaging, info: TargetFile, dest: Path) -> Pa
         raise
     staging.discard()
     return dest
-
-
-def verify_file(info: TargetFile, path: Path) -> None:
-    """The whole file against its signed length and hashes (python-tuf reads and hashes it);
-    ``tampered`` if not."""
-    try:
-        with path.open("rb") as handle:
-            info.verify_length_and_hashes(handle)
-    except tuf_errors.LengthOrHashMismatchError as exc:
-        raise UpdateError(Reason.TAMPERED, f"{info.path}: {exc}") from exc
 
 
 class _Progress:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnxruntime as ort
 from rich.progress import Progress, TaskID
 
 from fleet.modelopt import tflite
@@ -35,7 +34,7 @@ from fleet.modelopt.quantize import (
     quantize_int8_static,
 )
 from fleet.modelopt.report import Report, VariantResult, plot_report
-from fleet.modelopt.session import input_names, open_session
+from fleet.modelopt.session import Session, input_names, open_session, runtime_version
 from fleet.modelopt.tflite import MISSING_TENSORFLOW, NO_TF_MODEL
 
 Mode = Literal["auto", "static", "dynamic"]
@@ -85,7 +84,7 @@ class _Runner:
         return np.concatenate(rows, axis=0)
 
 
-def choose_mode(session: ort.InferenceSession, labelled: bool, requested: Mode) -> str:
+def choose_mode(session: Session, labelled: bool, requested: Mode) -> str:
     """Dynamic for token-id inputs or unlabelled (embedding) data, static otherwise."""
     if requested != "auto":
         return requested
@@ -152,7 +151,7 @@ def _check_attention_mode(options: OptimizeOptions, mode: str) -> None:
     )
 
 
-def _check_fits(session: ort.InferenceSession, data: Dataset, model: Path) -> None:
+def _check_fits(session: Session, data: Dataset, model: Path) -> None:
     """``DatasetError`` unless ``model`` runs on the first example of ``data``."""
     try:
         session.run(None, data.rows(0, 1))
@@ -289,7 +288,7 @@ def _machine() -> dict[str, str]:
         "processor": platform.processor() or platform.machine(),
         "cpus": str(os.cpu_count()),
         "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
+        "onnxruntime": runtime_version(),
     }
 
 

@@ -1,4 +1,5 @@
-"""Post-training int8 quantization of ONNX models with ONNX Runtime.
+"""Post-training int8 quantization of ONNX models with ONNX Runtime (its tools reached through
+``fleet.modelopt.session``, the package's only importer of ``onnxruntime``).
 
 Static quantization (QDQ format, per-channel weights, activations calibrated with MinMax on a
 calibration split) suits models whose activations have a stable range: the digits classifier.
@@ -23,18 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import onnx
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quant_pre_process,
-    quantize_dynamic,
-    quantize_static,
-)
-
+from fleet.modelopt import session
 from fleet.modelopt.data import Dataset
 from fleet.modelopt.errors import OptimizeError, OptionsError
 
@@ -57,31 +47,14 @@ class AttentionShape:
             )
 
 
-class DatasetReader(CalibrationDataReader):  # type: ignore[misc]  # untyped base class
-    """Feeds a :class:`Dataset` to the calibrator in fixed-size batches."""
-
-    def __init__(self, dataset: Dataset, batch_size: int = CALIBRATION_BATCH) -> None:
-        self._batches = iter(list(dataset.batches(batch_size)))
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
 def quantize_int8_static(model: Path, out: Path, calibration: Dataset) -> Path:
     """QDQ int8 (signed activations and per-channel weights) of ``model`` into ``out``."""
     with tempfile.TemporaryDirectory(prefix="fleet-quant-") as scratch:
         prepared = _pre_process(model, Path(scratch) / "prepared.onnx")
         try:
-            quantize_static(
-                prepared,
-                out,
-                DatasetReader(calibration),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
+            # The calibrator is fed the dataset in fixed-size batches.
+            batches = calibration.batches(CALIBRATION_BATCH)
+            session.quantize_static_qdq_int8(prepared, out, batches)
         except Exception as exc:  # ORT raises assorted types from deep inside the quantizer
             raise OptimizeError(f"static quantization failed ({exc})", path=str(model)) from exc
     return out
@@ -96,14 +69,7 @@ def quantize_int8_dynamic(model: Path, out: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="fleet-quant-") as scratch:
         prepared = _pre_process(model, Path(scratch) / "prepared.onnx")
         try:
-            quantize_dynamic(
-                prepared,
-                out,
-                per_channel=True,
-                weight_type=QuantType.QInt8,
-                # ONNX shape inference cannot type the outputs of ONNX Runtime's fused nodes.
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+            session.quantize_dynamic_int8(prepared, out)
         except Exception as exc:
             raise OptimizeError(f"dynamic quantization failed ({exc})", path=str(model)) from exc
     return out
@@ -115,19 +81,13 @@ def fuse_transformer(model: Path, out: Path, attention: AttentionShape) -> dict[
     Graph rewrites only (``opt_level=0``): the file stays free of hardware-specific layouts and
     loads on any CPU. ``OptimizeError`` if no attention was fused.
     """
-    from onnxruntime.transformers.optimizer import optimize_model  # noqa: PLC0415  # slow import
-
     try:
-        optimized = optimize_model(
-            str(model),
-            model_type="bert",
-            num_heads=attention.heads,
-            hidden_size=attention.hidden_size,
-            opt_level=0,
+        optimized = session.fuse_bert(
+            model, heads=attention.heads, hidden_size=attention.hidden_size
         )
     except Exception as exc:  # the optimizer raises assorted types from deep inside
         raise OptimizeError(f"transformer fusion failed ({exc})", path=str(model)) from exc
-    fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
+    fused = optimized.fused
     if not fused.get("Attention"):
         raise OptimizeError(
             f"ONNX Runtime fused no attention in this graph (fused: {fused or 'nothing'}); "
@@ -135,7 +95,7 @@ def fuse_transformer(model: Path, out: Path, attention: AttentionShape) -> dict[
             "shape to quantize it unfused",
             path=str(model),
         )
-    optimized.save_model_to_file(str(out))
+    optimized.save(out)
     return fused
 
 
@@ -146,7 +106,7 @@ def _pre_process(model: Path, prepared: Path) -> Path:
     (sympy) is for the transformer fusions, which ``fuse_transformer`` runs before this.
     """
     try:
-        quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
+        session.pre_process(model, prepared)
     except Exception as exc:
         raise OptimizeError(
             f"cannot prepare the model for quantization ({exc})", path=str(model)

@@ -6,6 +6,10 @@ metadata, not by the files: a stray key file (from a rotation cut short) is simp
 loaded. Every file is written durably: temp file, fsync, rename or link, fsync of the
 directory, so a power cut leaves either the old file or the complete new one. The same
 primitives copy target files under their content hash (``copy_by_content``).
+
+TUF-free: key ids and PEM bytes in, ``cryptography`` keys out. The signers made of them
+(securesystemslib's ``CryptoSigner``) are ``fleet.release.repo``'s, the controller's only
+module that imports ``tuf`` or ``securesystemslib``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 
 from fleet.errors import ReleaseRepositoryError
 
@@ -30,38 +33,33 @@ KEY_SUFFIX = ".pem"
 _COPY_BLOCK = 1024 * 1024
 
 
-def generate_signer() -> CryptoSigner:
-    """A new Ed25519 key pair (keyid = sha256 of the public key, as TUF computes it)."""
-    return CryptoSigner.generate_ed25519()
-
-
 def key_path(keys_dir: Path, role: str, keyid: str) -> Path:
     return keys_dir / role / f"{keyid}{KEY_SUFFIX}"
 
 
-def store_private_key(keys_dir: Path, role: str, signer: CryptoSigner) -> Path:
-    """Write ``signer``'s private key for ``role``, owner-only; never replaces a key file."""
+def store_private_key(keys_dir: Path, role: str, keyid: str, private_pem: bytes) -> Path:
+    """Write the private key ``keyid`` of ``role``, owner-only; never replaces a key file."""
     for directory in (keys_dir, keys_dir / role):
         directory.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
         directory.chmod(PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
-    path = key_path(keys_dir, role, signer.public_key.keyid)
-    write_new_file(path, signer.private_bytes, mode=PRIVATE_FILE_MODE)
+    path = key_path(keys_dir, role, keyid)
+    write_new_file(path, private_pem, mode=PRIVATE_FILE_MODE)
     return path
 
 
-def load_signer(keys_dir: Path, role: str, public_key: Key) -> CryptoSigner | None:
-    """The signer of ``public_key`` for ``role``, or None if its private key is not here."""
-    path = key_path(keys_dir, role, public_key.keyid)
+def read_private_key(keys_dir: Path, role: str, keyid: str) -> bytes | None:
+    """The PEM bytes of ``keyid``'s private key for ``role``, or None if it is not here."""
+    path = key_path(keys_dir, role, keyid)
     try:
-        pem = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ReleaseRepositoryError(f"cannot read key ({exc.strerror})", path=str(path)) from exc
-    if not isinstance(public_key, SSlibKey):
-        raise ReleaseRepositoryError(
-            f"unsupported key type {type(public_key).__name__}", path=str(path)
-        )
+
+
+def parse_private_key(pem: bytes, path: Path) -> Ed25519PrivateKey:
+    """An unencrypted PEM Ed25519 private key (read from ``path``, named in errors)."""
     try:
         private_key = load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
@@ -70,12 +68,7 @@ def load_signer(keys_dir: Path, role: str, public_key: Key) -> CryptoSigner | No
         ) from exc
     if not isinstance(private_key, Ed25519PrivateKey):
         raise ReleaseRepositoryError("key file is not an Ed25519 key", path=str(path))
-    try:
-        return CryptoSigner(private_key, public_key)
-    except ValueError as exc:  # includes KeyMismatchError: file name and content disagree
-        raise ReleaseRepositoryError(
-            f"key file does not match its key id ({exc})", path=str(path)
-        ) from exc
+    return private_key
 
 
 def remove_private_key(keys_dir: Path, role: str, keyid: str) -> None:

@@ -14,6 +14,11 @@ only then updates its in-memory view, timestamp last, so a client reading the di
 at any moment sees a complete, consistently signed repository. Roles: root (offline,
 N keys with a threshold), targets (the release key), snapshot and timestamp (online keys,
 used by ``fleet serve``; the timestamp key also signs the desired-state messages).
+
+The controller's one door to TUF: no other ``fleet`` module imports ``tuf`` or
+``securesystemslib`` (ruff's banned-api enforces it). Targets come out as the TUF-free
+``agent.ota.release.Target``; ``fleet.release.keys`` stores the private keys as PEM bytes and
+the signers are made here.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import structlog
-from securesystemslib.signer import CryptoSigner
+from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     Metadata,
@@ -42,6 +47,7 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization import DeserializationError
 
+from agent.ota.release import Target
 from fleet.errors import ReleaseInputError, ReleaseRepositoryError
 from fleet.release import keys
 
@@ -124,12 +130,12 @@ class Repository:
         for sub in ("metadata", "targets"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
         signers = {
-            role: [keys.generate_signer() for _ in range(root_keys if role == Root.type else 1)]
+            role: [_generate_signer() for _ in range(root_keys if role == Root.type else 1)]
             for role in TOP_LEVEL_ROLES
         }
         for role, role_signers in signers.items():
             for signer in role_signers:
-                keys.store_private_key(directory / "keys", role, signer)
+                _store_signer(directory / "keys", role, signer)
         root = Metadata(Root(expires=policy.expires(Root.type), consistent_snapshot=True))
         for role, role_signers in signers.items():
             for signer in role_signers:
@@ -201,10 +207,10 @@ class Repository:
     def keyids(self, role: str) -> list[str]:
         return list(self._root.signed.roles[_check_role(role)].keyids)
 
-    def targets(self) -> dict[str, TargetFile]:
-        return dict(self._targets.signed.targets)
+    def targets(self) -> dict[str, Target]:
+        return {path: _target(info) for path, info in self._targets.signed.targets.items()}
 
-    def target_file_path(self, target: TargetFile) -> Path:
+    def target_file_path(self, target: Target) -> Path:
         """Where the bytes of ``target`` lie in DIR/targets (hash-prefixed name)."""
         return _stored_target_path(self.targets_dir, target.path, target.hashes["sha256"])
 
@@ -223,7 +229,7 @@ class Repository:
         custom: dict[str, Any],
         *,
         expected_sha256: str | None = None,
-    ) -> TargetFile:
+    ) -> Target:
         """Store ``data_file`` as target ``path_in_repo``; signs targets, snapshot, timestamp.
 
         ``expected_sha256``: refuse (before signing anything) if the bytes copied differ, e.g.
@@ -245,7 +251,7 @@ class Repository:
         targets.signed.targets[path_in_repo] = target
         self._publish_targets(targets)
         log.info("target added", target=path_in_repo, length=length, sha256=digest)
-        return target
+        return _target(target)
 
     def refresh_timestamp(self, expiry: timedelta | None = None) -> int:
         """Sign a new timestamp version for the same snapshot; returns its version."""
@@ -265,9 +271,9 @@ class Repository:
         self._reload()
         old_root = self._root
         old_keyids = list(old_root.signed.roles[role].keyids)
-        new_signers = [keys.generate_signer() for _ in old_keyids]
+        new_signers = [_generate_signer() for _ in old_keyids]
         for signer in new_signers:
-            keys.store_private_key(self.keys_dir, role, signer)
+            _store_signer(self.keys_dir, role, signer)
         root = _copy(old_root)
         root.signed.version += 1
         root.signed.expires = self.expiry.expires(Root.type)
@@ -473,12 +479,45 @@ def _load_latest(
     return root, targets, snapshot, timestamp
 
 
+def _target(info: TargetFile) -> Target:
+    return Target(path=info.path, length=info.length, hashes=dict(info.hashes), custom=info.custom)
+
+
+def _generate_signer() -> CryptoSigner:
+    """A new Ed25519 key pair (keyid = sha256 of the public key, as TUF computes it)."""
+    return CryptoSigner.generate_ed25519()
+
+
+def _store_signer(keys_dir: Path, role: str, signer: CryptoSigner) -> Path:
+    """Write ``signer``'s private key for ``role``, owner-only; never replaces a key file."""
+    return keys.store_private_key(keys_dir, role, signer.public_key.keyid, signer.private_bytes)
+
+
+def _load_signer(keys_dir: Path, role: str, public_key: Key) -> CryptoSigner | None:
+    """The signer of ``public_key`` for ``role``, or None if its private key is not here."""
+    pem = keys.read_private_key(keys_dir, role, public_key.keyid)
+    if pem is None:
+        return None
+    path = keys.key_path(keys_dir, role, public_key.keyid)
+    if not isinstance(public_key, SSlibKey):
+        raise ReleaseRepositoryError(
+            f"unsupported key type {type(public_key).__name__}", path=str(path)
+        )
+    private_key = keys.parse_private_key(pem, path)
+    try:
+        return CryptoSigner(private_key, public_key)
+    except ValueError as exc:  # includes KeyMismatchError: file name and content disagree
+        raise ReleaseRepositoryError(
+            f"key file does not match its key id ({exc})", path=str(path)
+        ) from exc
+
+
 def _load_signers(keys_dir: Path, root: Root) -> dict[str, list[CryptoSigner]]:
     """The private keys present for each role's current key ids."""
     signers: dict[str, list[CryptoSigner]] = {}
     for role in TOP_LEVEL_ROLES:
         keyids = root.roles[role].keyids
-        found = (keys.load_signer(keys_dir, role, root.get_key(keyid)) for keyid in keyids)
+        found = (_load_signer(keys_dir, role, root.get_key(keyid)) for keyid in keyids)
         signers[role] = [signer for signer in found if signer is not None]
     return signers
 

@@ -34,7 +34,7 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets, Timestamp
 
 from agent.ota.desired import DesiredState, sign_desired
-from agent.ota.release import ModelRelease, release_from_custom
+from agent.ota.release import ModelRelease, Target, release_from_custom
 from devtools.localbroker import PrivateBroker
 from fleet.release.publish import publish_model
 from fleet.release.repo import Repository, repository_lock
@@ -282,8 +282,8 @@ def settled_fetch_count(fleet: Fleet, quiet_s: float = 0.5, timeout: float = 10)
     raise AssertionError(f"repository requests still arriving after {timeout}s")
 
 
-def target_of(repo_dir: Path, version: str) -> Any:
-    """The signed TargetFile of digits@``version``."""
+def target_of(repo_dir: Path, version: str) -> Target:
+    """The signed target of digits@``version``."""
     repo = Repository.open(repo_dir)
     return next(t for p, t in repo.targets().items() if p.startswith(f"models/digits/{version}/"))
 

@@ -23,7 +23,7 @@ from agent.inbound import InboundRejections
 from agent.mqtt.base import InboundMessage
 from agent.mqtt.link import MqttLink
 from agent.ota.desired import parse_desired, verify_desired
-from agent.ota.transport import decode_reply
+from agent.ota.fetchcodec import decode_reply
 from agent.pipeline import parse_input
 from tests.unit.test_agent_inbound import FakeLink
 

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
-from tuf.api.metadata import TargetFile
 
 from agent.errors import StoreError, UpdateError
 from agent.inference.card import ModelCard, TensorSpec
 from agent.ota import staging as staging_module
 from agent.ota.fsutil import TEMP_PREFIX
 from agent.ota.reasons import Reason
-from agent.ota.release import ModelRelease, chunk_hashes
+from agent.ota.release import ModelRelease, Target, chunk_hashes
 from agent.ota.slots import SlotStore
 from agent.ota.staging import ChunkStaging, sweep
-from agent.ota.updater import assemble_download, verify_file
+from agent.ota.trust import verify_file
+from agent.ota.updater import assemble_download
 
 CHUNK = 1024
 DATA = bytes((index * 7) % 251 for index in range(2 * CHUNK + 500))  # 3 chunks, last short
@@ -177,7 +177,7 @@ def test_assemble_download_moves_the_checked_file_and_clears_the_staging(tmp_pat
     for index in (2, 0, 1):
         staging.store(index, _chunk(index))
     dest = tmp_path / "kws.onnx.complete"
-    signed = TargetFile.from_data("models/kws/1.0/kws.onnx", DATA)
+    signed = Target.from_data("models/kws/1.0/kws.onnx", DATA)
     assert assemble_download(staging, signed, dest) == dest
     assert dest.read_bytes() == DATA
     assert not (tmp_path / "staging" / SHA).exists()
@@ -194,7 +194,7 @@ def test_chunks_that_match_but_not_the_signed_file_hash_are_refused_at_install(
     for index in range(3):
         staging.store(index, _chunk(index))
     wrong_sha = hashlib.sha256(b"another file").hexdigest()
-    signed = TargetFile(len(DATA), {"sha256": wrong_sha}, "models/kws/1.0/kws.onnx")
+    signed = Target("models/kws/1.0/kws.onnx", len(DATA), {"sha256": wrong_sha})
     dest = assemble_download(staging, signed, tmp_path / "kws.onnx.complete")
     store = SlotStore(tmp_path / "slots", "kws")
     with pytest.raises(UpdateError) as caught:
@@ -208,14 +208,15 @@ def test_chunks_that_match_but_not_the_signed_file_hash_are_refused_at_install(
 def test_other_signed_hashes_are_checked_by_python_tuf_when_assembling(tmp_path: Path) -> None:
     """The install checks sha256 only: a target signed with sha512 as well is read and checked
     in full right after the download, and a mismatch leaves nothing behind."""
-    both = TargetFile.from_data("models/kws/1.0/kws.onnx", DATA, ["sha256", "sha512"])
+    both = Target.from_data("models/kws/1.0/kws.onnx", DATA, ["sha256", "sha512"])
     staging = _staging(tmp_path / "staging")
     for index in range(3):
         staging.store(index, _chunk(index))
     assert assemble_download(staging, both, tmp_path / "good").read_bytes() == DATA
 
-    other = TargetFile.from_data("models/kws/1.0/kws.onnx", b"x" * len(DATA), ["sha512"])
-    other.hashes["sha256"] = SHA  # the chunks and sha256 fit, sha512 does not
+    sha512 = Target.from_data("models/kws/1.0/kws.onnx", b"x" * len(DATA), ["sha512"])
+    # the chunks and sha256 fit, sha512 does not
+    other = Target(sha512.path, sha512.length, {**sha512.hashes, "sha256": SHA})
     staging = _staging(tmp_path / "staging")
     for index in range(3):
         staging.store(index, _chunk(index))
@@ -231,10 +232,10 @@ def test_verify_file_reads_the_whole_file(tmp_path: Path) -> None:
     """The check of a downloaded file found at start-up (python-tuf's, reading the file)."""
     path = tmp_path / "kws.onnx"
     path.write_bytes(DATA)
-    verify_file(TargetFile.from_data("models/kws/1.0/kws.onnx", DATA), path)
+    verify_file(Target.from_data("models/kws/1.0/kws.onnx", DATA), path)
     path.write_bytes(DATA[:-1] + bytes([DATA[-1] ^ 1]))
     with pytest.raises(UpdateError) as caught:
-        verify_file(TargetFile.from_data("models/kws/1.0/kws.onnx", DATA), path)
+        verify_file(Target.from_data("models/kws/1.0/kws.onnx", DATA), path)
     assert caught.value.reason == Reason.TAMPERED
 
 
