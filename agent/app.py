@@ -24,15 +24,13 @@ import structlog
 from agent.background import BackgroundTasks
 from agent.commands import CaptureRequest, CommandDispatcher, CommandError, NoArguments
 from agent.config import AgentConfig, PipelineConfig, SerialConfig
-from agent.errors import InferenceError, PayloadError, TopicError
+from agent.errors import InferenceError
 from agent.events import EventEmitter
 from agent.forwarder import DiskOutbox, Forwarder
 from agent.health import HealthChange, HealthMonitor, Status
 from agent.inbound import InboundRejections
-from agent.mqtt import payloads
 from agent.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings, TlsSettings
 from agent.mqtt.link import MqttLink
-from agent.mqtt.topics import Channel, device_commands, device_inputs, parse, topic_for
 from agent.outbox import Outbox
 from agent.pipeline import Classify, PipelineSpec, SensorPipeline, ThresholdModel, parse_input
 from agent.presence import Presence
@@ -40,6 +38,9 @@ from agent.sdnotify import SystemdNotifier
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.service import BoardMonitor, TelemetryService
+from edge_contract import payloads
+from edge_contract.errors import PayloadError, TopicError
+from edge_contract.topics import Channel, device_commands, device_inputs, parse, topic_for
 
 if TYPE_CHECKING:
     from agent.inference.service import InferenceService

@@ -18,6 +18,7 @@ import agent
 from agent import eventloop
 from agent.config import DEFAULT_CONFIG_PATH, load_config, masked_dump
 from agent.errors import EXIT_CONFIG, EXIT_RUNTIME, AgentError, ConfigError
+from edge_contract.errors import ContractError
 
 # Import names of what the `inference` extra brings (pyproject.toml). tflite-runtime is left
 # out: the LiteRT backend names a missing interpreter itself.
@@ -167,7 +168,7 @@ def _run(config: object) -> int:
         eventloop.run(Agent(config).run(), config.event_loop)
     except ConfigError as exc:
         return _config_error(exc)
-    except AgentError as exc:
+    except (AgentError, ContractError) as exc:
         sys.stderr.write(f"edge-agent: {exc}\n")
         return EXIT_RUNTIME
     except KeyboardInterrupt:
@@ -204,7 +205,7 @@ def _serve(args: argparse.Namespace) -> int:
         eventloop.run(serve(settings), args.event_loop)
     except ConfigError as exc:
         return _config_error(exc)
-    except (AgentError, OSError) as exc:
+    except (AgentError, ContractError, OSError) as exc:
         sys.stderr.write(f"edge-agent: {exc}\n")
         return EXIT_RUNTIME
     except KeyboardInterrupt:

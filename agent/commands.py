@@ -24,12 +24,12 @@ from typing import Any, Literal, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from agent.errors import PayloadError, TopicError
 from agent.inbound import InboundRejections
-from agent.mqtt import payloads
 from agent.mqtt.base import InboundMessage, PublishOptions
 from agent.mqtt.link import MqttLink
-from agent.mqtt.topics import Channel, parse, topic_for
+from edge_contract import payloads
+from edge_contract.errors import PayloadError, TopicError
+from edge_contract.topics import Channel, parse, topic_for
 
 log = structlog.get_logger("agent.commands")
 

@@ -38,7 +38,7 @@ from pydantic_settings import (
 
 from agent.errors import ConfigError
 from agent.eventloop import LoopChoice
-from agent.mqtt.topics import DEVICE_ID_PATTERN
+from edge_contract.topics import DEVICE_ID_PATTERN
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
 ENV_PREFIX = "EDGE_AGENT_"

@@ -3,9 +3,14 @@
 Errors carry the offending value as an attribute and name it in their message, so a log line
 or a CLI message says what was wrong without a traceback. Foreign exceptions (paho, sqlite3,
 pydantic, OSError) are wrapped at the boundary that caught them, with ``raise ... from``.
+
+The wire's errors (``TopicError``, ``PayloadError``, ``UpdateError``, ``CardError``) are the
+contract's (``edge_contract.errors``): the agent catches ``ContractError`` beside ``AgentError``.
 """
 
 from __future__ import annotations
+
+from edge_contract.errors import UpdateError
 
 # sysexits.h EX_CONFIG: systemd units list it in RestartPreventExitStatus= so that a config
 # typo stops the service instead of restarting it forever.
@@ -25,27 +30,6 @@ class ConfigError(AgentError):
     def __init__(self, message: str, *, source: str | None = None) -> None:
         self.source = source
         super().__init__(f"{source}: {message}" if source else message)
-
-
-class TopicError(AgentError, ValueError):
-    """A topic or device id does not follow the fleet's topic scheme."""
-
-    def __init__(self, message: str, *, topic: str) -> None:
-        self.topic = topic
-        super().__init__(f"{message}: {topic!r}")
-
-
-class PayloadError(AgentError, ValueError):
-    """A message payload is not valid JSON of the expected shape.
-
-    ``reason`` is a short, stable code (``too_large``, ``too_deep``, ``not_json``, ...) that
-    rejection counters are keyed by; the message says the rest.
-    """
-
-    def __init__(self, message: str, *, excerpt: str, reason: str = "invalid") -> None:
-        self.excerpt = excerpt
-        self.reason = reason
-        super().__init__(f"{message}: {excerpt!r}")
 
 
 class MqttError(AgentError):
@@ -203,21 +187,7 @@ class ModelRunError(InferenceError):
         super().__init__(f"{model}: {message}")
 
 
-class UpdateError(AgentError):
-    """An over-the-air model update was refused or failed.
-
-    ``reason`` is machine-readable (events, the reported state, the fleet CLI): one of
-    ``agent.ota.reasons.Reason``. ``detail`` names the offending value in words.
-    """
-
-    def __init__(self, reason: str, detail: str, **fields: object) -> None:
-        self.reason = reason
-        self.detail = detail
-        self.fields = fields
-        super().__init__(f"{reason}: {detail}")
-
-
-class FetchError(UpdateError):
+class FetchError(UpdateError, AgentError):
     """A repository file could not be fetched over MQTT (``status`` as in HTTP: 404 missing)."""
 
     def __init__(self, path: str, status: int, detail: str) -> None:

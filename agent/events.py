@@ -17,8 +17,8 @@ from typing import Any
 import structlog
 
 from agent.forwarder import DiskOutbox
-from agent.mqtt import payloads
-from agent.mqtt.topics import Channel, topic_for
+from edge_contract import payloads
+from edge_contract.topics import Channel, topic_for
 
 log = structlog.get_logger("agent.events")
 

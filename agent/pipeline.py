@@ -26,8 +26,9 @@ from typing import Any
 
 import structlog
 
-from agent.errors import InferenceError, PayloadError, SerialLinkError
-from agent.mqtt import payloads
+from agent.errors import InferenceError, SerialLinkError
+from edge_contract import payloads
+from edge_contract.errors import PayloadError
 
 log = structlog.get_logger("agent.pipeline")
 

@@ -16,10 +16,10 @@ import structlog
 import agent
 from agent.background import BackgroundTasks
 from agent.errors import MqttError
-from agent.mqtt import payloads
 from agent.mqtt.base import ConnectionInfo, Will
 from agent.mqtt.link import MqttLink
-from agent.mqtt.topics import DELIVERY, Channel, topic_for
+from edge_contract import payloads
+from edge_contract.topics import DELIVERY, Channel, topic_for
 
 log = structlog.get_logger("agent.presence")
 

@@ -91,13 +91,13 @@ from agent.health import HealthChange, HealthMonitor
 from agent.log import configure_logging
 from agent.mqtt.base import ConnectionInfo, LinkSettings
 from agent.mqtt.link import MqttLink
-from agent.mqtt.topics import Channel, topic_for
 from agent.outbox import Outbox
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.service import BoardMonitor, TelemetryService
 from bench import report
 from devtools.localbroker import PrivateBroker
+from edge_contract.topics import Channel, topic_for
 
 HOST = "127.0.0.1"
 PUBLISH_DEVICE = "bench-publisher"

@@ -69,10 +69,11 @@ import onnxruntime as ort
 from agent import eventloop
 from agent.inference.backends import BackendOptions
 from agent.inference.backends.onnx import OnnxBackend, share_thread_pools, shared_thread_pools
-from agent.inference.card import ModelCard, card_path_for, load_card
+from agent.inference.cardfile import load_card
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
 from bench import report
+from edge_contract.card import ModelCard, card_path_for
 from fleet.modelopt.quantize import AttentionShape, fuse_transformer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -74,11 +74,10 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.inference.card import card_path_for, load_card
+from agent.inference.cardfile import load_card
 from agent.log import configure_logging
 from agent.mqtt.base import LinkSettings
 from agent.mqtt.link import MqttLink
-from agent.ota.release import DEFAULT_CHUNK_SIZE, ModelRelease, Target
 from agent.ota.staging import ChunkStaging
 from agent.ota.transport import (
     DEFAULT_REQUEST_BYTES,
@@ -91,6 +90,8 @@ from agent.ota.updater import assemble_download, repository_path
 from bench import report
 from bench.bench_agent import _mosquitto_version
 from devtools.localbroker import PrivateBroker
+from edge_contract.card import card_path_for
+from edge_contract.release import DEFAULT_CHUNK_SIZE, ModelRelease, Target
 from fleet.release.publish import publish_model as release_publish
 from fleet.release.repo import Repository
 

@@ -24,17 +24,17 @@ from typing import Any
 
 import structlog
 
-from agent.errors import AgentError
 from agent.mqtt.base import InboundMessage, PublishOptions
 from agent.mqtt.link import MqttLink
-from agent.mqtt.topics import Channel, parse, topic_for
-from agent.ota.desired import DesiredModel, DesiredState, sign_desired
-from agent.ota.release import CUSTOM_KEY
+from edge_contract.desired import DesiredModel, DesiredState
+from edge_contract.errors import TopicError
+from edge_contract.release import CUSTOM_KEY
+from edge_contract.topics import Channel, parse, topic_for
 from fleet.config import OtaOptions
 from fleet.errors import DeviceNotAcceptedError, FleetError, UnknownDeviceError
 from fleet.release.allocator import keep_large_buffers
 from fleet.release.fileserver import FileService, RepositoryFiles
-from fleet.release.repo import Repository, repository_lock
+from fleet.release.repo import Repository, repository_lock, sign_desired
 from fleet.store import ACCEPTED, PENDING, FleetStore
 
 log = structlog.get_logger("fleet.ota")
@@ -60,7 +60,7 @@ class ReleaseService:
         """Take repository requests (``fleet/<id>/fetch``); False for anything else."""
         try:
             channel = parse(message.topic).channel
-        except AgentError:
+        except TopicError:
             return False
         if channel is not Channel.FETCH:
             return False

@@ -2,7 +2,7 @@
 
 It holds a persistent MQTT session (clean start false), so messages published while it is
 restarting are queued by the broker and stored when it is back. Inbound messages are
-validated on the loop thread into typed models (``agent.mqtt.messages``: size, depth, types,
+validated on the loop thread into typed models (``edge_contract.messages``: size, depth, types,
 ranges, timestamps, the device id against the topic's) and written in batches by a worker
 thread. Every message is acknowledged exactly once: a valid one after its commit, any other
 at once. A refused one, or one whose handler or store write raised, is counted by reason,
@@ -27,13 +27,14 @@ from typing import Annotated, Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from agent.errors import MqttError, PayloadError, TopicError
-from agent.mqtt import payloads
+from agent.errors import MqttError
 from agent.mqtt.base import InboundMessage, LinkSettings, PublishOptions, TlsSettings
 from agent.mqtt.link import MqttLink
-from agent.mqtt.messages import decode_device_message
 from agent.mqtt.rejections import DeadLetter, RejectionLedger
-from agent.mqtt.topics import (
+from edge_contract import payloads
+from edge_contract.errors import PayloadError, TopicError
+from edge_contract.messages import decode_device_message
+from edge_contract.topics import (
     CONTROLLER_ROOT,
     DEVICE_ID_PATTERN,
     Channel,
@@ -95,7 +96,7 @@ def link_settings_for(
 def validate(message: InboundMessage, received: float) -> Inbound:
     """Turn a device message into an ``Inbound`` or raise ``TopicError``/``PayloadError``.
 
-    The body is validated into its typed model (``agent.mqtt.messages``): sizes, depth,
+    The body is validated into its typed model (``edge_contract.messages``): sizes, depth,
     types, ranges, timestamps and the device id against the topic's.
     """
     topic = parse(message.topic)

@@ -13,9 +13,9 @@ import math
 import numpy as np
 
 from agent.errors import InvalidInputError, ModelSignatureError
-from agent.inference.card import ModelCard
 from agent.inference.registry import ModelRegistry
 from agent.pipeline import Classification
+from edge_contract.card import ModelCard
 
 
 class RegistryClassifier:

@@ -38,8 +38,8 @@ from agent.errors import (
 )
 from agent.inference import drift
 from agent.inference.capture import CaptureBuffer, CaptureRecord
-from agent.inference.card import ModelCard
 from agent.inference.metrics import Key, MonitorCollector, Point, View, view_json
+from edge_contract.card import ModelCard
 
 if TYPE_CHECKING:  # the registry imports nothing from here; this keeps it that way at run time
     from agent.inference.registry import Prediction

@@ -51,8 +51,9 @@ from agent.inference.backends import (
     input_contract,
     open_backend,
 )
-from agent.inference.card import ModelCard, card_path_for, load_card
+from agent.inference.cardfile import load_card
 from agent.inference.workers import InferenceWorkers
+from edge_contract.card import ModelCard, card_path_for
 
 log = structlog.get_logger("agent.inference.registry")
 

@@ -40,9 +40,9 @@ from agent.errors import (
     UnknownPredictionError,
 )
 from agent.inference.backends import caller_dtype, conform_feeds
-from agent.inference.card import ModelCard, TensorSpec
 from agent.inference.metrics import RestMetrics
 from agent.inference.registry import ModelRegistry, Prediction
+from edge_contract.card import ModelCard, TensorSpec
 
 log = structlog.get_logger("agent.inference.rest")
 

@@ -30,10 +30,11 @@ from pydantic import ValidationError
 
 from agent.errors import ConfigError, InferenceError
 from agent.inference.backends import BackendOptions
-from agent.inference.card import ModelCard, card_path_for, load_card
+from agent.inference.cardfile import load_card
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
 from agent.inference.rest import DEFAULT_MAX_BODY_BYTES, RestServer, start_rest
+from edge_contract.card import ModelCard, card_path_for
 
 log = structlog.get_logger("agent.inference.serve")
 

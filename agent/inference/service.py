@@ -25,11 +25,12 @@ from agent.errors import InferenceError
 from agent.events import EventThrottle
 from agent.inference.backends import BackendOptions
 from agent.inference.capture import CaptureBuffer, CaptureInfo
-from agent.inference.card import card_path_for, load_card
+from agent.inference.cardfile import load_card
 from agent.inference.classify import RegistryClassifier, check_classifier
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry, ObserverGroup
 from agent.inference.rest import RestServer, start_rest
+from edge_contract.card import card_path_for
 
 log = structlog.get_logger("agent.inference")
 

@@ -21,15 +21,17 @@ from typing import Any
 import structlog
 
 from agent.config import OtaHealthConfig
-from agent.errors import GoldenMismatchError, InferenceError, UnknownModelError, UpdateError
-from agent.inference.card import card_path_for, load_card
+from agent.errors import GoldenMismatchError, InferenceError, UnknownModelError
+from agent.inference.cardfile import load_card
 from agent.inference.registry import ModelRegistry
 from agent.ota.health import HealthPolicy, HealthWindow, Verdict
-from agent.ota.reasons import Reason
-from agent.ota.release import ModelRelease
 from agent.ota.report import Reporter
 from agent.ota.slots import Slot, SlotState, SlotStore, other_slot
 from agent.ota.watch import RequestWatch
+from edge_contract.card import card_path_for
+from edge_contract.errors import UpdateError
+from edge_contract.reasons import Reason
+from edge_contract.release import ModelRelease
 
 log = structlog.get_logger("agent.ota.activation")
 

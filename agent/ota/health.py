@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from agent.ota.reasons import Reason
+from edge_contract.reasons import Reason
 
 QUIET_FACTOR = 10
 # Below this many samples a p95 is just the slowest call (one cold start after the switch

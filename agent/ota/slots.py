@@ -41,8 +41,7 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.errors import SlotError, StoreError, UpdateError
-from agent.inference.card import card_path_for
+from agent.errors import SlotError, StoreError
 from agent.ota.fsutil import (
     TEMP_PREFIX,
     atomic_copy,
@@ -56,8 +55,10 @@ from agent.ota.fsutil import (
     remove_file,
     rename_into_place,
 )
-from agent.ota.reasons import Reason
-from agent.ota.release import ModelRelease
+from edge_contract.card import card_path_for
+from edge_contract.errors import UpdateError
+from edge_contract.reasons import Reason
+from edge_contract.release import ModelRelease
 
 log = structlog.get_logger("agent.ota.slots")
 

@@ -37,10 +37,11 @@ from pathlib import Path
 
 import structlog
 
-from agent.errors import StoreError, UpdateError
+from agent.errors import StoreError
 from agent.ota.fsutil import fsync_dir, is_temp, remove_file
-from agent.ota.reasons import Reason
-from agent.ota.release import ModelRelease
+from edge_contract.errors import UpdateError
+from edge_contract.reasons import Reason
+from edge_contract.release import ModelRelease
 
 log = structlog.get_logger("agent.ota.staging")
 

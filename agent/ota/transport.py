@@ -16,7 +16,7 @@ so readers loop until they have what they need.
 requests by correlation data, a request that gets no reply in time is sent again with new
 correlation data, and ``fetch_chunks`` keeps a window of chunks in flight (the round trip,
 not the bandwidth, bounds a one-at-a-time download). The wire format (limits, status codes,
-the reply header) is ``agent.ota.fetchcodec``'s; ``agent.ota.trust.MqttFetcher`` adapts this
+the reply header) is ``edge_contract.fetchcodec``'s; ``agent.ota.trust.MqttFetcher`` adapts this
 client to ``tuf.ngclient``, so this module does not import TUF.
 """
 
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.errors import FetchError, MqttError, UpdateError
+from agent.errors import FetchError, MqttError
 from agent.inbound import InboundRejections
 from agent.mqtt.base import InboundMessage, PublishOptions
 from agent.mqtt.link import MqttLink
-from agent.mqtt.topics import Channel, topic_for
-from agent.ota.fetchcodec import (
+from edge_contract.errors import UpdateError
+from edge_contract.fetchcodec import (
     CORRELATION_BYTES,
     MAX_RANGE_LENGTH,
     REQUEST_EXPIRY_S,
@@ -48,8 +48,9 @@ from agent.ota.fetchcodec import (
     decode_reply,
     encode_request,
 )
-from agent.ota.reasons import Reason
-from agent.ota.release import DEFAULT_CHUNK_SIZE
+from edge_contract.reasons import Reason
+from edge_contract.release import DEFAULT_CHUNK_SIZE
+from edge_contract.topics import Channel, topic_for
 
 log = structlog.get_logger("agent.ota.transport")
 

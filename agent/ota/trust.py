@@ -9,11 +9,12 @@ they get TUF-free types and functions from here.
   trusted metadata lives under ``state_dir/ota/tuf``; on the very first run it is seeded from
   the root file given at provisioning, later runs start from the newest root already trusted,
   so a device that was offline through several root rotations walks the chain when it comes
-  back. Targets come out as ``agent.ota.release.Target``, not ngclient's ``TargetFile``.
+  back. Targets come out as ``edge_contract.release.Target``, not ngclient's ``TargetFile``.
 - ``MqttFetcher``: ngclient's fetcher over ``agent.ota.transport.RepositoryClient``.
 - ``verify_file``: a downloaded file against its target's signed length and hashes.
-- ``canonical_json``, ``sign_bytes``, ``valid_keyids``: the signature primitives of the signed
-  desired state (``agent.ota.desired``), with the keys of the trusted root.
+- ``verify_desired`` (``check_signatures``, ``signatures_valid``): the signatures of the
+  desired state (``edge_contract.desired``, the pure model and checks) against the keys of
+  the trusted root; ``canonical_json``, ``sign_bytes``, ``valid_keyids`` are their primitives.
 
 Every ngclient failure is translated here into an ``UpdateError`` with a ``Reason``.
 """
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -34,10 +36,12 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Key, Metadata, Root, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from agent.errors import FetchError, StoreError, UpdateError
-from agent.ota.fetchcodec import STATUS_NOT_FOUND, URL_SCHEME
-from agent.ota.reasons import Reason
-from agent.ota.release import DEFAULT_CHUNK_SIZE, Target
+from agent.errors import FetchError, StoreError
+from edge_contract.desired import DesiredState, SignedDesired, check_desired, parse_desired
+from edge_contract.errors import UpdateError
+from edge_contract.fetchcodec import STATUS_NOT_FOUND, URL_SCHEME
+from edge_contract.reasons import Reason
+from edge_contract.release import DEFAULT_CHUNK_SIZE, Target
 
 if TYPE_CHECKING:
     # Types only: the desired-state signatures (and the controller) need this module without
@@ -203,6 +207,47 @@ def valid_keyids(data: bytes, signatures: list[Any], keys: Mapping[str, PublicKe
             continue
         valid.add(signature.keyid)
     return valid
+
+
+def verify_desired(
+    payload: bytes,
+    *,
+    keys: Mapping[str, PublicKey],
+    threshold: int,
+    device_id: str,
+    last_counter: int,
+    now: datetime,
+) -> DesiredState:
+    """Check an envelope against the trusted online keys and this device's state.
+
+    Raises:
+        UpdateError: reason ``malformed_desired``, ``desired_unsigned``,
+            ``desired_other_device``, ``desired_replayed`` or ``desired_expired``.
+    """
+    parsed = parse_desired(payload)
+    check_desired(parsed.state, device_id=device_id, last_counter=last_counter, now=now)
+    check_signatures(parsed, keys=keys, threshold=threshold)
+    return parsed.state
+
+
+def signatures_valid(
+    parsed: SignedDesired, *, keys: Mapping[str, PublicKey], threshold: int
+) -> bool:
+    """Whether at least ``threshold`` of ``keys`` signed the envelope (no IO)."""
+    return len(valid_keyids(canonical_json(parsed.signed), parsed.signatures, keys)) >= threshold
+
+
+def check_signatures(
+    parsed: SignedDesired, *, keys: Mapping[str, PublicKey], threshold: int
+) -> None:
+    """Raises:
+    UpdateError: ``desired_unsigned`` unless ``threshold`` of ``keys`` signed it."""
+    valid = valid_keyids(canonical_json(parsed.signed), parsed.signatures, keys)
+    if len(valid) < threshold:
+        raise UpdateError(
+            Reason.DESIRED_UNSIGNED,
+            f"{len(valid)} valid signature(s) by the online key(s), {threshold} needed",
+        )
 
 
 # -- ngclient's fetcher ----------------------------------------------------------------------

@@ -46,31 +46,30 @@ import structlog
 from agent import __version__
 from agent.background import BackgroundTasks
 from agent.config import OtaConfig
-from agent.errors import AgentError, UpdateError
 from agent.inbound import InboundRejections
 from agent.inference.registry import ModelRegistry
 from agent.mqtt.base import InboundMessage
 from agent.mqtt.link import MqttLink
 from agent.mqtt.rejections import EXCERPT_BYTES
-from agent.mqtt.topics import Channel, parse, topic_for
 from agent.ota import fsutil
 from agent.ota.activation import Activator
-from agent.ota.desired import (
-    DesiredState,
-    SignedDesired,
-    check_desired,
-    check_signatures,
-    parse_desired,
-    signatures_valid,
-)
-from agent.ota.reasons import Reason
-from agent.ota.release import ModelRelease, Target, release_from_custom, version_tuple
 from agent.ota.report import Reporter
 from agent.ota.slots import SlotStore
 from agent.ota.staging import ChunkStaging, sweep
 from agent.ota.transport import ChunkRange, RepositoryClient
-from agent.ota.trust import MqttFetcher, TrustedRepository, verify_file
+from agent.ota.trust import (
+    MqttFetcher,
+    TrustedRepository,
+    check_signatures,
+    signatures_valid,
+    verify_file,
+)
 from agent.ota.watch import RequestWatch
+from edge_contract.desired import DesiredState, SignedDesired, check_desired, parse_desired
+from edge_contract.errors import TopicError, UpdateError
+from edge_contract.reasons import Reason
+from edge_contract.release import ModelRelease, Target, release_from_custom, version_tuple
+from edge_contract.topics import Channel, parse, topic_for
 
 log = structlog.get_logger("agent.ota.updater")
 
@@ -172,7 +171,7 @@ class OtaUpdater:
             return True
         try:
             channel = parse(message.topic).channel
-        except AgentError:
+        except TopicError:
             return False
         if channel is Channel.FILE:
             self.client.on_message(message)

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.errors import InferenceError, ModelRunError, NonFiniteOutputError
-from agent.inference.card import ModelCard
 from agent.inference.registry import Prediction
 from agent.ota.health import LATENCY_MIN_SAMPLES
+from edge_contract.card import ModelCard
 
 RECENT_LATENCIES = 256
 

@@ -27,11 +27,11 @@ import structlog
 
 from agent.forwarder import DiskOutbox
 from agent.health import HealthChange, HealthMonitor, Status
-from agent.mqtt import payloads
-from agent.mqtt.topics import Channel, topic_for
 from agent.outbox import DropReport, Outbox, OutboxRow, OutboxStats
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
+from edge_contract import payloads
+from edge_contract.topics import Channel, topic_for
 
 log = structlog.get_logger("agent.telemetry")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from agent.inference.card import DType, ReferenceStats, TensorSpec
+from edge_contract.card import DType, ReferenceStats, TensorSpec
 from fleet.modelopt.errors import ModelFileError
 
 CONFIDENCE_BINS = 10

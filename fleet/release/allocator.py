@@ -29,7 +29,7 @@ log = structlog.get_logger("fleet.release.allocator")
 # mallopt parameters, from glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-# Above the largest reply (4 MiB, agent.ota.fetchcodec.MAX_REPLY_PACKET) and within glibc's
+# Above the largest reply (4 MiB, edge_contract.fetchcodec.MAX_REPLY_PACKET) and within glibc's
 # maximum for the mmap threshold (32 MiB on 64-bit systems).
 MMAP_THRESHOLD = 16 * 1024 * 1024
 # About what the file server holds at once: 32 pending requests of up to 1 MiB each.

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from agent.ota.release import DEFAULT_CHUNK_SIZE
+from edge_contract.release import DEFAULT_CHUNK_SIZE
 from fleet.errors import FleetError, ReleaseRepositoryError
 from fleet.release.publish import ChunkProgress, publish_model
 from fleet.release.repo import TOP_LEVEL_ROLES, Repository, repository_lock

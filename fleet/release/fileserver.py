@@ -9,7 +9,7 @@ threads and bounds the requests it holds, so a flood costs dropped requests, not
 Each device may ask ``rate_per_s`` times a second on average (bursts of ``burst``): a fetch
 storm from one device is refused (``rate_limited``) before it costs a disk read. Every
 refused request is acknowledged and counted by reason in ``rejections``.
-The wire format (limits, status codes, the reply codec) is ``agent.ota.fetchcodec``, shared
+The wire format (limits, status codes, the reply codec) is ``edge_contract.fetchcodec``, shared
 with the device side (``agent.ota.transport``); it imports no TUF.
 """
 
@@ -28,13 +28,13 @@ from typing import Any, TypeGuard
 
 import structlog
 
-from agent.errors import MqttError, PayloadError, TopicError
-from agent.mqtt import payloads
+from agent.errors import MqttError
 from agent.mqtt.base import InboundMessage, PublishOptions, publish_packet_size
 from agent.mqtt.link import MqttLink
 from agent.mqtt.rejections import RejectionLedger
-from agent.mqtt.topics import Channel, all_devices, parse, topic_for
-from agent.ota.fetchcodec import (
+from edge_contract import payloads
+from edge_contract.errors import PayloadError, TopicError
+from edge_contract.fetchcodec import (
     MAX_CORRELATION_BYTES,
     MAX_RANGE_LENGTH,
     MAX_REPLY_PACKET,
@@ -46,6 +46,7 @@ from agent.ota.fetchcodec import (
     STATUS_OK,
     encode_reply,
 )
+from edge_contract.topics import Channel, all_devices, parse, topic_for
 
 log = structlog.get_logger("fleet.release.fileserver")
 
@@ -102,7 +103,7 @@ class FileReply:
 
     def encode(self, correlation: bytes = b"") -> bytes:
         """The reply's payload for the request with ``correlation`` (header and data,
-        ``agent.ota.fetchcodec.encode_reply``)."""
+        ``edge_contract.fetchcodec.encode_reply``)."""
         return encode_reply(self.status, self.data, self.size, self.offset, correlation)
 
 
@@ -335,7 +336,7 @@ class FileService:
                 log.error("fileserver.answer_failed", topic=topic, error=repr(done.exception()))
             return
         # No v5 property at all, the correlation is in the payload: a device on plain paho
-        # copies the packet several times per property (agent.ota.fetchcodec.encode_reply).
+        # copies the packet several times per property (edge_contract.fetchcodec.encode_reply).
         options = PublishOptions(content_type=None)
         try:
             acked = self._link.publish(topic, done.result(), qos=1, options=options)

@@ -1,6 +1,6 @@
 """Publishing a model file as a signed TUF target with its release facts (``fleet model publish``).
 
-The release facts (``agent.ota.release.ModelRelease``) go into the target's ``custom`` field:
+The release facts (``edge_contract.release.ModelRelease``) go into the target's ``custom`` field:
 name, version, a release counter that only grows per model name, compatible hardware ids,
 the minimum agent version, per-chunk sha256 and the model card (I/O contract, golden check,
 reference statistics) read from beside the model file.
@@ -14,9 +14,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.errors import ModelLoadError, UpdateError
-from agent.inference.card import ModelCard, card_path_for, load_card
-from agent.ota.release import DEFAULT_CHUNK_SIZE, ModelRelease, chunk_count, release_from_custom
+from agent.errors import ModelLoadError
+from agent.inference.cardfile import load_card
+from edge_contract.card import ModelCard, card_path_for
+from edge_contract.errors import UpdateError
+from edge_contract.release import DEFAULT_CHUNK_SIZE, ModelRelease, chunk_count, release_from_custom
 from fleet.errors import PublishRefusedError, ReleaseInputError
 from fleet.release.repo import Repository
 

@@ -17,7 +17,7 @@ used by ``fleet serve``; the timestamp key also signs the desired-state messages
 
 The controller's one door to TUF: no other ``fleet`` module imports ``tuf`` or
 ``securesystemslib`` (ruff's banned-api enforces it). Targets come out as the TUF-free
-``agent.ota.release.Target``; ``fleet.release.keys`` stores the private keys as PEM bytes and
+``edge_contract.release.Target``; ``fleet.release.keys`` stores the private keys as PEM bytes and
 the signers are made here.
 """
 
@@ -34,7 +34,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import structlog
-from securesystemslib.signer import CryptoSigner, Key, SSlibKey
+from securesystemslib.formats import encode_canonical
+from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     Metadata,
@@ -47,7 +48,8 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization import DeserializationError
 
-from agent.ota.release import Target
+from edge_contract import desired
+from edge_contract.release import Target
 from fleet.errors import ReleaseInputError, ReleaseRepositoryError
 from fleet.release import keys
 
@@ -578,3 +580,12 @@ def _refuse_existing(directory: Path) -> None:
 
 def _utc_now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def sign_desired(state: desired.DesiredState, signer: Signer) -> bytes:
+    """The desired-state envelope to publish, signed by ``signer`` (the controller's online
+    key) over the canonical JSON (TUF's) of the state: what ``agent.ota.trust`` verifies."""
+    encoded = encode_canonical(state.model_dump(mode="json"))
+    assert isinstance(encoded, str)  # encode_canonical returns str when given no writer
+    signature = signer.sign(encoded.encode()).to_dict()
+    return desired.envelope(state, [signature])

@@ -38,15 +38,8 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from agent.inference.card import (  # noqa: E402
-    Golden,
-    ModelCard,
-    Quantization,
-    Runtime,
-    TensorSpec,
-    card_path_for,
-    load_card,
-)
+from agent.inference.cardfile import load_card  # noqa: E402
+from edge_contract.card import Golden, ModelCard, Quantization, Runtime, TensorSpec, card_path_for  # noqa: E402
 from fleet.modelopt.cards import classification_reference, onnx_tensor_specs  # noqa: E402
 from fleet.modelopt.data import load_dataset  # noqa: E402
 from fleet.modelopt.quantize import quantize_int8_static  # noqa: E402

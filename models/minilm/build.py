@@ -41,13 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sentences import GOLDEN_SENTENCE, sentences  # noqa: E402
 
-from agent.inference.card import (  # noqa: E402
-    Golden,
-    ModelCard,
-    ReferenceStats,
-    card_path_for,
-    load_card,
-)
+from agent.inference.cardfile import load_card  # noqa: E402
+from edge_contract.card import Golden, ModelCard, ReferenceStats, card_path_for  # noqa: E402
 from fleet.modelopt.cards import onnx_tensor_specs  # noqa: E402
 from fleet.modelopt.measure import mean_cosine  # noqa: E402
 from fleet.modelopt.quantize import (  # noqa: E402

@@ -33,11 +33,11 @@ from paho.mqtt.properties import Properties
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets, Timestamp
 
-from agent.ota.desired import DesiredState, sign_desired
-from agent.ota.release import ModelRelease, Target, release_from_custom
 from devtools.localbroker import PrivateBroker
+from edge_contract.desired import DesiredState
+from edge_contract.release import ModelRelease, Target, release_from_custom
 from fleet.release.publish import publish_model
-from fleet.release.repo import Repository, repository_lock
+from fleet.release.repo import Repository, repository_lock, sign_desired
 from tests.integration.harness import (
     REPO,
     ManagedProcess,

@@ -28,8 +28,9 @@ from agent.inference.backends import (
     open_backend,
 )
 from agent.inference.backends.litert import TfliteBackend, _invoke_by_row, _TensorNameRunner
-from agent.inference.card import ModelCard, Quantization, Runtime, card_path_for, load_card
+from agent.inference.cardfile import load_card
 from agent.inference.quantize import dequantize, quantize
+from edge_contract.card import ModelCard, Quantization, Runtime, card_path_for
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import PacketTooLargeError
-from agent.mqtt import payloads
 from agent.mqtt.base import LinkSettings, publish_packet_size
 from agent.mqtt.link import MqttLink
 from devtools.localbroker import BrokerError, PrivateBroker, free_port
+from edge_contract import payloads
 from tests.integration.harness import (
     ManagedProcess,
     Recorder,

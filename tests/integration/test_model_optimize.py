@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.inference.card import card_path_for, load_card
+from agent.inference.cardfile import load_card
+from edge_contract.card import card_path_for
 from tests.integration.harness import model_optimize
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from agent.inference.backends import BackendOptions
 from agent.inference.backends.onnx import shared_thread_pools
-from agent.inference.card import card_path_for, load_card
+from edge_contract.card import card_path_for
+from agent.inference.cardfile import load_card
 from agent.inference.registry import ModelRegistry
 
 fp32, int8, mode, intra = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])

@@ -23,7 +23,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt import payloads
+from edge_contract import payloads
 from fleet.operators import generate_key, load_private_key, sign_request
 from tests.integration.harness import Recorder, fleet_cli, wait_until
 from tests.integration.ota_harness import Fleet, free_port, release_cli

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.ota.desired import DesiredModel, DesiredState
-from agent.ota.reasons import Reason
+from edge_contract.desired import DesiredModel, DesiredState
+from edge_contract.reasons import Reason
 from fleet.release.repo import Repository
 from tests.integration.harness import wait_until
 from tests.integration.ota_harness import DEVICE, Fleet

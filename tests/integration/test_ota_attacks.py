@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from securesystemslib.signer import CryptoSigner
 
-from agent.ota.desired import DesiredModel, DesiredState
-from agent.ota.reasons import Reason
+from edge_contract.desired import DesiredModel, DesiredState
+from edge_contract.reasons import Reason
 from fleet.release.repo import Repository, repository_lock
 from tests.integration.harness import wait_until
 from tests.integration.ota_harness import (

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.inference.card import ModelCard, TensorSpec
 from agent.ota.fsutil import is_temp
-from agent.ota.release import ModelRelease, chunk_hashes
 from agent.ota.slots import SlotState
+from edge_contract.card import ModelCard, TensorSpec
+from edge_contract.release import ModelRelease, chunk_hashes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ from pathlib import Path
 import structlog
 structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
 from agent.ota import fsutil
-from agent.ota.release import ModelRelease
+from edge_contract.release import ModelRelease
 from agent.ota.slots import SlotStore
 from agent.ota.staging import ChunkStaging, sweep
 

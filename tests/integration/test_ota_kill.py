@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from agent.ota.reasons import Reason
-from agent.ota.release import ModelRelease, release_from_custom
+from edge_contract.reasons import Reason
+from edge_contract.release import ModelRelease, release_from_custom
 from tests.integration.ota_harness import (
     DIGITS,
     Fleet,

@@ -34,11 +34,11 @@ from tuf.ngclient import Updater
 from agent.errors import FetchError
 from agent.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings
 from agent.mqtt.link import MqttLink
-from agent.mqtt.topics import Channel, parse, topic_for
-from agent.ota.fetchcodec import decode_reply
 from agent.ota.transport import ChunkRange, RepositoryClient
 from agent.ota.trust import MqttFetcher
 from devtools.localbroker import PrivateBroker
+from edge_contract.fetchcodec import decode_reply
+from edge_contract.topics import Channel, parse, topic_for
 from fleet.release.fileserver import FileService, RepositoryFiles
 from tests.integration.harness import running_link
 

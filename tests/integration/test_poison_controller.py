@@ -25,8 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt import payloads
 from devtools.localbroker import PrivateBroker
+from edge_contract import payloads
 from fleet import rpc
 from fleet.config import FleetConfig
 from fleet.errors import FleetError

@@ -32,9 +32,10 @@ from agent.errors import (
     UnknownModelError,
 )
 from agent.inference.backends import BackendOptions, open_backend
-from agent.inference.card import Golden, ModelCard, TensorSpec, card_path_for, load_card
+from agent.inference.cardfile import load_card
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry, VersionState
+from edge_contract.card import Golden, ModelCard, TensorSpec, card_path_for
 
 pytestmark = pytest.mark.integration
 

@@ -27,10 +27,11 @@ from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.inference.backends import BackendOptions
-from agent.inference.card import ModelCard, TensorSpec, card_path_for, load_card
+from agent.inference.cardfile import load_card
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
 from agent.inference.rest import start_rest
+from edge_contract.card import ModelCard, TensorSpec, card_path_for
 from tests.integration.test_registry import (
     DIGITS,
     FP32,

@@ -16,9 +16,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.inference.card import Golden, ModelCard, TensorSpec, card_path_for
 from devtools.emulated_board import EmulatedBoard, build_firmware
 from devtools.localbroker import PrivateBroker
+from edge_contract.card import Golden, ModelCard, TensorSpec, card_path_for
 from tests.integration.harness import ManagedProcess, Recorder, agent_process, wait_until
 
 PIPELINE = json.dumps(

@@ -17,7 +17,8 @@ import pytest
 
 from agent.errors import ModelLoadError
 from agent.inference.backends import Backend, BackendOptions, check_signature, open_backend
-from agent.inference.card import card_path_for, load_card
+from agent.inference.cardfile import load_card
+from edge_contract.card import card_path_for
 
 pytestmark = pytest.mark.integration
 

@@ -21,21 +21,22 @@ from securesystemslib.signer import CryptoSigner
 
 from agent.commands import CaptureRequest, CommandDispatcher, NoArguments
 from agent.config import OtaConfig
-from agent.errors import PayloadError, UpdateError
 from agent.events import EventEmitter
 from agent.forwarder import DiskOutbox
 from agent.inbound import InboundRejections
 from agent.inference.registry import ModelRegistry
 from agent.mqtt.base import InboundMessage
 from agent.mqtt.link import MqttLink
-from agent.ota.desired import DesiredModel, DesiredState, parse_desired, sign_desired
-from agent.ota.reasons import Reason
 from agent.ota.report import Reporter
 from agent.ota.transport import RepositoryClient
 from agent.ota.trust import OnlineKeys
 from agent.ota.updater import OtaUpdater, RefreshLimiter
 from agent.ota.watch import RequestWatch
 from agent.pipeline import Classification, PipelineSpec, SensorPipeline, parse_input
+from edge_contract.desired import DesiredModel, DesiredState, parse_desired
+from edge_contract.errors import PayloadError, UpdateError
+from edge_contract.reasons import Reason
+from fleet.release.repo import sign_desired
 
 DEVICE = "pi-01"
 DEEP = b"[" * 6000 + b"]" * 6000  # the 6 KB array of issue 21

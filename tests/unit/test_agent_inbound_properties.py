@@ -18,13 +18,14 @@ from hypothesis import strategies as st
 from securesystemslib.signer import CryptoSigner
 
 from agent.commands import CaptureRequest, CommandDispatcher, NoArguments
-from agent.errors import PayloadError, UpdateError
 from agent.inbound import InboundRejections
 from agent.mqtt.base import InboundMessage
 from agent.mqtt.link import MqttLink
-from agent.ota.desired import parse_desired, verify_desired
-from agent.ota.fetchcodec import decode_reply
+from agent.ota.trust import verify_desired
 from agent.pipeline import parse_input
+from edge_contract.desired import parse_desired
+from edge_contract.errors import PayloadError, UpdateError
+from edge_contract.fetchcodec import decode_reply
 from tests.unit.test_agent_inbound import FakeLink
 
 KEY = CryptoSigner.generate_ed25519().public_key

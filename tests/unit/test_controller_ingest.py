@@ -12,18 +12,18 @@ from typing import Any
 
 import pytest
 
-from agent.errors import PayloadError
-from agent.mqtt import payloads
 from agent.mqtt.base import InboundMessage
-from agent.mqtt.messages import (
+from agent.mqtt.rejections import DeadLetter
+from edge_contract import payloads
+from edge_contract.errors import PayloadError
+from edge_contract.messages import (
     EventMessage,
     ReportedMessage,
     StatusMessage,
     TelemetryMessage,
     decode_device_message,
 )
-from agent.mqtt.rejections import DeadLetter
-from agent.mqtt.topics import Channel
+from edge_contract.topics import Channel
 from fleet.config import FleetConfig
 from fleet.errors import StoreError
 from fleet.release.fileserver import RateLimiter

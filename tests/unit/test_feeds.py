@@ -7,7 +7,7 @@ import pytest
 
 from agent.errors import InvalidInputError
 from agent.inference.backends import CheckedFeeds, conform_feeds, input_contract
-from agent.inference.card import Quantization, TensorSpec
+from edge_contract.card import Quantization, TensorSpec
 
 TOKENS = (
     TensorSpec(name="ids", dtype="int64", shape=(-1, -1)),

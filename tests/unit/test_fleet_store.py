@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import PayloadError, TopicError
 from agent.mqtt.base import InboundMessage
+from edge_contract.errors import PayloadError, TopicError
 from fleet.config import parse_broker_url
 from fleet.errors import BrokerUrlError, UnknownDeviceError
 from fleet.service import validate

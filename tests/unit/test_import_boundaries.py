@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("agent", "fleet")
+PACKAGES = ("agent", "fleet", "edge_contract")
 
 # The banned libraries each exempt file may import (paths relative to the repository root).
 DOORS: dict[str, frozenset[str]] = {

@@ -22,9 +22,10 @@ from agent.errors import (
 )
 from agent.inference.backends import BackendOptions, open_backend
 from agent.inference.capture import CaptureBuffer
-from agent.inference.card import ModelCard, ReferenceStats, TensorSpec, card_path_for, load_card
+from agent.inference.cardfile import load_card
 from agent.inference.monitoring import FOLD_BATCHES, FOLD_BYTES, ModelMonitor, MonitorLimits
 from agent.inference.registry import Prediction
+from edge_contract.card import ModelCard, ReferenceStats, TensorSpec, card_path_for
 
 DIGITS = Path(__file__).parents[2] / "models" / "digits"
 CLASSES = 10

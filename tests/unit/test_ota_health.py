@@ -13,7 +13,7 @@ from agent.ota.health import (
     check_attempts,
     nearest_rank,
 )
-from agent.ota.reasons import Reason
+from edge_contract.reasons import Reason
 
 POLICY = HealthPolicy(duration_s=30, min_inferences=20, max_error_rate=0.05)
 

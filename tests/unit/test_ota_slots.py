@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from agent.errors import SlotError, StoreError, UpdateError
-from agent.ota.reasons import Reason
-from agent.ota.release import ModelRelease
+from agent.errors import SlotError, StoreError
 from agent.ota.slots import SlotState, SlotStore
+from edge_contract.errors import UpdateError
+from edge_contract.reasons import Reason
+from edge_contract.release import ModelRelease
 from tests.unit.test_ota_staging import make_release
 
 

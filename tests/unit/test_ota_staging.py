@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from agent.errors import StoreError, UpdateError
-from agent.inference.card import ModelCard, TensorSpec
+from agent.errors import StoreError
 from agent.ota import staging as staging_module
 from agent.ota.fsutil import TEMP_PREFIX
-from agent.ota.reasons import Reason
-from agent.ota.release import ModelRelease, Target, chunk_hashes
 from agent.ota.slots import SlotStore
 from agent.ota.staging import ChunkStaging, sweep
 from agent.ota.trust import verify_file
 from agent.ota.updater import assemble_download
+from edge_contract.card import ModelCard, TensorSpec
+from edge_contract.errors import UpdateError
+from edge_contract.reasons import Reason
+from edge_contract.release import ModelRelease, Target, chunk_hashes
 
 CHUNK = 1024
 DATA = bytes((index * 7) % 251 for index in range(2 * CHUNK + 500))  # 3 chunks, last short

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.errors import PayloadError
-from agent.mqtt import payloads
+from edge_contract import payloads
+from edge_contract.errors import PayloadError
 
 
 class TestPayloads:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.inference.card import ModelCard, card_path_for, load_card
+from agent.inference.cardfile import load_card
+from edge_contract.card import ModelCard, card_path_for
 
 DIGITS = Path(__file__).resolve().parents[2] / "models" / "digits"
 FILES = ("digits-fp32.onnx", "digits-int8.onnx", "digits-fp32.tflite", "digits-int8.tflite")

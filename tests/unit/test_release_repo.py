@@ -20,11 +20,12 @@ from tuf.api.metadata import Metadata, Root, Timestamp
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
-from agent.ota.desired import DesiredModel, DesiredState, sign_desired, verify_desired
-from agent.ota.release import ModelRelease, release_from_custom
+from agent.ota.trust import verify_desired
+from edge_contract.desired import DesiredModel, DesiredState
+from edge_contract.release import ModelRelease, release_from_custom
 from fleet.errors import PublishRefusedError, ReleaseInputError, ReleaseRepositoryError
 from fleet.release.publish import publish_model
-from fleet.release.repo import ExpiryPolicy, Repository, repository_lock
+from fleet.release.repo import ExpiryPolicy, Repository, repository_lock, sign_desired
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "digits" / "digits-int8.onnx"
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.errors import TopicError
-from agent.mqtt import topics
-from agent.mqtt.topics import Channel
+from edge_contract import topics
+from edge_contract.errors import TopicError
+from edge_contract.topics import Channel
 
 device_ids = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,63}\Z")
 named_channels = st.sampled_from([Channel.CMD, Channel.INPUT])

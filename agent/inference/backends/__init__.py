@@ -34,7 +34,7 @@ from agent.inference.backends.feeds import (
     conform_feeds,
     input_contract,
 )
-from agent.inference.card import ModelCard, Quantization, Runtime, TensorSpec
+from edge_contract.card import ModelCard, Quantization, Runtime, TensorSpec
 
 __all__ = [
     "Backend",

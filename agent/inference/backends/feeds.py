@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import InvalidInputError
-from agent.inference.card import DType, TensorSpec
+from edge_contract.card import DType, TensorSpec
 
 # A tensor of any element type, batch first (float32 wherever the model is quantized).
 Tensor = npt.NDArray[Any]

@@ -35,8 +35,8 @@ from agent.inference.backends import (
     TfliteRuntimeChoice,
     input_contract,
 )
-from agent.inference.card import DType, Quantization, TensorSpec
 from agent.inference.quantize import dequantize, quantize
+from edge_contract.card import DType, Quantization, TensorSpec
 
 SERVING_SIGNATURE = "serving_default"
 # numpy dtype names of the tensor types a model card can declare.

@@ -22,7 +22,7 @@ import structlog
 
 from agent.errors import InferenceError, ModelLoadError, ModelRunError
 from agent.inference.backends import BackendOptions, Tensor, input_contract
-from agent.inference.card import DType, TensorSpec
+from edge_contract.card import DType, TensorSpec
 
 log = structlog.get_logger("agent.inference")
 

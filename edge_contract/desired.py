@@ -9,9 +9,10 @@ controller's online key), so rotating that key through a new root also rotates t
 device, a replay of an older one or a stale one is refused. The model it names must also be
 a target of the signed TUF metadata (the updater checks that: Uptane's two repositories).
 
-Pure apart from the signing call: shared by the agent (verify) and the controller (sign). The
-canonical JSON and the signatures are TUF's, reached through ``agent.ota.trust`` (the agent's
-only module that imports securesystemslib).
+Pure: the model, the envelope's parsing and the checks that need no key. The canonical JSON
+and the signatures are TUF's, so signing and verifying stay behind each side's one door to
+securesystemslib: the controller signs with ``fleet.release.repo.sign_desired``, the agent
+verifies with ``agent.ota.trust.verify_desired`` (``check_signatures``, ``signatures_valid``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.errors import PayloadError, UpdateError
-from agent.mqtt import payloads
-from agent.ota.reasons import Reason
-from agent.ota.trust import PublicKey, Signer, canonical_json, sign_bytes, valid_keyids
+from edge_contract import payloads
+from edge_contract.errors import PayloadError, UpdateError
+from edge_contract.reasons import Reason
 
 MAX_DESIRED_BYTES = 16 * 1024
 # More signatures than any threshold needs is a cost, not a proof.
@@ -56,20 +56,12 @@ class DesiredState(BaseModel):
     )
     model: DesiredModel
 
-    def signed_bytes(self) -> bytes:
-        return canonical(self.model_dump(mode="json"))
 
-
-def canonical(value: Mapping[str, Any]) -> bytes:
-    """Canonical JSON (TUF's): the bytes that are signed and verified."""
-    return canonical_json(value)
-
-
-def sign_desired(state: DesiredState, signer: Signer) -> bytes:
-    """The envelope to publish, signed by ``signer`` (the controller's online key)."""
-    signature = sign_bytes(signer, state.signed_bytes())
-    envelope = {"signed": state.model_dump(mode="json"), "signatures": [signature]}
-    return json.dumps(envelope, separators=(",", ":")).encode()
+def envelope(state: DesiredState, signatures: list[Mapping[str, object]]) -> bytes:
+    """The message to publish: ``state`` with its signatures (``{"keyid", "sig"}`` each) over
+    the canonical JSON of ``state.model_dump(mode="json")``."""
+    body = {"signed": state.model_dump(mode="json"), "signatures": list(signatures)}
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -80,27 +72,6 @@ class SignedDesired:
     state: DesiredState
     signed: dict[str, Any]
     signatures: list[Any]
-
-
-def verify_desired(
-    payload: bytes,
-    *,
-    keys: Mapping[str, PublicKey],
-    threshold: int,
-    device_id: str,
-    last_counter: int,
-    now: datetime,
-) -> DesiredState:
-    """Check an envelope against the trusted online keys and this device's state.
-
-    Raises:
-        UpdateError: reason ``malformed_desired``, ``desired_unsigned``,
-            ``desired_other_device``, ``desired_replayed`` or ``desired_expired``.
-    """
-    parsed = parse_desired(payload)
-    check_desired(parsed.state, device_id=device_id, last_counter=last_counter, now=now)
-    check_signatures(parsed, keys=keys, threshold=threshold)
-    return parsed.state
 
 
 def parse_desired(payload: bytes | bytearray) -> SignedDesired:
@@ -146,26 +117,6 @@ def check_desired(state: DesiredState, *, device_id: str, last_counter: int, now
         )
     if state.expires.tzinfo is None or state.expires <= now:
         raise UpdateError(Reason.DESIRED_EXPIRED, f"expired at {state.expires.isoformat()}")
-
-
-def signatures_valid(
-    parsed: SignedDesired, *, keys: Mapping[str, PublicKey], threshold: int
-) -> bool:
-    """Whether at least ``threshold`` of ``keys`` signed the envelope (no IO)."""
-    return len(valid_keyids(canonical(parsed.signed), parsed.signatures, keys)) >= threshold
-
-
-def check_signatures(
-    parsed: SignedDesired, *, keys: Mapping[str, PublicKey], threshold: int
-) -> None:
-    """Raises:
-    UpdateError: ``desired_unsigned`` unless ``threshold`` of ``keys`` signed it."""
-    valid = valid_keyids(canonical(parsed.signed), parsed.signatures, keys)
-    if len(valid) < threshold:
-        raise UpdateError(
-            Reason.DESIRED_UNSIGNED,
-            f"{len(valid)} valid signature(s) by the online key(s), {threshold} needed",
-        )
 
 
 def utc_now() -> datetime:

@@ -2,7 +2,7 @@
 
 Shared by the agent (what it sends) and the controller (what it accepts): every message on
 ``fleet/<id>/status|telemetry|events|reported`` is validated into one of these through
-``agent.mqtt.payloads.decode_model`` before anything is stored, so a refusal carries a reason
+``edge_contract.payloads.decode_model`` before anything is stored, so a refusal carries a reason
 code (``schema`` naming the field, or the decoder's ``too_deep``, ``number_range``, ...).
 
 Only the fields the controller reads are typed and ranged; numbers are strict (no ``"5"``
@@ -21,9 +21,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from agent.errors import PayloadError
-from agent.mqtt import payloads
-from agent.mqtt.topics import DEVICE_ID_PATTERN, Channel
+from edge_contract import payloads
+from edge_contract.errors import PayloadError
+from edge_contract.topics import DEVICE_ID_PATTERN, Channel
 
 # A device clock may run a little ahead; a day ahead is a broken clock or a forged message.
 MAX_FUTURE_S = 86400.0

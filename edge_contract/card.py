@@ -7,7 +7,8 @@ tolerance (checked before a model is allowed to serve), and the statistics of it
 the held-out split (the reference that drift is measured against). The signed-delivery issue
 carries the same document in the TUF target's ``custom`` field.
 
-Pure: no numpy, no runtime, no IO beyond reading the one JSON file in ``load_card``.
+Pure: no numpy, no runtime, no IO. Reading a card file is each side's: the agent's
+``agent.inference.cardfile.load_card``, the controller's ``fleet.release.publish``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.errors import ModelLoadError
+from edge_contract.errors import CardError
 
 CARD_SUFFIX = ".card.json"
 Runtime = Literal["onnx", "tflite"]
@@ -116,22 +117,13 @@ def card_path_for(model_path: Path) -> Path:
 
 
 def parse_card(text: str | bytes, *, source: str) -> ModelCard:
-    """A card from JSON text; ``ModelLoadError`` naming the first problem if it is invalid."""
+    """A card from JSON text; ``CardError`` naming the first problem if it is invalid."""
     try:
         return ModelCard.model_validate(json.loads(text))
     except json.JSONDecodeError as exc:
         problem = f"model card is not JSON ({exc.msg} at {exc.pos})"
-        raise ModelLoadError(problem, path=source) from exc
+        raise CardError(problem, source=source) from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise ModelLoadError(f"model card field {where}: {first['msg']}", path=source) from exc
-
-
-def load_card(path: Path) -> ModelCard:
-    """Read and validate the card at ``path``."""
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read model card ({exc.strerror})", path=str(path)) from exc
-    return parse_card(text, source=str(path))
+        raise CardError(f"model card field {where}: {first['msg']}", source=source) from exc

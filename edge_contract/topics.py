@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent.errors import TopicError
+from edge_contract.errors import TopicError
 
 ROOT = "fleet"
 CONTROLLER_ROOT = "fleet-controller"

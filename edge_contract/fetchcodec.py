@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from agent.errors import PayloadError
-from agent.mqtt import payloads
+from edge_contract import payloads
+from edge_contract.errors import PayloadError
 
 REQUEST_EXPIRY_S = 30
 CORRELATION_BYTES = 16

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from agent.errors import PayloadError
+from edge_contract.errors import PayloadError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

@@ -30,9 +30,9 @@ from pydantic import (
     model_validator,
 )
 
-from agent.errors import UpdateError
-from agent.inference.card import ModelCard
-from agent.ota.reasons import Reason
+from edge_contract.card import ModelCard
+from edge_contract.errors import UpdateError
+from edge_contract.reasons import Reason
 
 CUSTOM_KEY = "edge_model"
 DEFAULT_CHUNK_SIZE = 256 * 1024  # bytes; well under mosquitto's default packet limit
