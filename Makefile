@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing Python packages into $(VENV)"
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c 'import agent, fleet, edge_contract, paho, pydantic_settings, typer, pytest' 
+	@$(PY) -c 'import agent, fleet, edge_contract, edge_runtime, paho, pydantic_settings, typer, pytest' 
 	@touch $(STAMP)
 
 $(TFLITE_STAMP): pyproject.toml
@@ -60,8 +60,8 @@ models: $(MODELS_STAMP)
 deps: system-deps $(STAMP)
 
 lint: deps
-	@$(VENV)/bin/ruff check agent fleet edge_contract devtools tests bench firmware/protocol models
-	@$(VENV)/bin/ruff format --check --quiet agent fleet edge_contract devtools tests bench firmware/protocol models
+	@$(VENV)/bin/ruff check agent fleet edge_contract edge_runtime devtools tests bench firmware/protocol models
+	@$(VENV)/bin/ruff format --check --quiet agent fleet edge_contract edge_runtime devtools tests bench firmware/protocol models
 
 typecheck: deps
 	@$(VENV)/bin/mypy

@@ -29,8 +29,6 @@ from agent.events import EventEmitter
 from agent.forwarder import DiskOutbox, Forwarder
 from agent.health import HealthChange, HealthMonitor, Status
 from agent.inbound import InboundRejections
-from agent.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings, TlsSettings
-from agent.mqtt.link import MqttLink
 from agent.outbox import Outbox
 from agent.pipeline import Classify, PipelineSpec, SensorPipeline, ThresholdModel, parse_input
 from agent.presence import Presence
@@ -41,6 +39,8 @@ from agent.telemetry.service import BoardMonitor, TelemetryService
 from edge_contract import payloads
 from edge_contract.errors import PayloadError, TopicError
 from edge_contract.topics import Channel, device_commands, device_inputs, parse, topic_for
+from edge_runtime.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings, TlsSettings
+from edge_runtime.mqtt.link import MqttLink
 
 if TYPE_CHECKING:
     from agent.inference.service import InferenceService

@@ -19,6 +19,7 @@ from agent import eventloop
 from agent.config import DEFAULT_CONFIG_PATH, load_config, masked_dump
 from agent.errors import EXIT_CONFIG, EXIT_RUNTIME, AgentError, ConfigError
 from edge_contract.errors import ContractError
+from edge_runtime.errors import SharedRuntimeError
 
 # Import names of what the `inference` extra brings (pyproject.toml). tflite-runtime is left
 # out: the LiteRT backend names a missing interpreter itself.
@@ -138,11 +139,15 @@ def _module_not_found(exc: BaseException) -> ModuleNotFoundError | None:
     return None
 
 
+# Modules of this distribution: their absence is a bug to see in full, not a missing extra.
+_OWN_PACKAGES = frozenset({"agent", "edge_contract", "edge_runtime"})
+
+
 def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
     """The line for a package that is not installed; None for a module of the agent itself
     (a bug to see in full, not an install to fix)."""
     root = (exc.name or "").partition(".")[0]
-    if not root or root == "agent":
+    if not root or root in _OWN_PACKAGES:
         return None
     if root in INFERENCE_MODULES:
         return (
@@ -160,7 +165,7 @@ def _config_error(exc: ConfigError) -> int:
 def _run(config: object) -> int:
     from agent.app import Agent  # noqa: PLC0415 - keep check-config light and fast
     from agent.config import AgentConfig  # noqa: PLC0415
-    from agent.log import configure_logging  # noqa: PLC0415
+    from edge_runtime.log import configure_logging  # noqa: PLC0415
 
     assert isinstance(config, AgentConfig)
     configure_logging(config.log.level, config.log.format)
@@ -168,7 +173,7 @@ def _run(config: object) -> int:
         eventloop.run(Agent(config).run(), config.event_loop)
     except ConfigError as exc:
         return _config_error(exc)
-    except (AgentError, ContractError) as exc:
+    except (AgentError, ContractError, SharedRuntimeError) as exc:
         sys.stderr.write(f"edge-agent: {exc}\n")
         return EXIT_RUNTIME
     except KeyboardInterrupt:
@@ -180,7 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Imported here: serving needs numpy and a runtime, the daemon's other commands do not.
     from agent.inference.backends import BackendOptions  # noqa: PLC0415
     from agent.inference.serve import ServeSettings, parse_model_arg, serve  # noqa: PLC0415
-    from agent.log import configure_logging  # noqa: PLC0415
+    from edge_runtime.log import configure_logging  # noqa: PLC0415
 
     configure_logging("info", "auto")
     try:
@@ -205,7 +210,7 @@ def _serve(args: argparse.Namespace) -> int:
         eventloop.run(serve(settings), args.event_loop)
     except ConfigError as exc:
         return _config_error(exc)
-    except (AgentError, ContractError, OSError) as exc:
+    except (AgentError, ContractError, SharedRuntimeError, OSError) as exc:
         sys.stderr.write(f"edge-agent: {exc}\n")
         return EXIT_RUNTIME
     except KeyboardInterrupt:

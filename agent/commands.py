@@ -25,11 +25,11 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from agent.inbound import InboundRejections
-from agent.mqtt.base import InboundMessage, PublishOptions
-from agent.mqtt.link import MqttLink
 from edge_contract import payloads
 from edge_contract.errors import PayloadError, TopicError
 from edge_contract.topics import Channel, parse, topic_for
+from edge_runtime.mqtt.base import InboundMessage, PublishOptions
+from edge_runtime.mqtt.link import MqttLink
 
 log = structlog.get_logger("agent.commands")
 

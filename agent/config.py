@@ -8,14 +8,12 @@ ignored setting. Every failure surfaces as ``ConfigError`` (exit code 78).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import os
 import platform
 import re
 import socket
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -30,20 +28,16 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from agent.errors import ConfigError
 from agent.eventloop import LoopChoice
 from edge_contract.topics import DEVICE_ID_PATTERN
+from edge_runtime.settings import TomlBackedSettings, format_validation_error, toml_file
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/agent.toml")
 ENV_PREFIX = "EDGE_AGENT_"
-
-_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
 
 
 class _Section(BaseModel):
@@ -301,35 +295,6 @@ class PipelineConfig(_Section):
         return self
 
 
-class TomlBackedSettings(BaseSettings):
-    """Settings from init values, then the environment, then the TOML file of ``toml_file``."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _toml_path.get()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
-
-
-@contextlib.contextmanager
-def toml_file(path: Path | None) -> Iterator[None]:
-    """Within the block, ``TomlBackedSettings`` read ``path`` (None: no file)."""
-    token = _toml_path.set(path)
-    try:
-        yield
-    finally:
-        _toml_path.reset(token)
-
-
 def _default_device_id() -> str:
     cleaned = re.sub(r"[^a-z0-9_-]", "-", socket.gethostname().lower()).strip("-_")
     return (cleaned or "device")[:64]
@@ -523,20 +488,6 @@ def _names_field(model: type[BaseModel], path: list[str]) -> bool:
         and issubclass(annotation, BaseModel)
         and _names_field(annotation, path[1:])
     )
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem: ``key.path: what is wrong (got VALUE)``."""
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key")
-            continue
-        got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{key}: {err['msg']}{shown}")
-    return "; ".join(lines)
 
 
 def masked_dump(config: AgentConfig) -> dict[str, Any]:

@@ -5,7 +5,8 @@ or a CLI message says what was wrong without a traceback. Foreign exceptions (pa
 pydantic, OSError) are wrapped at the boundary that caught them, with ``raise ... from``.
 
 The wire's errors (``TopicError``, ``PayloadError``, ``UpdateError``, ``CardError``) are the
-contract's (``edge_contract.errors``): the agent catches ``ContractError`` beside ``AgentError``.
+contract's (``edge_contract.errors``), the MQTT link's (``MqttError`` and its kinds) the shared
+runtime's (``edge_runtime.errors``): the agent catches those bases beside ``AgentError``.
 """
 
 from __future__ import annotations
@@ -30,41 +31,6 @@ class ConfigError(AgentError):
     def __init__(self, message: str, *, source: str | None = None) -> None:
         self.source = source
         super().__init__(f"{source}: {message}" if source else message)
-
-
-class MqttError(AgentError):
-    """The MQTT link failed or refused an operation."""
-
-
-class NotConnectedError(MqttError):
-    """An operation needed a connected link and the broker is not reachable right now."""
-
-
-class PacketTooLargeError(MqttError):
-    """A publish would exceed the broker's Maximum Packet Size and was refused locally.
-
-    Sending it anyway makes the broker drop the connection, and the client would resend the
-    same packet on every reconnect: a disconnect loop.
-    """
-
-    def __init__(self, *, topic: str, size: int, limit: int) -> None:
-        self.topic = topic
-        self.size = size
-        self.limit = limit
-        super().__init__(
-            f"publish to {topic!r} is {size} bytes, over the broker's maximum packet size "
-            f"of {limit} bytes"
-        )
-
-
-class PublishRejectedError(MqttError):
-    """The broker answered a QoS 1 publish with a failure reason code."""
-
-    def __init__(self, *, topic: str, reason: str, code: int) -> None:
-        self.topic = topic
-        self.reason = reason
-        self.code = code
-        super().__init__(f"broker rejected publish to {topic!r}: {reason} (0x{code:02x})")
 
 
 class StoreError(AgentError):

@@ -27,11 +27,16 @@ from typing import TypeVar
 
 import structlog
 
-from agent.errors import MqttError, NotConnectedError, PacketTooLargeError, PublishRejectedError
-from agent.mqtt.base import ConnectionInfo
-from agent.mqtt.link import MqttLink
 from agent.outbox import Outbox, OutboxRow, OutboxStats
 from agent.worker import WorkerThread, reporting_to_loop
+from edge_runtime.errors import (
+    MqttError,
+    NotConnectedError,
+    PacketTooLargeError,
+    PublishRejectedError,
+)
+from edge_runtime.mqtt.base import ConnectionInfo
+from edge_runtime.mqtt.link import MqttLink
 
 log = structlog.get_logger("agent.forwarder")
 T = TypeVar("T")

@@ -13,8 +13,8 @@ from typing import Any
 
 import structlog
 
-from agent.mqtt.base import InboundMessage
-from agent.mqtt.rejections import DeadLetter, RejectionLedger
+from edge_runtime.mqtt.base import InboundMessage
+from edge_runtime.mqtt.rejections import DeadLetter, RejectionLedger
 
 log = structlog.get_logger("agent.inbound")
 

@@ -15,11 +15,11 @@ import structlog
 
 import agent
 from agent.background import BackgroundTasks
-from agent.errors import MqttError
-from agent.mqtt.base import ConnectionInfo, Will
-from agent.mqtt.link import MqttLink
 from edge_contract import payloads
 from edge_contract.topics import DELIVERY, Channel, topic_for
+from edge_runtime.errors import MqttError
+from edge_runtime.mqtt.base import ConnectionInfo, Will
+from edge_runtime.mqtt.link import MqttLink
 
 log = structlog.get_logger("agent.presence")
 

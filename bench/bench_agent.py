@@ -88,9 +88,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config import MqttConfig, QueueConfig
 from agent.forwarder import DiskOutbox, Forwarder
 from agent.health import HealthChange, HealthMonitor
-from agent.log import configure_logging
-from agent.mqtt.base import ConnectionInfo, LinkSettings
-from agent.mqtt.link import MqttLink
 from agent.outbox import Outbox
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
@@ -98,6 +95,9 @@ from agent.telemetry.service import BoardMonitor, TelemetryService
 from bench import report
 from devtools.localbroker import PrivateBroker
 from edge_contract.topics import Channel, topic_for
+from edge_runtime.log import configure_logging
+from edge_runtime.mqtt.base import ConnectionInfo, LinkSettings
+from edge_runtime.mqtt.link import MqttLink
 
 HOST = "127.0.0.1"
 PUBLISH_DEVICE = "bench-publisher"

@@ -75,9 +75,6 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.inference.cardfile import load_card
-from agent.log import configure_logging
-from agent.mqtt.base import LinkSettings
-from agent.mqtt.link import MqttLink
 from agent.ota.staging import ChunkStaging
 from agent.ota.transport import (
     DEFAULT_REQUEST_BYTES,
@@ -92,6 +89,9 @@ from bench.bench_agent import _mosquitto_version
 from devtools.localbroker import PrivateBroker
 from edge_contract.card import card_path_for
 from edge_contract.release import DEFAULT_CHUNK_SIZE, ModelRelease, Target
+from edge_runtime.log import configure_logging
+from edge_runtime.mqtt.base import LinkSettings
+from edge_runtime.mqtt.link import MqttLink
 from fleet.release.publish import publish_model as release_publish
 from fleet.release.repo import Repository
 

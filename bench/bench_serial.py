@@ -78,13 +78,13 @@ from typing import Any
 import psutil
 
 from agent.errors import SerialLinkError
-from agent.log import configure_logging
 from agent.serial import messages_gen as msg
 from agent.serial.framing import Frame, FrameDecoder, encode_frame
 from agent.serial.session import LinkStats, PeripheralSession
 from agent.serial.transport import SerialTransport
 from bench import report
 from devtools.emulated_board import FIRMWARE_DIR, BuildError, EmulatedBoard, run_make
+from edge_runtime.log import configure_logging
 
 BAUD = 115200
 LINE_BYTES_PER_S = BAUD / 10  # 8N1: a start bit, 8 data bits, a stop bit per byte

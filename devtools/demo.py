@@ -35,12 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.log import configure_logging
 from devtools.demo_display import BoardState, Display, Frame, make_display
 from devtools.demo_model import MODEL_DEVICE, ModelClient
 from devtools.demo_ota import DemoRelease
 from devtools.emulated_board import EmulatedBoard
 from devtools.localbroker import PrivateBroker, free_port
+from edge_runtime.log import configure_logging
 from fleet.config import load_fleet_config
 from fleet.errors import ControllerUnavailableError, FleetError
 from fleet.rpc import call

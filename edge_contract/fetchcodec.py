@@ -65,7 +65,7 @@ def encode_reply(
     as a property paho took 2.0 ms to decode a 1 MiB reply instead of 0.5 ms, timed on its
     own, and 1.2 instead of 0.8 ms per MiB during downloads (paho 2.2; three user properties
     cost about 1.4 ms more; docs/benchmarks.md). The agent's own link no longer pays this
-    (``agent.mqtt.paho_client`` reads large packets in place); a client on plain paho does.
+    (``edge_runtime.mqtt.paho_client`` reads large packets in place); a client on plain paho does.
     """
     fields: dict[str, int | str] = {"status": status, "offset": offset}
     if size is not None:

@@ -14,7 +14,7 @@ import sys
 from fleet.errors import EXIT_CONFIG
 
 # Modules of this distribution: their absence is a bug to see in full, not a missing extra.
-_OWN_PACKAGES = frozenset({"agent", "fleet"})
+_OWN_PACKAGES = frozenset({"agent", "fleet", "edge_contract", "edge_runtime"})
 
 
 def missing_extra_message(exc: ModuleNotFoundError) -> str | None:

@@ -207,7 +207,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the controller: record every device's status, telemetry and events; serve OTA."""
-    from agent.log import configure_logging  # noqa: PLC0415
+    from edge_runtime.log import configure_logging  # noqa: PLC0415
     from fleet.service import Controller  # noqa: PLC0415
 
     if log_format not in ("auto", "json", "console"):
@@ -612,7 +612,7 @@ def _optimize_extra_missing(module: str) -> FleetConfigError:
 def main() -> None:
     """The CLI itself; the ``fleet`` command reaches it through ``fleet.__main__``, which
     first makes sure the ``fleet`` extra (typer, rich) is installed."""
-    from agent.log import configure_logging  # noqa: PLC0415
+    from edge_runtime.log import configure_logging  # noqa: PLC0415
 
     # Library logs go to stderr and only for errors, so --json stays clean; the link's
     # reconnect warnings are left out: the command says in one line what went wrong.

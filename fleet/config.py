@@ -18,7 +18,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from agent.config import TomlBackedSettings, format_validation_error, toml_file
+from edge_runtime.settings import TomlBackedSettings, format_validation_error, toml_file
 from fleet.errors import BrokerUrlError, FleetConfigError
 from fleet.operators import NAME_PATTERN
 

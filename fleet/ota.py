@@ -24,12 +24,12 @@ from typing import Any
 
 import structlog
 
-from agent.mqtt.base import InboundMessage, PublishOptions
-from agent.mqtt.link import MqttLink
 from edge_contract.desired import DesiredModel, DesiredState
 from edge_contract.errors import TopicError
 from edge_contract.release import CUSTOM_KEY
 from edge_contract.topics import Channel, parse, topic_for
+from edge_runtime.mqtt.base import InboundMessage, PublishOptions
+from edge_runtime.mqtt.link import MqttLink
 from fleet.config import OtaOptions
 from fleet.errors import DeviceNotAcceptedError, FleetError, UnknownDeviceError
 from fleet.release.allocator import keep_large_buffers

@@ -20,12 +20,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.errors import MqttError
-from agent.mqtt.base import InboundMessage, PublishOptions
-from agent.mqtt.link import MqttLink
 from edge_contract import payloads
 from edge_contract.errors import PayloadError
 from edge_contract.topics import controller_rpc, reply_inbox
+from edge_runtime.errors import MqttError
+from edge_runtime.mqtt.base import InboundMessage, PublishOptions
+from edge_runtime.mqtt.link import MqttLink
 from fleet.config import FleetConfig, parse_broker_url
 from fleet.errors import (
     BrokerUnreachableError,

@@ -27,10 +27,6 @@ from typing import Annotated, Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from agent.errors import MqttError
-from agent.mqtt.base import InboundMessage, LinkSettings, PublishOptions, TlsSettings
-from agent.mqtt.link import MqttLink
-from agent.mqtt.rejections import DeadLetter, RejectionLedger
 from edge_contract import payloads
 from edge_contract.errors import PayloadError, TopicError
 from edge_contract.messages import decode_device_message
@@ -43,6 +39,10 @@ from edge_contract.topics import (
     parse,
     parse_controller_rpc,
 )
+from edge_runtime.errors import MqttError
+from edge_runtime.mqtt.base import InboundMessage, LinkSettings, PublishOptions, TlsSettings
+from edge_runtime.mqtt.link import MqttLink
+from edge_runtime.mqtt.rejections import DeadLetter, RejectionLedger
 from fleet.config import FleetConfig, parse_broker_url
 from fleet.errors import (
     DeviceNotAcceptedError,

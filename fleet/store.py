@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.mqtt.rejections import DeadLetter
 from edge_contract import payloads
+from edge_runtime.mqtt.rejections import DeadLetter
 from fleet.errors import FleetError, StoreError, UnknownDeviceError
 from fleet.operators import TrustedKey, key_id
 

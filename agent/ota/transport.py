@@ -30,10 +30,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.errors import FetchError, MqttError
+from agent.errors import FetchError
 from agent.inbound import InboundRejections
-from agent.mqtt.base import InboundMessage, PublishOptions
-from agent.mqtt.link import MqttLink
 from edge_contract.errors import UpdateError
 from edge_contract.fetchcodec import (
     CORRELATION_BYTES,
@@ -51,6 +49,9 @@ from edge_contract.fetchcodec import (
 from edge_contract.reasons import Reason
 from edge_contract.release import DEFAULT_CHUNK_SIZE
 from edge_contract.topics import Channel, topic_for
+from edge_runtime.errors import MqttError
+from edge_runtime.mqtt.base import InboundMessage, PublishOptions
+from edge_runtime.mqtt.link import MqttLink
 
 log = structlog.get_logger("agent.ota.transport")
 

@@ -48,9 +48,6 @@ from agent.background import BackgroundTasks
 from agent.config import OtaConfig
 from agent.inbound import InboundRejections
 from agent.inference.registry import ModelRegistry
-from agent.mqtt.base import InboundMessage
-from agent.mqtt.link import MqttLink
-from agent.mqtt.rejections import EXCERPT_BYTES
 from agent.ota import fsutil
 from agent.ota.activation import Activator
 from agent.ota.report import Reporter
@@ -70,6 +67,9 @@ from edge_contract.errors import TopicError, UpdateError
 from edge_contract.reasons import Reason
 from edge_contract.release import ModelRelease, Target, release_from_custom, version_tuple
 from edge_contract.topics import Channel, parse, topic_for
+from edge_runtime.mqtt.base import InboundMessage
+from edge_runtime.mqtt.link import MqttLink
+from edge_runtime.mqtt.rejections import EXCERPT_BYTES
 
 log = structlog.get_logger("agent.ota.updater")
 

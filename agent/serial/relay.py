@@ -19,9 +19,9 @@ import structlog
 
 from agent.background import BackgroundTasks
 from agent.errors import HandshakeError, SerialLinkError
-from agent.mqtt.base import backoff_delay
 from agent.serial import messages_gen as msg
 from agent.serial.session import LinkStats, PeripheralSession, Transport
+from edge_runtime.mqtt.base import backoff_delay
 
 log = structlog.get_logger("agent.serial")
 

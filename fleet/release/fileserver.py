@@ -28,10 +28,6 @@ from typing import Any, TypeGuard
 
 import structlog
 
-from agent.errors import MqttError
-from agent.mqtt.base import InboundMessage, PublishOptions, publish_packet_size
-from agent.mqtt.link import MqttLink
-from agent.mqtt.rejections import RejectionLedger
 from edge_contract import payloads
 from edge_contract.errors import PayloadError, TopicError
 from edge_contract.fetchcodec import (
@@ -47,6 +43,10 @@ from edge_contract.fetchcodec import (
     encode_reply,
 )
 from edge_contract.topics import Channel, all_devices, parse, topic_for
+from edge_runtime.errors import MqttError
+from edge_runtime.mqtt.base import InboundMessage, PublishOptions, publish_packet_size
+from edge_runtime.mqtt.link import MqttLink
+from edge_runtime.mqtt.rejections import RejectionLedger
 
 log = structlog.get_logger("fleet.release.fileserver")
 

@@ -14,10 +14,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.errors import ModelLoadError
-from agent.inference.cardfile import load_card
-from edge_contract.card import ModelCard, card_path_for
-from edge_contract.errors import UpdateError
+from edge_contract.card import ModelCard, card_path_for, parse_card
+from edge_contract.errors import CardError, UpdateError
 from edge_contract.release import DEFAULT_CHUNK_SIZE, ModelRelease, chunk_count, release_from_custom
 from fleet.errors import PublishRefusedError, ReleaseInputError
 from fleet.release.repo import Repository
@@ -75,9 +73,15 @@ def publish_model(
 
 def load_model_card(model_file: Path) -> ModelCard:
     """The card beside ``model_file`` (``<file>.card.json``)."""
+    path = card_path_for(model_file)
     try:
-        return load_card(card_path_for(model_file))
-    except ModelLoadError as exc:
+        text = path.read_bytes()
+    except OSError as exc:
+        problem = f"cannot read model card ({exc.strerror}): {path}"
+        raise ReleaseInputError("unusable model card", value=problem) from exc
+    try:
+        return parse_card(text, source=str(path))
+    except CardError as exc:
         raise ReleaseInputError("unusable model card", value=str(exc)) from exc
 
 

@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt.link import MqttLink
+from edge_runtime.mqtt.link import MqttLink
 
 REPO = Path(__file__).resolve().parents[2]
 

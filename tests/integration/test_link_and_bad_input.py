@@ -19,11 +19,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.errors import PacketTooLargeError
-from agent.mqtt.base import LinkSettings, publish_packet_size
-from agent.mqtt.link import MqttLink
 from devtools.localbroker import BrokerError, PrivateBroker, free_port
 from edge_contract import payloads
+from edge_runtime.errors import PacketTooLargeError
+from edge_runtime.mqtt.base import LinkSettings, publish_packet_size
+from edge_runtime.mqtt.link import MqttLink
 from tests.integration.harness import (
     ManagedProcess,
     Recorder,

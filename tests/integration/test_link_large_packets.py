@@ -1,4 +1,6 @@
-"""Large packets through the MQTT link's own paho client (``agent.mqtt.paho_client``), for real.
+"""Large packets through the MQTT link's own paho client (``edge_runtime.mqtt.paho_client``).
+
+For real.
 
 The link decodes a PUBLISH of ``LARGE_PACKET_BYTES`` or more itself, through a memoryview,
 and queues large outgoing packets as views. Here links send such packets through a private
@@ -15,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.mqtt.base import InboundMessage, LinkSettings, PublishOptions
-from agent.mqtt.link import MqttLink
-from agent.mqtt.paho_client import LARGE_PACKET_BYTES
 from devtools.localbroker import PrivateBroker
+from edge_runtime.mqtt.base import InboundMessage, LinkSettings, PublishOptions
+from edge_runtime.mqtt.link import MqttLink
+from edge_runtime.mqtt.paho_client import LARGE_PACKET_BYTES
 from tests.integration.harness import running_link
 
 INFLIGHT = 3  # the broker's limit of unacknowledged QoS 1 messages per client

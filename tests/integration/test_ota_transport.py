@@ -32,13 +32,13 @@ from tuf.api.metadata import (
 from tuf.ngclient import Updater
 
 from agent.errors import FetchError
-from agent.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings
-from agent.mqtt.link import MqttLink
 from agent.ota.transport import ChunkRange, RepositoryClient
 from agent.ota.trust import MqttFetcher
 from devtools.localbroker import PrivateBroker
 from edge_contract.fetchcodec import decode_reply
 from edge_contract.topics import Channel, parse, topic_for
+from edge_runtime.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings
+from edge_runtime.mqtt.link import MqttLink
 from fleet.release.fileserver import FileService, RepositoryFiles
 from tests.integration.harness import running_link
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "digits" / "digits-int8.onnx"
 _SHIM = (
     "import typer\n"
-    "from agent.log import configure_logging\n"
+    "from edge_runtime.log import configure_logging\n"
     "from fleet.release.cli import keys_app, register_model_commands\n"
     "app = typer.Typer()\n"
     "app.add_typer(keys_app, name='keys')\n"

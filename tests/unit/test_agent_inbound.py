@@ -25,8 +25,6 @@ from agent.events import EventEmitter
 from agent.forwarder import DiskOutbox
 from agent.inbound import InboundRejections
 from agent.inference.registry import ModelRegistry
-from agent.mqtt.base import InboundMessage
-from agent.mqtt.link import MqttLink
 from agent.ota.report import Reporter
 from agent.ota.transport import RepositoryClient
 from agent.ota.trust import OnlineKeys
@@ -36,6 +34,8 @@ from agent.pipeline import Classification, PipelineSpec, SensorPipeline, parse_i
 from edge_contract.desired import DesiredModel, DesiredState, parse_desired
 from edge_contract.errors import PayloadError, UpdateError
 from edge_contract.reasons import Reason
+from edge_runtime.mqtt.base import InboundMessage
+from edge_runtime.mqtt.link import MqttLink
 from fleet.release.repo import sign_desired
 
 DEVICE = "pi-01"

@@ -19,13 +19,13 @@ from securesystemslib.signer import CryptoSigner
 
 from agent.commands import CaptureRequest, CommandDispatcher, NoArguments
 from agent.inbound import InboundRejections
-from agent.mqtt.base import InboundMessage
-from agent.mqtt.link import MqttLink
 from agent.ota.trust import verify_desired
 from agent.pipeline import parse_input
 from edge_contract.desired import parse_desired
 from edge_contract.errors import PayloadError, UpdateError
 from edge_contract.fetchcodec import decode_reply
+from edge_runtime.mqtt.base import InboundMessage
+from edge_runtime.mqtt.link import MqttLink
 from tests.unit.test_agent_inbound import FakeLink
 
 KEY = CryptoSigner.generate_ed25519().public_key

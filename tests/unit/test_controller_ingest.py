@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 
-from agent.mqtt.base import InboundMessage
-from agent.mqtt.rejections import DeadLetter
 from edge_contract import payloads
 from edge_contract.errors import PayloadError
 from edge_contract.messages import (
@@ -24,6 +22,8 @@ from edge_contract.messages import (
     decode_device_message,
 )
 from edge_contract.topics import Channel
+from edge_runtime.mqtt.base import InboundMessage
+from edge_runtime.mqtt.rejections import DeadLetter
 from fleet.config import FleetConfig
 from fleet.errors import StoreError
 from fleet.release.fileserver import RateLimiter

@@ -15,7 +15,7 @@ import pytest
 from setuptools.config.pyprojecttoml import read_configuration
 
 REPO = Path(__file__).resolve().parents[2]
-PRODUCT = ("agent", "fleet", "edge_contract")
+PRODUCT = ("agent", "fleet", "edge_contract", "edge_runtime")
 # The modules that moved to devtools/: none of them may ship again under another package.
 RIG_MODULES = ("localbroker", "emulated_board")
 
@@ -48,7 +48,7 @@ def _imported_modules(source: Path) -> set[str]:
     return names
 
 
-def test_the_wheel_ships_the_agent_the_controller_and_the_contract_only() -> None:
+def test_the_wheel_ships_the_agent_the_controller_and_their_shared_packages_only() -> None:
     packages = _shipped_packages()
 
     assert {p.split(".")[0] for p in packages} == set(PRODUCT), packages

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.mqtt.base import InboundMessage
 from edge_contract.errors import PayloadError, TopicError
+from edge_runtime.mqtt.base import InboundMessage
 from fleet.config import parse_broker_url
 from fleet.errors import BrokerUrlError, UnknownDeviceError
 from fleet.service import validate

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.forwarder import DiskOutbox, Forwarder
-from agent.mqtt.base import AckCallback
 from agent.outbox import Outbox
+from edge_runtime.mqtt.base import AckCallback
 
 
 class RecordingLink:

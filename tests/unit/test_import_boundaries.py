@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("agent", "fleet", "edge_contract")
+PACKAGES = ("agent", "fleet", "edge_contract", "edge_runtime")
 
 # The banned libraries each exempt file may import (paths relative to the repository root).
 DOORS: dict[str, frozenset[str]] = {
-    "agent/mqtt/link.py": frozenset({"paho"}),
-    "agent/mqtt/paho_client.py": frozenset({"paho"}),
+    "edge_runtime/mqtt/link.py": frozenset({"paho"}),
+    "edge_runtime/mqtt/paho_client.py": frozenset({"paho"}),
     "agent/serial/transport.py": frozenset({"serial"}),
     "agent/inference/backends/onnx.py": frozenset({"onnxruntime"}),
     "agent/inference/backends/litert.py": frozenset({"ai_edge_litert", "tflite_runtime"}),

@@ -12,9 +12,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.mqtt.base import InboundMessage
 from edge_contract import payloads
 from edge_contract.errors import PayloadError
+from edge_runtime.mqtt.base import InboundMessage
 from fleet.service import validate
 from fleet.store import SqliteFleetStore
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from agent.mqtt.base import backoff_delay, publish_packet_size
+from edge_runtime.mqtt.base import backoff_delay, publish_packet_size
 
 
 class TestBackoff:

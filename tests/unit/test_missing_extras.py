@@ -31,12 +31,16 @@ def test_a_base_dependency_says_to_reinstall_the_package() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["agent.inference.gone", "agent", ""])
+@pytest.mark.parametrize(
+    "name", ["agent.inference.gone", "agent", "", "edge_contract.gone", "edge_runtime.mqtt"]
+)
 def test_a_module_of_the_agent_itself_is_a_bug_not_an_extra(name: str) -> None:
     assert agent_cli.missing_extra_message(_missing(name)) is None
 
 
-@pytest.mark.parametrize("name", ["fleet.gone", "agent.log"])
+@pytest.mark.parametrize(
+    "name", ["fleet.gone", "agent.config", "edge_runtime.log", "edge_contract.topics"]
+)
 def test_a_module_of_the_package_itself_is_a_bug_for_fleet_too(name: str) -> None:
     assert fleet_main.missing_extra_message(_missing(name)) is None
 

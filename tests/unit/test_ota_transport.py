@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import FetchError
-from agent.mqtt.base import InboundMessage, PublishOptions, publish_packet_size
-from agent.mqtt.link import MqttLink
 from agent.ota.transport import RepositoryClient, _parse_reply
 from edge_contract.fetchcodec import MAX_REPLY_PACKET, REPLY_HEADER_MAX, DecodedReply, decode_reply
+from edge_runtime.mqtt.base import InboundMessage, PublishOptions, publish_packet_size
+from edge_runtime.mqtt.link import MqttLink
 from fleet.release.fileserver import (
     FileReply,
     RepositoryFiles,

@@ -14,7 +14,7 @@ from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt.paho_client import LARGE_PACKET_BYTES, LinkClient
+from edge_runtime.mqtt.paho_client import LARGE_PACKET_BYTES, LinkClient
 
 PUBLISH_QOS0 = 0x30
 PUBLISH_QOS0_RETAIN = 0x31

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.mqtt.rejections import RejectionLedger
+from edge_runtime.mqtt.rejections import RejectionLedger
 
 
 class _Log:

@@ -1,4 +1,4 @@
-"""The MQTT link: with its paho client (``agent.mqtt.paho_client``), the only code that
+"""The MQTT link: with its paho client (``edge_runtime.mqtt.paho_client``), the only code that
 imports paho.
 
 One ``MqttLink`` keeps one MQTT v5 connection alive on the running asyncio loop. paho's
@@ -37,13 +37,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.errors import (
+from edge_runtime.errors import (
     MqttError,
     NotConnectedError,
     PacketTooLargeError,
     PublishRejectedError,
 )
-from agent.mqtt.base import (
+from edge_runtime.mqtt.base import (
     AckCallback,
     ConnectionInfo,
     InboundMessage,
@@ -53,7 +53,7 @@ from agent.mqtt.base import (
     backoff_delay,
     publish_packet_size,
 )
-from agent.mqtt.paho_client import LinkClient
+from edge_runtime.mqtt.paho_client import LinkClient
 
 log = structlog.get_logger("agent.mqtt")
 

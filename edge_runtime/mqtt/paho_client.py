@@ -1,6 +1,6 @@
 """The MQTT link's paho client: paho's own, minus the copies it makes of large packets.
 
-Part of the link's boundary: only ``agent.mqtt.link`` uses it, and only these two modules
+Part of the link's boundary: only ``edge_runtime.mqtt.link`` uses it, and only these two modules
 import paho. paho 2.x copies a PUBLISH's payload four times while decoding it (it unpacks
 the rest of the packet with ``struct`` after the topic length, after the topic, after the
 packet id, then slices it after the properties), and copies every queued packet again on

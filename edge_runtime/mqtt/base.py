@@ -1,7 +1,7 @@
 """Pure pieces of the MQTT link: settings, message types, reconnect backoff, packet sizes.
 
 No paho and no IO here, so these are shared (the serial relay uses the same backoff) and
-tested on their own; ``agent.mqtt.link`` is the module that talks to the broker.
+tested on their own; ``edge_runtime.mqtt.link`` is the module that talks to the broker.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from agent.errors import MqttError
+from edge_runtime.errors import MqttError
 
 AckCallback = Callable[[MqttError | None], None]
 
@@ -75,7 +75,7 @@ class InboundMessage:
 
     topic: str
     # bytes, or for a packet of 64 KiB or more the bytearray paho read it into
-    # (agent.mqtt.paho_client: no copy of a large payload). Treat it as read-only.
+    # (edge_runtime.mqtt.paho_client: no copy of a large payload). Treat it as read-only.
     payload: bytes | bytearray
     qos: int
     retain: bool

@@ -1,1 +1,0 @@
-"""MQTT: the pure topic schema and payload codecs, and the one module that talks to paho."""
