@@ -1,0 +1,314 @@
+"""Every payload model of the wire contract, through the decoder each side really uses: a
+valid message survives a round trip unchanged, and a bad value in any field is refused with
+that field named (its dotted path, as in ``queue.dropped: ...``), under the reason the
+rejection counters are keyed by. Pure: no broker, no keys, no files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from edge_contract import fetchcodec
+from edge_contract.card import ModelCard, parse_card
+from edge_contract.desired import DesiredState, envelope, parse_desired
+from edge_contract.errors import CardError, PayloadError, UpdateError
+from edge_contract.messages import MODELS, decode_device_message
+from edge_contract.release import CUSTOM_KEY, ModelRelease, chunk_hashes, release_from_custom
+from edge_contract.topics import Channel
+
+TS = "2026-12-07T04:00:00.000Z"
+CARD: dict[str, Any] = {
+    "name": "digits",
+    "version": "1",
+    "runtime": "onnx",
+    "inputs": [
+        {
+            "name": "x",
+            "dtype": "int8",
+            "shape": [1, 64],
+            "quantization": {"scale": 0.5, "zero_point": -3},
+        }
+    ],
+    "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 10]}],
+    "labels": [str(n) for n in range(10)],
+    "golden": {"inputs": {"x": [[0.0] * 64]}, "outputs": {"y": [[0.1] * 10]}, "atol": 0.01},
+    "reference": {
+        "samples": 100,
+        "confidence_edges": [0.0, 0.5, 1.0],
+        "confidence_fractions": [0.2, 0.8],
+    },
+}
+RELEASE: dict[str, Any] = {
+    "name": "digits",
+    "version": "1",
+    "release": 3,
+    "hardware": ["rpi4"],
+    "min_agent_version": "0.1",
+    "file_name": "digits.onnx",
+    "length": 2048,
+    "chunk_size": 1024,
+    "chunks": chunk_hashes([b"a" * 1024, b"b" * 1024]),
+    "card": CARD,
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One payload model: a valid body, how each side decodes and encodes it, what is refused."""
+
+    valid: dict[str, Any]
+    decode: Callable[[bytes], BaseModel]
+    encode: Callable[[Any], bytes]
+    error: type[Exception]
+    # (dotted path in the body, bad value, the field path the error must name)
+    bad: list[tuple[str, object, str]] = field(default_factory=list)
+    reason: str | None = None
+
+
+def _device(channel: Channel) -> Callable[[bytes], BaseModel]:
+    return lambda payload: decode_device_message(channel, "pi-01", payload)[0]
+
+
+def _device_encode(model: BaseModel) -> bytes:
+    return json.dumps(model.model_dump(mode="json", exclude_unset=True)).encode()
+
+
+def _release_decode(payload: bytes) -> ModelRelease:
+    return release_from_custom(json.loads(payload), target="models/digits/1/digits.onnx")
+
+
+CASES: dict[str, Case] = {
+    "status": Case(
+        valid={
+            "device_id": "pi-01",
+            "state": "offline",
+            "agent_version": "0.1.0",
+            "models": {"digits": "1"},
+            "boot_time": TS,
+            "started_at": TS,
+            "ts": TS,
+            "reason": "shutdown",
+        },
+        decode=_device(Channel.STATUS),
+        encode=_device_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[
+            ("state", "dozing", "state"),
+            ("ts", "yesterday", "ts"),
+            ("models.digits", 1, "models.digits"),
+            ("device_id", "Pi 01!", "device_id"),
+            ("boot_time", 5, "boot_time"),
+            ("surprise", 1, "surprise"),
+        ],
+    ),
+    "telemetry": Case(
+        valid={
+            "device_id": "pi-01",
+            "stream": "0123456789abcdef",
+            "seq": 7,
+            "ts": TS,
+            "cpu": {"percent": 12.5},
+            "memory": {"used_percent": 40.0},
+            "temperatures_c": {"thermal/cpu": 51.0},
+            "health": {"status": "ok"},
+            "queue": {"depth": 0, "dropped": 0, "dropped_total": 2},
+        },
+        decode=_device(Channel.TELEMETRY),
+        encode=_device_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[
+            ("seq", -1, "seq"),
+            ("seq", "7", "seq"),
+            ("ts", "1999-01-01T00:00:00Z", "ts"),
+            ("cpu.percent", 101.0, "cpu.percent"),
+            ("memory.used_percent", "full", "memory.used_percent"),
+            ("temperatures_c.thermal/cpu", -300.0, "temperatures_c.thermal/cpu"),
+            ("health.status", 3, "health.status"),
+            ("queue.dropped", "x", "queue.dropped"),
+            ("stream", "s" * 65, "stream"),
+        ],
+    ),
+    "event": Case(
+        valid={"device_id": "pi-01", "event": "link_up", "ts": TS, "outage_s": 30.4},
+        decode=_device(Channel.EVENTS),
+        encode=_device_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[("event", "Link Up", "event"), ("ts", 17, "ts")],
+    ),
+    "reported": Case(
+        valid={
+            "device_id": "pi-01",
+            "agent_version": "0.1.0",
+            "desired_counter": 7,
+            "ts": TS,
+            "models": {
+                "digits": {
+                    "active": {"slot": "b", "version": "2"},
+                    "pending": None,
+                    "previous": {"slot": "a", "version": "1"},
+                    "step": "committed",
+                }
+            },
+        },
+        decode=_device(Channel.REPORTED),
+        encode=_device_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[
+            ("desired_counter", -1, "desired_counter"),
+            ("models.digits.active.version", 2, "models.digits.active.version"),
+            ("models.digits.step", ["x"], "models.digits.step"),
+            ("agent_version", 1, "agent_version"),
+        ],
+    ),
+    "desired": Case(
+        valid={
+            "signed": {
+                "device_id": "pi-01",
+                "counter": 7,
+                "expires": "2026-12-08T00:00:00Z",
+                "action": "deploy",
+                "model": {
+                    "name": "digits",
+                    "version": "2",
+                    "target": "models/digits/2/digits.onnx",
+                },
+            },
+            "signatures": [],
+        },
+        decode=lambda payload: parse_desired(payload).state,
+        encode=lambda state: envelope(state, []),
+        error=UpdateError,
+        reason="malformed_desired",
+        bad=[
+            ("signed.counter", 0, "counter"),
+            ("signed.counter", 7.5, "counter"),
+            ("signed.expires", "soon", "expires"),
+            ("signed.action", "explode", "action"),
+            ("signed.model.name", "Digits!", "model.name"),
+            ("signed.model.version", "", "model.version"),
+            ("signed.model.target", "", "model.target"),
+            ("signed.extra", 1, "extra"),
+        ],
+    ),
+    "release": Case(
+        valid={CUSTOM_KEY: RELEASE},
+        decode=_release_decode,
+        encode=lambda release: json.dumps(release.custom()).encode(),
+        error=UpdateError,
+        reason="malformed_release",
+        bad=[
+            (f"{CUSTOM_KEY}.release", 0, "release"),
+            (f"{CUSTOM_KEY}.hardware", [], "hardware"),
+            (f"{CUSTOM_KEY}.min_agent_version", "new", "min_agent_version"),
+            (f"{CUSTOM_KEY}.chunk_size", 10, "chunk_size"),
+            (f"{CUSTOM_KEY}.length", 0, "length"),
+            (f"{CUSTOM_KEY}.card.runtime", "caffe", "card.runtime"),
+        ],
+    ),
+    "card": Case(
+        valid=CARD,
+        decode=lambda payload: parse_card(payload, source="digits.onnx.card.json"),
+        encode=lambda card: card.model_dump_json().encode(),
+        error=CardError,
+        bad=[
+            ("runtime", "caffe", "runtime"),
+            ("inputs.0.dtype", "float64", "inputs.0.dtype"),
+            ("inputs.0.quantization.scale", 0, "inputs.0.quantization.scale"),
+            ("golden.atol", -1, "golden.atol"),
+            ("reference.samples", 0, "reference.samples"),
+            ("outputs", [], "outputs"),
+            ("name", "Digits!", "name"),
+        ],
+    ),
+}
+
+
+def _with(body: dict[str, Any], path: str, value: object) -> dict[str, Any]:
+    """``body`` with the value at dotted ``path`` replaced (list indexes as numbers)."""
+    changed = copy.deepcopy(body)
+    *parents, last = path.split(".")
+    node: Any = changed
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return changed
+
+
+def _payload(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
+def test_every_device_message_model_has_a_case() -> None:
+    decoded = {type(CASES[name].decode(_payload(CASES[name].valid))) for name in CASES}
+    assert set(MODELS.values()) <= decoded
+    assert {DesiredState, ModelRelease, ModelCard} <= decoded
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_valid_message_survives_a_round_trip(name: str) -> None:
+    case = CASES[name]
+    model = case.decode(_payload(case.valid))
+
+    again = case.decode(case.encode(model))
+
+    assert again == model
+    assert case.encode(again) == case.encode(model)
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "value", "named"),
+    [(name, *bad) for name, case in sorted(CASES.items()) for bad in case.bad],
+)
+def test_a_bad_value_is_refused_naming_its_field(
+    name: str, path: str, value: object, named: str
+) -> None:
+    case = CASES[name]
+
+    with pytest.raises(case.error) as refused:
+        case.decode(_payload(_with(case.valid, path, value)))
+
+    assert f"{named}: " in str(refused.value)
+    if case.reason is not None:
+        assert refused.value.reason == case.reason  # type: ignore[attr-defined]
+
+
+def test_the_fetch_exchange_round_trips() -> None:
+    request = json.loads(fetchcodec.encode_request("targets/models/d.onnx", 1024, 4096))
+    reply = fetchcodec.decode_reply(
+        fetchcodec.encode_reply(200, b"bytes", 8192, 1024, correlation=b"\x01\x02")
+    )
+
+    assert request == {"path": "targets/models/d.onnx", "offset": 1024, "length": 4096}
+    assert reply.fields == {"status": 200, "offset": 1024, "size": 8192}
+    assert (reply.correlation, bytes(reply.data)) == (b"\x01\x02", b"bytes")
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ({"status": -1, "offset": 0}, "status"),
+        ({"status": 200, "offset": "0"}, "offset"),
+        ({"status": 200, "size": True}, "size"),
+        ({"status": 200, "correlation": "ab" * 65}, "correlation"),
+        ({"status": 200, "correlation": 7}, "correlation"),
+    ],
+)
+def test_a_bad_reply_header_is_refused_naming_its_field(header: dict[str, Any], named: str) -> None:
+    raw = json.dumps(header).encode()
+
+    with pytest.raises(ValueError, match=named):
+        fetchcodec.decode_reply(len(raw).to_bytes(2, "big") + raw + b"data")
