@@ -14,7 +14,8 @@ they get TUF-free types and functions from here.
 - ``verify_file``: a downloaded file against its target's signed length and hashes.
 - ``verify_desired`` (``check_signatures``, ``signatures_valid``): the signatures of the
   desired state (``edge_contract.desired``, the pure model and checks) against the keys of
-  the trusted root; ``canonical_json``, ``sign_bytes``, ``valid_keyids`` are their primitives.
+  the trusted root; ``canonical_json`` and ``valid_keyids`` are their primitives. The device
+  never signs: the controller does (``fleet.release.repo.sign_desired``).
 
 Every ngclient failure is translated here into an ``UpdateError`` with a ``Reason``.
 """
@@ -31,7 +32,6 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature
-from securesystemslib.signer import Signer as _Signer
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Key, Metadata, Root, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 
 PublicKey: TypeAlias = Key
 """A public key of the trusted root (securesystemslib's ``Key``): it verifies signatures."""
-Signer: TypeAlias = _Signer
-"""Anything that signs (securesystemslib's ``Signer``): the controller's online key."""
 
 METADATA_BASE = "mqtt:metadata/"
 TARGETS_BASE = "mqtt:targets/"
@@ -182,11 +180,6 @@ def canonical_json(value: Mapping[str, Any]) -> bytes:
     encoded = encode_canonical(dict(value))
     assert isinstance(encoded, str)  # encode_canonical returns str when given no writer
     return encoded.encode()
-
-
-def sign_bytes(signer: Signer, data: bytes) -> dict[str, object]:
-    """``signer``'s signature over ``data`` as it travels: ``{"keyid", "sig"}``."""
-    return signer.sign(data).to_dict()
 
 
 def valid_keyids(data: bytes, signatures: list[Any], keys: Mapping[str, PublicKey]) -> set[str]:
