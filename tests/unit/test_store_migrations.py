@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import warnings
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from setuptools.config.pyprojecttoml import read_configuration
 from sqlalchemy import create_engine
 
 from fleet.db import migrate
@@ -23,6 +26,8 @@ from fleet.db.tables import metadata
 from fleet.errors import StoreError
 from fleet.records import DesiredRow, Operator
 from fleet.store import SqliteFleetStore
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # fleet/store.py before migrations: _SCHEMA, verbatim.
 _SCHEMA = """
@@ -328,3 +333,19 @@ def test_a_database_from_a_newer_controller_is_refused(tmp_path: Path) -> None:
         db.execute("UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(StoreError, match="9999"):
         SqliteFleetStore(path)
+
+
+def test_the_wheel_ships_every_migration() -> None:
+    """Alembic reads migrations/ from the installed package: pyproject's package-data names
+    each file of it (setuptools' own reading of the configuration, no build)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # setuptools < 69: [tool.setuptools] is "beta"
+        config = read_configuration(ROOT / "pyproject.toml")
+    patterns = config["tool"]["setuptools"]["package-data"]["fleet.db"]
+    package = ROOT / "fleet" / "db"
+    files = [
+        path.relative_to(package).as_posix()
+        for path in migrate.MIGRATIONS.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    ]
+    assert files and all(any(fnmatch(f, p) for p in patterns) for f in files), files
