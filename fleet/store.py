@@ -8,10 +8,11 @@ existed is adopted, its rows kept. Reads return the typed rows of ``fleet.record
 Portable: the statements are SQLAlchemy Core over portable types; upserts and ``INSERT ...
 DO NOTHING`` are built by the dialect's own ``insert`` (SQLite or PostgreSQL, both spell it
 ``ON CONFLICT``); retention deletes use ``ROW_NUMBER()`` over the primary key, no rowid.
-Not portable, and kept to ``_sqlite_engine``: the connection settings (WAL,
+Not portable, and kept to ``fleet.db.engine``: the connection settings (WAL,
 synchronous=NORMAL, busy_timeout) and ``BEGIN IMMEDIATE`` for writes, which SQLite needs
-so that two writers wait for each other instead of failing. Running on PostgreSQL (an
-engine factory, its isolation level, 64-bit ids) comes with a later issue.
+so that two writers wait for each other instead of failing. Not done yet (a later issue
+runs it on PostgreSQL): an engine for a PostgreSQL URL and its isolation level, and
+64-bit ids for ``events`` and the logs (INTEGER there is 32 bits).
 
 Telemetry is keyed by (device, stream, seq): a resent message (agent restarted before the
 PUBACK was recorded) is counted as a duplicate, not stored twice. ``stream`` changes only
@@ -101,11 +102,12 @@ class SqliteFleetStore:
         self._path = path
         self._retention = retention or Retention()
         self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._engine = sqlite_engine(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._engine = sqlite_engine(path)
             migrate.upgrade(self._engine)
         except (SQLAlchemyError, RuntimeError) as exc:
+            self._engine.dispose()
             raise StoreError(
                 f"cannot open the fleet database ({cause(exc)})", path=str(path)
             ) from exc

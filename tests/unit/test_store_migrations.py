@@ -252,7 +252,7 @@ def test_a_database_from_before_migrations_loses_nothing(tmp_path: Path, variant
     finally:
         store.close()
     _, after, version = _snapshot(path)
-    assert version == migrate.head()
+    assert version == migrate.HEAD
     # Every table of the old database kept its rows; the new ones start where the old left.
     assert {t: after[t] for t in before} == before
     assert after["desired_counters"] == 2
@@ -280,6 +280,10 @@ def test_the_counter_grows_past_every_old_one_per_device(tmp_path: Path, variant
         store.close()
 
 
+def test_head_names_the_newest_revision() -> None:
+    assert migrate.scripts().get_current_head() == migrate.HEAD
+
+
 def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     _old_database(path, "first")
@@ -300,7 +304,7 @@ def test_a_new_database_has_the_schema_of_the_tables(
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, metadata) == []
-        assert migrate.current(connection) == migrate.head()
+        assert migrate.current(connection) == migrate.HEAD
     engine.dispose()
 
 
