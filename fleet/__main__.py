@@ -38,10 +38,11 @@ def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
 def main() -> int:
     """Run the CLI; exit 78 with one line on stderr when the fleet extra is not installed."""
     try:
+        from fleet.cli import main as cli_main  # noqa: PLC0415 - guarded: needs the extra
+
         for name in _IMPORTED_LATER:
             if importlib.util.find_spec(name) is None:
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        from fleet.cli import main as cli_main  # noqa: PLC0415 - guarded: needs the extra
     except ModuleNotFoundError as exc:
         message = missing_extra_message(exc)
         if message is None:
