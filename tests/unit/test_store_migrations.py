@@ -15,6 +15,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from setuptools.config.pyprojecttoml import read_configuration
@@ -353,3 +354,24 @@ def test_the_wheel_ships_every_migration() -> None:
         if path.is_file() and "__pycache__" not in path.parts
     ]
     assert files and all(any(fnmatch(f, p) for p in patterns) for f in files), files
+
+
+def test_revision_2_goes_back_to_one_desired_state_per_device(tmp_path: Path) -> None:
+    """Downgraded, each device keeps its newest directive; upgraded again, its counter goes on."""
+    path = tmp_path / "old.db"
+    _old_database(path, "with-columns-and-auth")
+    store = SqliteFleetStore(path)
+    store.next_desired("pi-1", model="words", version="1", action="deploy", now=2)
+    store.close()
+    engine = sqlite_engine(path)
+    with engine.begin() as connection:
+        config = migrate._config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+    engine.dispose()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT device_id, counter, model FROM desired ORDER BY device_id")
+        assert rows.fetchall() == [("pi-1", 6, "words"), ("pi-2", 9, "digits")]
+    store = SqliteFleetStore(path)
+    assert store.next_desired("pi-1", model="digits", version="8", action="deploy", now=3) == 7
+    store.close()
