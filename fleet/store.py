@@ -48,7 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from agent.mqtt import payloads
 from agent.mqtt.rejections import DeadLetter
 from fleet.db import migrate
-from fleet.db.engine import READ, cause, sqlite_engine
+from fleet.db.engine import READ, cause, dialect_insert, sqlite_engine
 from fleet.db.tables import (
     admissions,
     dead_letters,
@@ -132,13 +132,7 @@ class SqliteFleetStore:
                 raise StoreError(f"database error ({cause(exc)})", path=str(self._path)) from exc
 
     def _insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
-        """The dialect's INSERT, which has ``on_conflict_do_nothing`` / ``_do_update``."""
-        name = self._engine.dialect.name
-        if name == "sqlite":
-            return sqlite.insert(table)
-        if name == "postgresql":
-            return postgresql.insert(table)
-        raise StoreError(f"no upsert for the {name} dialect", path=str(self._path))
+        return dialect_insert(self._engine.dialect.name, table)
 
     # -- writes ----------------------------------------------------------------------------
 

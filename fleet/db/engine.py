@@ -1,9 +1,11 @@
-"""The SQLAlchemy engine of the controller database, with what SQLite needs to be shared.
+"""The SQLAlchemy engine of the controller database, and what differs between dialects.
 
-SQLite-only, and the only place that is: the connection settings (WAL, synchronous=NORMAL,
-busy_timeout) and ``BEGIN IMMEDIATE`` for writes, so two writers (the controller and a CLI
-``--db`` command) wait for each other for up to the busy timeout instead of failing at
-their first write. A read (``READ`` execution option) begins a deferred transaction.
+``dialect_insert``: the INSERT with ``ON CONFLICT`` clauses, which SQLAlchemy builds per
+dialect (SQLite's and PostgreSQL's have the same API). SQLite-only: the connection settings
+(WAL, synchronous=NORMAL, busy_timeout) and ``BEGIN IMMEDIATE`` for writes, so two writers
+(the controller and a CLI ``--db`` command) wait for each other for up to the busy timeout
+instead of failing at their first write. A read (``READ`` execution option) begins a
+deferred transaction.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import URL, Connection, Engine, create_engine, event
+from sqlalchemy import URL, Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 READ = "fleet_read"
@@ -37,6 +40,15 @@ def sqlite_engine(path: Path) -> Engine:
         connection.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def dialect_insert(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
+    """The dialect's INSERT, which has ``on_conflict_do_nothing`` / ``_do_update``."""
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    raise ValueError(f"no INSERT ... ON CONFLICT for the {dialect} dialect")
 
 
 def cause(exc: BaseException) -> str:
