@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +234,7 @@ def _loop(
             release.deploy(broker.url)
         frame = Frame(
             elapsed=elapsed,
-            devices=store.list_devices(),
+            devices=[asdict(d) for d in store.list_devices()],
             board=board_state,
             model_line=model.status_line(),
             model_version=model.serving_version,
@@ -260,7 +261,7 @@ def _deploy_after(seconds: float | None) -> float:
 
 def _reported(store: SqliteFleetStore, device_id: str) -> dict[str, Any] | None:
     try:
-        reported: dict[str, Any] | None = store.device_detail(device_id, events=0)["reported"]
+        reported = store.device_detail(device_id, events=0).reported
     except FleetError:
         return None
     return reported

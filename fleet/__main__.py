@@ -9,12 +9,16 @@ controller's systemd unit does not restart-loop on it), instead of a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 from fleet.errors import EXIT_CONFIG
 
 # Modules of this distribution: their absence is a bug to see in full, not a missing extra.
 _OWN_PACKAGES = frozenset({"agent", "fleet", "edge_contract", "edge_runtime"})
+# Modules of the fleet extra that the CLI imports only in the commands that open the
+# database (fleet.store): looked for up front, so they fail here as the others do.
+_IMPORTED_LATER = ("sqlalchemy", "alembic")
 
 
 def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
@@ -35,6 +39,10 @@ def main() -> int:
     """Run the CLI; exit 78 with one line on stderr when the fleet extra is not installed."""
     try:
         from fleet.cli import main as cli_main  # noqa: PLC0415 - guarded: needs the extra
+
+        for name in _IMPORTED_LATER:
+            if importlib.util.find_spec(name) is None:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     except ModuleNotFoundError as exc:
         message = missing_extra_message(exc)
         if message is None:

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -120,8 +121,8 @@ def _query(config: FleetConfig, direct: bool, method: str, request: dict[str, An
         store = SqliteFleetStore(config.db)
         try:
             if method == "devices-list":
-                return {"devices": store.list_devices()}
-            return {"device": store.device_detail(str(request["device_id"]))}
+                return {"devices": [asdict(d) for d in store.list_devices()]}
+            return {"device": asdict(store.device_detail(str(request["device_id"])))}
         finally:
             store.close()
     from fleet.rpc import call  # noqa: PLC0415
@@ -459,7 +460,7 @@ def operators_list(
         if db is not None:
             store = _open_store(cfg)
             try:
-                operators = store.list_operators()
+                operators = [asdict(o) for o in store.list_operators()]
             finally:
                 store.close()
         else:

@@ -127,7 +127,7 @@ class OperatorGate:
         name = verified.body.get("name")
         if not isinstance(name, str):
             raise FleetError("operators-remove needs a name string")
-        if [o["name"] for o in self._store.list_operators()] == [name]:
+        if [o.name for o in self._store.list_operators()] == [name]:
             raise FleetError(
                 f"{name!r} is the last operator: remove it with --db on the controller's host"
             )

@@ -112,7 +112,7 @@ class ReleaseService:
         device_id = _string(request, "device_id")
         self._require_accepted(device_id)
         detail = self._store.device_detail(device_id, events=0)
-        models = ((detail.get("reported") or {}).get("models")) or {}
+        models = (detail.reported or {}).get("models") or {}
         name = request.get("model") or (next(iter(models)) if len(models) == 1 else None)
         if not isinstance(name, str) or name not in models:
             raise FleetError(
@@ -136,7 +136,7 @@ class ReleaseService:
             admission = self._store.admissions()
             with_ota = self._store.ota_devices()
             targets, skipped = [], []
-            for device_id in (d["device_id"] for d in self._store.list_devices()):
+            for device_id in (d.device_id for d in self._store.list_devices()):
                 reason = _not_a_target(admission.get(device_id), device_id in with_ota)
                 if reason:
                     skipped.append((device_id, reason))

@@ -22,6 +22,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import structlog
@@ -157,10 +158,14 @@ class Controller:
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         # Read-only RPCs: unsigned.
         self._rpc: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "devices-list": lambda _req: {"devices": self.store.list_devices()},
+            "devices-list": lambda _req: {
+                "devices": [asdict(d) for d in self.store.list_devices()]
+            },
             "devices-show": self._rpc_show,
             "controller-status": self._rpc_status,
-            "operators-list": lambda _req: {"operators": self.store.list_operators()},
+            "operators-list": lambda _req: {
+                "operators": [asdict(o) for o in self.store.list_operators()]
+            },
         }
         # Everything that changes the fleet: signed by a trusted operator key (fleet.operators).
         # They may hand back signed desired states, published on the loop after the call.
@@ -298,7 +303,7 @@ class Controller:
                 excerpt=repr(request)[:80],
                 reason="schema",
             ) from None
-        return {"device": self.store.device_detail(show.device_id, events=show.events)}
+        return {"device": asdict(self.store.device_detail(show.device_id, events=show.events))}
 
     def _rpc_status(self, _request: dict[str, Any]) -> dict[str, Any]:
         """Store thread: what was refused since the start, and the newest dead letters."""
@@ -309,7 +314,7 @@ class Controller:
             counts.update(dict(self.ota.files.rejections.counts))
         return {
             "rejected": {"total": counts.total(), "by_reason": dict(counts)},
-            "dead_letters": self.store.dead_letters(_RECENT_LETTERS),
+            "dead_letters": [asdict(d) for d in self.store.dead_letters(_RECENT_LETTERS)],
         }
 
     async def _in_store(self, fn: Callable[[], Any]) -> Any:

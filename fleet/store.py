@@ -1,244 +1,138 @@
-"""The controller's device store: presence, telemetry and events of every device, in SQLite.
+"""The controller's device store: presence, telemetry and events of every device.
 
 ``FleetStore`` is the interface the controller and CLI use; ``SqliteFleetStore`` is the
-embedded default. The SQL is plain (no SQLite-only syntax beyond ``INSERT OR IGNORE`` /
-upserts that PostgreSQL spells ``ON CONFLICT``), so a PostgreSQL implementation can take its
-place behind the same interface.
+embedded default, on SQLAlchemy Core. The schema lives in ``fleet.db.tables`` and is
+migrated with Alembic at open (``fleet.db.migrate``): a database written before migrations
+existed is adopted, its rows kept. Reads return the typed rows of ``fleet.records``.
+
+Portable: the statements are SQLAlchemy Core over portable types; upserts and ``INSERT ...
+DO NOTHING`` are built by the dialect's own ``insert`` (SQLite or PostgreSQL, both spell it
+``ON CONFLICT``); retention deletes use ``ROW_NUMBER()`` over the primary key, no rowid.
+Not portable, and kept to ``fleet.db.engine``: the connection settings (WAL,
+synchronous=NORMAL, busy_timeout) and ``BEGIN IMMEDIATE`` for writes, which SQLite needs
+so that two writers wait for each other instead of failing. Not done yet (a later issue
+runs it on PostgreSQL): an engine for a PostgreSQL URL and its isolation level, and
+64-bit ids for ``events`` and the logs (INTEGER there is 32 bits).
 
 Telemetry is keyed by (device, stream, seq): a resent message (agent restarted before the
 PUBACK was recorded) is counted as a duplicate, not stored twice. ``stream`` changes only
 when a device's state dir is recreated, so its seq restarting at 1 is not mistaken for
-duplicates. Retention is bounded by age and by rows per device.
-
-The newest telemetry of a device is chosen by its parsed ``ts`` (``telemetry_ts``, Unix
-seconds), not by comparing text. Refused messages are kept as dead letters, the newest
-``DEAD_LETTERS_KEPT`` only. A database written by an older schema is upgraded in place at
-open (missing columns and tables added, rows kept). Reads are defensive: a stored row that
-is not what today's ingest writes is shown as missing values, never an exception.
+duplicates. Retention is bounded by age and by rows per device. The newest telemetry of a
+device is chosen by its parsed ``ts`` (``telemetry_ts``, Unix seconds), not by comparing
+text. Refused messages are kept as dead letters, the newest ``DEAD_LETTERS_KEPT`` only.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+
+from sqlalchemy import (
+    Connection,
+    Executable,
+    RowMapping,
+    Table,
+    delete,
+    func,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from edge_contract import payloads
 from edge_runtime.mqtt.rejections import DeadLetter
+from fleet.db import migrate
+from fleet.db.engine import READ, cause, dialect_insert, sqlite_engine
+from fleet.db.tables import (
+    admissions,
+    dead_letters,
+    desired,
+    desired_counters,
+    devices,
+    events,
+    operator_log,
+    operators,
+    reported,
+    request_nonces,
+    telemetry,
+)
 from fleet.errors import FleetError, StoreError, UnknownDeviceError
 from fleet.operators import TrustedKey, key_id
-
-DEAD_LETTERS_KEPT = 1000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    device_id        TEXT PRIMARY KEY,
-    state            TEXT,
-    status_json      TEXT,
-    status_received  REAL,
-    telemetry_json   TEXT,
-    telemetry_seq    INTEGER,
-    telemetry_received REAL,
-    first_seen       REAL NOT NULL,
-    last_seen        REAL NOT NULL,
-    duplicates       INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS telemetry (
-    device_id TEXT NOT NULL,
-    stream    TEXT NOT NULL,
-    seq       INTEGER NOT NULL,
-    ts        TEXT NOT NULL,
-    received  REAL NOT NULL,
-    payload   TEXT NOT NULL,
-    PRIMARY KEY (device_id, stream, seq)
-);
-CREATE INDEX IF NOT EXISTS telemetry_received ON telemetry (device_id, received);
-CREATE TABLE IF NOT EXISTS events (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    device_id TEXT NOT NULL,
-    event     TEXT NOT NULL,
-    ts        TEXT NOT NULL,
-    received  REAL NOT NULL,
-    payload   TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_device ON events (device_id, id);
-CREATE TABLE IF NOT EXISTS reported (
-    device_id TEXT PRIMARY KEY,
-    received  REAL NOT NULL,
-    payload   TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic     TEXT NOT NULL,
-    reason    TEXT NOT NULL,
-    detail    TEXT NOT NULL,
-    excerpt   BLOB NOT NULL,
-    retained  INTEGER NOT NULL,
-    received  REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS desired (
-    device_id TEXT PRIMARY KEY,
-    counter   INTEGER NOT NULL,
-    model     TEXT NOT NULL,
-    version   TEXT NOT NULL,
-    action    TEXT NOT NULL,
-    updated   REAL NOT NULL
-);
-"""
-# Columns added after the first schema: (table, column, type), added to older databases.
-_ADDED_COLUMNS = (
-    ("devices", "telemetry_ts", "REAL"),
-    ("telemetry", "ts_epoch", "REAL"),
+from fleet.records import (
+    ACCEPTED,
+    PENDING,
+    DesiredRow,
+    DeviceDetail,
+    DeviceSummary,
+    FleetStore,
+    Inbound,
+    Operator,
+    OperatorLogEntry,
+    Retention,
+    StoredDeadLetter,
+    device_summary,
+    document,
 )
 
-# -- operators, request nonces and device admission (fleet.operators) -------------------------
-# Separate tables, not columns of ``devices``: an existing database gets them from CREATE TABLE
-# IF NOT EXISTS at open, and a device with no admission row is pending.
-_AUTH_SCHEMA = """
-CREATE TABLE IF NOT EXISTS operators (
-    name       TEXT PRIMARY KEY,
-    key_id     TEXT NOT NULL UNIQUE,
-    public_key TEXT NOT NULL,
-    added      REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS request_nonces (
-    nonce   TEXT PRIMARY KEY,
-    expires REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS request_nonces_expires ON request_nonces (expires);
-CREATE TABLE IF NOT EXISTS operator_log (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    received REAL NOT NULL,
-    operator TEXT,
-    method   TEXT NOT NULL,
-    outcome  TEXT NOT NULL,
-    detail   TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS admissions (
-    device_id   TEXT PRIMARY KEY,
-    state       TEXT NOT NULL,
-    operator    TEXT NOT NULL,
-    updated     REAL NOT NULL
-);
-"""
+# The store's interface (fleet.records) is importable from here, beside its implementation.
+__all__ = [
+    "ACCEPTED",
+    "DEAD_LETTERS_KEPT",
+    "PENDING",
+    "FleetStore",
+    "Inbound",
+    "Retention",
+    "SqliteFleetStore",
+]
+
+DEAD_LETTERS_KEPT = 1000
 _OPERATOR_LOG_ROWS = 10_000
-ACCEPTED, PENDING = "accepted", "pending"
-
-
-@dataclass(frozen=True)
-class Retention:
-    """How much history is kept per device."""
-
-    max_age_s: float = 7 * 86400
-    max_telemetry_rows: int = 10000
-    max_event_rows: int = 1000
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """One validated message from a device, ready to store."""
-
-    device_id: str
-    kind: str  # "status" | "telemetry" | "events" | "reported"
-    body: dict[str, Any]
-    received: float
-
-
-class FleetStore(Protocol):
-    """What the controller needs from storage."""
-
-    def ingest(self, batch: list[Inbound]) -> None: ...
-
-    def list_devices(self, now: float | None = None) -> list[dict[str, Any]]: ...
-
-    def device_detail(self, device_id: str, *, events: int = 20) -> dict[str, Any]: ...
-
-    def telemetry_seqs(self, device_id: str) -> list[int]: ...
-
-    def prune(self, now: float | None = None) -> int: ...
-
-    def add_dead_letters(self, letters: list[DeadLetter]) -> None: ...
-
-    def dead_letters(self, limit: int = 10) -> list[dict[str, Any]]: ...
-
-    def close(self) -> None: ...
-
-    def next_desired(
-        self, device_id: str, *, model: str, version: str, action: str, now: float
-    ) -> int: ...
-
-    # -- operators, nonces, admission --
-
-    def add_operator(self, name: str, public_key: str, *, now: float) -> str: ...
-
-    def remove_operator(self, name: str) -> None: ...
-
-    def list_operators(self) -> list[dict[str, Any]]: ...
-
-    def trusted_keys(self) -> dict[str, TrustedKey]: ...
-
-    def nonce_used(self, nonce: str) -> bool: ...
-
-    def remember_nonce(self, nonce: str, *, expires: float, now: float) -> bool: ...
-
-    def log_request(
-        self, *, operator: str | None, method: str, outcome: str, detail: str, now: float
-    ) -> None: ...
-
-    def accept_device(self, device_id: str, *, operator: str, now: float) -> bool: ...
-
-    def admission(self, device_id: str) -> str | None: ...
-
-    def admissions(self) -> dict[str, str]: ...
-
-    def ota_devices(self) -> set[str]: ...
 
 
 class SqliteFleetStore:
-    """SQLite implementation of ``FleetStore``; safe to call from several threads."""
+    """``FleetStore`` on a SQLite file; safe to call from several threads."""
 
     def __init__(self, path: Path, retention: Retention | None = None) -> None:
         self._path = path
         self._retention = retention or Retention()
         self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._engine = sqlite_engine(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-            self._db.executescript(_AUTH_SCHEMA)
-            self._upgrade()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the fleet database ({exc})", path=str(path)) from exc
-
-    def _upgrade(self) -> None:
-        """Add the columns a database made by an older version lacks; its rows stay."""
-        for table, column, kind in _ADDED_COLUMNS:
-            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in present:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            migrate.upgrade(self._engine)
+        except (SQLAlchemyError, RuntimeError) as exc:
+            self._engine.dispose()
+            raise StoreError(
+                f"cannot open the fleet database ({cause(exc)})", path=str(path)
+            ) from exc
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Connection]:
+        """One write transaction, under the store's lock; database errors as ``StoreError``."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"database error ({exc})", path=str(self._path)) from exc
-                raise
+                with self._engine.begin() as db:
+                    yield db
+            except SQLAlchemyError as exc:
+                raise StoreError(f"database error ({cause(exc)})", path=str(self._path)) from exc
+
+    def _query(self, statement: Executable) -> Sequence[RowMapping]:
+        with self._lock:
+            try:
+                with self._engine.connect() as db:
+                    db.execution_options(**{READ: True})
+                    return db.execute(statement).mappings().all()
+            except SQLAlchemyError as exc:
+                raise StoreError(f"database error ({cause(exc)})", path=str(self._path)) from exc
+
+    def _insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
+        return dialect_insert(self._engine.dialect.name, table)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -256,93 +150,123 @@ class SqliteFleetStore:
                 elif item.kind == "reported":
                     self._reported(db, item)
 
-    def _touch(self, db: sqlite3.Connection, item: Inbound) -> None:
+    def _touch(self, db: Connection, item: Inbound) -> None:
+        insert = self._insert(devices).values(
+            device_id=item.device_id, first_seen=item.received, last_seen=item.received
+        )
         db.execute(
-            "INSERT INTO devices (device_id, first_seen, last_seen) VALUES (?, ?, ?) "
-            "ON CONFLICT(device_id) DO UPDATE SET last_seen = excluded.last_seen",
-            (item.device_id, item.received, item.received),
+            insert.on_conflict_do_update(
+                index_elements=[devices.c.device_id],
+                set_={"last_seen": insert.excluded.last_seen},
+            )
         )
 
-    def _status(self, db: sqlite3.Connection, item: Inbound) -> None:
+    def _status(self, db: Connection, item: Inbound) -> None:
         db.execute(
-            "UPDATE devices SET state = ?, status_json = ?, status_received = ? "
-            "WHERE device_id = ?",
-            (str(item.body.get("state")), json.dumps(item.body), item.received, item.device_id),
+            update(devices)
+            .where(devices.c.device_id == item.device_id)
+            .values(
+                state=str(item.body.get("state")),
+                status_json=json.dumps(item.body),
+                status_received=item.received,
+            )
         )
 
-    def _telemetry(self, db: sqlite3.Connection, item: Inbound) -> None:
+    def _telemetry(self, db: Connection, item: Inbound) -> None:
         body = item.body
         seq = int(body["seq"])
         if not 0 <= seq <= payloads.INT_MAX:
             raise StoreError(f"telemetry seq {seq} outside 0..2^63-1", path=str(self._path))
         ts_epoch = _epoch(body.get("ts"))
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO telemetry "
-            "(device_id, stream, seq, ts, ts_epoch, received, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                item.device_id,
-                str(body.get("stream", "")),
-                seq,
-                str(body["ts"]),
-                ts_epoch,
-                item.received,
-                json.dumps(body),
-            ),
-        )
-        if cursor.rowcount == 0:
-            db.execute(
-                "UPDATE devices SET duplicates = duplicates + 1 WHERE device_id = ?",
-                (item.device_id,),
+        added = db.execute(
+            self._insert(telemetry)
+            .values(
+                device_id=item.device_id,
+                stream=str(body.get("stream", "")),
+                seq=seq,
+                ts=str(body["ts"]),
+                ts_epoch=ts_epoch,
+                received=item.received,
+                payload=json.dumps(body),
             )
+            .on_conflict_do_nothing()
+        )
+        row = devices.c.device_id == item.device_id
+        if added.rowcount == 0:
+            db.execute(update(devices).where(row).values(duplicates=devices.c.duplicates + 1))
             return
         if ts_epoch is None:
             return  # kept in the history, never shown as the newest
         # A backlog drains oldest first, so the newest measurement is the one with the
         # latest ts, not the one that arrived last. Compared as numbers: a row stored by an
         # older version (telemetry_ts NULL) is replaced by the first parsed one.
+        newer = (
+            devices.c.telemetry_json.is_(None)
+            | devices.c.telemetry_ts.is_(None)
+            | (devices.c.telemetry_ts <= ts_epoch)
+        )
         db.execute(
-            "UPDATE devices SET telemetry_json = ?, telemetry_seq = ?, telemetry_received = ?, "
-            "telemetry_ts = ? WHERE device_id = ? AND (telemetry_json IS NULL "
-            "OR telemetry_ts IS NULL OR telemetry_ts <= ?)",
-            (json.dumps(body), seq, item.received, ts_epoch, item.device_id, ts_epoch),
+            update(devices)
+            .where(row & newer)
+            .values(
+                telemetry_json=json.dumps(body),
+                telemetry_seq=seq,
+                telemetry_received=item.received,
+                telemetry_ts=ts_epoch,
+            )
         )
 
-    def _event(self, db: sqlite3.Connection, item: Inbound) -> None:
+    def _event(self, db: Connection, item: Inbound) -> None:
         db.execute(
-            "INSERT INTO events (device_id, event, ts, received, payload) VALUES (?, ?, ?, ?, ?)",
-            (
-                item.device_id,
-                str(item.body.get("event")),
-                str(item.body.get("ts", "")),
-                item.received,
-                json.dumps(item.body),
-            ),
+            events.insert().values(
+                device_id=item.device_id,
+                event=str(item.body.get("event")),
+                ts=str(item.body.get("ts", "")),
+                received=item.received,
+                payload=json.dumps(item.body),
+            )
         )
 
-    def _reported(self, db: sqlite3.Connection, item: Inbound) -> None:
+    def _reported(self, db: Connection, item: Inbound) -> None:
+        insert = self._insert(reported).values(
+            device_id=item.device_id, received=item.received, payload=json.dumps(item.body)
+        )
         db.execute(
-            "INSERT INTO reported (device_id, received, payload) VALUES (?, ?, ?) "
-            "ON CONFLICT(device_id) DO UPDATE SET received = excluded.received, "
-            "payload = excluded.payload",
-            (item.device_id, item.received, json.dumps(item.body)),
+            insert.on_conflict_do_update(
+                index_elements=[reported.c.device_id],
+                set_={"received": insert.excluded.received, "payload": insert.excluded.payload},
+            )
         )
 
     def next_desired(
         self, device_id: str, *, model: str, version: str, action: str, now: float
     ) -> int:
-        """Record a new desired state for ``device_id``; returns its counter (only grows)."""
+        """Record the desired state of ``model`` on ``device_id``; returns its counter.
+
+        The counter is one sequence per device, across its models: the agent takes only a
+        directive whose counter is above the last one it took.
+        """
         with self._tx() as db:
-            row = db.execute(
-                "SELECT counter FROM desired WHERE device_id = ?", (device_id,)
-            ).fetchone()
-            counter = (int(row[0]) if row else 0) + 1
+            bump = self._insert(desired_counters).values(device_id=device_id, counter=1)
             db.execute(
-                "INSERT INTO desired (device_id, counter, model, version, action, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
-                "counter = excluded.counter, model = excluded.model, "
-                "version = excluded.version, action = excluded.action, updated = excluded.updated",
-                (device_id, counter, model, version, action, now),
+                bump.on_conflict_do_update(
+                    index_elements=[desired_counters.c.device_id],
+                    set_={"counter": desired_counters.c.counter + 1},
+                )
+            )
+            counter = int(
+                db.execute(
+                    select(desired_counters.c.counter).where(
+                        desired_counters.c.device_id == device_id
+                    )
+                ).scalar_one()
+            )
+            state = {"counter": counter, "version": version, "action": action, "updated": now}
+            insert = self._insert(desired).values(device_id=device_id, model=model, **state)
+            db.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[desired.c.device_id, desired.c.model], set_=state
+                )
             )
         return counter
 
@@ -350,91 +274,123 @@ class SqliteFleetStore:
         """Keep refused messages, the newest ``DEAD_LETTERS_KEPT`` of them."""
         if not letters:
             return
-        with self._tx() as db:
-            db.executemany(
-                "INSERT INTO dead_letters (topic, reason, detail, excerpt, retained, received) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(d.topic, d.reason, d.detail, d.excerpt, int(d.retained), d.at) for d in letters],
-            )
-            db.execute(
-                "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?",
-                (DEAD_LETTERS_KEPT,),
-            )
-
-    def dead_letters(self, limit: int = 10) -> list[dict[str, Any]]:
-        """The newest dead letters, newest first."""
-        rows = self._query(
-            "SELECT topic, reason, detail, excerpt, retained, received FROM dead_letters "
-            "ORDER BY id DESC LIMIT ?",
-            (max(0, min(limit, DEAD_LETTERS_KEPT)),),
-        )
-        return [
+        rows = [
             {
-                "topic": r["topic"],
-                "reason": r["reason"],
-                "detail": r["detail"],
-                "excerpt": bytes(r["excerpt"]).decode("utf-8", errors="replace"),
-                "retained": bool(r["retained"]),
-                "received": r["received"],
+                "topic": d.topic,
+                "reason": d.reason,
+                "detail": d.detail,
+                "excerpt": d.excerpt,
+                "retained": int(d.retained),
+                "received": d.at,
             }
-            for r in rows
+            for d in letters
         ]
+        with self._tx() as db:
+            db.execute(dead_letters.insert(), rows)
+            db.execute(_keep_newest_ids(dead_letters, DEAD_LETTERS_KEPT))
 
     def prune(self, now: float | None = None) -> int:
         """Apply retention; returns the number of rows removed."""
         cutoff = (now or time.time()) - self._retention.max_age_s
         keep_t, keep_e = self._retention.max_telemetry_rows, self._retention.max_event_rows
+        newest_t = func.row_number().over(
+            partition_by=telemetry.c.device_id,
+            order_by=(telemetry.c.received.desc(), telemetry.c.seq.desc()),
+        )
+        newest_e = func.row_number().over(
+            partition_by=events.c.device_id, order_by=events.c.id.desc()
+        )
+        key = tuple_(telemetry.c.device_id, telemetry.c.stream, telemetry.c.seq)
+        ranked_t = select(*key.clauses, newest_t.label("n")).subquery()
+        ranked_e = select(events.c.id, newest_e.label("n")).subquery()
+        statements = [
+            delete(telemetry).where(telemetry.c.received < cutoff),
+            delete(events).where(events.c.received < cutoff),
+            delete(telemetry).where(
+                key.in_(
+                    select(ranked_t.c.device_id, ranked_t.c.stream, ranked_t.c.seq).where(
+                        ranked_t.c.n > keep_t
+                    )
+                )
+            ),
+            delete(events).where(
+                events.c.id.in_(select(ranked_e.c.id).where(ranked_e.c.n > keep_e))
+            ),
+        ]
         with self._tx() as db:
-            removed = db.execute("DELETE FROM telemetry WHERE received < ?", (cutoff,)).rowcount
-            removed += db.execute("DELETE FROM events WHERE received < ?", (cutoff,)).rowcount
-            removed += db.execute(
-                "DELETE FROM telemetry WHERE rowid IN (SELECT rowid FROM (SELECT rowid, "
-                "ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY received DESC) AS n "
-                "FROM telemetry) WHERE n > ?)",
-                (keep_t,),
-            ).rowcount
-            removed += db.execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, "
-                "ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY id DESC) AS n "
-                "FROM events) WHERE n > ?)",
-                (keep_e,),
-            ).rowcount
-        return int(removed)
+            return sum(int(db.execute(s).rowcount) for s in statements)
 
     # -- reads -----------------------------------------------------------------------------
 
-    def list_devices(self, now: float | None = None) -> list[dict[str, Any]]:
-        """A summary row per device, sorted by id."""
-        rows = self._query("SELECT * FROM devices ORDER BY device_id")
-        summaries = [device_summary(row, now or time.time()) for row in rows]
+    def list_devices(self, now: float | None = None) -> list[DeviceSummary]:
+        """A summary per device, sorted by id."""
+        rows = self._query(select(devices).order_by(devices.c.device_id))
         admitted = self.admissions()  # operator auth: pending until accepted
-        for summary in summaries:
-            summary["admission"] = admitted.get(summary["device_id"], PENDING)
-        return summaries
+        at = now or time.time()
+        return [device_summary(row, at, admitted.get(row["device_id"], PENDING)) for row in rows]
 
-    def device_detail(self, device_id: str, *, events: int = 20) -> dict[str, Any]:
-        rows = self._query("SELECT * FROM devices WHERE device_id = ?", (device_id,))
+    def device_detail(self, device_id: str, *, events: int = 20) -> DeviceDetail:
+        rows = self._query(select(devices).where(devices.c.device_id == device_id))
         if not rows:
             raise UnknownDeviceError(device_id)
         row = rows[0]
         recent = self._query(
-            "SELECT payload FROM events WHERE device_id = ? ORDER BY id DESC LIMIT ?",
-            (device_id, events),
+            select(_events.c.payload)
+            .where(_events.c.device_id == device_id)
+            .order_by(_events.c.id.desc())
+            .limit(events)
         )
-        reported = self._query("SELECT payload FROM reported WHERE device_id = ?", (device_id,))
-        desired = self._query(
-            "SELECT counter, model, version, action FROM desired WHERE device_id = ?", (device_id,)
+        report = self._query(select(reported.c.payload).where(reported.c.device_id == device_id))
+        desired_now = self.desired_states(device_id)
+        return DeviceDetail(
+            summary=device_summary(row, time.time(), self.admission(device_id) or PENDING),
+            reported=document(report[0]["payload"]) if report else None,
+            desired=desired_now[0] if desired_now else None,
+            status=document(row["status_json"]),
+            telemetry=document(row["telemetry_json"]),
+            events=[document(r["payload"]) for r in recent],
         )
-        summary = device_summary(row, time.time())
-        summary["admission"] = self.admission(device_id) or PENDING  # operator auth
-        return {
-            "summary": summary,
-            "reported": _document(reported[0]["payload"]) if reported else None,
-            "desired": dict(desired[0]) if desired else None,
-            "status": _document(row["status_json"]),
-            "telemetry": _document(row["telemetry_json"]),
-            "events": [_document(r["payload"]) for r in recent],
-        }
+
+    def desired_states(self, device_id: str) -> list[DesiredRow]:
+        """The desired state of each model on ``device_id``, newest first."""
+        rows = self._query(
+            select(desired.c.counter, desired.c.model, desired.c.version, desired.c.action)
+            .where(desired.c.device_id == device_id)
+            .order_by(desired.c.counter.desc())
+        )
+        return [DesiredRow(**row) for row in rows]
+
+    def dead_letters(self, limit: int = 10) -> list[StoredDeadLetter]:
+        """The newest dead letters, newest first."""
+        rows = self._query(
+            select(dead_letters)
+            .order_by(dead_letters.c.id.desc())
+            .limit(max(0, min(limit, DEAD_LETTERS_KEPT)))
+        )
+        return [
+            StoredDeadLetter(
+                topic=r["topic"],
+                reason=r["reason"],
+                detail=r["detail"],
+                excerpt=bytes(r["excerpt"]).decode("utf-8", errors="replace"),
+                retained=bool(r["retained"]),
+                received=r["received"],
+            )
+            for r in rows
+        ]
+
+    def telemetry_seqs(self, device_id: str) -> list[int]:
+        """Stored seqs of a device in arrival order (for tests and gap reports)."""
+        rows = self._query(
+            select(telemetry.c.seq)
+            .where(telemetry.c.device_id == device_id)
+            .order_by(telemetry.c.received, telemetry.c.seq)
+        )
+        return [int(r["seq"]) for r in rows]
+
+    def ota_devices(self) -> set[str]:
+        """Devices that publish a reported OTA state (the agent does only with OTA enabled)."""
+        return {row["device_id"] for row in self._query(select(reported.c.device_id))}
 
     # -- operators, request nonces and device admission (fleet.operators) -----------------
 
@@ -447,46 +403,46 @@ class SqliteFleetStore:
         kid = key_id(public_key)
         with self._tx() as db:
             clash = db.execute(
-                "SELECT name FROM operators WHERE name = ? OR key_id = ?", (name, kid)
-            ).fetchone()
+                select(operators.c.name).where(
+                    (operators.c.name == name) | (operators.c.key_id == kid)
+                )
+            ).first()
             if clash:
                 raise FleetError(f"operator {clash[0]!r} already has this name or key ({kid})")
             db.execute(
-                "INSERT INTO operators (name, key_id, public_key, added) VALUES (?, ?, ?, ?)",
-                (name, kid, public_key, now),
+                operators.insert().values(name=name, key_id=kid, public_key=public_key, added=now)
             )
         return kid
 
     def remove_operator(self, name: str) -> None:
         """Raises ``FleetError`` when no operator has that name."""
         with self._tx() as db:
-            if db.execute("DELETE FROM operators WHERE name = ?", (name,)).rowcount == 0:
+            if db.execute(delete(operators).where(operators.c.name == name)).rowcount == 0:
                 raise FleetError(f"no operator named {name!r}")
 
-    def list_operators(self) -> list[dict[str, Any]]:
-        rows = self._query("SELECT name, key_id, public_key, added FROM operators ORDER BY name")
-        return [dict(row) for row in rows]
+    def list_operators(self) -> list[Operator]:
+        rows = self._query(select(operators).order_by(operators.c.name))
+        return [Operator(**row) for row in rows]
 
     def trusted_keys(self) -> dict[str, TrustedKey]:
         """Key id -> operator, for ``fleet.operators.verify_request``."""
-        return {
-            row["key_id"]: TrustedKey(row["name"], row["public_key"])
-            for row in self._query("SELECT name, key_id, public_key FROM operators")
-        }
+        return {o.key_id: TrustedKey(o.name, o.public_key) for o in self.list_operators()}
 
     def nonce_used(self, nonce: str) -> bool:
-        rows = self._query("SELECT 1 FROM request_nonces WHERE nonce = ?", (nonce,))
-        return bool(rows)
+        return bool(
+            self._query(select(request_nonces.c.nonce).where(request_nonces.c.nonce == nonce))
+        )
 
     def remember_nonce(self, nonce: str, *, expires: float, now: float) -> bool:
         """Record a used nonce until ``expires``; False if it was already recorded."""
         with self._tx() as db:
-            db.execute("DELETE FROM request_nonces WHERE expires < ?", (now,))
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO request_nonces (nonce, expires) VALUES (?, ?)",
-                (nonce, expires),
+            db.execute(delete(request_nonces).where(request_nonces.c.expires < now))
+            added = db.execute(
+                self._insert(request_nonces)
+                .values(nonce=nonce, expires=expires)
+                .on_conflict_do_nothing()
             )
-        return cursor.rowcount == 1
+        return added.rowcount == 1
 
     def log_request(
         self, *, operator: str | None, method: str, outcome: str, detail: str, now: float
@@ -494,18 +450,19 @@ class SqliteFleetStore:
         """Append to the bounded audit log of mutating requests (accepted and refused)."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO operator_log (received, operator, method, outcome, detail) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (now, operator, method[:64], outcome, detail[:500]),
+                operator_log.insert().values(
+                    received=now,
+                    operator=operator,
+                    method=method[:64],
+                    outcome=outcome,
+                    detail=detail[:500],
+                )
             )
-            db.execute(
-                "DELETE FROM operator_log WHERE id <= (SELECT MAX(id) FROM operator_log) - ?",
-                (_OPERATOR_LOG_ROWS,),
-            )
+            db.execute(_keep_newest_ids(operator_log, _OPERATOR_LOG_ROWS))
 
-    def operator_log(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._query("SELECT * FROM operator_log ORDER BY id DESC LIMIT ?", (limit,))
-        return [dict(row) for row in rows]
+    def operator_log(self, limit: int = 100) -> list[OperatorLogEntry]:
+        rows = self._query(select(operator_log).order_by(operator_log.c.id.desc()).limit(limit))
+        return [OperatorLogEntry(**row) for row in rows]
 
     def accept_device(self, device_id: str, *, operator: str, now: float) -> bool:
         """Make a known device a deploy target; False if it already was.
@@ -514,104 +471,40 @@ class SqliteFleetStore:
             UnknownDeviceError: the controller has never seen the device.
         """
         with self._tx() as db:
-            known = db.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,))
-            if known.fetchone() is None:
+            known = db.execute(select(devices.c.device_id).where(devices.c.device_id == device_id))
+            if known.first() is None:
                 raise UnknownDeviceError(device_id)
-            cursor = db.execute(
-                "INSERT INTO admissions (device_id, state, operator, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(device_id) DO NOTHING",
-                (device_id, ACCEPTED, operator, now),
+            added = db.execute(
+                self._insert(admissions)
+                .values(device_id=device_id, state=ACCEPTED, operator=operator, updated=now)
+                .on_conflict_do_nothing()
             )
-        return cursor.rowcount == 1
+        return added.rowcount == 1
 
     def admission(self, device_id: str) -> str | None:
         """accepted, pending, or None for a device never seen."""
-        if not self._query("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)):
+        if not self._query(select(devices.c.device_id).where(devices.c.device_id == device_id)):
             return None
-        rows = self._query("SELECT state FROM admissions WHERE device_id = ?", (device_id,))
+        rows = self._query(select(admissions.c.state).where(admissions.c.device_id == device_id))
         return str(rows[0]["state"]) if rows else PENDING
 
     def admissions(self) -> dict[str, str]:
         """The admission state of every device that has one (others are pending)."""
-        rows = self._query("SELECT device_id, state FROM admissions")
+        rows = self._query(select(admissions.c.device_id, admissions.c.state))
         return {row["device_id"]: row["state"] for row in rows}
-
-    def ota_devices(self) -> set[str]:
-        """Devices that publish a reported OTA state (the agent does only with OTA enabled)."""
-        return {row["device_id"] for row in self._query("SELECT device_id FROM reported")}
-
-    def telemetry_seqs(self, device_id: str) -> list[int]:
-        """Stored seqs of a device in arrival order (for tests and gap reports)."""
-        rows = self._query(
-            "SELECT seq FROM telemetry WHERE device_id = ? ORDER BY received, seq", (device_id,)
-        )
-        return [int(r["seq"]) for r in rows]
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                cursor = self._db.execute(sql, params)
-                cursor.row_factory = sqlite3.Row
-                return list(cursor.fetchall())
-            except sqlite3.Error as exc:
-                raise StoreError(f"database error ({exc})", path=str(self._path)) from exc
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._engine.dispose()
 
 
-def device_summary(row: sqlite3.Row, now: float) -> dict[str, Any]:
-    """The device-list view of one device row; odd stored values read as missing."""
-    telemetry = _document(row["telemetry_json"]) or {}
-    status = _document(row["status_json"]) or {}
-    temps = [t for t in (_section(telemetry, "temperatures_c")).values() if _is_number(t)]
-    received = row["telemetry_received"]
-    state = row["state"] if isinstance(row["state"], str) else None
-    models = status.get("models")
-    return {
-        "device_id": row["device_id"],
-        "online": state == "online",
-        "state": state or "unknown",
-        "agent_version": _text(status.get("agent_version")),
-        "last_telemetry_age_s": round(now - received, 1) if _is_number(received) else None,
-        "last_seq": row["telemetry_seq"] if isinstance(row["telemetry_seq"], int) else None,
-        "cpu_percent": _number(_section(telemetry, "cpu").get("percent")),
-        "memory_percent": _number(_section(telemetry, "memory").get("used_percent")),
-        "temperature_c": max(temps) if temps else None,
-        "health": _text(_section(telemetry, "health").get("status")),
-        "queue_depth": _number(_section(telemetry, "queue").get("depth")),
-        "models": models if isinstance(models, dict) else {},
-        "duplicates": row["duplicates"],
-    }
+_events = events  # ``device_detail`` has a parameter named ``events``
 
 
-def _document(text: object) -> dict[str, Any] | None:
-    """A stored JSON object, or None for anything else (NULL, not JSON, not an object)."""
-    if not isinstance(text, str | bytes) or not text:
-        return None
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _section(document: dict[str, Any], key: str) -> dict[str, Any]:
-    value = document.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _number(value: object) -> int | float | None:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+def _keep_newest_ids(table: Table, keep: int) -> Executable:
+    """Delete all but the ``keep`` highest ids of ``table`` (an append-only log)."""
+    newest = select(func.max(table.c.id)).scalar_subquery()
+    return delete(table).where(table.c.id <= newest - keep)
 
 
 def _epoch(ts: object) -> float | None:

@@ -182,7 +182,7 @@ class TestStore:
         store.ingest([_telemetry(1, "2026-01-01T00:30:00.000Z", cpu={"percent": 1.0})])
         store.ingest([_telemetry(2, "2026-01-01T01:00:00.000+01:00", cpu={"percent": 2.0})])
         [row] = store.list_devices()
-        assert (row["last_seq"], row["cpu_percent"]) == (1, 1.0)
+        assert (row.last_seq, row.cpu_percent) == (1, 1.0)
 
     def test_today_s_database_opens_and_its_bad_newest_row_is_replaced(
         self, tmp_path: Path
@@ -203,11 +203,11 @@ class TestStore:
         db.close()
         store = SqliteFleetStore(path)
         [row] = store.list_devices()  # no AttributeError on the odd row
-        assert (row["cpu_percent"], row["agent_version"]) == (None, None)
-        assert store.device_detail("pi-1")["events"] == [None]
+        assert (row.cpu_percent, row.agent_version) == (None, None)
+        assert store.device_detail("pi-1").events == [None]
         store.ingest([_telemetry(6, NOW, cpu={"percent": 3.0})])
         [row] = store.list_devices()
-        assert (row["last_seq"], row["cpu_percent"]) == (6, 3.0)
+        assert (row.last_seq, row.cpu_percent) == (6, 3.0)
         assert store.telemetry_seqs("pi-1") == [5, 6]
         store.close()
         SqliteFleetStore(path).close()  # the upgrade is done once, then a no-op
@@ -219,7 +219,7 @@ class TestStore:
         with sqlite3.connect(tmp_path / "f.db") as db:
             db.execute("UPDATE devices SET telemetry_json = ?, status_json = '\"s\"'", (odd,))
         [row] = store.list_devices()
-        assert (row["cpu_percent"], row["temperature_c"], row["models"]) == (None, None, {})
+        assert (row.cpu_percent, row.temperature_c, row.models) == (None, None, {})
 
     def test_seq_beyond_63_bits_is_a_store_error(self, tmp_path: Path) -> None:
         """Not an OverflowError from sqlite3 escaping as something else."""
@@ -235,7 +235,7 @@ class TestStore:
         ]
         store.add_dead_letters(letters)
         newest = store.dead_letters(2)
-        assert [d["detail"] for d in newest] == [
+        assert [d.detail for d in newest] == [
             f"n{DEAD_LETTERS_KEPT + 4}",
             f"n{DEAD_LETTERS_KEPT + 3}",
         ]

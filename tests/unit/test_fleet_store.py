@@ -43,10 +43,10 @@ class TestStore:
             ]
         )
         [row] = store.list_devices(now=110.0)
-        assert row["online"] is True and row["agent_version"] == "9.9"
-        assert row["last_seq"] == 2 and row["duplicates"] == 1
-        assert row["last_telemetry_age_s"] == 8.0
-        assert (row["cpu_percent"], row["memory_percent"], row["temperature_c"]) == (
+        assert row.online is True and row.agent_version == "9.9"
+        assert row.last_seq == 2 and row.duplicates == 1
+        assert row.last_telemetry_age_s == 8.0
+        assert (row.cpu_percent, row.memory_percent, row.temperature_c) == (
             12.5,
             40.0,
             51.0,
@@ -58,7 +58,7 @@ class TestStore:
         store = SqliteFleetStore(tmp_path / "f.db")
         store.ingest([_telemetry("pi-1", 9, "2026-01-01T00:00:09.000Z", 100.0)])
         store.ingest([_telemetry("pi-1", 3, "2026-01-01T00:00:03.000Z", 101.0)])
-        assert store.list_devices()[0]["last_seq"] == 9
+        assert store.list_devices()[0].last_seq == 9
 
     def test_new_stream_is_not_a_duplicate(self, tmp_path: Path) -> None:
         """After a state-dir reset seq restarts under a new stream and is stored."""
@@ -78,7 +78,7 @@ class TestStore:
             [Inbound("pi-1", "events", {"event": f"e{n}", "ts": "t"}, float(n)) for n in range(3)]
         )
         detail = store.device_detail("pi-1", events=2)
-        assert [e["event"] for e in detail["events"]] == ["e2", "e1"]
+        assert [e["event"] for e in detail.events if e] == ["e2", "e1"]
         with pytest.raises(UnknownDeviceError, match="'pi-9'"):
             store.device_detail("pi-9")
 
@@ -100,7 +100,7 @@ class TestStore:
         removed = store.prune(now=120.0)
         assert store.telemetry_seqs("pi-1") == [6, 7, 8]
         assert store.telemetry_seqs("pi-2") == []
-        assert len(store.device_detail("pi-1")["events"]) == 1
+        assert len(store.device_detail("pi-1").events) == 1
         assert removed == 5 + 1 + 2
 
 

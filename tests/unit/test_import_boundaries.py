@@ -30,7 +30,19 @@ DOORS: dict[str, frozenset[str]] = {
     "fleet/modelopt/session.py": frozenset({"onnxruntime"}),
     "fleet/modelopt/tflite.py": frozenset({"tensorflow"}),
     "fleet/release/repo.py": frozenset({"tuf", "securesystemslib"}),
-    "fleet/store.py": frozenset({"sqlite3"}),
+    # The controller's database: SQLAlchemy in the store and its schema package, Alembic in
+    # the migration runner and the revisions. No module of fleet/ opens sqlite3 itself.
+    "fleet/store.py": frozenset({"sqlalchemy"}),
+    "fleet/db/engine.py": frozenset({"sqlalchemy"}),
+    "fleet/db/tables.py": frozenset({"sqlalchemy"}),
+    "fleet/db/migrate.py": frozenset({"sqlalchemy", "alembic"}),
+    "fleet/db/migrations/env.py": frozenset({"sqlalchemy", "alembic"}),
+    "fleet/db/migrations/versions/0001_schema_before_migrations.py": frozenset(
+        {"sqlalchemy", "alembic"}
+    ),
+    "fleet/db/migrations/versions/0002_desired_by_device_and_model.py": frozenset(
+        {"sqlalchemy", "alembic"}
+    ),
 }
 
 
@@ -87,7 +99,17 @@ def test_every_exempt_file_is_a_named_door() -> None:
 
 
 @pytest.mark.parametrize(
-    "library", ["tuf", "securesystemslib", "sqlite3", "onnxruntime", "paho", "serial"]
+    "library",
+    [
+        "tuf",
+        "securesystemslib",
+        "sqlite3",
+        "onnxruntime",
+        "paho",
+        "serial",
+        "sqlalchemy",
+        "alembic",
+    ],
 )
 def test_the_one_door_libraries_are_banned(library: str) -> None:
     assert library in _banned()
@@ -108,6 +130,7 @@ def test_banned_libraries_are_imported_only_through_their_doors() -> None:
         ("tuf", {"agent/ota/trust.py", "fleet/release/repo.py"}),
         ("securesystemslib", {"agent/ota/trust.py", "fleet/release/repo.py"}),
         ("onnxruntime", {"agent/inference/backends/onnx.py", "fleet/modelopt/session.py"}),
+        ("sqlite3", {"agent/outbox.py"}),
     ],
 )
 def test_one_module_per_side_imports(library: str, doors: set[str]) -> None:

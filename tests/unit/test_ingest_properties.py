@@ -96,7 +96,7 @@ def test_generated_messages_are_stored_or_refused(messages: list[tuple[str, byte
                 continue
             store.ingest([item])
         for device in store.list_devices():
-            store.device_detail(device["device_id"], events=5)
+            store.device_detail(device.device_id, events=5)
         store.close()
     assert set(refused) <= _REASONS
 

@@ -7,6 +7,8 @@ its traceback, and the daemon's TaskGroup does not hide a missing module.
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from agent import cli as agent_cli
@@ -51,6 +53,20 @@ def test_any_other_module_names_the_fleet_extra(name: str) -> None:
         f"fleet: the fleet controller and CLI need the 'fleet' extra "
         f"({name.partition('.')[0]} is not installed): pip install 'edge-fleet[fleet]'"
     )
+
+
+@pytest.mark.parametrize("name", ["sqlalchemy", "alembic"])
+def test_the_database_libraries_are_looked_for_before_any_command(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI imports them only where a command opens the database: an install without
+    them says so at the start, one line and exit 78, not a traceback from ``fleet serve``."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda module, *a: None if module == name else real(module, *a)
+    )
+    assert fleet_main.main() == 78
+    assert capsys.readouterr().err == f"{fleet_main.missing_extra_message(_missing(name))}\n"
 
 
 def test_a_missing_module_inside_the_daemons_task_group_is_found() -> None:

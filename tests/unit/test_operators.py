@@ -168,14 +168,14 @@ def test_devices_accept_needs_a_trusted_signature_and_refusals_are_recorded(
             controller._call("devices-accept", request)
     assert store.admission("pi-1") == "pending"
     assert controller.gate.refused == {"unsigned": 1, "unknown_key": 1}
-    outcomes = [row["outcome"] for row in store.operator_log()]
+    outcomes = [row.outcome for row in store.operator_log()]
     assert outcomes == ["refused:unknown_key", "refused:unsigned"]
 
     signed = sign_request(ALICE, "devices-accept", {"device_id": "pi-1"}, now=NOW)
     reply, _ = controller._call("devices-accept", signed)
     assert reply["operator"] == "alice"
     assert store.admission("pi-1") == "accepted"
-    assert store.list_devices()[0]["admission"] == "accepted"
+    assert store.list_devices()[0].admission == "accepted"
     with pytest.raises(UnknownDeviceError):
         controller._call(
             "devices-accept", sign_request(ALICE, "devices-accept", {"device_id": "x"}, now=NOW)
@@ -213,7 +213,7 @@ def test_the_last_operator_cannot_be_removed_over_mqtt(tmp_path: Path) -> None:
     request = sign_request(ALICE, "operators-remove", {"name": "alice"}, now=NOW)
     with pytest.raises(FleetError, match="last operator"):
         controller._call("operators-remove", request)
-    assert [o["name"] for o in controller.store.list_operators()] == ["alice"]
+    assert [o.name for o in controller.store.list_operators()] == ["alice"]
 
 
 def test_a_database_from_before_admission_opens_with_its_devices_pending(tmp_path: Path) -> None:
@@ -229,7 +229,7 @@ def test_a_database_from_before_admission_opens_with_its_devices_pending(tmp_pat
     old.commit()
     old.close()
     store = SqliteFleetStore(db)
-    assert store.list_devices()[0]["admission"] == "pending"
+    assert store.list_devices()[0].admission == "pending"
     assert store.list_operators() == []
     assert store.accept_device("pi-1", operator="--db", now=NOW) is True
     assert store.accept_device("pi-1", operator="--db", now=NOW) is False
