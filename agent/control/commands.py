@@ -24,14 +24,14 @@ from typing import Any, Literal, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from agent.inbound import InboundRejections
+from agent.control.inbound import InboundRejections
 from edge_contract import payloads
 from edge_contract.errors import PayloadError, TopicError
 from edge_contract.topics import Channel, parse, topic_for
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
 
-log = structlog.get_logger("agent.commands")
+log = structlog.get_logger("agent.control.commands")
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 REPLY_EXPIRY_S = 60
