@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from agent.config import AgentConfig, PipelineConfig, SerialConfig
-from agent.control.commands import CaptureRequest, CommandDispatcher, CommandError, NoArguments
+from agent.control.commands import CaptureRequest, CommandDispatcher, NoArguments
 from agent.control.events import EventEmitter
 from agent.control.inbound import InboundRejections
 from agent.control.presence import Presence
 from agent.daemon.sdnotify import SystemdNotifier
-from agent.errors import InferenceError
+from agent.errors import CommandError, InferenceError
 from agent.loop.background import BackgroundTasks
 from agent.pipelines.pipeline import (
     Classify,

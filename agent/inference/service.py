@@ -19,9 +19,8 @@ import numpy as np
 import structlog
 
 from agent.config import AgentConfig
-from agent.control.commands import CommandError
 from agent.control.events import EventThrottle
-from agent.errors import InferenceError
+from agent.errors import CommandError, InferenceError
 from agent.inference.backends import BackendOptions
 from agent.inference.capture import CaptureBuffer, CaptureInfo
 from agent.inference.cardfile import load_card

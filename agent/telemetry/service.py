@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from agent.errors import BoardParseError, BoardReadError
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.subsystem_health import HealthChange, HealthMonitor, Status
@@ -57,7 +58,7 @@ class BoardMonitor:
         if self.kind == "raspberry_pi":
             try:
                 return {"throttled": boards.read_pi_throttled().as_dict()}, None
-            except (boards.BoardReadError, boards.BoardParseError) as exc:
+            except (BoardReadError, BoardParseError) as exc:
                 return None, str(exc)
         if self.kind == "jetson":
             reading = {"tegrastats": self._latest.as_dict()} if self._latest else None
@@ -95,7 +96,7 @@ class BoardMonitor:
         try:
             self._latest = boards.parse_tegrastats(line)
             self._error = None
-        except boards.BoardParseError as exc:
+        except BoardParseError as exc:
             self._error = str(exc)
 
 
