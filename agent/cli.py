@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import agent
-from agent import eventloop
 from agent.config import DEFAULT_CONFIG_PATH, load_config, masked_dump
 from agent.errors import EXIT_CONFIG, EXIT_RUNTIME, AgentError, ConfigError
+from agent.loop import eventloop
 from edge_contract.errors import ContractError
 from edge_runtime.errors import SharedRuntimeError
 
@@ -163,8 +163,8 @@ def _config_error(exc: ConfigError) -> int:
 
 
 def _run(config: object) -> int:
-    from agent.app import Agent  # noqa: PLC0415 - keep check-config light and fast
     from agent.config import AgentConfig  # noqa: PLC0415
+    from agent.daemon.app import Agent  # noqa: PLC0415 - keep check-config light and fast
     from edge_runtime.log import configure_logging  # noqa: PLC0415
 
     assert isinstance(config, AgentConfig)

@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
-from agent.eventloop import LoopChoice
+from agent.loop.eventloop import LoopChoice
 from edge_contract.topics import DEVICE_ID_PATTERN
 from edge_runtime.settings import TomlBackedSettings, format_validation_error, toml_file
 

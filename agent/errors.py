@@ -3,6 +3,9 @@
 Errors carry the offending value as an attribute and name it in their message, so a log line
 or a CLI message says what was wrong without a traceback. Foreign exceptions (paho, sqlite3,
 pydantic, OSError) are wrapped at the boundary that caught them, with ``raise ... from``.
+Private exceptions that steer control flow inside one module (the command dispatcher's
+``_Refused``, the REST server's ``_BodyBudgetFull``) derive from it too;
+``tests/unit/test_agent_errors.py`` checks every exception class defined in ``agent/``.
 
 The wire's errors (``TopicError``, ``PayloadError``, ``UpdateError``, ``CardError``) are the
 contract's (``edge_contract.errors``), the MQTT link's (``MqttError`` and its kinds) the shared
@@ -10,6 +13,8 @@ runtime's (``edge_runtime.errors``): the agent catches those bases beside ``Agen
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from edge_contract.errors import UpdateError
 
@@ -39,6 +44,30 @@ class StoreError(AgentError):
     def __init__(self, message: str, *, path: str) -> None:
         self.path = path
         super().__init__(f"{message}: {path}")
+
+
+class CommandError(AgentError):
+    """A command handler's way of answering ``ok: false`` with a reason (the reply's error)."""
+
+
+class BoardParseError(AgentError, ValueError):
+    """A board tool's output is not in the expected vendor-tool format at all."""
+
+    # Long tegrastats lines would otherwise flood logs when echoed in errors.
+    ECHO_LIMIT = 120
+
+    def __init__(self, message: str, line: str) -> None:
+        self.line = line
+        preview = line if len(line) <= self.ECHO_LIMIT else line[: self.ECHO_LIMIT] + "..."
+        super().__init__(f"{message}: {preview!r}")
+
+
+class BoardReadError(AgentError, OSError):
+    """A board tool (vcgencmd, tegrastats) could not be run or exited unsuccessfully."""
+
+    def __init__(self, command: Sequence[str], reason: str) -> None:
+        self.command = tuple(command)
+        super().__init__(f"{' '.join(self.command)}: {reason}")
 
 
 class SerialLinkError(AgentError):

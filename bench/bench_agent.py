@@ -86,12 +86,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig, QueueConfig
-from agent.forwarder import DiskOutbox, Forwarder
-from agent.health import HealthChange, HealthMonitor
-from agent.outbox import Outbox
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.service import BoardMonitor, TelemetryService
+from agent.telemetry.subsystem_health import HealthChange, HealthMonitor
+from agent.uplink.forwarder import DiskOutbox, Forwarder
+from agent.uplink.outbox import Outbox
 from bench import report
 from devtools.localbroker import PrivateBroker
 from edge_contract.topics import Channel, topic_for

@@ -37,7 +37,7 @@ code stays 0.
    slower steady state as gap). Figures: the median swap's ratio (target at most 2), every
    swap's ratio for information, and the count of failed requests over all swaps (target 0).
 
-It runs on the event loop the agent itself chooses (``agent.eventloop``: uvloop where it is
+It runs on the event loop the agent itself chooses (``agent.loop.eventloop``: uvloop where it is
 installed); ``--event-loop asyncio`` measures the agent on asyncio's own loop instead.
 
 Run from the repository root (the large model must have been built once, see
@@ -66,12 +66,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from agent import eventloop
 from agent.inference.backends import BackendOptions
 from agent.inference.backends.onnx import OnnxBackend, share_thread_pools, shared_thread_pools
 from agent.inference.cardfile import load_card
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
+from agent.loop import eventloop
 from bench import report
 from edge_contract.card import ModelCard, card_path_for
 from fleet.modelopt.quantize import AttentionShape, fuse_transformer

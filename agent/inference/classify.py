@@ -14,7 +14,7 @@ import numpy as np
 
 from agent.errors import InvalidInputError, ModelSignatureError
 from agent.inference.registry import ModelRegistry
-from agent.pipeline import Classification
+from agent.pipelines.pipeline import Classification
 from edge_contract.card import ModelCard
 
 

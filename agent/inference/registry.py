@@ -52,7 +52,7 @@ from agent.inference.backends import (
     open_backend,
 )
 from agent.inference.cardfile import load_card
-from agent.inference.workers import InferenceWorkers
+from agent.inference.run_threads import InferenceWorkers
 from edge_contract.card import ModelCard, card_path_for
 
 log = structlog.get_logger("agent.inference.registry")
@@ -309,7 +309,7 @@ class ModelRegistry:
     ) -> Prediction:
         """Run one batch on the default (or the given) version of ``name``."""
         # One coroutine and few helper layers: everything after the inference runs with
-        # cold caches (see agent.inference.workers), where each Python call is costly.
+        # cold caches (see agent.inference.run_threads), where each Python call is costly.
         servable = self._resolve(name, version)
         card = servable.card
         try:

@@ -33,6 +33,7 @@ import structlog
 from aiohttp import web
 
 from agent.errors import (
+    AgentError,
     InferenceError,
     InvalidInputError,
     ServiceBusyError,
@@ -319,7 +320,7 @@ class MalformedBodyError(InvalidInputError):
     """A request body that is not a JSON object (reason ``bad_json``)."""
 
 
-class _BodyBudgetFull(Exception):
+class _BodyBudgetFull(AgentError):
     """The requests in progress hold the body budget: this one is refused before its body."""
 
     def __init__(self, size: int, held: int, budget: int) -> None:

@@ -18,11 +18,9 @@ from typing import Any
 import numpy as np
 import structlog
 
-from agent.background import BackgroundTasks
-from agent.commands import CommandError
 from agent.config import AgentConfig
-from agent.errors import InferenceError
-from agent.events import EventThrottle
+from agent.control.events import EventThrottle
+from agent.errors import CommandError, InferenceError
 from agent.inference.backends import BackendOptions
 from agent.inference.capture import CaptureBuffer, CaptureInfo
 from agent.inference.cardfile import load_card
@@ -30,6 +28,7 @@ from agent.inference.classify import RegistryClassifier, check_classifier
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry, ObserverGroup
 from agent.inference.rest import RestServer, start_rest
+from agent.loop.background import BackgroundTasks
 from edge_contract.card import card_path_for
 
 log = structlog.get_logger("agent.inference")

@@ -24,7 +24,7 @@ from agent.config import OtaHealthConfig
 from agent.errors import GoldenMismatchError, InferenceError, UnknownModelError
 from agent.inference.cardfile import load_card
 from agent.inference.registry import ModelRegistry
-from agent.ota.health import HealthPolicy, HealthWindow, Verdict
+from agent.ota.health_window import HealthPolicy, HealthWindow, Verdict
 from agent.ota.report import Reporter
 from agent.ota.slots import Slot, SlotState, SlotStore, other_slot
 from agent.ota.watch import RequestWatch

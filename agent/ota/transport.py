@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.control.inbound import InboundRejections
 from agent.errors import FetchError
-from agent.inbound import InboundRejections
 from edge_contract.errors import UpdateError
 from edge_contract.fetchcodec import (
     CORRELATION_BYTES,

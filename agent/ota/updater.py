@@ -44,10 +44,10 @@ from typing import Any
 import structlog
 
 from agent import __version__
-from agent.background import BackgroundTasks
 from agent.config import OtaConfig
-from agent.inbound import InboundRejections
+from agent.control.inbound import InboundRejections
 from agent.inference.registry import ModelRegistry
+from agent.loop.background import BackgroundTasks
 from agent.ota import fsutil
 from agent.ota.activation import Activator
 from agent.ota.report import Reporter

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.errors import InferenceError, ModelRunError, NonFiniteOutputError
 from agent.inference.registry import Prediction
-from agent.ota.health import LATENCY_MIN_SAMPLES
+from agent.ota.health_window import LATENCY_MIN_SAMPLES
 from edge_contract.card import ModelCard
 
 RECENT_LATENCIES = 256

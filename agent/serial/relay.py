@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 
-from agent.background import BackgroundTasks
 from agent.errors import HandshakeError, SerialLinkError
+from agent.loop.background import BackgroundTasks
 from agent.serial import messages_gen as msg
 from agent.serial.session import LinkStats, PeripheralSession, Transport
 from edge_runtime.mqtt.base import backoff_delay

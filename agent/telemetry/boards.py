@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from agent.errors import BoardParseError, BoardReadError
+
 __all__ = [
     "BoardKind",
-    "BoardParseError",
-    "BoardReadError",
     "PiThrottled",
     "PowerRail",
     "TegraStats",
@@ -38,37 +38,12 @@ __all__ = [
 
 BoardKind = Literal["raspberry_pi", "jetson", "generic"]
 
-# Long tegrastats lines would otherwise flood logs when echoed in errors.
-_ECHO_LIMIT = 120
-
 # tegrastats prints -256C for thermal zones that are powered off (e.g. CV/GPU
 # clusters on an idle Orin); it is a placeholder, not a reading.
 _SENSOR_OFF_C = -256.0
 
 VCGENCMD_THROTTLED: tuple[str, ...] = ("vcgencmd", "get_throttled")
 _VCGENCMD_TIMEOUT_S = 2.0
-
-
-class BoardParseError(ValueError):
-    """Input is not in the expected vendor-tool format at all."""
-
-    def __init__(self, message: str, line: str) -> None:
-        self.line = line
-        super().__init__(f"{message}: {_preview(line)!r}")
-
-
-class BoardReadError(OSError):
-    """A board tool could not be run or exited unsuccessfully."""
-
-    def __init__(self, command: Sequence[str], reason: str) -> None:
-        self.command = tuple(command)
-        super().__init__(f"{' '.join(self.command)}: {reason}")
-
-
-def _preview(line: str) -> str:
-    if len(line) <= _ECHO_LIMIT:
-        return line
-    return line[:_ECHO_LIMIT] + "..."
 
 
 def _to_int(digits: str, line: str) -> int:

@@ -7,10 +7,11 @@ queue state with drops since the previous message, link state and the health blo
 The ticks run on the outbox's worker thread, on its own clock (``DiskOutbox.every``):
 measuring, the health update and queuing happen there in one go, and the event loop wakes
 once per message, to hand the new row to the forwarder and report health changes. An idle
-agent's CPU is mostly wake-ups, so this is where it is saved (see ``agent.worker``). What
-the loop owns (serial link, pipelines and inference statistics: the ``extras``) is read on
-the loop, in a round trip the tick makes only when there are extras. The cadence is fixed
-from a monotonic clock; when a tick falls behind, the next ones are skipped, never burst.
+agent's CPU is mostly wake-ups, so this is where it is saved (see
+``agent.uplink.outbox_thread``). What the loop owns (serial link, pipelines and inference
+statistics: the ``extras``) is read on the loop, in a round trip the tick makes only when
+there are extras. The cadence is fixed from a monotonic clock; when a tick falls behind, the
+next ones are skipped, never burst.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from typing import Any
 
 import structlog
 
-from agent.forwarder import DiskOutbox
-from agent.health import HealthChange, HealthMonitor, Status
-from agent.outbox import DropReport, Outbox, OutboxRow, OutboxStats
+from agent.errors import BoardParseError, BoardReadError
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
+from agent.telemetry.subsystem_health import HealthChange, HealthMonitor, Status
+from agent.uplink.forwarder import DiskOutbox
+from agent.uplink.outbox import DropReport, Outbox, OutboxRow, OutboxStats
 from edge_contract import payloads
 from edge_contract.topics import Channel, topic_for
 
@@ -56,7 +58,7 @@ class BoardMonitor:
         if self.kind == "raspberry_pi":
             try:
                 return {"throttled": boards.read_pi_throttled().as_dict()}, None
-            except (boards.BoardReadError, boards.BoardParseError) as exc:
+            except (BoardReadError, BoardParseError) as exc:
                 return None, str(exc)
         if self.kind == "jetson":
             reading = {"tegrastats": self._latest.as_dict()} if self._latest else None
@@ -94,7 +96,7 @@ class BoardMonitor:
         try:
             self._latest = boards.parse_tegrastats(line)
             self._error = None
-        except boards.BoardParseError as exc:
+        except BoardParseError as exc:
             self._error = str(exc)
 
 

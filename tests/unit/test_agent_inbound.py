@@ -19,18 +19,18 @@ from typing import Any, cast
 import pytest
 from securesystemslib.signer import CryptoSigner
 
-from agent.commands import CaptureRequest, CommandDispatcher, NoArguments
 from agent.config import OtaConfig
-from agent.events import EventEmitter
-from agent.forwarder import DiskOutbox
-from agent.inbound import InboundRejections
+from agent.control.commands import CaptureRequest, CommandDispatcher, NoArguments
+from agent.control.events import EventEmitter
+from agent.control.inbound import InboundRejections
 from agent.inference.registry import ModelRegistry
 from agent.ota.report import Reporter
 from agent.ota.transport import RepositoryClient
 from agent.ota.trust import OnlineKeys
 from agent.ota.updater import OtaUpdater, RefreshLimiter
 from agent.ota.watch import RequestWatch
-from agent.pipeline import Classification, PipelineSpec, SensorPipeline, parse_input
+from agent.pipelines.pipeline import Classification, PipelineSpec, SensorPipeline, parse_input
+from agent.uplink.forwarder import DiskOutbox
 from edge_contract.desired import DesiredModel, DesiredState, parse_desired
 from edge_contract.errors import PayloadError, UpdateError
 from edge_contract.reasons import Reason

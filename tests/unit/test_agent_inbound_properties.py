@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from securesystemslib.signer import CryptoSigner
 
-from agent.commands import CaptureRequest, CommandDispatcher, NoArguments
-from agent.inbound import InboundRejections
+from agent.control.commands import CaptureRequest, CommandDispatcher, NoArguments
+from agent.control.inbound import InboundRejections
 from agent.ota.trust import verify_desired
-from agent.pipeline import parse_input
+from agent.pipelines.pipeline import parse_input
 from edge_contract.desired import parse_desired
 from edge_contract.errors import PayloadError, UpdateError
 from edge_contract.fetchcodec import decode_reply

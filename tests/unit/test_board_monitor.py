@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.forwarder import DiskOutbox
-from agent.health import HealthChange, HealthMonitor
-from agent.outbox import Outbox
 from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.service import BoardMonitor, TelemetryService
+from agent.telemetry.subsystem_health import HealthChange, HealthMonitor
+from agent.uplink.forwarder import DiskOutbox
+from agent.uplink.outbox import Outbox
 
 ORIN_LINE = (
     "12-05-2023 11:42:49 RAM 2690/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) "

@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.errors import BoardParseError, BoardReadError
 from agent.telemetry.boards import (
-    BoardParseError,
-    BoardReadError,
     PiThrottled,
     PowerRail,
     TegraStats,

@@ -32,8 +32,8 @@ from fleet.store import DEAD_LETTERS_KEPT, Inbound, SqliteFleetStore
 
 NOW = payloads.utc_now()
 
-# What the agent sends (agent/presence.py, agent/telemetry/service.py, agent/events.py,
-# agent/ota/report.py), field for field.
+# What the agent sends (agent/control/presence.py, agent/telemetry/service.py,
+# agent/control/events.py, agent/ota/report.py), field for field.
 STATUS = {
     "device_id": "pi-01",
     "state": "online",

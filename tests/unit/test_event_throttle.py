@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.events import EventThrottle
+from agent.control.events import EventThrottle
 
 
 class TestEventThrottle:

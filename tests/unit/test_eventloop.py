@@ -1,4 +1,4 @@
-"""agent.eventloop: which loop the agent runs on, and what a wrong choice says."""
+"""agent.loop.eventloop: which loop the agent runs on, and what a wrong choice says."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import EXIT_CONFIG, ConfigError
-from agent.eventloop import loop_factory, run
+from agent.loop.eventloop import loop_factory, run
 
 
 async def _loop_module() -> str:

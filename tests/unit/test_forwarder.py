@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.forwarder import DiskOutbox, Forwarder
-from agent.outbox import Outbox
+from agent.uplink.forwarder import DiskOutbox, Forwarder
+from agent.uplink.outbox import Outbox
 from edge_runtime.mqtt.base import AckCallback
 
 

@@ -26,7 +26,7 @@ DOORS: dict[str, frozenset[str]] = {
     "agent/inference/backends/litert.py": frozenset({"ai_edge_litert", "tflite_runtime"}),
     "agent/inference/rest.py": frozenset({"aiohttp"}),
     "agent/ota/trust.py": frozenset({"tuf", "securesystemslib"}),
-    "agent/outbox.py": frozenset({"sqlite3"}),
+    "agent/uplink/outbox.py": frozenset({"sqlite3"}),
     "fleet/modelopt/session.py": frozenset({"onnxruntime"}),
     "fleet/modelopt/tflite.py": frozenset({"tensorflow"}),
     "fleet/release/repo.py": frozenset({"tuf", "securesystemslib"}),
@@ -130,7 +130,7 @@ def test_banned_libraries_are_imported_only_through_their_doors() -> None:
         ("tuf", {"agent/ota/trust.py", "fleet/release/repo.py"}),
         ("securesystemslib", {"agent/ota/trust.py", "fleet/release/repo.py"}),
         ("onnxruntime", {"agent/inference/backends/onnx.py", "fleet/modelopt/session.py"}),
-        ("sqlite3", {"agent/outbox.py"}),
+        ("sqlite3", {"agent/uplink/outbox.py"}),
     ],
 )
 def test_one_module_per_side_imports(library: str, doors: set[str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import StoreError
-from agent.outbox import DropReport, Outbox
+from agent.uplink.outbox import DropReport, Outbox
 
 
 def _telemetry(seq: int, drops: DropReport) -> bytes:

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from agent.errors import NonFiniteOutputError, SerialLinkError
-from agent.pipeline import Classification, PipelineSpec, SensorPipeline, ThresholdModel
+from agent.pipelines.pipeline import Classification, PipelineSpec, SensorPipeline, ThresholdModel
 
 
 class TestThresholdModel:

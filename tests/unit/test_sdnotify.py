@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from agent.sdnotify import SystemdNotifier
+from agent.daemon.sdnotify import SystemdNotifier
 
 
 class TestSystemdNotifier:

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 
 from agent.errors import StoreError
-from agent.forwarder import DiskOutbox
-from agent.health import HealthChange, HealthMonitor
-from agent.outbox import Outbox, OutboxRow
 from agent.telemetry import service as service_module
 from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.service import BoardMonitor, TelemetryService
+from agent.telemetry.subsystem_health import HealthChange, HealthMonitor
+from agent.uplink.forwarder import DiskOutbox
+from agent.uplink.outbox import Outbox, OutboxRow
 
 
 def _service(

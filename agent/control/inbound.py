@@ -16,7 +16,7 @@ import structlog
 from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.rejections import DeadLetter, RejectionLedger
 
-log = structlog.get_logger("agent.inbound")
+log = structlog.get_logger("agent.control.inbound")
 
 
 class InboundRejections:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.health import HealthMonitor, Status
+from agent.telemetry.subsystem_health import HealthMonitor, Status
 
 
 class TestHealthMonitor:

@@ -14,14 +14,14 @@ import psutil
 import structlog
 
 import agent
-from agent.background import BackgroundTasks
+from agent.loop.background import BackgroundTasks
 from edge_contract import payloads
 from edge_contract.topics import DELIVERY, Channel, topic_for
 from edge_runtime.errors import MqttError
 from edge_runtime.mqtt.base import ConnectionInfo, Will
 from edge_runtime.mqtt.link import MqttLink
 
-log = structlog.get_logger("agent.presence")
+log = structlog.get_logger("agent.control.presence")
 
 
 class Presence:

@@ -27,8 +27,8 @@ from typing import TypeVar
 
 import structlog
 
-from agent.outbox import Outbox, OutboxRow, OutboxStats
-from agent.worker import WorkerThread, reporting_to_loop
+from agent.uplink.outbox import Outbox, OutboxRow, OutboxStats
+from agent.uplink.outbox_thread import WorkerThread, reporting_to_loop
 from edge_runtime.errors import (
     MqttError,
     NotConnectedError,
@@ -38,7 +38,7 @@ from edge_runtime.errors import (
 from edge_runtime.mqtt.base import ConnectionInfo
 from edge_runtime.mqtt.link import MqttLink
 
-log = structlog.get_logger("agent.forwarder")
+log = structlog.get_logger("agent.uplink.forwarder")
 T = TypeVar("T")
 
 # Deleting acknowledged rows costs a trip to the worker thread and a commit; batching them
@@ -109,8 +109,9 @@ class DiskOutbox:
         on_error: Callable[[BaseException], None],
     ) -> None:
         """Run ``work(outbox)`` on the worker every ``interval_s``, first now, on the worker's
-        own clock (see ``agent.worker``). ``on_result(seq, extra)`` or ``on_error(exc)`` is
-        called on this loop after each run; the appended row is announced first."""
+        own clock (see ``agent.uplink.outbox_thread``). ``on_result(seq, extra)`` or
+        ``on_error(exc)`` is called on this loop after each run; the appended row is announced
+        first."""
 
         def ticked(outcome: tuple[OutboxRow | None, tuple[int, T]]) -> None:
             row, (seq, value) = outcome

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import structlog
 
-log = structlog.get_logger("agent.worker")
+log = structlog.get_logger("agent.uplink.outbox_thread")
 T = TypeVar("T")
 
 

@@ -59,6 +59,8 @@ def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
     # should not pay for the logging stack.
     import structlog  # noqa: PLC0415
 
-    structlog.get_logger("agent.eventloop").info("event_loop.selected", loop=name, setting=choice)
+    structlog.get_logger("agent.loop.eventloop").info(
+        "event_loop.selected", loop=name, setting=choice
+    )
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)

@@ -24,14 +24,15 @@ from typing import Any, Literal, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from agent.inbound import InboundRejections
+from agent.control.inbound import InboundRejections
+from agent.errors import AgentError, CommandError
 from edge_contract import payloads
 from edge_contract.errors import PayloadError, TopicError
 from edge_contract.topics import Channel, parse, topic_for
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
 
-log = structlog.get_logger("agent.commands")
+log = structlog.get_logger("agent.control.commands")
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 REPLY_EXPIRY_S = 60
@@ -55,17 +56,13 @@ class CaptureRequest(BaseModel):
     action: Literal["list", "clear", "upload"] = "list"
 
 
-class CommandError(Exception):
-    """A handler's way of answering ``ok: false`` with a reason."""
-
-
 @dataclass(frozen=True)
 class _Route:
     request: type[BaseModel]
     handler: Callable[[Any], Awaitable[dict[str, Any]]]
 
 
-class _Refused(Exception):
+class _Refused(AgentError):
     """A request the dispatcher will not run: its reason code and the reply's error text."""
 
     def __init__(self, reason: str, error: str) -> None:

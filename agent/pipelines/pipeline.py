@@ -30,7 +30,7 @@ from agent.errors import InferenceError, SerialLinkError
 from edge_contract import payloads
 from edge_contract.errors import PayloadError
 
-log = structlog.get_logger("agent.pipeline")
+log = structlog.get_logger("agent.pipelines.pipeline")
 
 Actuate = Callable[[int, int], Awaitable[None]]
 Emit = Callable[..., Awaitable[None]]

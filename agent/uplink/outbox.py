@@ -13,7 +13,7 @@ silent. ``seq`` is allocated in the same transaction as the row it numbers, so a
 cannot leave a gap that looks like a loss, nor reuse a number.
 
 Not thread-safe: the agent uses one instance from a single worker thread (see ``DiskOutbox``
-in ``agent.forwarder``), which keeps fsync latency off the event loop.
+in ``agent.uplink.forwarder``), which keeps fsync latency off the event loop.
 """
 
 from __future__ import annotations

@@ -21,21 +21,27 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent.background import BackgroundTasks
-from agent.commands import CaptureRequest, CommandDispatcher, CommandError, NoArguments
 from agent.config import AgentConfig, PipelineConfig, SerialConfig
-from agent.errors import InferenceError
-from agent.events import EventEmitter
-from agent.forwarder import DiskOutbox, Forwarder
-from agent.health import HealthChange, HealthMonitor, Status
-from agent.inbound import InboundRejections
-from agent.outbox import Outbox
-from agent.pipeline import Classify, PipelineSpec, SensorPipeline, ThresholdModel, parse_input
-from agent.presence import Presence
-from agent.sdnotify import SystemdNotifier
+from agent.control.commands import CaptureRequest, CommandDispatcher, NoArguments
+from agent.control.events import EventEmitter
+from agent.control.inbound import InboundRejections
+from agent.control.presence import Presence
+from agent.daemon.sdnotify import SystemdNotifier
+from agent.errors import CommandError, InferenceError
+from agent.loop.background import BackgroundTasks
+from agent.pipelines.pipeline import (
+    Classify,
+    PipelineSpec,
+    SensorPipeline,
+    ThresholdModel,
+    parse_input,
+)
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
 from agent.telemetry.service import BoardMonitor, TelemetryService
+from agent.telemetry.subsystem_health import HealthChange, HealthMonitor, Status
+from agent.uplink.forwarder import DiskOutbox, Forwarder
+from agent.uplink.outbox import Outbox
 from edge_contract import payloads
 from edge_contract.errors import PayloadError, TopicError
 from edge_contract.topics import Channel, device_commands, device_inputs, parse, topic_for
@@ -48,7 +54,7 @@ if TYPE_CHECKING:
     from agent.serial.relay import SerialRelay
     from agent.serial.session import Transport
 
-log = structlog.get_logger("agent.app")
+log = structlog.get_logger("agent.daemon.app")
 
 
 class LinkWatcher:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.inference.workers import InferenceWorkers
+from agent.inference.run_threads import InferenceWorkers
 
 
 @contextlib.contextmanager

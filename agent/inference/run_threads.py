@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-log = structlog.get_logger("agent.inference.workers")
+log = structlog.get_logger("agent.inference.run_threads")
 T = TypeVar("T")
 
 

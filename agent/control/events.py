@@ -16,11 +16,11 @@ from typing import Any
 
 import structlog
 
-from agent.forwarder import DiskOutbox
+from agent.uplink.forwarder import DiskOutbox
 from edge_contract import payloads
 from edge_contract.topics import Channel, topic_for
 
-log = structlog.get_logger("agent.events")
+log = structlog.get_logger("agent.control.events")
 
 
 class EventEmitter:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agent.worker import WorkerThread, next_run_at
+from agent.uplink.outbox_thread import WorkerThread, next_run_at
 
 
 @pytest.mark.parametrize(

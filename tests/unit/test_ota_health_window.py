@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.ota.health import (
+from agent.ota.health_window import (
     LATENCY_MIN_SAMPLES,
     QUIET_FACTOR,
     HealthPolicy,

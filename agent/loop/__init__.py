@@ -1,0 +1,1 @@
+"""The process's asyncio plumbing: which event loop runs, and tasks started from callbacks."""
