@@ -285,3 +285,31 @@ class TestRpcFrontEnd:
         with pytest.raises(FleetError, match="unknown method 'deploy'"):
             controller.rpc.call("deploy", {})
         controller.store.close()
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "mqtt-api.md"
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        DevicesListRequest,
+        ShowRequest,
+        StatusRequest,
+        OperatorsListRequest,
+        DeployRequest,
+        RollbackRequest,
+        AcceptRequest,
+        OperatorAddRequest,
+        OperatorRemoveRequest,
+    ],
+)
+def test_every_request_field_is_in_the_documents_controller_rpc_section(model: Any) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    section = text.split("## Controller RPC", 1)[1].split("\n## ", 1)[0]
+    missing = [
+        name
+        for name in model.model_fields
+        if f'"{name}"' not in section and f"`{name}`" not in section
+    ]
+    assert not missing, f"{model.__name__}: {missing} not in docs/mqtt-api.md"
