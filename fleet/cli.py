@@ -18,19 +18,36 @@ import importlib.util
 import json
 import os
 import sys
-import time
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
+from edge_contract.controller import (
+    AcceptRequest,
+    DeployRequest,
+    DevicesListRequest,
+    OperatorAddRequest,
+    OperatorRemoveRequest,
+    OperatorsListRequest,
+    RollbackRequest,
+    ShowRequest,
+    StatusRequest,
+)
 from fleet.config import FleetConfig, load_fleet_config
 from fleet.errors import FleetConfigError, FleetError, OperatorKeyError
 from fleet.release.cli import keys_app, register_model_commands
 from fleet.view import device_detail_view, devices_table
+
+if TYPE_CHECKING:
+    from fleet.app.replies import Reply
+    from fleet.app.usecases import FleetApp
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 devices_app = typer.Typer(no_args_is_help=True, help="Devices seen by the controller.")
@@ -112,22 +129,36 @@ def _fail(exc: FleetError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-def _query(config: FleetConfig, direct: bool, method: str, request: dict[str, Any]) -> Any:
-    if direct:
-        from fleet.store import SqliteFleetStore  # noqa: PLC0415
+def _request(method: str, kind: type[RequestT], /, **fields: Any) -> RequestT:
+    """The typed request a command sends (``edge_contract.controller``), checked here first:
+    a bad argument fails as the controller would refuse it, naming the field."""
+    from edge_contract.controller import decode_request  # noqa: PLC0415
+    from edge_contract.errors import PayloadError  # noqa: PLC0415
 
-        if not config.db.is_file():
-            raise FleetError(f"no controller database at {config.db}")
-        store = SqliteFleetStore(config.db)
-        try:
-            if method == "devices-list":
-                return {"devices": [asdict(d) for d in store.list_devices()]}
-            return {"device": asdict(store.device_detail(str(request["device_id"])))}
-        finally:
-            store.close()
+    try:
+        return decode_request(method, kind, fields)
+    except PayloadError as exc:
+        raise FleetError(str(exc)) from None
+
+
+def _remote(config: FleetConfig, method: str, request: BaseModel) -> dict[str, Any]:
+    """Ask the controller over the broker (an unsigned, read-only method)."""
     from fleet.rpc import call  # noqa: PLC0415
 
-    return asyncio.run(call(config, method, request))
+    return asyncio.run(call(config, method, request.model_dump(exclude_none=True)))
+
+
+def _direct(config: FleetConfig, use: Callable[[FleetApp], Reply]) -> dict[str, Any]:
+    """Run a use case straight on the controller's database (``--db``): the same use cases
+    (``fleet.app``) the controller runs for a request, with the same reply."""
+    from fleet.app.replies import to_json  # noqa: PLC0415
+    from fleet.app.usecases import FleetApp  # noqa: PLC0415
+
+    store = _open_store(config)
+    try:
+        return to_json(use(FleetApp(store)))
+    finally:
+        store.close()
 
 
 @devices_app.command("list")
@@ -144,7 +175,11 @@ def devices_list(
     """Every device seen: online/offline, last telemetry age, CPU, memory, temperature."""
     try:
         cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
-        reply = _query(cfg, db is not None, "devices-list", {})
+        listing = _request("devices-list", DevicesListRequest)
+        if db is not None:
+            reply = _direct(cfg, lambda app: app.list_devices(listing))
+        else:
+            reply = _remote(cfg, "devices-list", listing)
     except FleetError as exc:
         _fail(exc)
         return
@@ -184,7 +219,11 @@ def devices_show(
     """One device: state, resources, link, models, OTA state and its latest events."""
     try:
         cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
-        reply = _query(cfg, db is not None, "devices-show", {"device_id": device_id})
+        show = _request("devices-show", ShowRequest, device_id=device_id)
+        if db is not None:
+            reply = _direct(cfg, lambda app: app.show_device(show))
+        else:
+            reply = _remote(cfg, "devices-show", show)
     except FleetError as exc:
         _fail(exc)
         return
@@ -247,7 +286,14 @@ def deploy(
         if bool(device) == all_devices:
             raise FleetError("give --device ID (one or more) or --all")
         cfg = _config(config, broker, ca_file, cert_file, key_file, None, timeout)
-        request = {"model": name, "version": version, "devices": device or [], "all": all_devices}
+        request = _request(
+            "deploy",
+            DeployRequest,
+            model=name,
+            version=version,
+            devices=device or [],
+            all=all_devices,
+        )
         reply = _signed(cfg, operator_key, "deploy", request)
     except FleetError as exc:
         _fail(exc)
@@ -271,9 +317,7 @@ def rollback(
     """Return a device to its previous committed model version."""
     try:
         cfg = _config(config, broker, ca_file, cert_file, key_file, None, timeout)
-        request: dict[str, Any] = {"device_id": device}
-        if model is not None:
-            request["model"] = model
+        request = _request("rollback", RollbackRequest, device_id=device, model=model)
         reply = _signed(cfg, operator_key, "rollback", request)
     except FleetError as exc:
         _fail(exc)
@@ -319,12 +363,13 @@ def _signer(cfg: FleetConfig, operator_key: Path | None, method: str) -> Any:
 
 
 def _signed(
-    cfg: FleetConfig, operator_key: Path | None, method: str, request: dict[str, Any]
+    cfg: FleetConfig, operator_key: Path | None, method: str, request: BaseModel
 ) -> dict[str, Any]:
     from fleet.rpc import call  # noqa: PLC0415
 
     signer = _signer(cfg, operator_key, method)
-    return asyncio.run(call(cfg, method, request, signer=signer))
+    body = request.model_dump(exclude_none=True)
+    return asyncio.run(call(cfg, method, body, signer=signer))
 
 
 def _open_store(cfg: FleetConfig) -> Any:
@@ -394,20 +439,15 @@ def operators_add(
     operator_key: OperatorKeyOpt = None,
 ) -> None:
     """Trust an operator key: with --db directly, else signed by an existing operator."""
-    from fleet.operators import check_name  # noqa: PLC0415
-
     try:
         key = _public_key_arg(public_key)
         cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
+        request = _request("operators-add", OperatorAddRequest, name=name, public_key=key)
         if db is not None:
-            store = _open_store(cfg)
-            try:
-                kid = store.add_operator(check_name(name), key, now=time.time())
-            finally:
-                store.close()
+            reply = _direct(cfg, lambda app: app.add_operator(request))
         else:
-            reply = _signed(cfg, operator_key, "operators-add", {"name": name, "public_key": key})
-            kid = reply["key_id"]
+            reply = _signed(cfg, operator_key, "operators-add", request)
+        kid = reply["key_id"]
     except FleetError as exc:
         _fail(exc)
         return
@@ -429,14 +469,12 @@ def operators_remove(
     """Stop trusting an operator: with --db directly, else signed by an existing operator."""
     try:
         cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
+        request = _request("operators-remove", OperatorRemoveRequest, name=name)
         if db is not None:
-            store = _open_store(cfg)
-            try:
-                store.remove_operator(name)
-            finally:
-                store.close()
+            # The host's administrator may remove the last operator (nobody else could).
+            _direct(cfg, lambda app: app.remove_operator(request, keep_last=False))
         else:
-            _signed(cfg, operator_key, "operators-remove", {"name": name})
+            _signed(cfg, operator_key, "operators-remove", request)
     except FleetError as exc:
         _fail(exc)
         return
@@ -457,14 +495,11 @@ def operators_list(
     """The operators the controller trusts, with their key ids."""
     try:
         cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
+        listing = _request("operators-list", OperatorsListRequest)
         if db is not None:
-            store = _open_store(cfg)
-            try:
-                operators = [asdict(o) for o in store.list_operators()]
-            finally:
-                store.close()
+            operators = _direct(cfg, lambda app: app.list_operators(listing))["operators"]
         else:
-            operators = _query(cfg, False, "operators-list", {})["operators"]
+            operators = _remote(cfg, "operators-list", listing)["operators"]
     except FleetError as exc:
         _fail(exc)
         return
@@ -493,14 +528,11 @@ def devices_accept(
     """Accept a pending device as a deploy target (signed; or --db on the controller host)."""
     try:
         cfg = _config(config, broker, ca_file, cert_file, key_file, db, timeout)
+        request = _request("devices-accept", AcceptRequest, device_id=device_id)
         if db is not None:
-            store = _open_store(cfg)
-            try:
-                store.accept_device(device_id, operator="--db", now=time.time())
-            finally:
-                store.close()
+            _direct(cfg, lambda app: app.accept_device(request, operator="--db"))
         else:
-            _signed(cfg, operator_key, "devices-accept", {"device_id": device_id})
+            _signed(cfg, operator_key, "devices-accept", request)
     except FleetError as exc:
         _fail(exc)
         return
@@ -633,7 +665,7 @@ def controller_status(
     """Messages the controller refused since it started, by reason, and the newest ones (JSON)."""
     try:
         cfg = _config(config, broker, ca_file, cert_file, key_file, None, timeout)
-        reply = _query(cfg, False, "controller-status", {})
+        reply = _remote(cfg, "controller-status", _request("controller-status", StatusRequest))
     except FleetError as exc:
         _fail(exc)
         return

@@ -1,4 +1,4 @@
-"""The controller's gate for requests that change the fleet, and the operator/admission RPCs.
+"""The controller's gate for requests that change the fleet.
 
 ``OperatorGate.run`` verifies a signed request (``fleet.operators.verify_request``), spends
 its nonce in the store, runs the handler, and records the outcome: refusals are counted by
@@ -6,6 +6,7 @@ reason (``refused``), logged once each as ``controller.operator_refused`` with
 ``rejection="unauthorized"``, and written to the store's bounded ``operator_log`` with the
 accepted and failed requests. It runs on the controller's single store thread, so checking a
 nonce and recording it cannot interleave with another request carrying the same nonce.
+What a verified request does is a use case of ``fleet.app``, run by ``fleet.rpc_server``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 import structlog
 
+from edge_contract.errors import PayloadError
 from fleet.errors import FleetError, OperatorRefusedError
-from fleet.operators import Verified, check_name, parse_public_key, verify_request
+from fleet.operators import Verified, verify_request
 from fleet.store import FleetStore
 
 log = structlog.get_logger("fleet.service")
@@ -46,25 +48,17 @@ class OperatorGate:
         self._clock = clock
         self.refused: Counter[str] = Counter()  # by reason: unsigned, replayed, ...
 
-    def handlers(self) -> dict[str, SignedRpc]:
-        """The signed RPCs this module owns (the OTA ones are added by the controller)."""
-        return {
-            "devices-accept": self._accept,
-            "operators-add": self._operator_add,
-            "operators-remove": self._operator_remove,
-        }
-
     def run(self, method: str, request: dict[str, Any], handler: SignedRpc) -> Outcome:
         """Verify, then run ``handler``; the reply names the operator.
 
         Raises:
             OperatorRefusedError: the request is not validly signed, fresh and new.
-            FleetError: the handler refused it (recorded as failed).
+            FleetError, PayloadError: the handler refused it (recorded as failed).
         """
         verified = self._authorize(method, request)
         try:
             body, messages = handler(verified)
-        except FleetError as exc:
+        except (FleetError, PayloadError) as exc:
             self._audit(verified.operator, method, "failed", str(exc))
             raise
         self._audit(verified.operator, method, "ok", "")
@@ -103,33 +97,3 @@ class OperatorGate:
         self._store.log_request(
             operator=operator, method=method, outcome=outcome, detail=detail, now=self._clock()
         )
-
-    def _accept(self, verified: Verified) -> Outcome:
-        device_id = verified.body.get("device_id")
-        if not isinstance(device_id, str) or not device_id:
-            raise FleetError("devices-accept needs a device_id string")
-        changed = self._store.accept_device(
-            device_id, operator=verified.operator, now=self._clock()
-        )
-        log.info("controller.device_accepted", device=device_id, operator=verified.operator)
-        return {"device_id": device_id, "admission": "accepted", "changed": changed}, []
-
-    def _operator_add(self, verified: Verified) -> Outcome:
-        name, key = verified.body.get("name"), verified.body.get("public_key")
-        if not isinstance(name, str) or not isinstance(key, str):
-            raise FleetError("operators-add needs name and public_key strings")
-        key_id = self._store.add_operator(
-            check_name(name), parse_public_key(key), now=self._clock()
-        )
-        return {"name": name, "key_id": key_id}, []
-
-    def _operator_remove(self, verified: Verified) -> Outcome:
-        name = verified.body.get("name")
-        if not isinstance(name, str):
-            raise FleetError("operators-remove needs a name string")
-        if [o.name for o in self._store.list_operators()] == [name]:
-            raise FleetError(
-                f"{name!r} is the last operator: remove it with --db on the controller's host"
-            )
-        self._store.remove_operator(name)
-        return {"name": name, "removed": True}, []

@@ -3,11 +3,12 @@
 Built by ``fleet serve`` when ``[ota] repo`` is set. It answers the devices' file requests
 (``fleet.release.fileserver``), re-signs the TUF timestamp with the online key every
 ``timestamp_refresh_s`` (each one expires after ``timestamp_expiry_s``), and turns
-``fleet deploy`` / ``fleet rollback`` into signed, retained desired-state messages, one per
-device, each with the next value of that device's counter (kept in the controller's store).
-The controller calls ``deploy``/``rollback`` only for requests signed by a trusted operator
-(``fleet.operators``); here a target must also be an accepted device with a reported OTA
-state, and ``deploy --all`` names every device it leaves out and why.
+the typed ``deploy`` / ``rollback`` requests (``edge_contract.controller``) into signed,
+retained desired-state messages, one per device, each with the next value of that device's
+counter (kept in the controller's store). The use cases (``fleet.app``) call
+``deploy``/``rollback`` only for requests signed by a trusted operator (``fleet.operators``);
+here a target must also be an accepted device with a reported OTA state, and ``deploy
+--all`` names every device it leaves out and why.
 
 The repository is re-read from disk for every operation: ``fleet model publish`` and
 ``fleet keys rotate`` change it from another process, and a timestamp signed over a stale
@@ -20,16 +21,17 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 
+from edge_contract.controller import DeployRequest, RollbackRequest
 from edge_contract.desired import DesiredModel, DesiredState
 from edge_contract.errors import TopicError
 from edge_contract.release import CUSTOM_KEY
 from edge_contract.topics import Channel, parse, topic_for
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
+from fleet.app.replies import DeployReply, Publish, RollbackReply, Skipped
 from fleet.config import OtaOptions
 from fleet.errors import DeviceNotAcceptedError, FleetError, UnknownDeviceError
 from fleet.release.allocator import keep_large_buffers
@@ -87,33 +89,34 @@ class ReleaseService:
 
     # -- desired states (run in the controller's store thread) -----------------------------
 
-    def deploy(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
-        """``{"model", "version", "devices": [...] | "all": true}`` -> reply, messages to send.
+    def deploy(self, request: DeployRequest) -> tuple[DeployReply, list[Publish]]:
+        """The release desired on the request's devices -> reply, messages to send.
 
         The reply's ``skipped`` names each device ``--all`` left out and why.
         """
-        name, version = _string(request, "model"), _string(request, "version")
+        name, version = request.model, request.version
         with repository_lock(self._dir):
             repo = Repository.open(self._dir)
             target = _find_target(repo, name, version)
             devices, skipped = self._devices(request)
             messages = [self._desired(repo, d, "deploy", name, version, target) for d in devices]
-        reply = {
-            "model": name,
-            "version": version,
-            "target": target,
-            "devices": devices,
-            "skipped": [{"device_id": d, "reason": r} for d, r in skipped],
-        }
+        reply = DeployReply(
+            model=name,
+            version=version,
+            target=target,
+            devices=devices,
+            skipped=[Skipped(device_id=d, reason=r) for d, r in skipped],
+        )
         return reply, messages
 
-    def rollback(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
-        """``{"device_id", "model"?}``: back to the device's previous committed version."""
-        device_id = _string(request, "device_id")
+    def rollback(self, request: RollbackRequest) -> tuple[RollbackReply, list[Publish]]:
+        """Back to the device's previous committed version of the model (its only one when
+        the request names none)."""
+        device_id = request.device_id
         self._require_accepted(device_id)
         detail = self._store.device_detail(device_id, events=0)
         models = (detail.reported or {}).get("models") or {}
-        name = request.get("model") or (next(iter(models)) if len(models) == 1 else None)
+        name = request.model or (next(iter(models)) if len(models) == 1 else None)
         if not isinstance(name, str) or name not in models:
             raise FleetError(
                 f"{device_id} reports no OTA model {name!r} (it reports {sorted(models)})"
@@ -126,13 +129,12 @@ class ReleaseService:
             repo = Repository.open(self._dir)
             target = _find_target(repo, name, version)
             message = self._desired(repo, device_id, "rollback", name, version, target)
-        reply = {"device_id": device_id, "model": name, "version": version}
-        return reply, [message]
+        return RollbackReply(device_id=device_id, model=name, version=version), [message]
 
-    def _devices(self, request: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]]]:
+    def _devices(self, request: DeployRequest) -> tuple[list[str], list[tuple[str, str]]]:
         """Targets and (device, reason) skipped. ``--all``: accepted devices with OTA on;
         named devices: each must be one of those, or the whole deploy is refused."""
-        if request.get("all") is True:
+        if request.all:
             admission = self._store.admissions()
             with_ota = self._store.ota_devices()
             targets, skipped = [], []
@@ -146,18 +148,13 @@ class ReleaseService:
                 why = "; ".join(f"{d}: {r}" for d, r in skipped) or "no device seen"
                 raise FleetError(f"no accepted device with OTA enabled ({why})")
             return targets, skipped
-        devices = request.get("devices")
-        if (
-            not isinstance(devices, list)
-            or not devices
-            or not all(isinstance(d, str) for d in devices)
-        ):
+        if not request.devices:
             raise FleetError("deploy needs --device ID (one or more) or --all")
-        for device_id in devices:
+        for device_id in request.devices:
             self._require_accepted(device_id)
             if device_id not in self._store.ota_devices():
                 raise FleetError(f"device {device_id!r}: {OTA_DISABLED}; nothing deployed")
-        return list(dict.fromkeys(devices)), []
+        return list(dict.fromkeys(request.devices)), []
 
     def _require_accepted(self, device_id: str) -> None:
         state = self._store.admission(device_id)
@@ -168,7 +165,7 @@ class ReleaseService:
 
     def _desired(
         self, repo: Repository, device_id: str, action: str, name: str, version: str, target: str
-    ) -> tuple[str, bytes]:
+    ) -> Publish:
         counter = self._store.next_desired(
             device_id, model=name, version=version, action=action, now=time.time()
         )
@@ -182,7 +179,7 @@ class ReleaseService:
         payload = sign_desired(state, repo.online_signer("timestamp"))
         return topic_for(device_id, Channel.DESIRED), payload
 
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+    def publish(self, messages: list[Publish]) -> None:
         """On the loop: retained, QoS 1, so a device that is offline gets it when it is back."""
         options = PublishOptions(content_type="application/json")
         for topic, payload in messages:
@@ -199,13 +196,6 @@ def _not_a_target(admission: str | None, has_reported: bool) -> str | None:
     if not has_reported:
         return OTA_DISABLED
     return None
-
-
-def _string(request: dict[str, Any], key: str) -> str:
-    value = request.get(key)
-    if not isinstance(value, str) or not value:
-        raise FleetError(f"request needs a non-empty {key!r}")
-    return value
 
 
 def _find_target(repo: Repository, name: str, version: str) -> str:

@@ -26,6 +26,7 @@ from edge_contract.topics import controller_rpc, reply_inbox
 from edge_runtime.errors import MqttError
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
+from fleet.broker import link_settings_for
 from fleet.config import FleetConfig, parse_broker_url
 from fleet.errors import (
     BrokerUnreachableError,
@@ -36,7 +37,6 @@ from fleet.errors import (
     UnknownDeviceError,
 )
 from fleet.operators import sign_request
-from fleet.service import link_settings_for
 
 _PROBE_TIMEOUT_S = 2.0
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from edge_contract import payloads
+from edge_contract.controller import StatusRequest
 from edge_contract.errors import PayloadError
 from edge_contract.messages import (
     EventMessage,
@@ -26,8 +27,9 @@ from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.rejections import DeadLetter
 from fleet.config import FleetConfig
 from fleet.errors import StoreError
+from fleet.ingest import validate
 from fleet.release.fileserver import RateLimiter
-from fleet.service import Controller, validate
+from fleet.service import Controller
 from fleet.store import DEAD_LETTERS_KEPT, Inbound, SqliteFleetStore
 
 NOW = payloads.utc_now()
@@ -273,13 +275,13 @@ class TestControllerIngest:
         stored, the poison ones dead-lettered and counted."""
 
         async def scenario(controller: Controller) -> None:
-            writer = asyncio.create_task(controller._writer())
-            letters = asyncio.create_task(controller._letter_writer())
+            writer = asyncio.create_task(controller.ingest._writer())
+            letters = asyncio.create_task(controller.ingest._letter_writer())
             for n in range(50):
                 device = "poison" if n % 2 else "good"
                 controller._on_message(_telemetry_message(device, n, mid=n + 1))
-            await controller._queue.join()
-            await controller._letters.join()
+            await controller.ingest._queue.join()
+            await controller.ingest._letters.join()
             writer.cancel()
             letters.cancel()
 
@@ -288,17 +290,17 @@ class TestControllerIngest:
         assert sorted(acked) == list(range(1, 51))
         assert controller.store.telemetry_seqs("good") == list(range(0, 50, 2))
         assert controller.rejected == {"store_failed": 25}
-        status = controller._rpc_status({})
-        assert status["rejected"]["total"] == 25
-        assert status["dead_letters"][0]["reason"] == "store_failed"
+        status = controller.app.controller_status(StatusRequest())
+        assert status.rejected.total == 25
+        assert status.dead_letters[0].reason == "store_failed"
 
     def test_a_locked_database_is_tried_again(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """'database is locked' twice, then the batch commits: stored, nothing refused."""
-        import fleet.service
+        import fleet.ingest
 
-        monkeypatch.setattr(fleet.service, "_LOCKED_BACKOFF_S", 0.0)
+        monkeypatch.setattr(fleet.ingest, "_LOCKED_BACKOFF_S", 0.0)
         controller, acked = _controller(tmp_path)
         real_ingest = controller.store.ingest
         failures = [StoreError("database error (database is locked)", path="x")] * 2
@@ -311,9 +313,9 @@ class TestControllerIngest:
         monkeypatch.setattr(controller.store, "ingest", flaky)
 
         async def scenario() -> None:
-            writer = asyncio.create_task(controller._writer())
+            writer = asyncio.create_task(controller.ingest._writer())
             controller._on_message(_telemetry_message("good", 1, mid=1))
-            await controller._queue.join()
+            await controller.ingest._queue.join()
             writer.cancel()
 
         asyncio.run(scenario())
@@ -322,12 +324,12 @@ class TestControllerIngest:
 
     def test_refused_messages_are_acknowledged_and_counted(self, tmp_path: Path) -> None:
         async def scenario(controller: Controller) -> None:
-            letters = asyncio.create_task(controller._letter_writer())
+            letters = asyncio.create_task(controller.ingest._letter_writer())
             for mid, payload in enumerate([b"", b"\xff", b'{"seq": -1}', b"[1]"], start=1):
                 controller._on_message(
                     InboundMessage("fleet/d/telemetry", payload, 1, False, mid=mid)
                 )
-            await controller._letters.join()
+            await controller.ingest._letters.join()
             letters.cancel()
 
         controller, acked = _controller(tmp_path)
@@ -342,14 +344,14 @@ class TestControllerIngest:
         def broken(_message: InboundMessage, _received: float) -> Inbound:
             raise KeyError("bug")
 
-        import fleet.service
+        import fleet.ingest
 
-        original = fleet.service.validate
-        fleet.service.validate = broken  # type: ignore[assignment]
+        original = fleet.ingest.validate
+        fleet.ingest.validate = broken  # type: ignore[assignment]
         try:
             controller._on_message(_telemetry_message("d", 1, mid=9))
         finally:
-            fleet.service.validate = original
+            fleet.ingest.validate = original
         assert acked == [9] and controller.rejected == {"handler_failed": 1}
 
     @pytest.mark.parametrize(
@@ -368,7 +370,7 @@ class TestControllerIngest:
     ) -> None:
         controller, _ = _controller(tmp_path)
         with pytest.raises(PayloadError) as caught:
-            controller._rpc_show(request_body)
+            controller.rpc.call("devices-show", request_body)
         assert caught.value.reason == "schema"
 
 

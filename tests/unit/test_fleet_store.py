@@ -11,7 +11,7 @@ from edge_contract.errors import PayloadError, TopicError
 from edge_runtime.mqtt.base import InboundMessage
 from fleet.config import parse_broker_url
 from fleet.errors import BrokerUrlError, UnknownDeviceError
-from fleet.service import validate
+from fleet.ingest import validate
 from fleet.store import Inbound, Retention, SqliteFleetStore
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from edge_contract import payloads
 from edge_contract.errors import PayloadError
 from edge_runtime.mqtt.base import InboundMessage
-from fleet.service import validate
+from fleet.ingest import validate
 from fleet.store import SqliteFleetStore
 
 _SCALARS = (

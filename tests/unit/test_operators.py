@@ -1,8 +1,9 @@
 """Operator-signed requests (fleet.operators) and the controller's use of them, without a broker.
 
 Each refusal reason of the pure ``verify_request`` has its own test; the controller tests run
-``Controller._call`` against a real SQLite store (no MQTT connection is made) to show that
-refusals are counted and recorded, and that a spent nonce survives a controller restart.
+the controller's RPC front end (``Controller.rpc.call``, ``fleet.rpc_server``) against a real
+SQLite store (no MQTT connection is made) to show that refusals are counted and recorded, and
+that a spent nonce survives a controller restart.
 """
 
 from __future__ import annotations
@@ -165,19 +166,19 @@ def test_devices_accept_needs_a_trusted_signature_and_refusals_are_recorded(
         sign_request(MALLORY, "devices-accept", {"device_id": "pi-1"}, now=NOW),
     ):
         with pytest.raises(OperatorRefusedError):
-            controller._call("devices-accept", request)
+            controller.rpc.call("devices-accept", request)
     assert store.admission("pi-1") == "pending"
     assert controller.gate.refused == {"unsigned": 1, "unknown_key": 1}
     outcomes = [row.outcome for row in store.operator_log()]
     assert outcomes == ["refused:unknown_key", "refused:unsigned"]
 
     signed = sign_request(ALICE, "devices-accept", {"device_id": "pi-1"}, now=NOW)
-    reply, _ = controller._call("devices-accept", signed)
+    reply, _ = controller.rpc.call("devices-accept", signed)
     assert reply["operator"] == "alice"
     assert store.admission("pi-1") == "accepted"
     assert store.list_devices()[0].admission == "accepted"
     with pytest.raises(UnknownDeviceError):
-        controller._call(
+        controller.rpc.call(
             "devices-accept", sign_request(ALICE, "devices-accept", {"device_id": "x"}, now=NOW)
         )
 
@@ -188,23 +189,23 @@ def test_a_spent_nonce_stays_spent_after_a_controller_restart(tmp_path: Path) ->
     first.store.add_operator("alice", ALICE_PUBLIC, now=NOW)
     _seen_device(first.store, "pi-1")  # type: ignore[arg-type]
     signed = sign_request(ALICE, "devices-accept", {"device_id": "pi-1"}, now=NOW)
-    first._call("devices-accept", signed)
+    first.rpc.call("devices-accept", signed)
     first.store.close()
 
     now[0] = NOW + 30  # still inside the window
     second = _controller(db, now)
     with pytest.raises(OperatorRefusedError) as caught:
-        second._call("devices-accept", signed)
+        second.rpc.call("devices-accept", signed)
     assert caught.value.reason == "replayed"
     second.store.close()
 
 
 def test_read_only_methods_stay_unsigned_and_unknown_methods_are_refused(tmp_path: Path) -> None:
     controller = _controller(tmp_path / "fleet.db", [NOW])
-    assert controller._call("devices-list", {})[0] == {"devices": []}
-    assert controller._call("operators-list", {})[0] == {"operators": []}
+    assert controller.rpc.call("devices-list", {})[0] == {"devices": []}
+    assert controller.rpc.call("operators-list", {})[0] == {"operators": []}
     with pytest.raises(FleetError, match="unknown method"):
-        controller._call("format-disk", {})
+        controller.rpc.call("format-disk", {})
 
 
 def test_the_last_operator_cannot_be_removed_over_mqtt(tmp_path: Path) -> None:
@@ -212,7 +213,7 @@ def test_the_last_operator_cannot_be_removed_over_mqtt(tmp_path: Path) -> None:
     controller.store.add_operator("alice", ALICE_PUBLIC, now=NOW)
     request = sign_request(ALICE, "operators-remove", {"name": "alice"}, now=NOW)
     with pytest.raises(FleetError, match="last operator"):
-        controller._call("operators-remove", request)
+        controller.rpc.call("operators-remove", request)
     assert [o.name for o in controller.store.list_operators()] == ["alice"]
 
 

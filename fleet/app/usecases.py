@@ -1,0 +1,131 @@
+"""``FleetApp``: every operator command as one use case over the store, written once.
+
+Each method takes its typed request (``edge_contract.controller``) and returns its typed
+reply (``fleet.app.replies``); deploy and rollback also return the signed desired states
+the front end publishes. Whether a mutating request may run at all (the operator's
+signature) is the front end's question: the RPC server asks ``fleet.operator_rpc``'s gate,
+the CLI's ``--db`` mode is the controller host's own administrator. Runs on whatever thread
+owns the store (the controller's store thread, or the CLI's only one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from edge_contract.controller import (
+    AcceptRequest,
+    DeployRequest,
+    DevicesListRequest,
+    OperatorAddRequest,
+    OperatorRemoveRequest,
+    OperatorsListRequest,
+    RollbackRequest,
+    ShowRequest,
+    StatusRequest,
+)
+from fleet.app.replies import (
+    AcceptReply,
+    DeployReply,
+    DeviceReply,
+    DevicesReply,
+    OperatorAddedReply,
+    OperatorRemovedReply,
+    OperatorsReply,
+    Publish,
+    Rejected,
+    RollbackReply,
+    StatusReply,
+)
+from fleet.errors import FleetError
+from fleet.operators import check_name, parse_public_key
+from fleet.ota import ReleaseService
+from fleet.store import ACCEPTED, FleetStore
+
+# The newest dead letters ``controller-status`` shows.
+RECENT_LETTERS = 10
+
+
+def _no_refusals() -> Counter[str]:
+    return Counter()
+
+
+class FleetApp:
+    """The controller's use cases over one store (and the release service when OTA is on)."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        *,
+        releases: ReleaseService | None = None,
+        clock: Callable[[], float] = time.time,
+        refusals: Callable[[], Counter[str]] = _no_refusals,
+    ) -> None:
+        """``refusals``: the messages the running controller refused so far, by reason."""
+        self.store = store
+        self.releases = releases
+        self._clock = clock
+        self._refusals = refusals
+
+    # -- reads (unsigned over MQTT) ----------------------------------------------------------
+
+    def list_devices(self, _request: DevicesListRequest) -> DevicesReply:
+        return DevicesReply(devices=self.store.list_devices())
+
+    def show_device(self, request: ShowRequest) -> DeviceReply:
+        """Raises ``UnknownDeviceError`` for a device never seen."""
+        detail = self.store.device_detail(request.device_id, events=request.events)
+        return DeviceReply(device=detail)
+
+    def controller_status(self, _request: StatusRequest) -> StatusReply:
+        counts = self._refusals()
+        return StatusReply(
+            rejected=Rejected(total=counts.total(), by_reason=dict(counts)),
+            dead_letters=self.store.dead_letters(RECENT_LETTERS),
+        )
+
+    def list_operators(self, _request: OperatorsListRequest) -> OperatorsReply:
+        return OperatorsReply(operators=self.store.list_operators())
+
+    # -- changes (signed by an operator over MQTT) -------------------------------------------
+
+    def accept_device(self, request: AcceptRequest, *, operator: str) -> AcceptReply:
+        """Make a pending device a deploy target; ``changed`` is False if it already was.
+
+        Raises:
+            UnknownDeviceError: the controller has never seen the device.
+        """
+        changed = self.store.accept_device(request.device_id, operator=operator, now=self._clock())
+        return AcceptReply(device_id=request.device_id, admission=ACCEPTED, changed=changed)
+
+    def add_operator(self, request: OperatorAddRequest) -> OperatorAddedReply:
+        """Raises ``FleetError`` for a bad name or key, or one already registered."""
+        key = parse_public_key(request.public_key)
+        key_id = self.store.add_operator(check_name(request.name), key, now=self._clock())
+        return OperatorAddedReply(name=request.name, key_id=key_id)
+
+    def remove_operator(
+        self, request: OperatorRemoveRequest, *, keep_last: bool = True
+    ) -> OperatorRemovedReply:
+        """Raises ``FleetError`` for an unknown name, and for the last operator when
+        ``keep_last`` (over MQTT: nobody could sign a request any more)."""
+        if keep_last and [o.name for o in self.store.list_operators()] == [request.name]:
+            raise FleetError(
+                f"{request.name!r} is the last operator: remove it with --db on the "
+                "controller's host"
+            )
+        self.store.remove_operator(request.name)
+        return OperatorRemovedReply(name=request.name, removed=True)
+
+    def deploy(self, request: DeployRequest) -> tuple[DeployReply, list[Publish]]:
+        """Raises ``FleetError`` (or a subclass naming the device) when nothing is deployed."""
+        return self._releases().deploy(request)
+
+    def rollback(self, request: RollbackRequest) -> tuple[RollbackReply, list[Publish]]:
+        return self._releases().rollback(request)
+
+    def _releases(self) -> ReleaseService:
+        if self.releases is None:
+            raise FleetError("OTA is not enabled on this controller ([ota] repo)")
+        return self.releases
