@@ -16,10 +16,7 @@ round after round (bench/bench_rest_memory.py, docs/benchmarks.md).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
 import signal
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,14 +32,14 @@ from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
 from agent.inference.rest import DEFAULT_MAX_BODY_BYTES, RestServer, start_rest
 from edge_contract.card import ModelCard, card_path_for
+from edge_runtime.allocator import M_MMAP_THRESHOLD, set_mallopt
 
 log = structlog.get_logger("agent.inference.serve")
 
 DEFAULT_PORT = 8501  # TensorFlow Serving's REST port
-# glibc's M_MMAP_THRESHOLD (<malloc.h>), and the value it starts from. Setting it fixes it:
-# glibc otherwise raises it to the largest mmapped block freed so far (up to 32 MiB), after
-# which freed request bodies and arrays stay in the heap, fragmented, and the heap grows.
-M_MMAP_THRESHOLD = -3
+# glibc's mmap threshold starts here. Setting it fixes it: glibc otherwise raises it to the
+# largest mmapped block freed so far (up to 32 MiB), after which freed request bodies and
+# arrays stay in the heap, fragmented, and the heap grows.
 MMAP_THRESHOLD = 128 * 1024
 
 
@@ -117,19 +114,10 @@ def unmap_large_blocks() -> bool:
     The cost is a few page faults per large block (about a millisecond for 10 MB, against
     some 100 ms to parse it). Left alone when ``MALLOC_MMAP_THRESHOLD_`` is set (the operator
     chose) and where there is no glibc ``mallopt``. Same approach as
-    fleet/release/allocator.py, for the opposite workload: that process reuses megabyte
+    ``fleet.release.allocator``, for the opposite workload: that process reuses megabyte
     buffers at a high rate, this one must not keep them.
     """
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:  # not glibc
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    if not done:
-        log.warning("serve.mallopt_refused")
-    return done
+    return set_mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD})
 
 
 async def _load_all(registry: ModelRegistry, models: tuple[ModelArg, ...]) -> None:

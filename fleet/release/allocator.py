@@ -18,23 +18,13 @@ than glibc (musl, macOS) nothing changes.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
+from edge_runtime.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, set_mallopt
 
-import structlog
-
-log = structlog.get_logger("fleet.release.allocator")
-
-# mallopt parameters, from glibc's <malloc.h>.
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
 # Above the largest reply (4 MiB, edge_contract.fetchcodec.MAX_REPLY_PACKET) and within glibc's
 # maximum for the mmap threshold (32 MiB on 64-bit systems).
 MMAP_THRESHOLD = 16 * 1024 * 1024
 # About what the file server holds at once: 32 pending requests of up to 1 MiB each.
 TRIM_THRESHOLD = 32 * 1024 * 1024
-ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def keep_large_buffers() -> bool:
@@ -43,19 +33,4 @@ def keep_large_buffers() -> bool:
     Process-wide and idempotent. Leaves glibc's settings alone when either environment
     variable is set (the operator chose) and does nothing where ``mallopt`` is missing.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    chosen = [name for name in ENVIRONMENT if name in os.environ]
-    if chosen:
-        log.info("allocator.from_environment", variables=chosen)
-        return False
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:  # not glibc
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
-    if not done:
-        log.warning("allocator.mallopt_refused")
-    return done
+    return set_mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD, M_TRIM_THRESHOLD: TRIM_THRESHOLD})
