@@ -129,30 +129,37 @@ class RpcServer:
         return handler(request)
 
     def on_request(self, message: InboundMessage) -> None:
-        """Loop thread: count a malformed request, then answer it (``ok: false`` for a
-        malformed one); a request without a response topic is only counted."""
+        """Loop thread: decode the request once, count a malformed one, then answer it
+        (``ok: false`` for a malformed one); a request without a response topic is only
+        counted."""
+        method, request, problem = "", {}, None
         try:
-            parse_controller_rpc(message.topic)
-            if message.payload:
-                payloads.decode_object(message.payload)
+            method = parse_controller_rpc(message.topic)
+            request = payloads.decode_object(message.payload) if message.payload else {}
         except (TopicError, PayloadError) as exc:
             self._reject(message, rejection_reason(exc), str(exc))
+            problem = exc
         else:
             if message.response_topic is None:
                 self._reject(message, "no_response_topic", "a request without a response topic")
         if message.response_topic is None:
             return  # nowhere to send an answer
-        task = asyncio.get_running_loop().create_task(self._answer(message))
+        answer = self._answer(message, message.response_topic, method, request, problem)
+        task = asyncio.get_running_loop().create_task(answer)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, message: InboundMessage) -> None:
-        if message.response_topic is None:
-            log.warning("controller.rpc_without_response_topic", topic=message.topic)
-            return
+    async def _answer(
+        self,
+        message: InboundMessage,
+        response_topic: str,
+        method: str,
+        request: dict[str, Any],
+        problem: TopicError | PayloadError | None,
+    ) -> None:
         try:
-            method = parse_controller_rpc(message.topic)
-            request = payloads.decode_object(message.payload) if message.payload else {}
+            if problem is not None:
+                raise problem
             body, messages = await self._thread.run(lambda: self.call(method, request))
             if messages and self.app.releases is not None:
                 self.app.releases.publish(messages)
@@ -164,7 +171,7 @@ class RpcServer:
             reply = {"ok": False, "error": repr(exc)[:300], "kind": "InternalError"}
         options = PublishOptions(correlation_data=message.correlation_data, message_expiry_s=30)
         try:
-            self._link.publish(message.response_topic, payloads.encode(reply), options=options)
+            self._link.publish(response_topic, payloads.encode(reply), options=options)
         except MqttError as exc:
             log.warning("controller.reply_failed", error=str(exc))
 
