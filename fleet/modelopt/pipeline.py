@@ -25,6 +25,7 @@ from rich.progress import Progress, TaskID
 from fleet.modelopt import tflite
 from fleet.modelopt.data import Dataset, load_dataset
 from fleet.modelopt.errors import DatasetError, OptionsError
+from fleet.modelopt.litert_session import open_litert
 from fleet.modelopt.measure import accuracy, mean_cosine, time_single_examples
 from fleet.modelopt.prune import gzip_size, prune_file
 from fleet.modelopt.quantize import (
@@ -266,18 +267,14 @@ def _runner(candidate: _Candidate, threads: int) -> _Runner:
 
 
 def _tflite_runner(candidate: _Candidate, threads: int) -> _Runner:
-    """The agent's own TFLite backend: float in, float out, as the agent serves the file."""
-    from agent.inference.backends import BackendOptions, open_backend  # noqa: PLC0415
-
-    backend = open_backend(
-        candidate.path, "tflite", BackendOptions(tflite_threads=threads), model=candidate.name
-    )
-    input_name, output_name = backend.inputs[0].name, backend.outputs[0].name
+    """Float in, float out through LiteRT, quantized with the file's own parameters, as the
+    agent serves the file (fleet/modelopt/litert_session.py)."""
+    session = open_litert(candidate.path, threads=threads)
 
     def one(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        # A single-input model: the data's one array goes to the file's one input name.
+        # A single-input model: the data's one array goes to the file's one input.
         (array,) = feeds.values()
-        return backend.run({input_name: array})[output_name]
+        return session.run(array)
 
     return _Runner(one)
 

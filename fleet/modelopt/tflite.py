@@ -2,8 +2,8 @@
 
 TensorFlow is an optional, heavy dependency (the ``models`` extra); without it the rest of the
 report is still produced and this variant is listed as skipped with one line saying what to
-install. The converted file is measured through the agent's own TFLite backend, which speaks
-float and quantizes with the file's scale and zero point, as the agent would serve it.
+install. The converted file is measured through LiteRT (fleet/modelopt/litert_session.py), which
+speaks float and quantizes with the file's scale and zero point, as the agent would serve it.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ DOORS: dict[str, frozenset[str]] = {
     "agent/ota/trust.py": frozenset({"tuf", "securesystemslib"}),
     "agent/uplink/outbox.py": frozenset({"sqlite3"}),
     "fleet/modelopt/session.py": frozenset({"onnxruntime"}),
+    "fleet/modelopt/litert_session.py": frozenset({"ai_edge_litert", "tflite_runtime"}),
     "fleet/modelopt/tflite.py": frozenset({"tensorflow"}),
     "fleet/release/repo.py": frozenset({"tuf", "securesystemslib"}),
     # The controller's database: SQLAlchemy in the store and its schema package, Alembic in

@@ -8,7 +8,9 @@ Why a test and not ruff's banned-api: banned-api bans a module for every file ex
 whose per-file-ignores lift TID251 as a whole, and a nested ``fleet/ruff.toml`` that bans
 ``agent`` replaces the root's banned-api table instead of extending it (paho, tuf, sqlite3 ...
 would be allowed again in fleet/). So "this directory may not import that package" is said
-here, over the AST: every import counts, a function's lazy one included. Pure: reads source.
+here, over the AST: every import counts, a function's lazy one included, and there are no
+exceptions (``fleet model optimize`` runs TFLite through its own door,
+fleet/modelopt/litert_session.py, not the agent's backend). Pure: reads source.
 """
 
 from __future__ import annotations
@@ -28,13 +30,6 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "edge_runtime": frozenset({"agent", "fleet", "devtools"}),
 }
 
-# The one arrow left from fleet/ to agent/, by module imported: `fleet model optimize` times a
-# TFLite candidate through the agent's own backend, as the device will serve the file. Moving
-# the inference backends into a shared package is a move of its own (issue 22's "rooms").
-ALLOWED: dict[str, frozenset[str]] = {
-    "fleet/modelopt/pipeline.py": frozenset({"agent.inference.backends"}),
-}
-
 
 def _imports(path: Path) -> set[str]:
     """Every absolute module ``path`` imports, nested (lazy) imports included."""
@@ -51,11 +46,8 @@ def _violations(package: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for path in sorted((ROOT / package).rglob("*.py")):
         relative = path.relative_to(ROOT).as_posix()
-        allowed = ALLOWED.get(relative, frozenset())
         wrong = sorted(
-            module
-            for module in _imports(path) - allowed
-            if module.split(".")[0] in FORBIDDEN[package]
+            module for module in _imports(path) if module.split(".")[0] in FORBIDDEN[package]
         )
         if wrong:
             found[relative] = wrong
@@ -65,16 +57,6 @@ def _violations(package: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_a_package_imports_only_what_it_may(package: str) -> None:
     assert _violations(package) == {}
-
-
-def test_every_allowed_arrow_is_still_used() -> None:
-    """An exemption that no import needs any more is removed, not left to widen later."""
-    unused = {
-        path: sorted(modules - _imports(ROOT / path))
-        for path, modules in ALLOWED.items()
-        if modules - _imports(ROOT / path)
-    }
-    assert unused == {}
 
 
 def test_the_sides_import_the_shared_packages() -> None:
