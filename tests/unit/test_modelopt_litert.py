@@ -24,7 +24,11 @@ DIGITS = Path(__file__).resolve().parents[2] / "models" / "digits"
 def test_the_door_matches_the_agent_backend(name: str) -> None:
     path = DIGITS / name
     rows = np.random.default_rng(7).uniform(0.0, 1.0, size=(16, 64)).astype(np.float32)
-    rows[0, :4] = [1.5, -0.2, 0.0019607844, 0.5]  # saturation both ways, a half step
+    rows[0, :2] = [1.5, -0.2]  # saturation both ways
+    # Exact half steps of the int8 file's input scale: TFLite rounds them away from zero.
+    scale = np.float32(0.003921568859368563)
+    steps = 2 * np.random.default_rng(8).integers(0, 128, size=(8, 64)) + 0.5
+    rows[1:9] = steps.astype(np.float32) * scale
     agent = open_backend(path, "tflite", BackendOptions(tflite_threads=1), model="digits")
     (input_spec,), (output_spec,) = agent.inputs, agent.outputs
     session = open_litert(path, threads=1)
