@@ -18,7 +18,7 @@ TFLITE_COMPAT_TESTS := tests/integration/test_tflite_runtime_compat.py
 MODELS_VENV := .venv-models
 MODELS_STAMP := $(MODELS_VENV)/.installed
 MINILM := models/build/minilm/minilm-int8.onnx
-SYSTEM_PACKAGES := mosquitto gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev pkg-config prometheus
+SYSTEM_PACKAGES := mosquitto gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev pkg-config prometheus postgresql
 PYTEST_ARGS ?=
 
 .PHONY: test demo deps system-deps lint typecheck unit integration bench bench-models models clean

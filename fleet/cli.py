@@ -38,7 +38,7 @@ from edge_contract.controller import (
     ShowRequest,
     StatusRequest,
 )
-from fleet.config import FleetConfig, load_fleet_config
+from fleet.config import FleetConfig, database, load_fleet_config
 from fleet.errors import FleetConfigError, FleetError, OperatorKeyError
 from fleet.release.cli import keys_app, register_model_commands
 from fleet.view import device_detail_view, devices_table
@@ -93,7 +93,10 @@ BrokerOpt = Annotated[
 CaOpt = Annotated[Path | None, typer.Option("--ca-file", help="CA of the broker (TLS)")]
 CertOpt = Annotated[Path | None, typer.Option("--cert-file", help="client certificate (TLS)")]
 KeyOpt = Annotated[Path | None, typer.Option("--key-file", help="client key (TLS)")]
-DbOpt = Annotated[Path | None, typer.Option("--db", help="read the controller database directly")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="read the controller database directly (a SQLite file or a URL)"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="seconds to wait")]
 OperatorKeyOpt = Annotated[
@@ -101,8 +104,12 @@ OperatorKeyOpt = Annotated[
     typer.Option("--operator-key", help="operator private key (PEM) to sign the request with"),
 ]
 DirectOpt = Annotated[
-    Path | None,
-    typer.Option("--db", help="edit the controller database directly (on the controller host)"),
+    str | None,
+    typer.Option(
+        "--db",
+        help="edit the controller database directly (on the controller host): a SQLite file "
+        "or a URL",
+    ),
 ]
 
 
@@ -112,13 +119,18 @@ def _config(
     ca: Path | None = None,
     cert: Path | None = None,
     key: Path | None = None,
-    db: Path | None = None,
+    db: str | None = None,
     timeout: float | None = None,
 ) -> FleetConfig:
     tls = None
     if ca or cert or key:
         tls = {"ca_file": ca, "cert_file": cert, "key_file": key}
-    return load_fleet_config(config, broker=broker, tls=tls, db=db, rpc_timeout_s=timeout)
+    # --db takes a SQLite file, as it always did, or a database URL ([store] url).
+    store = {"url": db} if db is not None and "://" in db else None
+    path = Path(db) if db is not None and store is None else None
+    return load_fleet_config(
+        config, broker=broker, tls=tls, db=path, store=store, rpc_timeout_s=timeout
+    )
 
 
 def _fail(exc: FleetError) -> None:
@@ -236,7 +248,9 @@ def devices_show(
 @app.command("serve")
 def serve(
     broker: BrokerOpt = None,
-    db: Annotated[Path | None, typer.Option("--db", help="controller database")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="controller database: a SQLite file or a URL")
+    ] = None,
     config: ConfigOpt = None,
     ca_file: CaOpt = None,
     cert_file: CertOpt = None,
@@ -373,11 +387,12 @@ def _signed(
 
 
 def _open_store(cfg: FleetConfig) -> Any:
-    from fleet.store import SqliteFleetStore  # noqa: PLC0415
+    from fleet.store import SqlFleetStore  # noqa: PLC0415
 
-    if not cfg.db.is_file():
-        raise FleetError(f"no controller database at {cfg.db}")
-    return SqliteFleetStore(cfg.db)
+    location = database(cfg)
+    if isinstance(location, Path) and not location.is_file():
+        raise FleetError(f"no controller database at {location}")
+    return SqlFleetStore(location)
 
 
 def _public_key_arg(text: str) -> str:

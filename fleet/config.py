@@ -1,8 +1,8 @@
 """The fleet controller's and CLI's configuration: TOML file, ``FLEET_*`` environment, options.
 
-Precedence, highest first: command-line options, ``FLEET_*`` variables (``__`` between
-levels, e.g. ``FLEET_BROKER``, ``FLEET_DB``, ``FLEET_RETENTION__MAX_AGE_S``), the TOML file
-(``--config`` or ``/etc/fleet/fleet.toml`` when present), defaults.
+Precedence, highest first: command-line options, ``FLEET_*`` variables (``__`` between levels,
+e.g. ``FLEET_BROKER``, ``FLEET_DB``, ``FLEET_STORE__URL``, ``FLEET_RETENTION__MAX_AGE_S``), the
+TOML file (``--config`` or ``/etc/fleet/fleet.toml`` when present), defaults.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     SettingsConfigDict,
 )
@@ -82,6 +82,26 @@ class OperatorOptions(_Section):
     )
 
 
+class StoreOptions(_Section):
+    """Where the controller database lives when it is not the SQLite file ``db``."""
+
+    url: str | None = Field(
+        default=None,
+        description="Database URL, overriding `db`: postgresql+psycopg://user:password@host/"
+        "fleet (the postgresql extra) or sqlite:///path.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        from fleet.db.engine import parse_url  # noqa: PLC0415  # SQLAlchemy only when set
+
+        parse_url(url)  # DatabaseUrlError is a ValueError: reported naming store.url
+        return url
+
+
 def _default_db() -> Path:
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "fleet" / "fleet.sqlite3"
@@ -96,6 +116,9 @@ class FleetConfig(TomlBackedSettings):
 
     broker: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt:// or mqtts:// URL.")
     db: Path = Field(default_factory=_default_db, description="Controller database (SQLite).")
+    store: StoreOptions = Field(
+        default_factory=StoreOptions, description="Controller database on a server (URL)."
+    )
     client_id: str = Field(default="fleet-controller", description="Controller's MQTT client id.")
     rpc_timeout_s: float = Field(default=5.0, gt=0, description="CLI wait for the controller.")
     tls: TlsOptions = Field(default_factory=TlsOptions, description="Broker TLS.")
@@ -106,6 +129,11 @@ class FleetConfig(TomlBackedSettings):
     operator: OperatorOptions = Field(
         default_factory=OperatorOptions, description="Operator key for signed requests."
     )
+
+
+def database(config: FleetConfig) -> Path | str:
+    """The controller database: ``[store] url`` when set, else the SQLite file ``db``."""
+    return config.store.url or config.db
 
 
 def load_fleet_config(path: Path | None = None, **overrides: object) -> FleetConfig:

@@ -27,12 +27,13 @@ from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.link import MqttLink
 from fleet.app.usecases import FleetApp
 from fleet.broker import link_settings_for
-from fleet.config import FleetConfig
+from fleet.config import FleetConfig, database
+from fleet.db.engine import describe
 from fleet.ingest import RECORDED, Ingest, StoreThread, rejection_reason, validate
 from fleet.operator_rpc import OperatorGate
 from fleet.ota import ReleaseService
 from fleet.rpc_server import RpcServer
-from fleet.store import FleetStore, Retention, SqliteFleetStore
+from fleet.store import FleetStore, Retention, SqlFleetStore
 
 # Re-exported: the names the controller's callers knew before the split.
 __all__ = ["Controller", "ShowRequest", "link_settings_for", "rejection_reason", "validate"]
@@ -56,7 +57,7 @@ class Controller:
             config.retention.max_telemetry_rows,
             config.retention.max_event_rows,
         )
-        self.store = store or SqliteFleetStore(config.db, retention)
+        self.store = store or SqlFleetStore(database(config), retention)
         self.link = MqttLink(link_settings_for(config, client_id=config.client_id, persistent=True))
         self.link.set_message_handler(self._on_message)
         for channel in RECORDED:
@@ -120,7 +121,9 @@ class Controller:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("controller.starting", broker=self.config.broker, db=str(self.config.db))
+        log.info(
+            "controller.starting", broker=self.config.broker, db=describe(database(self.config))
+        )
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(self.link.run())]
             tasks += [group.create_task(coro) for coro in self.ingest.tasks()]

@@ -1,18 +1,21 @@
 """The controller's device store: presence, telemetry and events of every device.
 
-``FleetStore`` is the interface the controller and CLI use; ``SqliteFleetStore`` is the
-embedded default, on SQLAlchemy Core. The schema lives in ``fleet.db.tables`` and is
-migrated with Alembic at open (``fleet.db.migrate``): a database written before migrations
-existed is adopted, its rows kept. Reads return the typed rows of ``fleet.records``.
+``FleetStore`` is the interface the controller and CLI use; ``SqlFleetStore`` implements it on
+SQLAlchemy Core, on a SQLite file (the embedded default) or a PostgreSQL server URL
+(``fleet.db.engine.open_engine``; ``SqliteFleetStore`` is its older name). The schema lives in
+``fleet.db.tables`` and is migrated with Alembic at open (``fleet.db.migrate``): a database
+written before migrations existed is adopted, its rows kept. Reads return the typed rows of
+``fleet.records``.
 
 Portable: the statements are SQLAlchemy Core over portable types; upserts and ``INSERT ...
 DO NOTHING`` are built by the dialect's own ``insert`` (SQLite or PostgreSQL, both spell it
 ``ON CONFLICT``); retention deletes use ``ROW_NUMBER()`` over the primary key, no rowid.
 Not portable, and kept to ``fleet.db.engine``: the connection settings (WAL,
 synchronous=NORMAL, busy_timeout) and ``BEGIN IMMEDIATE`` for writes, which SQLite needs
-so that two writers wait for each other instead of failing. Not done yet (a later issue
-runs it on PostgreSQL): an engine for a PostgreSQL URL and its isolation level, and
-64-bit ids for ``events`` and the logs (INTEGER there is 32 bits).
+so that two writers wait for each other instead of failing; PostgreSQL runs the same
+statements at its default READ COMMITTED (upserts take row locks). Ids and counters are
+64-bit on both (revision 0003). tests/integration/test_store_postgres.py runs this store on
+a private PostgreSQL server.
 
 Telemetry is keyed by (device, stream, seq): a resent message (agent restarted before the
 PUBACK was recorded) is counted as a duplicate, not stored twice. ``stream`` changes only
@@ -48,7 +51,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from edge_contract import payloads
 from edge_runtime.mqtt.rejections import DeadLetter
 from fleet.db import migrate
-from fleet.db.engine import READ, cause, dialect_insert, sqlite_engine
+from fleet.db.engine import (
+    READ,
+    DatabaseUrlError,
+    cause,
+    describe,
+    dialect_insert,
+    open_engine,
+    sqlite_path,
+)
 from fleet.db.tables import (
     admissions,
     dead_letters,
@@ -88,6 +99,7 @@ __all__ = [
     "FleetStore",
     "Inbound",
     "Retention",
+    "SqlFleetStore",
     "SqliteFleetStore",
 ]
 
@@ -95,21 +107,30 @@ DEAD_LETTERS_KEPT = 1000
 _OPERATOR_LOG_ROWS = 10_000
 
 
-class SqliteFleetStore:
-    """``FleetStore`` on a SQLite file; safe to call from several threads."""
+class SqlFleetStore:
+    """``FleetStore`` on a SQLite file or a PostgreSQL server; safe to call from threads.
 
-    def __init__(self, path: Path, retention: Retention | None = None) -> None:
-        self._path = path
+    ``location``: a SQLite file path, or a URL (``sqlite:///path``,
+    ``postgresql+psycopg://user:password@host:5432/fleet``).
+    """
+
+    def __init__(self, location: Path | str, retention: Retention | None = None) -> None:
         self._retention = retention or Retention()
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._engine = sqlite_engine(path)
+        try:
+            self._path = describe(location)  # in errors: a URL without its password
+            file = sqlite_path(location)
+            if file is not None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            self._engine = open_engine(location)
+        except DatabaseUrlError as exc:
+            raise StoreError(str(exc), path=str(location).split("@")[-1]) from None
         try:
             migrate.upgrade(self._engine)
         except (SQLAlchemyError, RuntimeError) as exc:
             self._engine.dispose()
             raise StoreError(
-                f"cannot open the fleet database ({cause(exc)})", path=str(path)
+                f"cannot open the fleet database ({cause(exc)})", path=self._path
             ) from exc
 
     @contextmanager
@@ -120,7 +141,7 @@ class SqliteFleetStore:
                 with self._engine.begin() as db:
                     yield db
             except SQLAlchemyError as exc:
-                raise StoreError(f"database error ({cause(exc)})", path=str(self._path)) from exc
+                raise StoreError(f"database error ({cause(exc)})", path=self._path) from exc
 
     def _query(self, statement: Executable) -> Sequence[RowMapping]:
         with self._lock:
@@ -129,7 +150,7 @@ class SqliteFleetStore:
                     db.execution_options(**{READ: True})
                     return db.execute(statement).mappings().all()
             except SQLAlchemyError as exc:
-                raise StoreError(f"database error ({cause(exc)})", path=str(self._path)) from exc
+                raise StoreError(f"database error ({cause(exc)})", path=self._path) from exc
 
     def _insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
         return dialect_insert(self._engine.dialect.name, table)
@@ -176,7 +197,7 @@ class SqliteFleetStore:
         body = item.body
         seq = int(body["seq"])
         if not 0 <= seq <= payloads.INT_MAX:
-            raise StoreError(f"telemetry seq {seq} outside 0..2^63-1", path=str(self._path))
+            raise StoreError(f"telemetry seq {seq} outside 0..2^63-1", path=self._path)
         ts_epoch = _epoch(body.get("ts"))
         added = db.execute(
             self._insert(telemetry)
@@ -497,6 +518,9 @@ class SqliteFleetStore:
         with self._lock:
             self._engine.dispose()
 
+
+# The name the store had while it ran on SQLite only (the tests and devtools use both).
+SqliteFleetStore = SqlFleetStore
 
 _events = events  # ``device_detail`` has a parameter named ``events``
 

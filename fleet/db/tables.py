@@ -1,8 +1,11 @@
 """The controller database at the newest migration, as SQLAlchemy Core tables.
 
-Only portable types (text, integer, float, binary): the same tables run on SQLite (the
-default) and PostgreSQL. Changing a table here needs a revision in ``migrations/versions``;
-``tests/unit/test_store_migrations.py`` checks that a migrated database matches these.
+Only portable types (text, integer, float, binary): the same tables run on SQLite (the default)
+and PostgreSQL. Ids and counters are 64-bit on both: ``ID`` is BIGINT on PostgreSQL (its
+INTEGER is 32 bits) and INTEGER on SQLite, where an ``INTEGER PRIMARY KEY`` is the 64-bit rowid
+with AUTOINCREMENT (a BIGINT key would not be). Changing a table here needs a revision in
+``migrations/versions``; ``tests/unit/test_store_migrations.py`` checks that a migrated
+database matches these.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# A 64-bit integer on every dialect that keeps SQLite's rowid key (revision 0003).
+ID = BigInteger().with_variant(Integer, "sqlite")
+
 # Presence and the newest status and telemetry of every device ever seen.
 devices = Table(
     "devices",
@@ -35,7 +41,7 @@ devices = Table(
     Column("telemetry_received", Float),
     Column("first_seen", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
-    Column("duplicates", Integer, nullable=False, server_default="0"),
+    Column("duplicates", ID, nullable=False, server_default="0"),
     Column("telemetry_ts", Float),
 )
 
@@ -57,7 +63,7 @@ telemetry = Table(
 events = Table(
     "events",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, primary_key=True, autoincrement=True),
     Column("device_id", Text, nullable=False),
     Column("event", Text, nullable=False),
     Column("ts", Text, nullable=False),
@@ -79,7 +85,7 @@ reported = Table(
 dead_letters = Table(
     "dead_letters",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, primary_key=True, autoincrement=True),
     Column("topic", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("detail", Text, nullable=False),
@@ -132,7 +138,7 @@ request_nonces = Table(
 operator_log = Table(
     "operator_log",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, primary_key=True, autoincrement=True),
     Column("received", Float, nullable=False),
     Column("operator", Text),
     Column("method", Text, nullable=False),

@@ -44,6 +44,7 @@ DOORS: dict[str, frozenset[str]] = {
     "fleet/db/migrations/versions/0002_desired_by_device_and_model.py": frozenset(
         {"sqlalchemy", "alembic"}
     ),
+    "fleet/db/migrations/versions/0003_64_bit_ids.py": frozenset({"sqlalchemy", "alembic"}),
 }
 
 
