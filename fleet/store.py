@@ -153,7 +153,13 @@ class SqlFleetStore:
                 raise StoreError(f"database error ({cause(exc)})", path=self._path) from exc
 
     def _insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
-        return dialect_insert(self._engine.dialect.name, table)
+        """The dialect's INSERT, whose ``rowcount`` says whether ``ON CONFLICT`` skipped it.
+
+        SQLAlchemy guarantees ``rowcount`` for UPDATE and DELETE only: for an INSERT it is
+        -1 on psycopg unless asked for (SQLite's driver happened to keep it).
+        """
+        insert = dialect_insert(self._engine.dialect.name, table)
+        return insert.execution_options(preserve_rowcount=True)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -297,9 +303,9 @@ class SqlFleetStore:
             return
         rows = [
             {
-                "topic": d.topic,
-                "reason": d.reason,
-                "detail": d.detail,
+                "topic": _text(d.topic),
+                "reason": _text(d.reason),
+                "detail": _text(d.detail),
                 "excerpt": d.excerpt,
                 "retained": int(d.retained),
                 "received": d.at,
@@ -473,10 +479,10 @@ class SqlFleetStore:
             db.execute(
                 operator_log.insert().values(
                     received=now,
-                    operator=operator,
-                    method=method[:64],
-                    outcome=outcome,
-                    detail=detail[:500],
+                    operator=None if operator is None else _text(operator),
+                    method=_text(method[:64]),
+                    outcome=_text(outcome),
+                    detail=_text(detail[:500]),
                 )
             )
             db.execute(_keep_newest_ids(operator_log, _OPERATOR_LOG_ROWS))
@@ -529,6 +535,12 @@ def _keep_newest_ids(table: Table, keep: int) -> Executable:
     """Delete all but the ``keep`` highest ids of ``table`` (an append-only log)."""
     newest = select(func.max(table.c.id)).scalar_subquery()
     return delete(table).where(table.c.id <= newest - keep)
+
+
+def _text(value: str) -> str:
+    """``value`` storable in any TEXT column: PostgreSQL refuses NUL in text (SQLite keeps it),
+    and a dead letter's detail or a refused request's may quote a hostile NUL."""
+    return value.replace("\x00", "\ufffd")
 
 
 def _epoch(ts: object) -> float | None:
