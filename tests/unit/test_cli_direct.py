@@ -7,6 +7,7 @@ import ast
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fleet.cli import app
@@ -64,3 +65,29 @@ def test_the_cli_client_does_not_import_the_controller() -> None:
     tree = ast.parse((ROOT / "fleet" / "rpc.py").read_text(encoding="utf-8"))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "fleet.broker" in imported and "fleet.service" not in imported
+
+
+def test_db_takes_a_database_url_too(tmp_path: Path) -> None:
+    """``--db sqlite:///path`` is the same database as ``--db path`` (a PostgreSQL URL goes
+    the same way: tests/integration/test_store_postgres.py runs the store on one)."""
+    url = f"sqlite:///{_db(tmp_path)}"
+    code, out = _fleet("devices", "list", "--json", "--db", url)
+    assert code == 0, out
+    assert [d["device_id"] for d in json.loads(out)] == ["pi-1"]
+
+
+def test_the_store_url_comes_from_the_config_file_and_a_bad_one_exits_78(tmp_path: Path) -> None:
+    from fleet.config import database, load_fleet_config
+    from fleet.errors import FleetConfigError
+
+    db = _db(tmp_path)
+    config = tmp_path / "fleet.toml"
+    config.write_text(f'db = "{tmp_path / "unused.db"}"\n[store]\nurl = "sqlite:///{db}"\n')
+    assert database(load_fleet_config(config)) == f"sqlite:///{db}"
+    assert database(load_fleet_config(None, db=db)) == db  # the file path form, as before
+    config.write_text('[store]\nurl = "mysql://fleet@db/fleet"\n')
+    with pytest.raises(FleetConfigError, match=r"store\.url.*'mysql'") as refused:
+        load_fleet_config(config)
+    assert refused.value.exit_code == 78
+    code, out = _fleet("devices", "list", "--db", "mysql://fleet@db/fleet")
+    assert code == 78 and "store.url" in out
