@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     SettingsConfigDict,
 )
@@ -90,6 +97,19 @@ class StoreOptions(_Section):
         description="Database URL, overriding `db`: postgresql+psycopg://user:password@host/"
         "fleet (the postgresql extra) or sqlite:///path.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_password(cls, data: object) -> object:
+        """An unsupported URL is reported as given, its password masked."""
+        if isinstance(data, dict) and isinstance(data.get("url"), str):
+            from fleet.db.engine import hide_password, parse_url  # noqa: PLC0415
+
+            try:
+                parse_url(data["url"])
+            except ValueError:
+                return {**data, "url": hide_password(data["url"])}
+        return data
 
     @field_validator("url")
     @classmethod

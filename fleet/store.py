@@ -57,6 +57,7 @@ from fleet.db.engine import (
     cause,
     describe,
     dialect_insert,
+    hide_password,
     open_engine,
     sqlite_path,
 )
@@ -124,7 +125,7 @@ class SqlFleetStore:
                 file.parent.mkdir(parents=True, exist_ok=True)
             self._engine = open_engine(location)
         except DatabaseUrlError as exc:
-            raise StoreError(str(exc), path=str(location).split("@")[-1]) from None
+            raise StoreError(str(exc), path=hide_password(str(location))) from None
         try:
             migrate.upgrade(self._engine)
         except (SQLAlchemyError, RuntimeError) as exc:

@@ -14,6 +14,7 @@ deferred transaction.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,14 @@ def parse_url(location: str) -> URL:
     if url.get_backend_name() == "sqlite" and not url.database:
         raise DatabaseUrlError("a sqlite:/// URL needs a file path (no in-memory database)")
     return url
+
+
+def hide_password(location: str) -> str:
+    """``location`` with any password in it replaced by ``***``, whether it parses or not."""
+    try:
+        return make_url(location).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", location)
 
 
 def describe(location: str | Path) -> str:

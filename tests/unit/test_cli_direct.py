@@ -85,9 +85,10 @@ def test_the_store_url_comes_from_the_config_file_and_a_bad_one_exits_78(tmp_pat
     config.write_text(f'db = "{tmp_path / "unused.db"}"\n[store]\nurl = "sqlite:///{db}"\n')
     assert database(load_fleet_config(config)) == f"sqlite:///{db}"
     assert database(load_fleet_config(None, db=db)) == db  # the file path form, as before
-    config.write_text('[store]\nurl = "mysql://fleet@db/fleet"\n')
+    config.write_text('[store]\nurl = "mysql://fleet:hunter2@db/fleet"\n')
     with pytest.raises(FleetConfigError, match=r"store\.url.*'mysql'") as refused:
         load_fleet_config(config)
     assert refused.value.exit_code == 78
+    assert "hunter2" not in str(refused.value)
     code, out = _fleet("devices", "list", "--db", "mysql://fleet@db/fleet")
     assert code == 78 and "store.url" in out
