@@ -12,6 +12,7 @@ the same file. One input and one output: the candidates are single-tensor classi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -53,7 +54,7 @@ class _Edge:
     zero_point: int
 
     @classmethod
-    def of(cls, details: dict[str, Any]) -> _Edge:
+    def of(cls, details: Mapping[str, Any]) -> _Edge:
         scales = list((details.get("quantization_parameters") or {}).get("scales", []))
         points = list((details.get("quantization_parameters") or {}).get("zero_points", []))
         scale = float(scales[0]) if len(scales) == 1 else None
