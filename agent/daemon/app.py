@@ -38,12 +38,27 @@ from agent.pipelines.pipeline import (
 )
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
-from agent.telemetry.service import BoardMonitor, TelemetryService
+from agent.telemetry.service import (
+    BoardMonitor,
+    LinkSnapshot,
+    TelemetryExtras,
+    TelemetryService,
+)
 from agent.telemetry.subsystem_health import HealthChange, HealthMonitor, Status
 from agent.uplink.forwarder import DiskOutbox, Forwarder
 from agent.uplink.outbox import Outbox
 from edge_contract import payloads
 from edge_contract.errors import PayloadError, TopicError
+from edge_contract.replies import (
+    CapturedInput,
+    CommandReply,
+    HealthReply,
+    HealthSnapshot,
+    LinkState,
+    PingReply,
+    QueueCounts,
+    RejectedCounts,
+)
 from edge_contract.topics import Channel, device_commands, device_inputs, parse, topic_for
 from edge_runtime.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings, TlsSettings
 from edge_runtime.mqtt.link import MqttLink
@@ -71,7 +86,7 @@ class LinkWatcher:
         self.last_outage_s: float | None = None
         self._tasks = BackgroundTasks()
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> LinkSnapshot:
         return {
             "connected": self._down_since is None,
             "outages": self.outages,
@@ -355,15 +370,15 @@ class Agent:
             self.rejections.reject(message, exc.reason, str(exc))
             pipeline.reject(str(exc))
 
-    async def _capture(self, request: CaptureRequest) -> dict[str, Any]:
+    async def _capture(self, request: CaptureRequest) -> CommandReply:
         if self.inference is None:
             raise CommandError("no models are configured")
         topic = topic_for(self.config.device_id, Channel.CAPTURE)
 
-        async def publish(body: dict[str, Any]) -> None:
-            await self.outbox.append(topic, payloads.encode(body))
+        async def publish(captured: CapturedInput) -> None:
+            await self.outbox.append(topic, payloads.encode(captured.model_dump(mode="json")))
 
-        return await self.inference.capture_command(request.model_dump(), publish)
+        return await self.inference.capture_command(request.action, publish)
 
     async def _on_sensor(self, channel: int, value: int) -> None:
         for pipeline in self.pipelines:
@@ -384,8 +399,8 @@ class Agent:
             if change is not None:
                 await self._health_changed(change)
 
-    def _telemetry_extras(self) -> dict[str, Any]:
-        extras: dict[str, Any] = {}
+    def _telemetry_extras(self) -> TelemetryExtras:
+        extras: TelemetryExtras = {}
         if self.relay is not None:
             extras["serial"] = self.relay.snapshot()
         if self.pipelines:
@@ -405,21 +420,19 @@ class Agent:
             reason=change.after.reason,
         )
 
-    async def _ping(self, _request: NoArguments) -> dict[str, Any]:
-        return {"pong": True}
+    async def _ping(self, _request: NoArguments) -> PingReply:
+        return PingReply(pong=True)
 
-    async def _health_report(self, _request: NoArguments) -> dict[str, Any]:
+    async def _health_report(self, _request: NoArguments) -> HealthReply:
         stats = await self.outbox.stats()
-        return {
-            "health": self.health.snapshot(),
-            "queue": {
-                "depth": stats.depth,
-                "bytes": stats.bytes,
-                "dropped_total": stats.dropped_total,
-            },
-            "link": self.link_watcher.state(),
-            "rejected": self.rejections.snapshot(),
-        }
+        return HealthReply(
+            health=HealthSnapshot.model_validate(self.health.snapshot()),
+            queue=QueueCounts(
+                depth=stats.depth, bytes=stats.bytes, dropped_total=stats.dropped_total
+            ),
+            link=LinkState.model_validate(self.link_watcher.state()),
+            rejected=RejectedCounts.model_validate(self.rejections.snapshot()),
+        )
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT, then stop gracefully."""

@@ -30,11 +30,19 @@ from agent.inference.registry import ModelRegistry, ObserverGroup
 from agent.inference.rest import RestServer, start_rest
 from agent.loop.background import BackgroundTasks
 from edge_contract.card import card_path_for
+from edge_contract.replies import (
+    CaptureClearReply,
+    CapturedInput,
+    CaptureListReply,
+    CaptureStats,
+    CaptureUploadReply,
+    CommandReply,
+)
 
 log = structlog.get_logger("agent.inference")
 
 Emit = Callable[..., Coroutine[Any, Any, None]]
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
+Publish = Callable[[CapturedInput], Awaitable[None]]
 
 # Records per ``capture`` upload command: each becomes one MQTT message through the outbox.
 UPLOAD_BATCH = 50
@@ -150,19 +158,19 @@ class InferenceService:
 
     # -- the ``capture`` command ----------------------------------------------------------
 
-    async def capture_command(self, request: dict[str, Any], publish: Publish) -> dict[str, Any]:
+    async def capture_command(self, action: str, publish: Publish) -> CommandReply:
         """``{"action": "list" | "clear" | "upload"}`` on the low-confidence capture."""
         if self.capture is None:
             raise CommandError("capture is off (inference.low_confidence_threshold is not set)")
-        action = request.get("action", "list")
         capture = self.capture
         if action == "list":
             records = await asyncio.to_thread(capture.records)
-            return {"count": len(records), "stats": capture.stats().as_dict()}
+            stats = CaptureStats.model_validate(capture.stats().as_dict())
+            return CaptureListReply(count=len(records), stats=stats)
         if action == "clear":
-            return {"cleared": await asyncio.to_thread(capture.clear)}
+            return CaptureClearReply(cleared=await asyncio.to_thread(capture.clear))
         if action == "upload":
-            return {"uploaded": await self._upload(capture, publish)}
+            return CaptureUploadReply(uploaded=await self._upload(capture, publish))
         raise CommandError(f"unknown capture action {action!r}: use list, clear or upload")
 
     async def _upload(self, capture: CaptureBuffer, publish: Publish) -> int:
@@ -183,16 +191,16 @@ class InferenceService:
             await asyncio.to_thread(self.capture.close)
 
 
-def _record_body(capture: CaptureBuffer, info: CaptureInfo) -> dict[str, Any]:
-    inputs: dict[str, Any] = capture.load(info)
+def _record_body(capture: CaptureBuffer, info: CaptureInfo) -> CapturedInput:
+    inputs = capture.load(info)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **inputs)
-    return {
-        "model": info.model,
-        "version": info.version,
-        "prediction_id": info.prediction_id,
-        "label": info.label,
-        "confidence": info.confidence,
-        "ts": info.ts,
-        "inputs_npz_b64": base64.b64encode(buffer.getvalue()).decode("ascii"),
-    }
+    np.savez_compressed(buffer, **inputs)  # type: ignore[arg-type]
+    return CapturedInput(
+        model=info.model,
+        version=info.version,
+        prediction_id=info.prediction_id,
+        label=info.label,
+        confidence=info.confidence,
+        ts=info.ts,
+        inputs_npz_b64=base64.b64encode(buffer.getvalue()).decode("ascii"),
+    )
