@@ -46,7 +46,7 @@ class SubsystemCondition(_Strict):
     """One subsystem's health: its status and why (empty when ``ok``)."""
 
     status: Condition
-    reason: Text
+    reason: ErrorText  # may quote every reading that failed
 
 
 class HealthSnapshot(_Strict):

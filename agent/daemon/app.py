@@ -225,7 +225,7 @@ class Agent:
     def _build_ota(self, inference: InferenceService) -> OtaUpdater:
         # Imported here: an agent without OTA never loads the TUF client.
         from agent import __version__  # noqa: PLC0415
-        from agent.ota.report import Reporter  # noqa: PLC0415
+        from agent.ota.report import Reported, Reporter  # noqa: PLC0415
         from agent.ota.updater import OtaUpdater  # noqa: PLC0415
         from agent.ota.watch import RequestWatch  # noqa: PLC0415
 
@@ -233,8 +233,8 @@ class Agent:
         inference.observers.add(watch)
         reported_topic = topic_for(self.config.device_id, Channel.REPORTED)
 
-        async def publish_reported(body: dict[str, Any]) -> None:
-            body = {"device_id": self.config.device_id, **body}
+        async def publish_reported(reported: Reported) -> None:
+            body = {"device_id": self.config.device_id, **reported}
             await self.outbox.append(reported_topic, payloads.encode(body), retain=True)
             serving = inference.registry.serving()
             if serving != self.presence.models:

@@ -162,9 +162,7 @@ class ResourceSampler:
             }
 
 
-def _attempt(
-    name: str, reader: Callable[[], ReadingT], errors: dict[str, str]
-) -> ReadingT | None:
+def _attempt(name: str, reader: Callable[[], ReadingT], errors: dict[str, str]) -> ReadingT | None:
     """``reader()``, or None with the failure recorded in ``errors[name]``."""
     try:
         return reader()

@@ -312,9 +312,7 @@ class TelemetryService:
         return Status.OK, ""
 
 
-def _board_condition(
-    reading: BoardReading | None, errors: dict[str, str]
-) -> tuple[Status, str]:
+def _board_condition(reading: BoardReading | None, errors: dict[str, str]) -> tuple[Status, str]:
     if "board" in errors:
         return Status.DEGRADED, errors["board"]
     flags = (reading or {}).get("throttled") or {}
