@@ -32,6 +32,7 @@ from agent.loop.background import BackgroundTasks
 from agent.pipelines.pipeline import (
     Classify,
     PipelineSpec,
+    ResultBody,
     SensorPipeline,
     ThresholdModel,
     parse_input,
@@ -333,8 +334,8 @@ class Agent:
         actuate = self.relay.actuate if self.relay is not None else None
         return SensorPipeline(spec, classify, actuate, self.events.emit, self._publish_result)
 
-    async def _publish_result(self, body: dict[str, Any]) -> None:
-        body = {"device_id": self.config.device_id, "ts": payloads.utc_now(), **body}
+    async def _publish_result(self, result: ResultBody) -> None:
+        body = {"device_id": self.config.device_id, "ts": payloads.utc_now(), **result}
         await self.outbox.append(
             topic_for(self.config.device_id, Channel.RESULTS), payloads.encode(body)
         )
