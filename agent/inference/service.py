@@ -25,7 +25,7 @@ from agent.inference.backends import BackendOptions
 from agent.inference.capture import CaptureBuffer, CaptureInfo
 from agent.inference.cardfile import load_card
 from agent.inference.classify import RegistryClassifier, check_classifier
-from agent.inference.monitoring import ModelMonitor
+from agent.inference.monitoring import ModelMonitor, MonitorSnapshot
 from agent.inference.registry import ModelRegistry, ObserverGroup
 from agent.inference.rest import RestServer, start_rest
 from agent.loop.background import BackgroundTasks
@@ -141,9 +141,9 @@ class InferenceService:
         check_classifier(self.registry.card(model))
         return RegistryClassifier(self.registry, model, top_k=top_k)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> MonitorSnapshot:
         """Model metrics for the telemetry message."""
-        body: dict[str, Any] = self.monitor.snapshot()
+        body = self.monitor.snapshot()
         if self.load_failures:
             body["load_failures"] = dict(self.load_failures)
         return body
