@@ -148,7 +148,7 @@ class InferenceService:
             body["load_failures"] = dict(self.load_failures)
         return body
 
-    def _registry_event(self, event: str, fields: dict[str, Any]) -> None:
+    def _registry_event(self, event: str, fields: dict[str, object]) -> None:
         if event == "model_output_nonfinite":
             held = self._nonfinite_events.admit((fields.get("model"), fields.get("version")))
             if held is None:
