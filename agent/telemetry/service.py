@@ -22,7 +22,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypedDict
+from typing import Required, TypedDict
 
 import structlog
 
@@ -30,7 +30,12 @@ from agent.control.inbound import RejectedSnapshot
 from agent.errors import BoardParseError, BoardReadError
 from agent.telemetry import boards
 from agent.telemetry.collector import DiskSample, Readings, ResourceSampler
-from agent.telemetry.subsystem_health import HealthChange, HealthMonitor, Status
+from agent.telemetry.subsystem_health import (
+    HealthChange,
+    HealthMonitor,
+    HealthSnapshotDict,
+    Status,
+)
 from agent.uplink.forwarder import DiskOutbox
 from agent.uplink.outbox import DropReport, Outbox, OutboxRow, OutboxStats
 from edge_contract import payloads
@@ -66,6 +71,39 @@ class TelemetryExtras(TypedDict, total=False):
     serial: Mapping[str, object]
     pipelines: Mapping[str, Mapping[str, object]]
     inference: Mapping[str, object]
+
+
+class QueueBlock(TypedDict):
+    depth: int
+    bytes: int
+    max_bytes: int
+    dropped: int  # since the previous message was built
+    dropped_total: int
+
+
+class BoardBlock(BoardReading, total=False):
+    kind: Required[str]
+
+
+class _Closing(TypedDict, total=False):
+    """The sections after the extras, each only when it applies."""
+
+    rejected: RejectedSnapshot
+    board: BoardBlock
+    errors: dict[str, str]
+
+
+class TelemetryBody(Readings, TelemetryExtras, _Closing, total=False):
+    """A telemetry message as built (``TelemetryMessage`` is what the controller reads of it);
+    docs/mqtt-api.md, "Telemetry", describes every section."""
+
+    device_id: Required[str]
+    stream: Required[str]
+    seq: Required[int]
+    ts: Required[str]
+    queue: Required[QueueBlock]
+    link: Required[LinkSnapshot]
+    health: Required[HealthSnapshotDict]
 
 
 class BoardMonitor:
@@ -252,8 +290,14 @@ class TelemetryService:
         health = self._health.snapshot()
 
         def build(seq: int, drops: DropReport) -> bytes:
-            # Readings and extras are TypedDicts (their keys are telemetry's), spread in order.
-            body: dict[str, object] = {
+            closing: _Closing = {}
+            if self._rejected is not None:
+                closing["rejected"] = self._rejected()
+            if board_reading is not None:
+                closing["board"] = {"kind": self._board.kind, **board_reading}
+            if errors:
+                closing["errors"] = errors
+            body: TelemetryBody = {
                 "device_id": self._device_id,
                 "stream": self._outbox.stream,
                 "seq": seq,
@@ -269,13 +313,8 @@ class TelemetryService:
                 "link": link,
                 "health": health,
                 **extras,
+                **closing,
             }
-            if self._rejected is not None:
-                body["rejected"] = self._rejected()
-            if board_reading is not None:
-                body["board"] = {"kind": self._board.kind, **board_reading}
-            if errors:
-                body["errors"] = errors
             return payloads.encode(body)
 
         return outbox.append_sequenced_row(self._topic, build), changes
