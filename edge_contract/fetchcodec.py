@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from edge_contract import payloads
 from edge_contract.errors import PayloadError
@@ -35,6 +38,19 @@ STATUS_TOO_LARGE = 413
 STATUS_BAD_RANGE = 416
 STATUS_BAD_REPLY = 502
 STATUS_TIMEOUT = 504
+MAX_PATH_LENGTH = 1024
+
+
+class FetchRequest(BaseModel):
+    """``fleet/<id>/fetch``: a byte range of a repository file (``metadata/...``,
+    ``targets/...``). The path's own rules (no ``..``, no absolute path, ...) are the file
+    server's: they need the repository to check symlinks."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    path: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATH_LENGTH)]
+    offset: Annotated[int, Field(ge=0, le=payloads.INT_MAX)]
+    length: Annotated[int, Field(gt=0, le=MAX_RANGE_LENGTH)]
 
 
 @dataclass(frozen=True)
@@ -48,8 +64,16 @@ class DecodedReply:
 
 
 def encode_request(path: str, offset: int, length: int) -> bytes:
-    """A range request's payload."""
-    return json.dumps({"path": path, "offset": offset, "length": length}).encode()
+    """A range request's payload (not validated here: the file server answers a bad one 400,
+    and the device reports that status as before)."""
+    request = FetchRequest.model_construct(path=path, offset=offset, length=length)
+    return json.dumps(request.model_dump()).encode()
+
+
+def decode_request(payload: bytes | bytearray) -> FetchRequest:
+    """A range request validated (``PayloadError``: the decoder's reasons, or ``schema``
+    naming the field)."""
+    return payloads.decode_model(FetchRequest, payload, max_bytes=MAX_REQUEST_BYTES)
 
 
 def encode_reply(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -34,8 +35,9 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
 
-def encode(obj: dict[str, Any]) -> bytes:
-    """Compact JSON; non-finite floats become null so the output is strict JSON."""
+def encode(obj: Mapping[str, object]) -> bytes:
+    """Compact JSON of a dict (or a TypedDict, or a model's ``model_dump``); non-finite
+    floats become null so the output is strict JSON."""
     return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False).encode()
 
 

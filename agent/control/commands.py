@@ -28,6 +28,7 @@ from agent.control.inbound import InboundRejections
 from agent.errors import AgentError, CommandError
 from edge_contract import payloads
 from edge_contract.errors import PayloadError, TopicError
+from edge_contract.replies import CommandReply
 from edge_contract.topics import Channel, parse, topic_for
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
@@ -59,7 +60,7 @@ class CaptureRequest(BaseModel):
 @dataclass(frozen=True)
 class _Route:
     request: type[BaseModel]
-    handler: Callable[[Any], Awaitable[dict[str, Any]]]
+    handler: Callable[[Any], Awaitable[CommandReply]]
 
 
 class _Refused(AgentError):
@@ -90,10 +91,11 @@ class CommandDispatcher:
     def register(
         self,
         name: str,
-        handler: Callable[[RequestT], Awaitable[dict[str, Any]]],
+        handler: Callable[[RequestT], Awaitable[CommandReply]],
         request: type[RequestT],
     ) -> None:
-        """``handler`` runs with the body validated into ``request``."""
+        """``handler`` runs with the body validated into ``request`` and returns its reply
+        (``ok``, ``command``, ``device_id`` and ``ts`` are filled in here)."""
         self._routes[name] = _Route(request, handler)
 
     def on_message(self, message: InboundMessage) -> None:
@@ -102,7 +104,7 @@ class CommandDispatcher:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
             self._rejections.reject(message, "busy", "too many pending commands")
-            self._reply(message, {"ok": False, "error": "busy: too many pending commands"})
+            self._reply(message, CommandReply(ok=False, error="busy: too many pending commands"))
 
     async def run(self) -> None:
         while True:
@@ -117,24 +119,25 @@ class CommandDispatcher:
             # _handle catches handler failures itself: this is a bug in the dispatcher.
             log.exception("commands.dispatch_failed", topic=message.topic)
             self._rejections.reject(message, "handler_failed", f"{type(exc).__name__}: {exc}")
-            body = {"ok": False, "error": f"internal error: {type(exc).__name__}"}
+            body = CommandReply(ok=False, error=f"internal error: {type(exc).__name__}")
         self._reply(message, body)
 
-    async def _handle(self, message: InboundMessage) -> dict[str, Any]:
+    async def _handle(self, message: InboundMessage) -> CommandReply:
         try:
             name, route, request = self._decode(message)
         except _Refused as exc:
             self._rejections.reject(message, exc.reason, str(exc))
-            return {"ok": False, "error": str(exc)}
+            return CommandReply(ok=False, error=str(exc))
         try:
             result = await route.handler(request)
         except CommandError as exc:
-            return {"ok": False, "command": name, "error": str(exc)}
+            return CommandReply(ok=False, command=name, error=str(exc))
         except Exception as exc:  # any handler bug is answered, not fatal
             log.exception("commands.handler_failed", command=name)
             self._rejections.reject(message, "handler_failed", f"{type(exc).__name__}: {exc}")
-            return {"ok": False, "command": name, "error": f"internal error: {exc!r}"[:300]}
-        return {"ok": True, "command": name, **result}
+            error = f"internal error: {exc!r}"[:300]
+            return CommandReply(ok=False, command=name, error=error)
+        return result.model_copy(update={"ok": True, "command": name})
 
     def _decode(self, message: InboundMessage) -> tuple[str, _Route, BaseModel]:
         """The command's name, route and validated request, or ``_Refused`` with a reason."""
@@ -155,9 +158,8 @@ class CommandDispatcher:
             raise _Refused(exc.reason, str(exc)) from None
         return name, route, request
 
-    def _reply(self, message: InboundMessage, body: dict[str, Any]) -> None:
-        body.setdefault("device_id", self._device_id)
-        body.setdefault("ts", payloads.utc_now())
+    def _reply(self, message: InboundMessage, reply: CommandReply) -> None:
+        body = reply.stamped(self._device_id, payloads.utc_now()).body()
         target = message.response_topic or topic_for(self._device_id, Channel.REPLY)
         correlation = message.correlation_data
         if correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:

@@ -9,7 +9,7 @@ worker never iterates a counter the loop is changing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 import structlog
 
@@ -17,6 +17,13 @@ from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.rejections import DeadLetter, RejectionLedger
 
 log = structlog.get_logger("agent.control.inbound")
+
+
+class RejectedSnapshot(TypedDict):
+    """``rejected`` in telemetry and the ``health`` reply (``RejectedCounts`` on the wire)."""
+
+    total: int
+    by_reason: dict[str, int]
 
 
 class InboundRejections:
@@ -36,7 +43,7 @@ class InboundRejections:
         self._snapshot = (sum(counts.values()), tuple(sorted(counts.items())))
         return letter
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> RejectedSnapshot:
         """``{"total": N, "by_reason": {reason: n}}``; safe on any thread."""
         total, by_reason = self._snapshot
         return {"total": total, "by_reason": dict(by_reason)}

@@ -8,7 +8,7 @@ publishes ``offline`` itself before disconnecting, since a normal DISCONNECT dis
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Literal
 
 import psutil
 import structlog
@@ -16,12 +16,15 @@ import structlog
 import agent
 from agent.loop.background import BackgroundTasks
 from edge_contract import payloads
+from edge_contract.messages import StatusMessage
 from edge_contract.topics import DELIVERY, Channel, topic_for
 from edge_runtime.errors import MqttError
 from edge_runtime.mqtt.base import ConnectionInfo, Will
 from edge_runtime.mqtt.link import MqttLink
 
 log = structlog.get_logger("agent.control.presence")
+
+State = Literal["online", "offline"]
 
 
 class Presence:
@@ -36,25 +39,33 @@ class Presence:
         self._tasks = BackgroundTasks()
         self.models: dict[str, str] = {}
 
-    def status(self, state: str, reason: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "device_id": self._device_id,
-            "state": state,
-            "agent_version": agent.__version__,
-            "models": dict(self.models),
-            "boot_time": self._boot_time,
-            "started_at": self._started_at,
-            "ts": payloads.utc_now(),
-        }
-        if reason is not None:
-            body["reason"] = reason
-        return body
+    def status(self, state: State, reason: str | None = None) -> StatusMessage:
+        """The status message; ``reason`` is absent (not null) when there is none.
+
+        Built unvalidated: the controller validates it, and a board whose clock reads 1970
+        until NTP syncs must still say it is online (its ``ts`` is refused there, as before).
+        """
+        message = StatusMessage.model_construct(
+            device_id=self._device_id,
+            state=state,
+            agent_version=agent.__version__,
+            models=dict(self.models),
+            boot_time=self._boot_time,
+            started_at=self._started_at,
+            ts=payloads.utc_now(),
+        )
+        return message if reason is None else message.model_copy(update={"reason": reason})
+
+    def payload(self, state: State, reason: str | None = None) -> bytes:
+        """The status message's bytes, as published."""
+        message = self.status(state, reason)
+        return payloads.encode(message.model_dump(mode="json", exclude_unset=True))
 
     def will(self, delay_s: int) -> Will:
         delivery = DELIVERY[Channel.STATUS]
         return Will(
             topic=self._topic,
-            payload=payloads.encode(self.status("offline", reason="connection lost")),
+            payload=self.payload("offline", reason="connection lost"),
             qos=delivery.qos,
             retain=delivery.retain,
             delay_s=delay_s,
@@ -70,7 +81,7 @@ class Presence:
     def link_down(self, reason: str) -> None:
         pass
 
-    async def publish(self, state: str, reason: str | None = None, timeout: float = 5.0) -> bool:
+    async def publish(self, state: State, reason: str | None = None, timeout: float = 5.0) -> bool:
         """Publish a retained status and wait for its PUBACK; False if that was not possible."""
         if self._link is None:
             return False
@@ -78,7 +89,7 @@ class Presence:
         try:
             future = self._link.publish(
                 self._topic,
-                payloads.encode(self.status(state, reason)),
+                self.payload(state, reason),
                 qos=delivery.qos,
                 retain=delivery.retain,
             )

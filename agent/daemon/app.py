@@ -32,18 +32,34 @@ from agent.loop.background import BackgroundTasks
 from agent.pipelines.pipeline import (
     Classify,
     PipelineSpec,
+    ResultBody,
     SensorPipeline,
     ThresholdModel,
     parse_input,
 )
 from agent.telemetry import boards
 from agent.telemetry.collector import ResourceSampler
-from agent.telemetry.service import BoardMonitor, TelemetryService
+from agent.telemetry.service import (
+    BoardMonitor,
+    LinkSnapshot,
+    TelemetryExtras,
+    TelemetryService,
+)
 from agent.telemetry.subsystem_health import HealthChange, HealthMonitor, Status
 from agent.uplink.forwarder import DiskOutbox, Forwarder
 from agent.uplink.outbox import Outbox
 from edge_contract import payloads
 from edge_contract.errors import PayloadError, TopicError
+from edge_contract.replies import (
+    CapturedInput,
+    CommandReply,
+    HealthReply,
+    HealthSnapshot,
+    LinkState,
+    PingReply,
+    QueueCounts,
+    RejectedCounts,
+)
 from edge_contract.topics import Channel, device_commands, device_inputs, parse, topic_for
 from edge_runtime.mqtt.base import ConnectionInfo, InboundMessage, LinkSettings, TlsSettings
 from edge_runtime.mqtt.link import MqttLink
@@ -71,7 +87,7 @@ class LinkWatcher:
         self.last_outage_s: float | None = None
         self._tasks = BackgroundTasks()
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> LinkSnapshot:
         return {
             "connected": self._down_since is None,
             "outages": self.outages,
@@ -210,7 +226,7 @@ class Agent:
     def _build_ota(self, inference: InferenceService) -> OtaUpdater:
         # Imported here: an agent without OTA never loads the TUF client.
         from agent import __version__  # noqa: PLC0415
-        from agent.ota.report import Reporter  # noqa: PLC0415
+        from agent.ota.report import Reported, Reporter  # noqa: PLC0415
         from agent.ota.updater import OtaUpdater  # noqa: PLC0415
         from agent.ota.watch import RequestWatch  # noqa: PLC0415
 
@@ -218,8 +234,8 @@ class Agent:
         inference.observers.add(watch)
         reported_topic = topic_for(self.config.device_id, Channel.REPORTED)
 
-        async def publish_reported(body: dict[str, Any]) -> None:
-            body = {"device_id": self.config.device_id, **body}
+        async def publish_reported(reported: Reported) -> None:
+            body = {"device_id": self.config.device_id, **reported}
             await self.outbox.append(reported_topic, payloads.encode(body), retain=True)
             serving = inference.registry.serving()
             if serving != self.presence.models:
@@ -318,8 +334,8 @@ class Agent:
         actuate = self.relay.actuate if self.relay is not None else None
         return SensorPipeline(spec, classify, actuate, self.events.emit, self._publish_result)
 
-    async def _publish_result(self, body: dict[str, Any]) -> None:
-        body = {"device_id": self.config.device_id, "ts": payloads.utc_now(), **body}
+    async def _publish_result(self, result: ResultBody) -> None:
+        body = {"device_id": self.config.device_id, "ts": payloads.utc_now(), **result}
         await self.outbox.append(
             topic_for(self.config.device_id, Channel.RESULTS), payloads.encode(body)
         )
@@ -355,15 +371,15 @@ class Agent:
             self.rejections.reject(message, exc.reason, str(exc))
             pipeline.reject(str(exc))
 
-    async def _capture(self, request: CaptureRequest) -> dict[str, Any]:
+    async def _capture(self, request: CaptureRequest) -> CommandReply:
         if self.inference is None:
             raise CommandError("no models are configured")
         topic = topic_for(self.config.device_id, Channel.CAPTURE)
 
-        async def publish(body: dict[str, Any]) -> None:
-            await self.outbox.append(topic, payloads.encode(body))
+        async def publish(captured: CapturedInput) -> None:
+            await self.outbox.append(topic, payloads.encode(captured.model_dump(mode="json")))
 
-        return await self.inference.capture_command(request.model_dump(), publish)
+        return await self.inference.capture_command(request.action, publish)
 
     async def _on_sensor(self, channel: int, value: int) -> None:
         for pipeline in self.pipelines:
@@ -384,8 +400,8 @@ class Agent:
             if change is not None:
                 await self._health_changed(change)
 
-    def _telemetry_extras(self) -> dict[str, Any]:
-        extras: dict[str, Any] = {}
+    def _telemetry_extras(self) -> TelemetryExtras:
+        extras: TelemetryExtras = {}
         if self.relay is not None:
             extras["serial"] = self.relay.snapshot()
         if self.pipelines:
@@ -405,21 +421,19 @@ class Agent:
             reason=change.after.reason,
         )
 
-    async def _ping(self, _request: NoArguments) -> dict[str, Any]:
-        return {"pong": True}
+    async def _ping(self, _request: NoArguments) -> PingReply:
+        return PingReply(pong=True)
 
-    async def _health_report(self, _request: NoArguments) -> dict[str, Any]:
+    async def _health_report(self, _request: NoArguments) -> HealthReply:
         stats = await self.outbox.stats()
-        return {
-            "health": self.health.snapshot(),
-            "queue": {
-                "depth": stats.depth,
-                "bytes": stats.bytes,
-                "dropped_total": stats.dropped_total,
-            },
-            "link": self.link_watcher.state(),
-            "rejected": self.rejections.snapshot(),
-        }
+        return HealthReply(
+            health=HealthSnapshot.model_validate(self.health.snapshot()),
+            queue=QueueCounts(
+                depth=stats.depth, bytes=stats.bytes, dropped_total=stats.dropped_total
+            ),
+            link=LinkState.model_validate(self.link_watcher.state()),
+            rejected=RejectedCounts.model_validate(self.rejections.snapshot()),
+        )
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT, then stop gracefully."""

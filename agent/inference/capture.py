@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -299,7 +299,7 @@ class CaptureBuffer:
         return highest
 
 
-def _archive_members(record: CaptureRecord) -> dict[str, Any]:
+def _archive_members(record: CaptureRecord) -> dict[str, npt.NDArray[Any]]:
     meta = {
         "model": record.model,
         "version": record.version,
@@ -311,7 +311,7 @@ def _archive_members(record: CaptureRecord) -> dict[str, Any]:
     }
     # Inputs are stored under positional keys: model input names may hold characters that
     # are not safe as zip member names (":" and "/" in TF signatures).
-    members: dict[str, Any] = {
+    members: dict[str, npt.NDArray[Any]] = {
         f"input_{i}": np.asarray(array) for i, array in enumerate(record.inputs.values())
     }
     members[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -342,7 +342,20 @@ def _read_info(stored: _Stored) -> CaptureInfo | None:
         return None
 
 
-def _manifest_entry(info: CaptureInfo) -> dict[str, Any]:
+class ManifestEntry(TypedDict):
+    """One record in a capture bundle's manifest."""
+
+    file: str
+    model: str
+    version: str
+    prediction_id: str
+    label: str
+    confidence: float
+    ts: float
+    inputs: list[str]
+
+
+def _manifest_entry(info: CaptureInfo) -> ManifestEntry:
     return {
         "file": info.path.name,
         "model": info.model,

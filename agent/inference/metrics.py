@@ -46,19 +46,27 @@ class View:
     top_classes: dict[str, int]
 
 
-def view_json(view: View) -> dict[str, Any]:
-    """The telemetry block of one model/version: the metric names, values nested by label."""
-    block: dict[str, Any] = {"model": view.model, "version": view.version}
+def view_json(view: View) -> dict[str, object]:
+    """The telemetry block of one model/version: the metric names, values nested by label.
+
+    Its keys are the metric names the monitor has for that model (they grow with features),
+    so the block is a JSON object rather than a fixed shape: docs/monitoring.md lists them.
+    """
+    block: dict[str, object] = {"model": view.model, "version": view.version}
+    by_label: dict[str, dict[str, float]] = {}  # the nested blocks, also in ``block``
     for name, extra, raw in view.points:
         value = round(raw, 6) if isinstance(raw, float) else raw
         if name == "loaded":
             block.update(loaded=bool(value), runtime=extra[0], task=extra[1])
         elif extra:
-            block.setdefault(name, {})[extra[0]] = value
+            if name not in by_label:
+                by_label[name] = {}
+                block[name] = by_label[name]
+            by_label[name][extra[0]] = value
         else:
             block[name] = value
-    if "drift_psi" in block:
-        block["drift_level"] = drift.drift_level(max(block["drift_psi"].values()))
+    if "drift_psi" in by_label:
+        block["drift_level"] = drift.drift_level(max(by_label["drift_psi"].values()))
     if view.top_classes:
         block["top_classes"] = view.top_classes
     return block

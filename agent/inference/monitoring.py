@@ -22,7 +22,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NotRequired, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +55,24 @@ LABELS_IN_MESSAGES = 20
 # fold itself stays well under a millisecond and holds little memory.
 FOLD_BATCHES = 256
 FOLD_BYTES = 1 << 20
+
+
+class ErrorsWithoutModel(TypedDict):
+    """Errors of a request whose model or version never resolved (a wrong name, say)."""
+
+    model: str
+    version: str
+    errors: dict[str, int]
+
+
+class MonitorSnapshot(TypedDict):
+    """``inference`` in telemetry (``InferenceService`` adds ``load_failures``)."""
+
+    models: list[dict[str, object]]  # ``view_json`` blocks
+    internal_errors: int
+    errors_without_model: NotRequired[list[ErrorsWithoutModel]]
+    capture: NotRequired[dict[str, int]]
+    load_failures: NotRequired[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -353,10 +371,10 @@ class ModelMonitor:
 
     # -- reports --------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> MonitorSnapshot:
         """Compact JSON-ready state for the telemetry message (no raw arrays)."""
         views, error_only, internal = self._collect()
-        report: dict[str, Any] = {
+        report: MonitorSnapshot = {
             "models": [view_json(view) for view in views],
             "internal_errors": internal,
         }

@@ -58,7 +58,7 @@ from edge_contract.card import ModelCard, card_path_for
 log = structlog.get_logger("agent.inference.registry")
 
 Array = npt.NDArray[Any]
-EventSink = Callable[[str, dict[str, Any]], None]
+EventSink = Callable[[str, dict[str, object]], None]
 # How many past version records (failed loads, unloaded versions) a name keeps for status().
 _STATUS_HISTORY = 8
 

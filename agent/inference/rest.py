@@ -24,7 +24,7 @@ import json
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 from urllib.parse import quote
 
 import numpy as np
@@ -336,7 +336,8 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number (non-finite inputs are refused)")
 
 
-def _parse_object(body: bytes, *, model: str) -> dict[str, Any]:
+def _parse_object(body: bytes, *, model: str) -> dict[str, object]:
+    """A request body's JSON object; its values are checked by whoever reads them."""
     try:
         # parse_constant runs only for NaN/Infinity/-Infinity tokens: no cost for numbers.
         # RecursionError: a body nested deeper than the parser recurses is refused as such.
@@ -365,7 +366,9 @@ def _decode_predict(body: bytes, card: ModelCard) -> tuple[dict[str, Array], boo
             "body must have exactly one of 'instances' (row format) or 'inputs' (columnar)",
             model=card.name,
         )
-    columns = _rows_to_columns(doc["instances"], card) if row_format else _columns(doc, card)
+    columns: dict[str, object] = (
+        dict(_rows_to_columns(doc["instances"], card)) if row_format else _columns(doc, card)
+    )
     # Each input's lists are let go as soon as they are an array: the Python floats of a
     # parsed body take about six times the bytes of its text.
     del doc
@@ -411,7 +414,7 @@ def _rows_to_columns(instances: object, card: ModelCard) -> dict[str, list[objec
     return {card.inputs[0].name: instances}
 
 
-def _columns(doc: dict[str, Any], card: ModelCard) -> dict[str, Any]:
+def _columns(doc: dict[str, object], card: ModelCard) -> dict[str, object]:
     inputs = doc["inputs"]
     if isinstance(inputs, dict):
         return inputs
@@ -436,7 +439,7 @@ def _to_array(value: object, name: str, model: str) -> Array:
 
 def _encode_predict(prediction: Prediction, row_format: bool) -> bytes:
     outputs = prediction.outputs
-    doc: dict[str, Any] = {}
+    doc: dict[str, object] = {}  # only serialised
     if row_format:
         doc["predictions"] = _rows(outputs, len(prediction.ids), prediction.model)
     elif len(outputs) == 1:
@@ -465,9 +468,44 @@ def _rows(outputs: dict[str, Array], batch: int, model: str) -> list[Any]:
     return [{name: values[row] for name, values in lists.items()} for row in range(batch)]
 
 
-def _metadata(card: ModelCard) -> dict[str, Any]:
+class _Dim(TypedDict):
+    size: str
+    name: str
+
+
+class _TensorShape(TypedDict):
+    dim: list[_Dim]
+    unknown_rank: bool
+
+
+class TensorInfo(TypedDict):
+    dtype: str
+    tensor_shape: _TensorShape
+    name: str
+
+
+class SignatureDef(TypedDict):
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    method_name: str
+
+
+class ModelSpec(TypedDict):
+    name: str
+    signature_name: str
+    version: str
+
+
+class ModelMetadata(TypedDict):
+    """TensorFlow Serving's GetModelMetadataResponse (``metadata.signature_def`` nests twice)."""
+
+    model_spec: ModelSpec
+    metadata: dict[str, dict[str, dict[str, SignatureDef]]]
+
+
+def _metadata(card: ModelCard) -> ModelMetadata:
     """GetModelMetadataResponse in TensorFlow Serving's JSON shape, from the card."""
-    signature = {
+    signature: SignatureDef = {
         "inputs": {spec.name: _tensor_info(spec) for spec in card.inputs},
         "outputs": {spec.name: _tensor_info(spec) for spec in card.outputs},
         "method_name": "tensorflow/serving/predict",
@@ -478,9 +516,9 @@ def _metadata(card: ModelCard) -> dict[str, Any]:
     }
 
 
-def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
+def _tensor_info(spec: TensorSpec) -> TensorInfo:
     # The dtype clients exchange: float for a quantized tensor (the backend converts).
-    dims = [{"size": str(size), "name": ""} for size in spec.shape]
+    dims: list[_Dim] = [{"size": str(size), "name": ""} for size in spec.shape]
     return {
         "dtype": _TF_DTYPES[caller_dtype(spec)],
         "tensor_shape": {"dim": dims, "unknown_rank": False},

@@ -25,16 +25,24 @@ from agent.inference.backends import BackendOptions
 from agent.inference.capture import CaptureBuffer, CaptureInfo
 from agent.inference.cardfile import load_card
 from agent.inference.classify import RegistryClassifier, check_classifier
-from agent.inference.monitoring import ModelMonitor
+from agent.inference.monitoring import ModelMonitor, MonitorSnapshot
 from agent.inference.registry import ModelRegistry, ObserverGroup
 from agent.inference.rest import RestServer, start_rest
 from agent.loop.background import BackgroundTasks
 from edge_contract.card import card_path_for
+from edge_contract.replies import (
+    CaptureClearReply,
+    CapturedInput,
+    CaptureListReply,
+    CaptureStats,
+    CaptureUploadReply,
+    CommandReply,
+)
 
 log = structlog.get_logger("agent.inference")
 
 Emit = Callable[..., Coroutine[Any, Any, None]]
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
+Publish = Callable[[CapturedInput], Awaitable[None]]
 
 # Records per ``capture`` upload command: each becomes one MQTT message through the outbox.
 UPLOAD_BATCH = 50
@@ -133,14 +141,14 @@ class InferenceService:
         check_classifier(self.registry.card(model))
         return RegistryClassifier(self.registry, model, top_k=top_k)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> MonitorSnapshot:
         """Model metrics for the telemetry message."""
-        body: dict[str, Any] = self.monitor.snapshot()
+        body = self.monitor.snapshot()
         if self.load_failures:
             body["load_failures"] = dict(self.load_failures)
         return body
 
-    def _registry_event(self, event: str, fields: dict[str, Any]) -> None:
+    def _registry_event(self, event: str, fields: dict[str, object]) -> None:
         if event == "model_output_nonfinite":
             held = self._nonfinite_events.admit((fields.get("model"), fields.get("version")))
             if held is None:
@@ -150,19 +158,19 @@ class InferenceService:
 
     # -- the ``capture`` command ----------------------------------------------------------
 
-    async def capture_command(self, request: dict[str, Any], publish: Publish) -> dict[str, Any]:
+    async def capture_command(self, action: str, publish: Publish) -> CommandReply:
         """``{"action": "list" | "clear" | "upload"}`` on the low-confidence capture."""
         if self.capture is None:
             raise CommandError("capture is off (inference.low_confidence_threshold is not set)")
-        action = request.get("action", "list")
         capture = self.capture
         if action == "list":
             records = await asyncio.to_thread(capture.records)
-            return {"count": len(records), "stats": capture.stats().as_dict()}
+            stats = CaptureStats.model_validate(capture.stats().as_dict())
+            return CaptureListReply(count=len(records), stats=stats)
         if action == "clear":
-            return {"cleared": await asyncio.to_thread(capture.clear)}
+            return CaptureClearReply(cleared=await asyncio.to_thread(capture.clear))
         if action == "upload":
-            return {"uploaded": await self._upload(capture, publish)}
+            return CaptureUploadReply(uploaded=await self._upload(capture, publish))
         raise CommandError(f"unknown capture action {action!r}: use list, clear or upload")
 
     async def _upload(self, capture: CaptureBuffer, publish: Publish) -> int:
@@ -183,16 +191,17 @@ class InferenceService:
             await asyncio.to_thread(self.capture.close)
 
 
-def _record_body(capture: CaptureBuffer, info: CaptureInfo) -> dict[str, Any]:
-    inputs: dict[str, Any] = capture.load(info)
+def _record_body(capture: CaptureBuffer, info: CaptureInfo) -> CapturedInput:
+    inputs = capture.load(info)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **inputs)
-    return {
-        "model": info.model,
-        "version": info.version,
-        "prediction_id": info.prediction_id,
-        "label": info.label,
-        "confidence": info.confidence,
-        "ts": info.ts,
-        "inputs_npz_b64": base64.b64encode(buffer.getvalue()).decode("ascii"),
-    }
+    np.savez_compressed(buffer, **inputs)  # type: ignore[arg-type]
+    # Unvalidated, as before: a model's odd label or confidence is the consumer's to refuse.
+    return CapturedInput.model_construct(
+        model=info.model,
+        version=info.version,
+        prediction_id=info.prediction_id,
+        label=info.label,
+        confidence=info.confidence,
+        ts=info.ts,
+        inputs_npz_b64=base64.b64encode(buffer.getvalue()).decode("ascii"),
+    )

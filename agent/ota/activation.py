@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import structlog
 
@@ -25,7 +24,7 @@ from agent.errors import GoldenMismatchError, InferenceError, UnknownModelError
 from agent.inference.cardfile import load_card
 from agent.inference.registry import ModelRegistry
 from agent.ota.health_window import HealthPolicy, HealthWindow, Verdict
-from agent.ota.report import Reporter
+from agent.ota.report import Reporter, SlotRef, SlotSummary
 from agent.ota.slots import Slot, SlotState, SlotStore, other_slot
 from agent.ota.watch import RequestWatch
 from edge_contract.card import card_path_for
@@ -75,12 +74,12 @@ class Activator:
         )
 
     @staticmethod
-    def slot_summary(state: SlotState) -> dict[str, Any]:
+    def slot_summary(state: SlotState) -> SlotSummary:
         """Active, pending and previous versions, for the reported state."""
 
-        def describe(slot: Slot | None) -> dict[str, Any] | None:
+        def describe(slot: Slot | None) -> SlotRef | None:
             info = state.slots.get(slot) if slot else None
-            if info is None:
+            if slot is None or info is None:
                 return None
             return {"slot": slot, "version": info.version, "release": info.release}
 

@@ -12,10 +12,53 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
+
+
+class SlotRef(TypedDict):
+    """A slot and what it holds, as the reported state names it."""
+
+    slot: str
+    version: str
+    release: int
+
+
+class SlotSummary(TypedDict):
+    active: SlotRef | None
+    pending: SlotRef | None
+    previous: SlotRef | None
+
+
+class LastResult(TypedDict):
+    outcome: str
+    version: str
+    reason: str | None
+    detail: str | None
+    at: str
+
+
+class ReportedModel(TypedDict):
+    """One model in ``reported`` (``edge_contract.messages.ReportedModel`` on the wire)."""
+
+    active: SlotRef | None
+    pending: SlotRef | None
+    previous: SlotRef | None
+    step: str | None
+    progress: float | None
+    last_result: LastResult | None
+
+
+class Reported(TypedDict):
+    """The reported document without its ``device_id`` (the publisher adds it)."""
+
+    agent_version: str
+    desired_counter: int
+    models: dict[str, ReportedModel]
+    ts: str
+
 
 Emit = Callable[..., Coroutine[Any, Any, None]]
-PublishReported = Callable[[dict[str, Any]], Awaitable[None]]
+PublishReported = Callable[[Reported], Awaitable[None]]
 
 # Steps of an update, in order; the last three end it.
 STEPS = (
@@ -41,10 +84,10 @@ class Reporter:
         self._emit = emit
         self._publish = publish_reported
         self._agent_version = agent_version
-        self._models: dict[str, dict[str, Any]] = {}
+        self._models: dict[str, ReportedModel] = {}
         self.desired_counter = 0
 
-    def model(self, name: str) -> dict[str, Any]:
+    def model(self, name: str) -> ReportedModel:
         return self._models.setdefault(
             name,
             {
@@ -57,9 +100,16 @@ class Reporter:
             },
         )
 
-    def set_slots(self, name: str, *, active: Any, pending: Any, previous: Any) -> None:
+    def set_slots(
+        self,
+        name: str,
+        *,
+        active: SlotRef | None,
+        pending: SlotRef | None,
+        previous: SlotRef | None,
+    ) -> None:
         entry = self.model(name)
-        entry.update(active=active, pending=pending, previous=previous)
+        entry["active"], entry["pending"], entry["previous"] = active, pending, previous
 
     async def step(self, name: str, version: str, step: str, **fields: Any) -> None:
         """An intermediate step: event and reported state."""

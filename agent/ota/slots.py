@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from typing_extensions import TypedDict  # pydantic validates only this one on Python 3.11
 
 from agent.errors import SlotError, StoreError
 from agent.ota.fsutil import (
@@ -73,6 +74,22 @@ def _empty_slots() -> dict[Slot, SlotInfo | None]:
     return {"a": None, "b": None}
 
 
+class SlotResult(TypedDict):
+    """The last outcome of a model's updates, kept in ``state.json``."""
+
+    outcome: str
+    reason: str | None
+    version: str | None
+    at: str
+
+
+class _Where(TypedDict):
+    """Where a ``SlotError`` happened (its keyword arguments)."""
+
+    model: str
+    slot: Slot | None
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -97,7 +114,7 @@ class SlotState(_Frozen):
     attempts: int = Field(default=0, ge=0, description="Activations of pending started.")
     slots: dict[Slot, SlotInfo | None] = Field(default_factory=_empty_slots)
     max_release: int = Field(default=0, ge=0, description="Anti-rollback floor.")
-    last_result: dict[str, Any] | None = Field(default=None, description="Last outcome.")
+    last_result: SlotResult | None = Field(default=None, description="Last outcome.")
 
     @model_validator(mode="after")
     def _consistent(self) -> SlotState:
@@ -316,10 +333,10 @@ class SlotStore:
             raise SlotError("no slot is pending", **self._at(None))
         return self._state.pending
 
-    def _at(self, slot: Slot | None) -> dict[str, Any]:
+    def _at(self, slot: Slot | None) -> _Where:
         return {"model": self.name, "slot": slot}
 
-    def _result(self, outcome: str, reason: str | None, version: str | None) -> dict[str, Any]:
+    def _result(self, outcome: str, reason: str | None, version: str | None) -> SlotResult:
         return {
             "outcome": outcome,
             "reason": None if reason is None else str(reason),

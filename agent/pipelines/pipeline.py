@@ -22,7 +22,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 import structlog
 
@@ -34,7 +34,37 @@ log = structlog.get_logger("agent.pipelines.pipeline")
 
 Actuate = Callable[[int, int], Awaitable[None]]
 Emit = Callable[..., Awaitable[None]]
-PublishResult = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ResultBody(TypedDict):
+    """A result on ``fleet/<id>/results`` before the publisher adds ``device_id`` and ``ts``."""
+
+    pipeline: str
+    model: str
+    version: str | None
+    prediction_id: str | None
+    label: str
+    score: float
+    top: list[list[str | float]]  # [label, score] pairs
+
+
+class PipelineSnapshot(TypedDict):
+    """One pipeline's counters in telemetry's ``pipelines``."""
+
+    inputs: int
+    rejected: int
+    dropped: int
+    results: int
+    last_input: float | None
+    last_label: str | None
+    last_score: float | None
+    actuations: int
+    errors: int
+    model_errors: int
+    errors_by_kind: dict[str, int]
+
+
+PublishResult = Callable[[ResultBody], Awaitable[None]]
 
 # An MQTT input is one model input as JSON text: room for an image-sized tensor, not more.
 MAX_INPUT_BYTES = 4 * 1024 * 1024
@@ -225,7 +255,7 @@ class SensorPipeline:
             value=wanted,
         )
 
-    def _result_body(self, result: Classification) -> dict[str, Any]:
+    def _result_body(self, result: Classification) -> ResultBody:
         return {
             "pipeline": self.spec.name,
             "model": result.model,
@@ -240,7 +270,7 @@ class SensorPipeline:
         """Forget the last command (the peripheral reconnected and may be in its safe state)."""
         self._commanded = None
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> PipelineSnapshot:
         c = self.counters
         return {
             "inputs": c.inputs,

@@ -13,7 +13,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypedDict
 
 import structlog
 
@@ -28,6 +28,25 @@ log = structlog.get_logger("agent.serial")
 Opener = Callable[[], Awaitable[Transport]]
 SensorSink = Callable[[int, int], Awaitable[None]]
 EventSink = Callable[..., Coroutine[Any, Any, None]]
+
+
+class SerialSnapshot(TypedDict):
+    """``serial`` in telemetry: the link's statistics and the board's own counters."""
+
+    connected: bool
+    port: str
+    firmware_version: int | None
+    frames_in: int
+    frames_out: int
+    crc_errors: int
+    framing_errors: int
+    resends: int
+    ack_failures: int
+    rtt_ms_p50: float | None
+    rtt_ms_p99: float | None
+    device: dict[str, int]
+    sensor_drops: int
+    refused: str | None
 
 
 class SerialRelay:
@@ -78,7 +97,7 @@ class SerialRelay:
             raise SerialLinkError("peripheral not connected")
         await session.send(msg.Actuate(actuator, value))
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> SerialSnapshot:
         """Link statistics for telemetry."""
         p50, p99 = self.stats.rtt_percentiles()
         hello = self._session.hello if self._session else None

@@ -11,12 +11,63 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, TypeVar
 
 import psutil
 
 THERMAL_ROOT = Path("/sys/class/thermal")
+ReadingT = TypeVar("ReadingT")
+
+
+class CpuSample(TypedDict):
+    percent: float
+    per_core: list[float]
+    count: int
+    load: list[float]  # 1, 5 and 15 minutes
+
+
+class MemorySample(TypedDict):
+    total_bytes: int
+    available_bytes: int
+    used_percent: float
+    swap_total_bytes: int
+    swap_used_bytes: int
+    swap_used_percent: float
+
+
+class DiskSample(TypedDict):
+    path: str
+    total_bytes: int
+    free_bytes: int
+    used_percent: float
+
+
+class NetworkSample(TypedDict):
+    bytes_sent: int
+    bytes_recv: int
+    errin: int
+    errout: int
+
+
+class AgentSample(TypedDict):
+    rss_bytes: int
+    cpu_percent: float
+    threads: int
+    uptime_s: float
+
+
+class Readings(TypedDict, total=False):
+    """One sample, in telemetry's order; a reading that failed is absent (see ``errors``)."""
+
+    cpu: CpuSample
+    memory: MemorySample
+    disk: DiskSample
+    network: NetworkSample
+    temperatures_c: dict[str, float]
+    agent: AgentSample
+    uptime_s: float
 
 
 class ResourceSampler:
@@ -31,26 +82,26 @@ class ResourceSampler:
         psutil.cpu_percent(percpu=True)
         self._process.cpu_percent()
 
-    def sample(self) -> tuple[dict[str, Any], dict[str, str]]:
+    def sample(self) -> tuple[Readings, dict[str, str]]:
         """One measurement; returns (readings, errors by reading name)."""
-        readings: dict[str, Any] = {}
+        readings: Readings = {}
         errors: dict[str, str] = {}
-        for name, reader in (
-            ("cpu", self._cpu),
-            ("memory", self._memory),
-            ("disk", self._disk),
-            ("network", self._network),
-            ("temperatures_c", self._temperatures),
-            ("agent", self._agent),
-        ):
-            try:
-                readings[name] = reader()
-            except (OSError, psutil.Error, ValueError) as exc:
-                errors[name] = f"{type(exc).__name__}: {exc}"
+        if (cpu := _attempt("cpu", self._cpu, errors)) is not None:
+            readings["cpu"] = cpu
+        if (memory := _attempt("memory", self._memory, errors)) is not None:
+            readings["memory"] = memory
+        if (disk := _attempt("disk", self._disk, errors)) is not None:
+            readings["disk"] = disk
+        if (network := _attempt("network", self._network, errors)) is not None:
+            readings["network"] = network
+        if (temperatures := _attempt("temperatures_c", self._temperatures, errors)) is not None:
+            readings["temperatures_c"] = temperatures
+        if (own := _attempt("agent", self._agent, errors)) is not None:
+            readings["agent"] = own
         readings["uptime_s"] = round(time.time() - psutil.boot_time(), 1)
         return readings, errors
 
-    def _cpu(self) -> dict[str, Any]:
+    def _cpu(self) -> CpuSample:
         per_core = psutil.cpu_percent(percpu=True)
         load1, load5, load15 = os.getloadavg()
         return {
@@ -60,7 +111,7 @@ class ResourceSampler:
             "load": [round(load1, 2), round(load5, 2), round(load15, 2)],
         }
 
-    def _memory(self) -> dict[str, Any]:
+    def _memory(self) -> MemorySample:
         vm = psutil.virtual_memory()
         swap = psutil.swap_memory()
         return {
@@ -72,7 +123,7 @@ class ResourceSampler:
             "swap_used_percent": swap.percent,
         }
 
-    def _disk(self) -> dict[str, Any]:
+    def _disk(self) -> DiskSample:
         usage = psutil.disk_usage(str(self._state_dir))
         return {
             "path": str(self._state_dir),
@@ -81,7 +132,7 @@ class ResourceSampler:
             "used_percent": usage.percent,
         }
 
-    def _network(self) -> dict[str, Any]:
+    def _network(self) -> NetworkSample:
         counters = psutil.net_io_counters()
         return {
             "bytes_sent": counters.bytes_sent,
@@ -101,7 +152,7 @@ class ResourceSampler:
         temps.update(read_thermal_zones(self._thermal_root))
         return temps
 
-    def _agent(self) -> dict[str, Any]:
+    def _agent(self) -> AgentSample:
         with self._process.oneshot():
             return {
                 "rss_bytes": self._process.memory_info().rss,
@@ -109,6 +160,15 @@ class ResourceSampler:
                 "threads": self._process.num_threads(),
                 "uptime_s": round(time.time() - self._started, 1),
             }
+
+
+def _attempt(name: str, reader: Callable[[], ReadingT], errors: dict[str, str]) -> ReadingT | None:
+    """``reader()``, or None with the failure recorded in ``errors[name]``."""
+    try:
+        return reader()
+    except (OSError, psutil.Error, ValueError) as exc:
+        errors[name] = f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def read_thermal_zones(root: Path) -> dict[str, float]:

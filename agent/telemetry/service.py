@@ -21,15 +21,21 @@ import concurrent.futures
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Required, TypedDict
 
 import structlog
 
+from agent.control.inbound import RejectedSnapshot
 from agent.errors import BoardParseError, BoardReadError
 from agent.telemetry import boards
-from agent.telemetry.collector import ResourceSampler
-from agent.telemetry.subsystem_health import HealthChange, HealthMonitor, Status
+from agent.telemetry.collector import DiskSample, Readings, ResourceSampler
+from agent.telemetry.subsystem_health import (
+    HealthChange,
+    HealthMonitor,
+    HealthSnapshotDict,
+    Status,
+)
 from agent.uplink.forwarder import DiskOutbox
 from agent.uplink.outbox import DropReport, Outbox, OutboxRow, OutboxStats
 from edge_contract import payloads
@@ -44,6 +50,62 @@ QUEUE_DEGRADED_FRACTION = 0.8
 EXTRAS_TIMEOUT_S = 2.0
 
 
+class LinkSnapshot(TypedDict):
+    """``link``: the MQTT link (``edge_contract.replies.LinkState`` on the wire)."""
+
+    connected: bool
+    outages: int
+    last_outage_s: float | None
+
+
+class BoardReading(TypedDict, total=False):
+    """``board`` without its ``kind``: Raspberry Pi flags or Jetson tegrastats."""
+
+    throttled: dict[str, object]
+    tegrastats: dict[str, object]
+
+
+class TelemetryExtras(TypedDict, total=False):
+    """The sections the event loop owns, each its owner's JSON-ready snapshot."""
+
+    serial: Mapping[str, object]
+    pipelines: Mapping[str, Mapping[str, object]]
+    inference: Mapping[str, object]
+
+
+class QueueBlock(TypedDict):
+    depth: int
+    bytes: int
+    max_bytes: int
+    dropped: int  # since the previous message was built
+    dropped_total: int
+
+
+class BoardBlock(BoardReading, total=False):
+    kind: Required[str]
+
+
+class _Closing(TypedDict, total=False):
+    """The sections after the extras, each only when it applies."""
+
+    rejected: RejectedSnapshot
+    board: BoardBlock
+    errors: dict[str, str]
+
+
+class TelemetryBody(Readings, TelemetryExtras, _Closing, total=False):
+    """A telemetry message as built (``TelemetryMessage`` is what the controller reads of it);
+    docs/mqtt-api.md, "Telemetry", describes every section."""
+
+    device_id: Required[str]
+    stream: Required[str]
+    seq: Required[int]
+    ts: Required[str]
+    queue: Required[QueueBlock]
+    link: Required[LinkSnapshot]
+    health: Required[HealthSnapshotDict]
+
+
 class BoardMonitor:
     """Raspberry Pi throttling flags per sample; Jetson tegrastats from a long-lived process."""
 
@@ -53,7 +115,7 @@ class BoardMonitor:
         self._latest: boards.TegraStats | None = None
         self._error: str | None = None
 
-    def read(self) -> tuple[dict[str, Any] | None, str | None]:
+    def read(self) -> tuple[BoardReading | None, str | None]:
         """Blocking; returns (reading, error). Generic boards have neither."""
         if self.kind == "raspberry_pi":
             try:
@@ -61,8 +123,9 @@ class BoardMonitor:
             except (BoardReadError, BoardParseError) as exc:
                 return None, str(exc)
         if self.kind == "jetson":
-            reading = {"tegrastats": self._latest.as_dict()} if self._latest else None
-            return reading, self._error
+            if self._latest is None:
+                return None, self._error
+            return {"tegrastats": self._latest.as_dict()}, self._error
         return None, None
 
     async def run(self) -> None:
@@ -117,10 +180,10 @@ class TelemetryService:
         sampler: ResourceSampler,
         board: BoardMonitor,
         health: HealthMonitor,
-        link_state: Callable[[], dict[str, Any]],
+        link_state: Callable[[], LinkSnapshot],
         on_health_change: Callable[[HealthChange], Awaitable[None]],
-        extras: Callable[[], dict[str, Any]] | None = None,
-        rejected: Callable[[], dict[str, Any]] | None = None,
+        extras: Callable[[], TelemetryExtras] | None = None,
+        rejected: Callable[[], RejectedSnapshot] | None = None,
     ) -> None:
         self._device_id = device_id
         self._topic = topic_for(device_id, Channel.TELEMETRY)
@@ -175,12 +238,12 @@ class TelemetryService:
 
     def _context_from_worker(
         self, loop: asyncio.AbstractEventLoop
-    ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    ) -> tuple[LinkSnapshot, TelemetryExtras, str | None]:
         """(link state, extras, error) for a tick on the worker thread."""
         link = self._link_state()
         if self._extras is None:
             return link, {}, None
-        answer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        answer: concurrent.futures.Future[TelemetryExtras] = concurrent.futures.Future()
         extras = self._extras
 
         def on_loop() -> None:
@@ -202,7 +265,7 @@ class TelemetryService:
     async def publish_once(self) -> int:
         """Measure now and queue the message, outside the periodic ticks; returns its seq."""
         link = self._link_state()
-        extras = self._extras() if self._extras is not None else {}
+        extras: TelemetryExtras = self._extras() if self._extras is not None else {}
         seq, changes = await self._outbox.run(
             lambda outbox: self._produce(outbox, link, extras, None)
         )
@@ -213,8 +276,8 @@ class TelemetryService:
     def _produce(
         self,
         outbox: Outbox,
-        link: dict[str, Any],
-        extras: dict[str, Any],
+        link: LinkSnapshot,
+        extras: TelemetryExtras,
         extras_error: str | None,
     ) -> tuple[tuple[int, OutboxRow | None], list[HealthChange]]:
         """Measure, update health and queue one message (on the worker thread)."""
@@ -227,7 +290,14 @@ class TelemetryService:
         health = self._health.snapshot()
 
         def build(seq: int, drops: DropReport) -> bytes:
-            body: dict[str, Any] = {
+            closing: _Closing = {}
+            if self._rejected is not None:
+                closing["rejected"] = self._rejected()
+            if board_reading is not None:
+                closing["board"] = {"kind": self._board.kind, **board_reading}
+            if errors:
+                closing["errors"] = errors
+            body: TelemetryBody = {
                 "device_id": self._device_id,
                 "stream": self._outbox.stream,
                 "seq": seq,
@@ -243,18 +313,13 @@ class TelemetryService:
                 "link": link,
                 "health": health,
                 **extras,
+                **closing,
             }
-            if self._rejected is not None:
-                body["rejected"] = self._rejected()
-            if board_reading is not None:
-                body["board"] = {"kind": self._board.kind, **board_reading}
-            if errors:
-                body["errors"] = errors
             return payloads.encode(body)
 
         return outbox.append_sequenced_row(self._topic, build), changes
 
-    def _measure(self) -> tuple[dict[str, Any], dict[str, str], dict[str, Any] | None]:
+    def _measure(self) -> tuple[Readings, dict[str, str], BoardReading | None]:
         readings, errors = self._sampler.sample()
         board_reading, board_error = self._board.read()
         if board_error:
@@ -263,10 +328,10 @@ class TelemetryService:
 
     def _update_health(
         self,
-        readings: dict[str, Any],
+        readings: Readings,
         errors: dict[str, str],
         stats: OutboxStats,
-        board_reading: dict[str, Any] | None,
+        board_reading: BoardReading | None,
     ) -> list[HealthChange]:
         changes = [
             self._health.update("telemetry", *_telemetry_condition(errors)),
@@ -286,7 +351,7 @@ class TelemetryService:
         return Status.OK, ""
 
 
-def _board_condition(reading: dict[str, Any] | None, errors: dict[str, str]) -> tuple[Status, str]:
+def _board_condition(reading: BoardReading | None, errors: dict[str, str]) -> tuple[Status, str]:
     if "board" in errors:
         return Status.DEGRADED, errors["board"]
     flags = (reading or {}).get("throttled") or {}
@@ -307,7 +372,7 @@ def _telemetry_condition(errors: dict[str, str]) -> tuple[Status, str]:
     return Status.DEGRADED, "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
 
 
-def _disk_condition(disk: dict[str, Any] | None) -> tuple[Status, str]:
+def _disk_condition(disk: DiskSample | None) -> tuple[Status, str]:
     if disk is None:
         return Status.DEGRADED, "disk usage unknown"
     used = float(disk["used_percent"])

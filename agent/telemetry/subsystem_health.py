@@ -9,6 +9,19 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypedDict
+
+
+class ConditionSnapshot(TypedDict):
+    status: str
+    reason: str
+
+
+class HealthSnapshotDict(TypedDict):
+    """``health`` in telemetry and the ``health`` reply (``HealthSnapshot`` on the wire)."""
+
+    status: str
+    subsystems: dict[str, ConditionSnapshot]
 
 
 class Status(StrEnum):
@@ -67,7 +80,7 @@ class HealthMonitor:
             statuses = [c.status for c in self._conditions.values()]
         return max(statuses, key=_RANK.__getitem__, default=Status.OK)
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> HealthSnapshotDict:
         """JSON-ready: ``{"status": worst, "subsystems": {name: {status, reason}}}``."""
         with self._lock:
             conditions = sorted(self._conditions.items())

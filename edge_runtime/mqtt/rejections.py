@@ -16,13 +16,24 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 EXCERPT_BYTES = 64
 
 
 class _Logger(Protocol):
     def warning(self, event: str, **fields: Any) -> Any: ...
+
+
+class DeadLetterDict(TypedDict):
+    """A dead letter, JSON-ready (the excerpt decoded, bad bytes replaced)."""
+
+    topic: str
+    reason: str
+    detail: str
+    excerpt: str
+    retained: bool
+    at: float
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class DeadLetter:
     retained: bool
     at: float  # Unix time
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> DeadLetterDict:
         return {
             "topic": self.topic,
             "reason": self.reason,

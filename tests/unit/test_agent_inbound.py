@@ -34,6 +34,7 @@ from agent.uplink.forwarder import DiskOutbox
 from edge_contract.desired import DesiredModel, DesiredState, parse_desired
 from edge_contract.errors import PayloadError, UpdateError
 from edge_contract.reasons import Reason
+from edge_contract.replies import CommandReply, PingReply
 from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.link import MqttLink
 from fleet.release.repo import sign_desired
@@ -83,18 +84,24 @@ def _cmd(name: str, payload: bytes, *, response: str | None = "test/replies") ->
     )
 
 
+class _ActionReply(CommandReply):
+    """A test handler's reply: echoes the validated request."""
+
+    action: str
+
+
 def _dispatcher() -> tuple[CommandDispatcher, FakeLink, InboundRejections]:
     link = FakeLink()
     rejections = InboundRejections()
     dispatcher = CommandDispatcher(DEVICE, cast(MqttLink, link), rejections)
 
-    async def ping(_: NoArguments) -> dict[str, Any]:
-        return {"pong": True}
+    async def ping(_: NoArguments) -> PingReply:
+        return PingReply(pong=True)
 
-    async def capture(request: CaptureRequest) -> dict[str, Any]:
-        return {"action": request.action}
+    async def capture(request: CaptureRequest) -> CommandReply:
+        return _ActionReply(action=request.action)
 
-    async def broken(_: NoArguments) -> dict[str, Any]:
+    async def broken(_: NoArguments) -> CommandReply:
         raise RecursionError("maximum recursion depth exceeded")
 
     dispatcher.register("ping", ping, NoArguments)
@@ -172,9 +179,9 @@ class TestCommands:
     def test_cancellation_is_not_swallowed(self) -> None:
         dispatcher, _, _ = _dispatcher()
 
-        async def stuck(_: NoArguments) -> dict[str, Any]:
+        async def stuck(_: NoArguments) -> CommandReply:
             await asyncio.sleep(3600)
-            return {}
+            return CommandReply()
 
         dispatcher.register("stuck", stuck, NoArguments)
 

@@ -24,6 +24,7 @@ from agent.pipelines.pipeline import parse_input
 from edge_contract.desired import parse_desired
 from edge_contract.errors import PayloadError, UpdateError
 from edge_contract.fetchcodec import decode_reply
+from edge_contract.replies import CommandReply
 from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.link import MqttLink
 from tests.unit.test_agent_inbound import FakeLink
@@ -105,8 +106,8 @@ def test_any_command_gets_one_reply_and_nothing_escapes(name: str, payload: byte
     link = FakeLink()
     dispatcher = CommandDispatcher("pi-01", cast(MqttLink, link), InboundRejections())
 
-    async def answer(_: Any) -> dict[str, Any]:
-        return {}
+    async def answer(_: Any) -> CommandReply:
+        return CommandReply()
 
     dispatcher.register("ping", answer, NoArguments)
     dispatcher.register("capture", answer, CaptureRequest)

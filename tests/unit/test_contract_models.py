@@ -15,12 +15,20 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from edge_contract import fetchcodec
+from edge_contract import fetchcodec, payloads
 from edge_contract.card import ModelCard, parse_card
 from edge_contract.desired import DesiredState, envelope, parse_desired
 from edge_contract.errors import CardError, PayloadError, UpdateError
 from edge_contract.messages import MODELS, decode_device_message
 from edge_contract.release import CUSTOM_KEY, ModelRelease, chunk_hashes, release_from_custom
+from edge_contract.replies import (
+    REPLIES,
+    CapturedInput,
+    CaptureListReply,
+    CommandReply,
+    HealthReply,
+    PingReply,
+)
 from edge_contract.topics import Channel
 
 TS = "2026-12-07T04:00:00.000Z"
@@ -78,6 +86,37 @@ def _device(channel: Channel) -> Callable[[bytes], BaseModel]:
 
 def _device_encode(model: BaseModel) -> bytes:
     return json.dumps(model.model_dump(mode="json", exclude_unset=True)).encode()
+
+
+def _reply(model: type[BaseModel]) -> Callable[[bytes], BaseModel]:
+    """A command reply (or another agent-built message) as a client validates it."""
+    return lambda payload: payloads.decode_model(model, payload)
+
+
+def _reply_encode(reply: CommandReply) -> bytes:
+    return payloads.encode(reply.body())
+
+
+def _fetch_encode(request: fetchcodec.FetchRequest) -> bytes:
+    return fetchcodec.encode_request(request.path, request.offset, request.length)
+
+
+STAMP = {"device_id": "pi-01", "ts": TS}
+HEALTH = {
+    "status": "degraded",
+    "subsystems": {
+        "mqtt": {"status": "ok", "reason": ""},
+        "disk": {"status": "degraded", "reason": "state dir disk 91.0% full"},
+    },
+}
+CAPTURE_STATS = {
+    "count": 3,
+    "bytes": 4096,
+    "max_bytes": 1048576,
+    "dropped_queue_full": 0,
+    "evicted": 1,
+    "write_errors": 0,
+}
 
 
 def _release_decode(payload: bytes) -> ModelRelease:
@@ -231,6 +270,119 @@ CASES: dict[str, Case] = {
             ("name", "Digits!", "name"),
         ],
     ),
+    "reply_ping": Case(
+        valid={"ok": True, "command": "ping", "pong": True, **STAMP},
+        decode=_reply(PingReply),
+        encode=_reply_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[
+            ("pong", "yes", "pong"),
+            ("ok", 1, "ok"),
+            ("command", "", "command"),
+            ("ts", "yesterday", "ts"),
+            ("device_id", "Pi 01!", "device_id"),
+            ("surprise", 1, "surprise"),
+        ],
+    ),
+    "reply_health": Case(
+        valid={
+            "ok": True,
+            "command": "health",
+            "health": HEALTH,
+            "queue": {"depth": 2, "bytes": 900, "dropped_total": 0},
+            "link": {"connected": True, "outages": 1, "last_outage_s": 30.5},
+            "rejected": {"total": 3, "by_reason": {"schema": 2, "too_deep": 1}},
+            **STAMP,
+        },
+        decode=_reply(HealthReply),
+        encode=_reply_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[
+            ("health.status", "sick", "health.status"),
+            ("health.subsystems.disk.status", "full", "health.subsystems.disk.status"),
+            ("health.subsystems.disk.reason", None, "health.subsystems.disk.reason"),
+            ("queue.depth", -1, "queue.depth"),
+            ("queue.max_bytes", 1, "queue.max_bytes"),
+            ("link.connected", "yes", "link.connected"),
+            ("link.last_outage_s", -1.0, "link.last_outage_s"),
+            ("rejected.total", 1.5, "rejected.total"),
+            ("rejected.by_reason.schema", -2, "rejected.by_reason.schema"),
+        ],
+    ),
+    "reply_capture_list": Case(
+        valid={"ok": True, "command": "capture", "count": 3, "stats": CAPTURE_STATS, **STAMP},
+        decode=_reply(CaptureListReply),
+        encode=_reply_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[
+            ("count", "3", "count"),
+            ("stats.evicted", -1, "stats.evicted"),
+            ("stats.surprise", 1, "stats.surprise"),
+        ],
+    ),
+    "reply_capture_clear": Case(
+        valid={"ok": True, "command": "capture", "cleared": 2, **STAMP},
+        decode=_reply(REPLIES["capture"][1]),
+        encode=_reply_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[("cleared", -1, "cleared"), ("cleared", True, "cleared")],
+    ),
+    "reply_capture_upload": Case(
+        valid={"ok": True, "command": "capture", "uploaded": 50, **STAMP},
+        decode=_reply(REPLIES["capture"][2]),
+        encode=_reply_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[("uploaded", 1.5, "uploaded"), ("uploaded", None, "uploaded")],
+    ),
+    "reply_refused": Case(
+        valid={"ok": False, "error": "unknown command 'x'", **STAMP},
+        decode=_reply(CommandReply),
+        encode=_reply_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[("error", 5, "error"), ("ok", "false", "ok"), ("pong", True, "pong")],
+    ),
+    "captured_input": Case(
+        valid={
+            "model": "digits",
+            "version": "1",
+            "prediction_id": "p-1",
+            "label": "7",
+            "confidence": 0.31,
+            "ts": 1796616000.5,
+            "inputs_npz_b64": "UEsDBBQAAAAIAA==",
+        },
+        decode=_reply(CapturedInput),
+        encode=lambda captured: payloads.encode(captured.model_dump(mode="json")),
+        error=PayloadError,
+        reason="schema",
+        bad=[
+            ("confidence", 1.5, "confidence"),
+            ("inputs_npz_b64", "not base64!", "inputs_npz_b64"),
+            ("ts", "now", "ts"),
+            ("model", "", "model"),
+        ],
+    ),
+    "fetch_request": Case(
+        valid={"path": "metadata/2.root.json", "offset": 0, "length": 262144},
+        decode=fetchcodec.decode_request,
+        encode=_fetch_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[
+            ("offset", -1, "offset"),
+            ("offset", "0", "offset"),
+            ("length", 0, "length"),
+            ("length", fetchcodec.MAX_RANGE_LENGTH + 1, "length"),
+            ("path", "", "path"),
+            ("surprise", 1, "surprise"),
+        ],
+    ),
 }
 
 
@@ -256,6 +408,28 @@ def test_every_device_message_model_has_a_case() -> None:
     decoded = {type(CASES[name].decode(_payload(CASES[name].valid))) for name in CASES}
     assert set(MODELS.values()) <= decoded
     assert {DesiredState, ModelRelease, ModelCard} <= decoded
+    replies = {model for models in REPLIES.values() for model in models}
+    assert replies | {CommandReply, CapturedInput, fetchcodec.FetchRequest} <= decoded
+
+
+def test_a_reply_is_written_as_the_agent_always_wrote_it() -> None:
+    """Envelope after the command's fields; ``command`` and ``error`` absent, not null."""
+    answered = PingReply(pong=True).model_copy(update={"ok": True, "command": "ping"})
+    refused = CommandReply(ok=False, error="busy: too many pending commands")
+
+    assert payloads.encode(answered.stamped("pi-01", TS).body()) == (
+        b'{"ok":true,"command":"ping","pong":true,"device_id":"pi-01","ts":"%s"}' % TS.encode()
+    )
+    assert payloads.encode(refused.stamped("pi-01", TS).body()) == (
+        b'{"ok":false,"error":"busy: too many pending commands","device_id":"pi-01","ts":"%s"}'
+        % TS.encode()
+    )
+
+
+def test_the_fetch_request_is_written_as_before() -> None:
+    assert fetchcodec.encode_request("targets/m.onnx", 8, 16) == (
+        b'{"path": "targets/m.onnx", "offset": 8, "length": 16}'
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -25,6 +25,7 @@ from edge_contract.messages import (
     StatusMessage,
     TelemetryMessage,
 )
+from edge_contract.replies import REPLIES, CapturedInput, CommandReply
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "mqtt-api.md"
 
@@ -35,6 +36,10 @@ SECTIONS: dict[type[BaseModel], str] = {
     EventMessage: "Events",
     ReportedMessage: "Reported state",
     DesiredState: "Desired state",
+    CommandReply: "Commands",
+    **{reply: "Commands" for replies in REPLIES.values() for reply in replies},
+    CapturedInput: "Captured inputs",
+    fetchcodec.FetchRequest: "Repository files",
 }
 
 
@@ -77,6 +82,11 @@ def _fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
 def test_every_device_message_model_has_a_section() -> None:
     """A new device message (a channel in ``MODELS``) needs its section here and in the doc."""
     assert set(MODELS.values()) <= set(SECTIONS)
+
+
+def test_every_command_reply_model_has_a_section() -> None:
+    """A new command's reply model (in ``REPLIES``) is checked against "Commands"."""
+    assert {reply for replies in REPLIES.values() for reply in replies} <= set(SECTIONS)
 
 
 @pytest.mark.parametrize("model", list(SECTIONS), ids=lambda model: model.__name__)
