@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +233,7 @@ def _loop(
             release.deploy(broker.url)
         frame = Frame(
             elapsed=elapsed,
-            devices=[asdict(d) for d in store.list_devices()],
+            devices=[d.model_dump() for d in store.list_devices()],
             board=board_state,
             model_line=model.status_line(),
             model_version=model.serving_version,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -267,10 +266,10 @@ class TestRpcFrontEnd:
         _seen(controller.store, "pi-1")  # type: ignore[arg-type]
         body, messages = controller.rpc.call("devices-list", {})
         assert messages == []
-        assert body == {"devices": [asdict(d) for d in controller.store.list_devices()]}
+        assert body == {"devices": [d.model_dump() for d in controller.store.list_devices()]}
         shown, _ = controller.rpc.call("devices-show", {"device_id": "pi-1"})
         detail = controller.store.device_detail("pi-1")
-        assert shown == {"device": asdict(detail)}
+        assert shown == {"device": detail.model_dump()}
         assert to_json(controller.app.show_device(ShowRequest(device_id="pi-1"))) == shown
         controller.store.close()
 
