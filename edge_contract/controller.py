@@ -17,7 +17,8 @@ Pure: no IO.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, ValidationError
 
@@ -96,7 +97,7 @@ class OperatorRemoveRequest(_Request):
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
-def decode_request(method: str, model: type[RequestT], body: dict[str, Any]) -> RequestT:
+def decode_request(method: str, model: type[RequestT], body: Mapping[str, object]) -> RequestT:
     """Validate a decoded request (or reply) ``body`` into ``model``.
 
     Raises:
@@ -224,6 +225,9 @@ class DeployReply(_Reply):
     target: str
     devices: list[str]
     skipped: list[Skipped]
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
 
 
 class RollbackReply(_Reply):
@@ -232,6 +236,9 @@ class RollbackReply(_Reply):
     device_id: str
     model: str
     version: str
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
 
 
 class AcceptReply(_Reply):
@@ -240,6 +247,9 @@ class AcceptReply(_Reply):
     device_id: str
     admission: str
     changed: bool
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
 
 
 class OperatorAddedReply(_Reply):
@@ -247,6 +257,9 @@ class OperatorAddedReply(_Reply):
 
     name: str
     key_id: str
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
 
 
 class OperatorRemovedReply(_Reply):
@@ -254,8 +267,13 @@ class OperatorRemovedReply(_Reply):
 
     name: str
     removed: bool
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
 
 
+# The replies of the methods that change the fleet (signed by an operator over MQTT).
+SignedReply = DeployReply | RollbackReply | AcceptReply | OperatorAddedReply | OperatorRemovedReply
 Reply = (
     DevicesReply
     | DeviceReply

@@ -266,11 +266,21 @@ class TestRpcFrontEnd:
         _seen(controller.store, "pi-1")  # type: ignore[arg-type]
         body, messages = controller.rpc.call("devices-list", {})
         assert messages == []
-        assert body == {"devices": [d.model_dump() for d in controller.store.list_devices()]}
+        listed = [d.model_dump() for d in controller.store.list_devices()]
+        assert to_json(body) == {"devices": listed}
+        # The summary's keys in the order the controller has always sent them.
+        assert list(listed[0]) == [
+            "device_id", "online", "state", "agent_version", "last_telemetry_age_s", "last_seq",
+            "cpu_percent", "memory_percent", "temperature_c", "health", "queue_depth", "models",
+            "duplicates", "admission",
+        ]  # fmt: skip
         shown, _ = controller.rpc.call("devices-show", {"device_id": "pi-1"})
         detail = controller.store.device_detail("pi-1")
-        assert shown == {"device": detail.model_dump()}
-        assert to_json(controller.app.show_device(ShowRequest(device_id="pi-1"))) == shown
+        assert to_json(shown) == {"device": detail.model_dump()}
+        assert list(to_json(shown)["device"]) == [  # type: ignore[arg-type]
+            "summary", "reported", "desired", "status", "telemetry", "events",
+        ]  # fmt: skip
+        assert controller.app.show_device(ShowRequest(device_id="pi-1")) == shown
         controller.store.close()
 
     def test_a_bad_read_request_is_refused_naming_method_and_field(self, tmp_path: Path) -> None:
