@@ -18,12 +18,12 @@ Pure: no IO.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, ValidationError
 
 from edge_contract.errors import PayloadError
-from edge_contract.payloads import schema_problem
+from edge_contract.payloads import decode_object, schema_problem
 from edge_contract.topics import DEVICE_ID_PATTERN
 
 # A device id as the controller's commands take it. Deliberately looser than the topic
@@ -95,6 +95,7 @@ class OperatorRemoveRequest(_Request):
 
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
+ReplyT = TypeVar("ReplyT", bound=BaseModel)
 
 
 def decode_request(method: str, model: type[RequestT], body: Mapping[str, object]) -> RequestT:
@@ -286,6 +287,23 @@ Reply = (
     | OperatorRemovedReply
 )
 
+
+class Refusal(_Reply):
+    """Any method's answer when it did not run: ``{"ok": false, "error", "kind", ...}``.
+
+    ``kind`` is the controller's error class (``UnknownDeviceError``, ``OperatorRefusedError``,
+    ``InternalError``, ...); ``reason`` and ``detail`` come with an operator refusal, and
+    ``device_id`` with an unknown or pending device.
+    """
+
+    ok: Literal[False] = False
+    error: str
+    kind: str
+    reason: str | None = None
+    detail: str | None = None
+    device_id: str | None = None
+
+
 # Each method's reply model: what the CLI validates an ``ok: true`` answer into.
 REPLIES: dict[str, type[Reply]] = {
     "devices-list": DevicesReply,
@@ -298,6 +316,22 @@ REPLIES: dict[str, type[Reply]] = {
     "operators-add": OperatorAddedReply,
     "operators-remove": OperatorRemovedReply,
 }
+
+
+def decode_reply(method: str, model: type[ReplyT], payload: bytes) -> ReplyT | Refusal:
+    """The controller's answer to ``method``: ``model`` when it ran, else its ``Refusal``.
+
+    Bounded like every payload (``edge_contract.payloads.decode_object``: size, depth,
+    numbers), then validated strictly.
+
+    Raises:
+        PayloadError: not a JSON object within the limits, or reason ``schema`` naming the
+            method and the first bad field.
+    """
+    answer = decode_object(payload)
+    if answer.get("ok") is True:
+        return decode_request(method, model, {k: v for k, v in answer.items() if k != "ok"})
+    return decode_request(method, Refusal, answer)
 
 
 def reply_body(reply: BaseModel) -> dict[str, JsonValue]:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
-from pydantic import BaseModel, JsonValue
+from pydantic import BaseModel
 
 from edge_contract import payloads
 from edge_contract.controller import (
@@ -26,6 +26,7 @@ from edge_contract.controller import (
     OperatorAddRequest,
     OperatorRemoveRequest,
     OperatorsListRequest,
+    Refusal,
     RollbackRequest,
     ShowRequest,
     SignedReply,
@@ -173,7 +174,7 @@ class RpcServer:
             reply = self._refusal(message, exc)
         except Exception as exc:  # every request gets an answer
             log.exception("controller.rpc_failed", topic=message.topic)
-            reply = {"ok": False, "error": repr(exc)[:300], "kind": "InternalError"}
+            reply = Refusal(error=repr(exc)[:300], kind="InternalError").model_dump()
         options = PublishOptions(correlation_data=message.correlation_data, message_expiry_s=30)
         try:
             self._link.publish(response_topic, payloads.encode(reply), options=options)
@@ -181,14 +182,15 @@ class RpcServer:
             log.warning("controller.reply_failed", error=str(exc))
 
     def _refusal(self, message: InboundMessage, exc: Exception) -> JsonObject:
-        reply: dict[str, JsonValue] = {"ok": False, "error": str(exc), "kind": type(exc).__name__}
+        refusal = Refusal(error=str(exc), kind=type(exc).__name__)
         if isinstance(exc, OperatorRefusedError):
-            reply["reason"], reply["detail"] = exc.reason, exc.detail
+            refusal = refusal.model_copy(update={"reason": exc.reason, "detail": exc.detail})
             # Counted with every other refused message (the gate keeps the audit log).
             self._reject(message, "unauthorized", f"{exc.reason}: {exc.detail}")
         if isinstance(exc, UnknownDeviceError | DeviceNotAcceptedError):
-            reply["device_id"] = exc.device_id  # the CLI names the device from this
-        return reply
+            # The CLI names the device from this.
+            refusal = refusal.model_copy(update={"device_id": exc.device_id})
+        return refusal.model_dump(exclude_none=True)
 
 
 def _read(method: str, model: type[RequestT], use: Callable[[RequestT], Reply]) -> Handler:
