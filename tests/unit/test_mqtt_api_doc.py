@@ -17,6 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 from edge_contract import fetchcodec
+from edge_contract.controller import REPLIES, Refusal
 from edge_contract.desired import DesiredState
 from edge_contract.messages import (
     MODELS,
@@ -35,6 +36,8 @@ SECTIONS: dict[type[BaseModel], str] = {
     EventMessage: "Events",
     ReportedMessage: "Reported state",
     DesiredState: "Desired state",
+    # The controller's answers to the CLI (each nests its rows: DeviceSummary, DeviceDetail...).
+    **dict.fromkeys([*REPLIES.values(), Refusal], "Controller RPC"),
 }
 
 
