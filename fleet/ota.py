@@ -25,14 +25,21 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from pydantic import JsonValue
 
-from edge_contract.controller import DeployRequest, JsonObject, RollbackRequest
+from edge_contract.controller import (
+    DeployReply,
+    DeployRequest,
+    JsonObject,
+    RollbackReply,
+    RollbackRequest,
+    Skipped,
+)
 from edge_contract.desired import DesiredModel, DesiredState
 from edge_contract.errors import TopicError
 from edge_contract.release import CUSTOM_KEY
 from edge_contract.topics import Channel, parse, topic_for
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
-from fleet.app.replies import DeployReply, Publish, RollbackReply, Skipped
+from fleet.app.replies import Publish
 from fleet.config import OtaOptions
 from fleet.errors import DeviceNotAcceptedError, FleetError, UnknownDeviceError
 from fleet.release.allocator import keep_large_buffers

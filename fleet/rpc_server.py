@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from edge_contract import payloads
 from edge_contract.controller import (
+    AcceptReply,
     AcceptRequest,
     DeployRequest,
     DevicesListRequest,
@@ -27,6 +28,7 @@ from edge_contract.controller import (
     OperatorRemoveRequest,
     OperatorsListRequest,
     Refusal,
+    Reply,
     RollbackRequest,
     ShowRequest,
     SignedReply,
@@ -39,7 +41,7 @@ from edge_contract.topics import parse_controller_rpc
 from edge_runtime.errors import MqttError
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
-from fleet.app.replies import AcceptReply, Publish, Reply
+from fleet.app.replies import Publish
 from fleet.app.usecases import FleetApp
 from fleet.errors import (
     DeviceNotAcceptedError,

@@ -1,47 +1,19 @@
-"""The use cases' replies (``fleet.app.usecases``): the wire contract's reply models.
+"""What the use cases (``fleet.app.usecases``) hand back besides their typed reply.
 
-They live in ``edge_contract.controller`` beside the requests, because the CLI decodes the
-controller's answers into the same models the use cases return; this module names them for
-the application layer and adds what only the controller needs (``Publish``).
+The replies themselves are the wire contract's models (``edge_contract.controller``), because
+the CLI decodes the controller's answers into the same models the use cases return. This
+module adds what only the controller needs: the messages a use case hands the front end to
+publish, and the reply as the JSON object the RPC front end sends.
 """
 
 from __future__ import annotations
 
-from edge_contract.controller import (
-    AcceptReply,
-    DeployReply,
-    DeviceReply,
-    DevicesReply,
-    OperatorAddedReply,
-    OperatorRemovedReply,
-    OperatorsReply,
-    Rejected,
-    Reply,
-    RollbackReply,
-    Skipped,
-    StatusReply,
-    reply_body,
-)
-
-__all__ = [
-    "AcceptReply",
-    "DeployReply",
-    "DeviceReply",
-    "DevicesReply",
-    "OperatorAddedReply",
-    "OperatorRemovedReply",
-    "OperatorsReply",
-    "Publish",
-    "Rejected",
-    "Reply",
-    "RollbackReply",
-    "Skipped",
-    "StatusReply",
-    "to_json",
-]
+from edge_contract.controller import reply_body
 
 # A message a use case hands back for the front end to publish: (topic, payload).
 Publish = tuple[str, bytes]
 
 # The reply as the JSON object sent on the wire (nested records included), before its ``ok``.
 to_json = reply_body
+
+__all__ = ["Publish", "to_json"]

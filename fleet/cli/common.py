@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -120,7 +120,7 @@ def with_connection(command: Callable[Concatenate[Connection, P], None]) -> Call
 # -- asking the controller ------------------------------------------------------------------
 
 
-def fail(exc: FleetError) -> None:
+def fail(exc: FleetError) -> NoReturn:
     """Print ``exc`` on one line of stderr and exit with its code."""
     # soft_wrap: one line however narrow the terminal, so the message greps and pipes whole.
     # escape: messages name config sections ("[operator]") that rich would take for markup.
@@ -173,6 +173,23 @@ def ask(
     if db is not None:
         return direct(config, use)
     return remote(config, method, body, reply)
+
+
+def change(
+    connection: Connection,
+    db: Path | None,
+    operator_key: Path | None,
+    method: str,
+    body: BaseModel,
+    reply: type[ReplyT],
+    use: Callable[[FleetApp], ReplyT],
+) -> ReplyT:
+    """A change: straight on the database with ``--db`` (the controller host's administrator,
+    authorized by file access), else over the broker signed with the operator's key."""
+    config = connection.load(db)
+    if db is not None:
+        return direct(config, use)
+    return signed(config, operator_key, method, body, reply)
 
 
 def signed(

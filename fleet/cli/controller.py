@@ -89,7 +89,6 @@ def deploy(
         reply = signed(connection.load(), operator_key, "deploy", body, DeployReply)
     except FleetError as exc:
         fail(exc)
-        return
     if json_out:
         print_json(reply.model_dump())
         return
@@ -113,7 +112,6 @@ def rollback(
         reply = signed(connection.load(), operator_key, "rollback", body, RollbackReply)
     except FleetError as exc:
         fail(exc)
-        return
     if json_out:
         print_json(reply.model_dump())
         return
@@ -130,7 +128,6 @@ def controller_status(connection: Connection) -> None:
         reply = remote(connection.load(), "controller-status", body, StatusReply)
     except FleetError as exc:
         fail(exc)
-        return
     print_json(reply.model_dump())
 
 

@@ -22,11 +22,10 @@ from fleet.cli.common import (
     JsonOpt,
     OperatorKeyOpt,
     ask,
-    direct,
+    change,
     fail,
     print_json,
     request,
-    signed,
     with_connection,
 )
 from fleet.errors import FleetError
@@ -46,7 +45,6 @@ def devices_list(connection: Connection, json_out: JsonOpt = False, db: DbOpt = 
         )
     except FleetError as exc:
         fail(exc)
-        return
     if json_out:
         print_json([device.model_dump() for device in reply.devices])
         return
@@ -84,7 +82,6 @@ def devices_show(
         )
     except FleetError as exc:
         fail(exc)
-        return
     if json_out or raw:
         print_json(reply.device.model_dump())
     else:
@@ -101,13 +98,16 @@ def devices_accept(
 ) -> None:
     """Accept a pending device as a deploy target (signed; or --db on the controller host)."""
     try:
-        config = connection.load(db)
         accept = request("devices-accept", AcceptRequest, device_id=device_id)
-        if db is not None:
-            direct(config, lambda a: a.accept_device(accept, operator="--db"))
-        else:
-            signed(config, operator_key, "devices-accept", accept, AcceptReply)
+        change(
+            connection,
+            db,
+            operator_key,
+            "devices-accept",
+            accept,
+            AcceptReply,
+            lambda a: a.accept_device(accept, operator="--db"),
+        )
     except FleetError as exc:
         fail(exc)
-        return
     Console().print(f"device {device_id} accepted", highlight=False)

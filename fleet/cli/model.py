@@ -100,7 +100,6 @@ def model_optimize(
             report = optimize(options, progress)
     except FleetError as exc:
         fail(exc)
-        return
     console.print(render_table(report))
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)

@@ -28,11 +28,10 @@ from fleet.cli.common import (
     JsonOpt,
     OperatorKeyOpt,
     ask,
-    direct,
+    change,
     fail,
     print_json,
     request,
-    signed,
     with_connection,
 )
 from fleet.errors import FleetError, OperatorKeyError
@@ -98,15 +97,18 @@ def operators_add(
     """Trust an operator key: with --db directly, else signed by an existing operator."""
     try:
         key = _public_key_arg(public_key)
-        config = connection.load(db)
         add = request("operators-add", OperatorAddRequest, name=name, public_key=key)
-        if db is not None:
-            reply = direct(config, lambda a: a.add_operator(add))
-        else:
-            reply = signed(config, operator_key, "operators-add", add, OperatorAddedReply)
+        reply = change(
+            connection,
+            db,
+            operator_key,
+            "operators-add",
+            add,
+            OperatorAddedReply,
+            lambda a: a.add_operator(add),
+        )
     except FleetError as exc:
         fail(exc)
-        return
     Console().print(f"operator {name} added (key id {reply.key_id})", highlight=False)
 
 
@@ -120,16 +122,19 @@ def operators_remove(
 ) -> None:
     """Stop trusting an operator: with --db directly, else signed by an existing operator."""
     try:
-        config = connection.load(db)
         remove = request("operators-remove", OperatorRemoveRequest, name=name)
-        if db is not None:
+        change(
+            connection,
+            db,
+            operator_key,
+            "operators-remove",
+            remove,
+            OperatorRemovedReply,
             # The host's administrator may remove the last operator (nobody else could).
-            direct(config, lambda a: a.remove_operator(remove, keep_last=False))
-        else:
-            signed(config, operator_key, "operators-remove", remove, OperatorRemovedReply)
+            lambda a: a.remove_operator(remove, keep_last=False),
+        )
     except FleetError as exc:
         fail(exc)
-        return
     Console().print(f"operator {name} removed", highlight=False)
 
 
@@ -149,7 +154,6 @@ def operators_list(connection: Connection, json_out: JsonOpt = False, db: Direct
         )
     except FleetError as exc:
         fail(exc)
-        return
     if json_out:
         print_json([operator.model_dump() for operator in reply.operators])
         return

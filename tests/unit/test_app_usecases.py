@@ -17,28 +17,26 @@ import pytest
 
 from edge_contract import payloads
 from edge_contract.controller import (
+    AcceptReply,
     AcceptRequest,
+    DeployReply,
     DeployRequest,
     DevicesListRequest,
+    OperatorAddedReply,
     OperatorAddRequest,
+    OperatorRemovedReply,
     OperatorRemoveRequest,
     OperatorsListRequest,
+    RollbackReply,
     RollbackRequest,
     ShowRequest,
+    Skipped,
     StatusRequest,
     decode_request,
 )
 from edge_contract.errors import PayloadError
 from edge_runtime.mqtt.link import MqttLink
-from fleet.app.replies import (
-    AcceptReply,
-    DeployReply,
-    OperatorAddedReply,
-    OperatorRemovedReply,
-    RollbackReply,
-    Skipped,
-    to_json,
-)
+from fleet.app.replies import to_json
 from fleet.app.usecases import FleetApp
 from fleet.broker import link_settings_for
 from fleet.config import FleetConfig, OtaOptions
