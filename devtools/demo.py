@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from devtools.demo_model import MODEL_DEVICE, ModelClient
 from devtools.demo_ota import DemoRelease
 from devtools.emulated_board import EmulatedBoard
 from devtools.localbroker import PrivateBroker, free_port
+from edge_contract.controller import DevicesListRequest, DevicesReply
 from edge_runtime.log import configure_logging
 from fleet.config import load_fleet_config
 from fleet.errors import ControllerUnavailableError, FleetError
@@ -129,7 +129,7 @@ def wait_for_controller(
         if controller.poll() is not None:
             raise FleetError(f"the controller exited with {controller.returncode}")
         try:
-            asyncio.run(call(config, "devices-list", {}))
+            asyncio.run(call(config, "devices-list", DevicesListRequest(), DevicesReply))
         except ControllerUnavailableError:
             if time.monotonic() > deadline:
                 raise FleetError(f"the controller did not answer within {timeout_s:g} s") from None
@@ -234,7 +234,7 @@ def _loop(
             release.deploy(broker.url)
         frame = Frame(
             elapsed=elapsed,
-            devices=[asdict(d) for d in store.list_devices()],
+            devices=store.list_devices(),
             board=board_state,
             model_line=model.status_line(),
             model_version=model.serving_version,

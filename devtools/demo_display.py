@@ -19,7 +19,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from fleet.view import compact_devices_table, obj, text
+from edge_contract.controller import DeviceSummary
+from fleet.view import compact_devices_table, text
 
 WIDTH = 80
 
@@ -44,7 +45,7 @@ class Frame:
     """One second of the demo."""
 
     elapsed: float
-    devices: list[dict[str, Any]]
+    devices: list[DeviceSummary]
     board: BoardState | None
     model_line: str
     model_version: str | None  # None until the model answers
@@ -163,14 +164,14 @@ class LineDisplay:
             changes.append(frame.ota_line)
         return changes
 
-    def _device_changes(self, devices: list[dict[str, Any]]) -> list[str]:
+    def _device_changes(self, devices: list[DeviceSummary]) -> list[str]:
         changes = []
         for device in devices:
-            device_id = text(device.get("device_id"), 64) or "?"
-            state = text(device.get("state"), 16) or "unknown"
+            device_id = text(device.device_id, 64) or "?"
+            state = text(device.state, 16) or "unknown"
             models = ", ".join(
                 f"{text(name, 24)} v{text(version, 12)}"
-                for name, version in sorted(obj(device.get("models")).items())
+                for name, version in sorted(device.models.items())
             )
             before = self._devices.get(device_id)
             self._devices[device_id] = (state, models)

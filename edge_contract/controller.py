@@ -1,20 +1,29 @@
-"""The controller's RPC requests: what the ``fleet`` CLI sends on ``fleet-controller/rpc/<method>``.
+"""The controller's RPC: what the ``fleet`` CLI sends on ``fleet-controller/rpc/<method>``, and
+what the controller answers.
 
-One strict model per method (unknown fields refused, every field typed and bounded). The CLI
-builds them; the controller validates each request body into its method's model before any
-use case runs, and refuses a bad one with reason ``schema`` naming the offending field. A
-mutating request travels inside the signed operator envelope (``fleet.operators``): its
-``body`` is the model's JSON. Pure: no IO.
+Requests: one strict model per method (unknown fields refused, every field typed and
+bounded). The CLI builds them; the controller validates each request body into its method's
+model before any use case runs, and refuses a bad one with reason ``schema`` naming the
+offending field. A mutating request travels inside the signed operator envelope
+(``fleet.operators``): its ``body`` is the model's JSON.
+
+Replies: one strict model per method (``RPC_REPLIES``). The controller's use cases return them
+(the store's rows, ``DeviceSummary`` and the rest, are these models too); the RPC front end
+sends ``{"ok": true, ...reply}``; the CLI validates the body back into the same model, so a
+garbled reply is refused naming its field. The documents a device sent (status, telemetry,
+reported state, events) travel as ``JsonObject``: any JSON, read defensively by the views.
+Pure: no IO.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, ValidationError
 
 from edge_contract.errors import PayloadError
-from edge_contract.payloads import schema_problem
+from edge_contract.payloads import decode_object, schema_problem
 from edge_contract.topics import DEVICE_ID_PATTERN
 
 # A device id as the controller's commands take it. Deliberately looser than the topic
@@ -86,10 +95,11 @@ class OperatorRemoveRequest(_Request):
 
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
+ReplyT = TypeVar("ReplyT", bound=BaseModel)
 
 
-def decode_request(method: str, model: type[RequestT], body: dict[str, Any]) -> RequestT:
-    """Validate a decoded request ``body`` into ``model``.
+def decode_request(method: str, model: type[RequestT], body: Mapping[str, object]) -> RequestT:
+    """Validate a decoded request (or reply) ``body`` into ``model``.
 
     Raises:
         PayloadError: reason ``schema``, the message naming the method and the first bad field.
@@ -100,3 +110,231 @@ def decode_request(method: str, model: type[RequestT], body: dict[str, Any]) -> 
         raise PayloadError(
             f"{method}: {schema_problem(exc)}", excerpt=repr(body)[:80], reason="schema"
         ) from None
+
+
+# -- replies ---------------------------------------------------------------------------------
+
+# A JSON object as a device sent it (stored, then shown): any JSON value under string keys.
+JsonObject = dict[str, JsonValue]
+ACCEPTED, PENDING = "accepted", "pending"
+
+
+class _Reply(BaseModel):
+    # Strict and closed like the requests: a reply is input to the CLI, from the broker.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class DeviceSummary(_Reply):
+    """One line of ``fleet devices list``; ``None`` where the device has not said."""
+
+    device_id: str
+    online: bool
+    state: str
+    agent_version: str | None
+    last_telemetry_age_s: float | None
+    last_seq: int | None
+    cpu_percent: int | float | None
+    memory_percent: int | float | None
+    temperature_c: int | float | None
+    health: str | None
+    queue_depth: int | float | None
+    models: JsonObject
+    duplicates: int
+    admission: str = PENDING
+
+
+class DesiredRow(_Reply):
+    """The desired state the controller last sent a device for one model."""
+
+    counter: int
+    model: str
+    version: str
+    action: str
+
+
+class DeviceDetail(_Reply):
+    """``fleet devices show``: the summary and the stored documents (None where absent)."""
+
+    summary: DeviceSummary
+    reported: JsonObject | None
+    desired: DesiredRow | None  # the newest, whatever the model
+    status: JsonObject | None
+    telemetry: JsonObject | None
+    events: list[JsonObject | None]
+
+
+class Operator(_Reply):
+    """A trusted operator key."""
+
+    name: str
+    key_id: str
+    public_key: str
+    added: float
+
+
+class StoredDeadLetter(_Reply):
+    """A refused message as kept: the first bytes of its payload, decoded leniently."""
+
+    topic: str
+    reason: str
+    detail: str
+    excerpt: str
+    retained: bool
+    received: float
+
+
+class DevicesReply(_Reply):
+    """``devices-list``."""
+
+    devices: list[DeviceSummary]
+
+
+class DeviceReply(_Reply):
+    """``devices-show``."""
+
+    device: DeviceDetail
+
+
+class Rejected(_Reply):
+    total: int
+    by_reason: dict[str, int]
+
+
+class StatusReply(_Reply):
+    """``controller-status``: what was refused since the start, and the newest dead letters."""
+
+    rejected: Rejected
+    dead_letters: list[StoredDeadLetter]
+
+
+class OperatorsReply(_Reply):
+    """``operators-list``."""
+
+    operators: list[Operator]
+
+
+class Skipped(_Reply):
+    device_id: str
+    reason: str
+
+
+class DeployReply(_Reply):
+    """``deploy``: the devices a release is now desired on, those ``--all`` left out and why."""
+
+    model: str
+    version: str
+    target: str
+    devices: list[str]
+    skipped: list[Skipped]
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
+
+
+class RollbackReply(_Reply):
+    """``rollback``: the version ``device_id`` is sent back to."""
+
+    device_id: str
+    model: str
+    version: str
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
+
+
+class AcceptReply(_Reply):
+    """``devices-accept``: ``changed`` is False when the device already was accepted."""
+
+    device_id: str
+    admission: str
+    changed: bool
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
+
+
+class OperatorAddedReply(_Reply):
+    """``operators-add``."""
+
+    name: str
+    key_id: str
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
+
+
+class OperatorRemovedReply(_Reply):
+    """``operators-remove``."""
+
+    name: str
+    removed: bool
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
+
+
+# The replies of the methods that change the fleet (signed by an operator over MQTT).
+SignedReply = DeployReply | RollbackReply | AcceptReply | OperatorAddedReply | OperatorRemovedReply
+Reply = (
+    DevicesReply
+    | DeviceReply
+    | StatusReply
+    | OperatorsReply
+    | DeployReply
+    | RollbackReply
+    | AcceptReply
+    | OperatorAddedReply
+    | OperatorRemovedReply
+)
+
+
+class Refusal(_Reply):
+    """Any method's answer when it did not run: ``{"ok": false, "error", "kind", ...}``.
+
+    ``kind`` is the controller's error class (``UnknownDeviceError``, ``OperatorRefusedError``,
+    ``InternalError``, ...); ``reason`` and ``detail`` come with an operator refusal, and
+    ``device_id`` with an unknown or pending device.
+    """
+
+    ok: Literal[False] = False
+    error: str
+    kind: str
+    reason: str | None = None
+    detail: str | None = None
+    device_id: str | None = None
+
+
+# Each method's reply model: what the CLI validates an ``ok: true`` answer into.
+RPC_REPLIES: dict[str, type[Reply]] = {
+    "devices-list": DevicesReply,
+    "devices-show": DeviceReply,
+    "controller-status": StatusReply,
+    "operators-list": OperatorsReply,
+    "deploy": DeployReply,
+    "rollback": RollbackReply,
+    "devices-accept": AcceptReply,
+    "operators-add": OperatorAddedReply,
+    "operators-remove": OperatorRemovedReply,
+}
+
+
+def decode_reply(method: str, model: type[ReplyT], payload: bytes) -> ReplyT | Refusal:
+    """The controller's answer to ``method``: ``model`` when it ran, else its ``Refusal``.
+
+    Bounded like every payload (``edge_contract.payloads.decode_object``: size, depth,
+    numbers), then validated strictly.
+
+    Raises:
+        PayloadError: not a JSON object within the limits, or reason ``schema`` naming the
+            method and the first bad field.
+    """
+    answer = decode_object(payload)
+    if answer.get("ok") is True:
+        return decode_request(method, model, {k: v for k, v in answer.items() if k != "ok"})
+    return decode_request(method, Refusal, answer)
+
+
+def reply_body(reply: BaseModel) -> dict[str, JsonValue]:
+    """The reply as the JSON object the controller sends (before its ``ok``), field for field
+    in declaration order."""
+    return reply.model_dump()

@@ -159,7 +159,7 @@ class CaptureUploadReply(CommandReply):
     uploaded: Count
 
 
-REPLIES: dict[str, tuple[type[CommandReply], ...]] = {
+COMMAND_REPLIES: dict[str, tuple[type[CommandReply], ...]] = {
     "ping": (PingReply,),
     "health": (HealthReply,),
     "capture": (CaptureListReply, CaptureClearReply, CaptureUploadReply),

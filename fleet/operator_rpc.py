@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
+from edge_contract.controller import JsonObject, SignedReply
 from edge_contract.errors import PayloadError
 from fleet.errors import FleetError, OperatorRefusedError
 from fleet.operators import Verified, verify_request
@@ -24,7 +24,8 @@ from fleet.store import FleetStore
 
 log = structlog.get_logger("fleet.service")
 
-Outcome = tuple[dict[str, Any], list[tuple[str, bytes]]]
+# A use case's reply and the messages (topic, payload) it hands the front end to publish.
+Outcome = tuple[SignedReply, list[tuple[str, bytes]]]
 # A request that changes anything: run only once ``verify_request`` accepted its signature.
 SignedRpc = Callable[[Verified], Outcome]
 
@@ -48,7 +49,7 @@ class OperatorGate:
         self._clock = clock
         self.refused: Counter[str] = Counter()  # by reason: unsigned, replayed, ...
 
-    def run(self, method: str, request: dict[str, Any], handler: SignedRpc) -> Outcome:
+    def run(self, method: str, request: JsonObject, handler: SignedRpc) -> Outcome:
         """Verify, then run ``handler``; the reply names the operator.
 
         Raises:
@@ -57,15 +58,15 @@ class OperatorGate:
         """
         verified = self._authorize(method, request)
         try:
-            body, messages = handler(verified)
+            reply, messages = handler(verified)
         except (FleetError, PayloadError) as exc:
             self._audit(verified.operator, method, "failed", str(exc))
             raise
         self._audit(verified.operator, method, "ok", "")
         log.info("controller.operator_request", operator=verified.operator, method=method)
-        return {**body, "operator": verified.operator}, messages
+        return reply.model_copy(update={"operator": verified.operator}), messages
 
-    def _authorize(self, method: str, request: dict[str, Any]) -> Verified:
+    def _authorize(self, method: str, request: JsonObject) -> Verified:
         now = self._clock()
         try:
             verified = verify_request(

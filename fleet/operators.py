@@ -29,13 +29,14 @@ import re
 import secrets
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge_contract.controller import JsonObject
 from fleet.errors import OperatorKeyError, OperatorRefusedError
 
 ENVELOPE_VERSION = 1
@@ -57,7 +58,7 @@ class SignedRequest(BaseModel):
     method: str = Field(min_length=1, max_length=64)
     ts: int = Field(ge=0, le=2**62)
     nonce: str = Field(pattern=r"^[0-9a-f]{32,64}$")
-    body: dict[str, Any]
+    body: JsonObject
     sig: str = Field(min_length=1, max_length=200)
 
 
@@ -78,7 +79,7 @@ class Verified:
     method: str
     nonce: str
     ts: int
-    body: dict[str, Any]
+    body: JsonObject
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def check_name(name: str) -> str:
 
 
 def signing_bytes(
-    *, operator: str | None, key: str, method: str, ts: int, nonce: str, body: dict[str, Any]
+    *, operator: str | None, key: str, method: str, ts: int, nonce: str, body: JsonObject
 ) -> bytes:
     """The exact bytes a signature covers: domain tag + canonical JSON of every field."""
     fields = {
@@ -179,12 +180,12 @@ def signing_bytes(
 def sign_request(
     private: Ed25519PrivateKey,
     method: str,
-    body: dict[str, Any],
+    body: JsonObject,
     *,
     now: float,
     operator: str | None = None,
     nonce: str | None = None,
-) -> dict[str, Any]:
+) -> JsonObject:
     """The envelope of ``body`` for ``method``, signed now with a fresh random nonce."""
     kid = key_id(public_key_text(private.public_key()))
     ts, nonce = int(now), nonce or secrets.token_hex(16)
@@ -204,7 +205,7 @@ def sign_request(
 
 
 def verify_request(
-    request: dict[str, Any],
+    request: JsonObject,
     *,
     method: str,
     trusted: Mapping[str, TrustedKey],

@@ -23,15 +23,23 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from pydantic import JsonValue
 
-from edge_contract.controller import DeployRequest, RollbackRequest
+from edge_contract.controller import (
+    DeployReply,
+    DeployRequest,
+    JsonObject,
+    RollbackReply,
+    RollbackRequest,
+    Skipped,
+)
 from edge_contract.desired import DesiredModel, DesiredState
 from edge_contract.errors import TopicError
 from edge_contract.release import CUSTOM_KEY
 from edge_contract.topics import Channel, parse, topic_for
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
-from fleet.app.replies import DeployReply, Publish, RollbackReply, Skipped
+from fleet.app.replies import Publish
 from fleet.config import OtaOptions
 from fleet.errors import DeviceNotAcceptedError, FleetError, UnknownDeviceError
 from fleet.release.allocator import keep_large_buffers
@@ -115,16 +123,16 @@ class ReleaseService:
         device_id = request.device_id
         self._require_accepted(device_id)
         detail = self._store.device_detail(device_id, events=0)
-        models = (detail.reported or {}).get("models") or {}
+        models = _object((detail.reported or {}).get("models"))
         name = request.model or (next(iter(models)) if len(models) == 1 else None)
         if not isinstance(name, str) or name not in models:
             raise FleetError(
                 f"{device_id} reports no OTA model {name!r} (it reports {sorted(models)})"
             )
-        previous = (models[name] or {}).get("previous")
+        previous = _object(_object(models[name]).get("previous"))
         if not previous:
             raise FleetError(f"{device_id} reports no previous committed version of {name}")
-        version = str(previous["version"])
+        version = str(previous.get("version"))
         with repository_lock(self._dir):
             repo = Repository.open(self._dir)
             target = _find_target(repo, name, version)
@@ -204,3 +212,8 @@ def _find_target(repo: Repository, name: str, version: str) -> str:
         if fields.get("name") == name and fields.get("version") == version:
             return path
     raise FleetError(f"no signed release {name}@{version} in {repo.metadata_dir.parent}")
+
+
+def _object(value: JsonValue) -> JsonObject:
+    """``value`` if it is a JSON object (the stored reported state is read defensively)."""
+    return value if isinstance(value, dict) else {}

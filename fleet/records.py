@@ -1,8 +1,9 @@
 """The controller store's interface: ``FleetStore``, what goes in and the typed rows out.
 
-``fleet.store`` implements it. The rows are frozen dataclasses: the RPC front end turns them
-into the JSON replies with ``dataclasses.asdict`` (field order is the reply's key order, so
-the replies stay as they were). Reads are defensive: a stored value that is not what
+``fleet.store`` implements it. The rows a reply carries (``DeviceSummary``, ``DeviceDetail``,
+``DesiredRow``, ``Operator``, ``StoredDeadLetter``) are the wire contract's reply models
+(``edge_contract.controller``), re-exported here: the use cases hand them on as they are.
+The rest are frozen dataclasses. Reads are defensive: a stored value that is not what
 today's ingest writes is shown as a missing value, never an exception.
 """
 
@@ -13,10 +14,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from edge_contract.controller import (
+    ACCEPTED,
+    PENDING,
+    DesiredRow,
+    DeviceDetail,
+    DeviceSummary,
+    JsonObject,
+    Operator,
+    StoredDeadLetter,
+)
 from edge_runtime.mqtt.rejections import DeadLetter
 from fleet.operators import TrustedKey
 
-ACCEPTED, PENDING = "accepted", "pending"
+__all__ = [
+    "ACCEPTED",
+    "PENDING",
+    "DesiredRow",
+    "DeviceDetail",
+    "DeviceSummary",
+    "FleetStore",
+    "Inbound",
+    "JsonObject",
+    "Operator",
+    "OperatorLogEntry",
+    "Retention",
+    "StoredDeadLetter",
+    "device_summary",
+    "document",
+]
 
 
 @dataclass(frozen=True)
@@ -34,7 +60,7 @@ class Inbound:
 
     device_id: str
     kind: str  # "status" | "telemetry" | "events" | "reported"
-    body: dict[str, Any]
+    body: JsonObject
     received: float
 
 
@@ -89,68 +115,6 @@ class FleetStore(Protocol):
 
 
 @dataclass(frozen=True)
-class DeviceSummary:
-    """One line of ``fleet devices list``."""
-
-    device_id: str
-    online: bool
-    state: str
-    agent_version: str | None
-    last_telemetry_age_s: float | None
-    last_seq: int | None
-    cpu_percent: int | float | None
-    memory_percent: int | float | None
-    temperature_c: int | float | None
-    health: str | None
-    queue_depth: int | float | None
-    models: dict[str, Any]
-    duplicates: int
-    admission: str = PENDING
-
-
-@dataclass(frozen=True)
-class DesiredRow:
-    """The desired state the controller last sent a device for one model."""
-
-    counter: int
-    model: str
-    version: str
-    action: str
-
-
-@dataclass(frozen=True)
-class DeviceDetail:
-    """``fleet devices show``: the summary and the stored documents (None where absent)."""
-
-    summary: DeviceSummary
-    reported: dict[str, Any] | None
-    desired: DesiredRow | None  # the newest, whatever the model
-    status: dict[str, Any] | None
-    telemetry: dict[str, Any] | None
-    events: list[dict[str, Any] | None]
-
-
-@dataclass(frozen=True)
-class Operator:
-    name: str
-    key_id: str
-    public_key: str
-    added: float
-
-
-@dataclass(frozen=True)
-class StoredDeadLetter:
-    """A refused message as kept: the first bytes of its payload, decoded leniently."""
-
-    topic: str
-    reason: str
-    detail: str
-    excerpt: str
-    retained: bool
-    received: float
-
-
-@dataclass(frozen=True)
 class OperatorLogEntry:
     id: int
     received: float
@@ -164,7 +128,8 @@ def device_summary(row: Mapping[Any, Any], now: float, admission: str) -> Device
     """The device-list view of one ``devices`` row; odd stored values read as missing."""
     telemetry = document(row["telemetry_json"]) or {}
     status = document(row["status_json"]) or {}
-    temps = [t for t in (_section(telemetry, "temperatures_c")).values() if _is_number(t)]
+    readings = _section(telemetry, "temperatures_c").values()
+    temps = [t for t in map(_number, readings) if t is not None]
     received = row["telemetry_received"]
     state = row["state"] if isinstance(row["state"], str) else None
     models = status.get("models")
@@ -186,7 +151,7 @@ def device_summary(row: Mapping[Any, Any], now: float, admission: str) -> Device
     )
 
 
-def document(text: object) -> dict[str, Any] | None:
+def document(text: object) -> JsonObject | None:
     """A stored JSON object, or None for anything else (NULL, not JSON, not an object)."""
     if not isinstance(text, str | bytes) or not text:
         return None
@@ -197,7 +162,7 @@ def document(text: object) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
+def _section(doc: JsonObject, key: str) -> JsonObject:
     value = doc.get(key)
     return value if isinstance(value, dict) else {}
 

@@ -4,8 +4,10 @@ Each call opens a short, non-persistent session with its own inbox topic, publis
 request with a response topic and random correlation data, and waits for the matching reply
 (replies with other correlation data are ignored, so a late answer to an earlier call cannot
 be mistaken for this one). Requests that change anything are signed with the operator's key
-(``fleet.operators``). When nothing answers, the error says whether the broker could not be
-reached at all or the broker is up and no controller answered.
+(``fleet.operators``). The answer is decoded within the payload limits into the method's
+reply model (``edge_contract.controller``): a garbled one is an error naming the bad field.
+When nothing answers, the error says whether the broker could not be reached at all or the
+broker is up and no controller answered.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel
 
 from edge_contract import payloads
+from edge_contract.controller import JsonObject, Refusal, decode_reply
 from edge_contract.errors import PayloadError
 from edge_contract.topics import controller_rpc, reply_inbox
 from edge_runtime.errors import MqttError
@@ -39,6 +43,7 @@ from fleet.errors import (
 from fleet.operators import sign_request
 
 _PROBE_TIMEOUT_S = 2.0
+ReplyT = TypeVar("ReplyT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -48,18 +53,22 @@ class OperatorSigner:
     key: Ed25519PrivateKey
     name: str | None = None
 
-    def sign(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    def sign(self, method: str, body: JsonObject) -> JsonObject:
         return sign_request(self.key, method, body, now=time.time(), operator=self.name)
 
 
 async def call(
     config: FleetConfig,
     method: str,
-    request: dict[str, Any],
+    request: BaseModel | JsonObject,
+    reply: type[ReplyT],
     *,
     signer: OperatorSigner | None = None,
-) -> dict[str, Any]:
-    """Ask the controller (signed with ``signer`` when given); returns the reply body.
+) -> ReplyT:
+    """Ask the controller (signed with ``signer`` when given); returns its ``reply``.
+
+    ``request`` is the method's request model, or a JSON object as it is (the tests of the
+    controller's refusals send ones no model would build).
 
     Raises:
         BrokerUnreachableError: no MQTT connection to the broker within the timeout.
@@ -67,30 +76,42 @@ async def call(
         UnknownDeviceError: the controller does not know the device asked about.
         DeviceNotAcceptedError: the device is pending (deploy, rollback).
         OperatorRefusedError: the controller refused the request's signature.
-        FleetError: the controller answered with another error.
+        FleetError: the controller answered with another error, or a malformed reply (the
+            message names the bad field).
     """
-    payload = signer.sign(method, request) if signer is not None else request
-    reply = await _exchange(config, method, payload)
-    if not reply.get("ok"):
-        raise _reply_error(reply)
-    return reply
+    body = request.model_dump(exclude_none=True) if isinstance(request, BaseModel) else request
+    payload = signer.sign(method, body) if signer is not None else body
+    answer = await _exchange(config, method, payload)
+    decoded = read_reply(method, reply, answer)
+    if isinstance(decoded, Refusal):
+        raise _reply_error(decoded)
+    return decoded
 
 
-async def _exchange(config: FleetConfig, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+def read_reply(method: str, reply: type[ReplyT], payload: bytes) -> ReplyT | Refusal:
+    """The controller's answer as ``reply`` or a ``Refusal``.
+
+    Raises:
+        FleetError: the answer is not a valid reply; the message names the bad field.
+    """
+    try:
+        return decode_reply(method, reply, payload)
+    except PayloadError as exc:
+        raise FleetError(f"malformed reply from the controller: {exc}") from None
+
+
+async def _exchange(config: FleetConfig, method: str, payload: JsonObject) -> bytes:
     client_id = f"fleet-cli-{secrets.token_hex(6)}"
     link = MqttLink(link_settings_for(config, client_id=client_id, persistent=False))
     correlation = secrets.token_bytes(16)
     inbox = reply_inbox(client_id)
-    answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     connected = False
 
     def on_message(message: InboundMessage) -> None:
         if message.correlation_data != correlation or answer.done():
             return
-        try:
-            answer.set_result(payloads.decode_object(message.payload))
-        except PayloadError as exc:
-            answer.set_exception(FleetError(f"malformed reply from the controller: {exc}"))
+        answer.set_result(bytes(message.payload))  # decoded (bounded) by read_reply
 
     link.set_message_handler(on_message)
     link.add_subscription(inbox, qos=1)
@@ -136,13 +157,13 @@ async def _why_unreachable(config: FleetConfig) -> str:
     return f"TCP connects but no MQTT session within {config.rpc_timeout_s:g}s"
 
 
-def _reply_error(reply: dict[str, Any]) -> FleetError:
+def _reply_error(refusal: Refusal) -> FleetError:
     """The typed error for an ``ok: false`` reply."""
-    kind, device = reply.get("kind"), reply.get("device_id")
-    if kind == "UnknownDeviceError" and isinstance(device, str):
+    kind, device = refusal.kind, refusal.device_id
+    if kind == "UnknownDeviceError" and device is not None:
         return UnknownDeviceError(device)
-    if kind == "DeviceNotAcceptedError" and isinstance(device, str):
+    if kind == "DeviceNotAcceptedError" and device is not None:
         return DeviceNotAcceptedError(device)
     if kind == "OperatorRefusedError":
-        return OperatorRefusedError(str(reply.get("reason")), str(reply.get("detail")))
-    return FleetError(f"controller error: {reply.get('error')}")
+        return OperatorRefusedError(str(refusal.reason), str(refusal.detail))
+    return FleetError(f"controller error: {refusal.error}")

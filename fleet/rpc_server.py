@@ -12,30 +12,36 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 from pydantic import BaseModel
 
 from edge_contract import payloads
 from edge_contract.controller import (
+    AcceptReply,
     AcceptRequest,
     DeployRequest,
     DevicesListRequest,
+    JsonObject,
     OperatorAddRequest,
     OperatorRemoveRequest,
     OperatorsListRequest,
+    Refusal,
+    Reply,
     RollbackRequest,
     ShowRequest,
+    SignedReply,
     StatusRequest,
     decode_request,
+    reply_body,
 )
 from edge_contract.errors import PayloadError, TopicError
 from edge_contract.topics import parse_controller_rpc
 from edge_runtime.errors import MqttError
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
-from fleet.app.replies import AcceptReply, Publish, Reply, to_json
+from fleet.app.replies import Publish
 from fleet.app.usecases import FleetApp
 from fleet.errors import (
     DeviceNotAcceptedError,
@@ -50,8 +56,8 @@ from fleet.operators import Verified
 log = structlog.get_logger("fleet.service")
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
-# One method: the request body as decoded JSON -> the reply's JSON and messages to publish.
-Handler = Callable[[dict[str, Any]], Outcome]
+# One method: the request body as decoded JSON -> the typed reply and messages to publish.
+Handler = Callable[[JsonObject], tuple[Reply, list[Publish]]]
 # Count and dead-letter a request (the ingest's ledger): message, reason, detail.
 Reject = Callable[[InboundMessage, str, str], None]
 
@@ -103,22 +109,23 @@ class RpcServer:
         self,
         method: str,
         model: type[RequestT],
-        use: Callable[[RequestT, Verified], tuple[Reply, list[Publish]]],
+        use: Callable[[RequestT, Verified], tuple[SignedReply, list[Publish]]],
     ) -> Handler:
         """A mutating method: the gate verifies the envelope, then its body is the request."""
 
         def verified(request: Verified) -> Outcome:
-            reply, messages = use(decode_request(method, model, request.body), request)
-            return to_json(reply), messages
+            return use(decode_request(method, model, request.body), request)
 
         return lambda body: self._gate.run(method, body, verified)
 
-    def _accept(self, request: AcceptRequest, verified: Verified) -> tuple[Reply, list[Publish]]:
+    def _accept(
+        self, request: AcceptRequest, verified: Verified
+    ) -> tuple[SignedReply, list[Publish]]:
         reply: AcceptReply = self.app.accept_device(request, operator=verified.operator)
         log.info("controller.device_accepted", device=request.device_id, operator=verified.operator)
         return reply, []
 
-    def call(self, method: str, request: dict[str, Any]) -> Outcome:
+    def call(self, method: str, request: JsonObject) -> tuple[Reply, list[Publish]]:
         """Store thread: run one RPC; returns its reply and the messages to publish.
 
         Mutating methods pass the operator gate first (``fleet.operator_rpc``).
@@ -132,7 +139,8 @@ class RpcServer:
         """Loop thread: decode the request once, count a malformed one, then answer it
         (``ok: false`` for a malformed one); a request without a response topic is only
         counted."""
-        method, request, problem = "", {}, None
+        method, problem = "", None
+        request: JsonObject = {}
         try:
             method = parse_controller_rpc(message.topic)
             request = payloads.decode_object(message.payload) if message.payload else {}
@@ -154,38 +162,39 @@ class RpcServer:
         message: InboundMessage,
         response_topic: str,
         method: str,
-        request: dict[str, Any],
+        request: JsonObject,
         problem: TopicError | PayloadError | None,
     ) -> None:
         try:
             if problem is not None:
                 raise problem
-            body, messages = await self._thread.run(lambda: self.call(method, request))
+            answer, messages = await self._thread.run(lambda: self.call(method, request))
             if messages and self.app.releases is not None:
                 self.app.releases.publish(messages)
-            reply: dict[str, Any] = {"ok": True, **body}
+            reply: JsonObject = {"ok": True, **reply_body(answer)}
         except (FleetError, TopicError, PayloadError) as exc:
             reply = self._refusal(message, exc)
         except Exception as exc:  # every request gets an answer
             log.exception("controller.rpc_failed", topic=message.topic)
-            reply = {"ok": False, "error": repr(exc)[:300], "kind": "InternalError"}
+            reply = Refusal(error=repr(exc)[:300], kind="InternalError").model_dump()
         options = PublishOptions(correlation_data=message.correlation_data, message_expiry_s=30)
         try:
             self._link.publish(response_topic, payloads.encode(reply), options=options)
         except MqttError as exc:
             log.warning("controller.reply_failed", error=str(exc))
 
-    def _refusal(self, message: InboundMessage, exc: Exception) -> dict[str, Any]:
-        reply: dict[str, Any] = {"ok": False, "error": str(exc), "kind": type(exc).__name__}
+    def _refusal(self, message: InboundMessage, exc: Exception) -> JsonObject:
+        refusal = Refusal(error=str(exc), kind=type(exc).__name__)
         if isinstance(exc, OperatorRefusedError):
-            reply["reason"], reply["detail"] = exc.reason, exc.detail
+            refusal = refusal.model_copy(update={"reason": exc.reason, "detail": exc.detail})
             # Counted with every other refused message (the gate keeps the audit log).
             self._reject(message, "unauthorized", f"{exc.reason}: {exc.detail}")
         if isinstance(exc, UnknownDeviceError | DeviceNotAcceptedError):
-            reply["device_id"] = exc.device_id  # the CLI names the device from this
-        return reply
+            # The CLI names the device from this.
+            refusal = refusal.model_copy(update={"device_id": exc.device_id})
+        return refusal.model_dump(exclude_none=True)
 
 
 def _read(method: str, model: type[RequestT], use: Callable[[RequestT], Reply]) -> Handler:
     """A read-only method: its body is the request."""
-    return lambda body: (to_json(use(decode_request(method, model, body))), [])
+    return lambda body: (use(decode_request(method, model, body)), [])

@@ -202,8 +202,8 @@ class SqlFleetStore:
 
     def _telemetry(self, db: Connection, item: Inbound) -> None:
         body = item.body
-        seq = int(body["seq"])
-        if not 0 <= seq <= payloads.INT_MAX:
+        seq = body.get("seq")  # validated at ingest (TelemetryMessage): an int in range
+        if not isinstance(seq, int) or not 0 <= seq <= payloads.INT_MAX:
             raise StoreError(f"telemetry seq {seq} outside 0..2^63-1", path=self._path)
         ts_epoch = _epoch(body.get("ts"))
         added = db.execute(

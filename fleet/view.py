@@ -1,9 +1,12 @@
 """Renderings of the device view for people: the CLI's tables, ``devices show``, the demo's table.
 
-Everything shown here came from devices, through the broker, so it is treated as untrusted:
-values are read with getters that accept any type (telemetry may be partial, or from an older
-or newer agent), and device strings go to the terminal as plain text, never as markup, with
-control characters replaced and lengths bounded.
+The views take the controller's typed replies (``edge_contract.controller``: ``DeviceSummary``,
+``DeviceDetail``), the same whether the CLI asked over MQTT or read the database (``--db``).
+Everything in them came from devices, through the broker, so it is treated as untrusted: the
+documents a device sent (status, telemetry, reported state, events: ``JsonObject``) are read
+with getters that accept any JSON (telemetry may be partial, or from an older or newer
+agent), and device strings go to the terminal as plain text, never as markup, with control
+characters replaced and lengths bounded.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import json
 import math
 import time
 import unicodedata
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from edge_contract.controller import DesiredRow, DeviceDetail, DeviceSummary, JsonObject
 
 # Events shown by ``devices show``; ``--raw`` has them all.
 SHOWN_EVENTS = 5
@@ -30,7 +35,7 @@ LABEL_WIDTH = 11
 # -- defensive getters ------------------------------------------------------------------------
 
 
-def obj(value: object) -> dict[str, Any]:
+def obj(value: object) -> JsonObject:
     """``value`` if it is a JSON object, else an empty one."""
     return value if isinstance(value, dict) else {}
 
@@ -70,7 +75,7 @@ def parse_ts(value: object) -> datetime | None:
 # -- formatting ---------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+def _fmt(value: object, unit: str = "", digits: int = 1) -> str:
     number = num(value)
     if number is None:
         return text(value) or "-"
@@ -131,9 +136,9 @@ def _models_cell(models: object, separator: str = ", ") -> Text:
     return Text(separator.join(shown) or "-")
 
 
-def _state_cell(device: dict[str, Any]) -> Text:
-    state = text(device.get("state"), 16) or "unknown"
-    if device.get("online") is True:
+def _state_cell(device: DeviceSummary) -> Text:
+    state = text(device.state, 16) or "unknown"
+    if device.online:
         return Text("online", style="green")
     return Text(state, style="yellow" if state == "pending" else "red")
 
@@ -141,10 +146,10 @@ def _state_cell(device: dict[str, Any]) -> Text:
 # -- tables -------------------------------------------------------------------------------------
 
 
-def devices_table(devices: list[dict[str, Any]], title: str = "Devices") -> Table:
+def devices_table(devices: Sequence[DeviceSummary], title: str = "Devices") -> Table:
     """One row per device, every summary column (``fleet devices list``)."""
     table = Table(title=title)
-    ids = [text(d.get("device_id"), 64) or "?" for d in devices]
+    ids = [text(d.device_id, 64) or "?" for d in devices]
     # Ids and states are what a reader looks for: never shortened, even in a narrow terminal.
     table.add_column("device", no_wrap=True, min_width=max([6, *map(len, ids)]))
     table.add_column("state", no_wrap=True, min_width=7)
@@ -152,30 +157,30 @@ def devices_table(devices: list[dict[str, Any]], title: str = "Devices") -> Tabl
         table.add_column(column)
     table.add_column("agent")
     for device_id, d in zip(ids, devices, strict=True):
-        seen = num(d.get("last_telemetry_age_s"))
+        seen = num(d.last_telemetry_age_s)
         table.add_row(
             Text(device_id),
             _state_cell(d),
             "-" if seen is None else f"{seen:.1f}s ago",
-            _fmt(d.get("cpu_percent"), "%"),
-            _fmt(d.get("memory_percent"), "%"),
-            _fmt(d.get("temperature_c"), "°C"),
-            Text(text(d.get("health"), 16) or "-"),
-            _fmt(d.get("queue_depth")),
-            _models_cell(d.get("models")),
-            Text(text(d.get("agent_version"), 24) or "-"),
+            _fmt(d.cpu_percent, "%"),
+            _fmt(d.memory_percent, "%"),
+            _fmt(d.temperature_c, "°C"),
+            Text(text(d.health, 16) or "-"),
+            _fmt(d.queue_depth),
+            _models_cell(d.models),
+            Text(text(d.agent_version, 24) or "-"),
         )
     return table
 
 
-def compact_devices_table(devices: list[dict[str, Any]], title: str = "Devices") -> Table:
+def compact_devices_table(devices: Sequence[DeviceSummary], title: str = "Devices") -> Table:
     """The essentials in 80 columns: device, state, age, cpu, memory, temperature, models.
 
     The demo's live table. Nothing essential is cut short: the id and state columns never
     shrink, the figures are short by construction, and the models column wraps.
     """
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    ids = [text(d.get("device_id"), 64) or "?" for d in devices]
+    ids = [text(d.device_id, 64) or "?" for d in devices]
     # Every column keeps its full width; only an id longer than 24 characters folds.
     longest = max([6, *map(len, ids)])
     table.add_column("device", overflow="fold", min_width=min(longest, 24))
@@ -184,17 +189,15 @@ def compact_devices_table(devices: list[dict[str, Any]], title: str = "Devices")
         table.add_column(column, no_wrap=True, justify="right", min_width=width)
     table.add_column("models", overflow="fold", min_width=12)
     for device_id, d in zip(ids, devices, strict=True):
-        cpu, memory, temp = (
-            num(d.get(key)) for key in ("cpu_percent", "memory_percent", "temperature_c")
-        )
+        cpu, memory, temp = (num(x) for x in (d.cpu_percent, d.memory_percent, d.temperature_c))
         table.add_row(
             Text(device_id),
             _state_cell(d),
-            age(d.get("last_telemetry_age_s")),
+            age(d.last_telemetry_age_s),
             "-" if cpu is None else f"{cpu:.0f}%",
             "-" if memory is None else f"{memory:.0f}%",
             "-" if temp is None else f"{temp:.0f}°C",
-            _models_cell(d.get("models"), "\n"),
+            _models_cell(d.models, "\n"),
         )
     return table
 
@@ -202,12 +205,10 @@ def compact_devices_table(devices: list[dict[str, Any]], title: str = "Devices")
 # -- devices show -------------------------------------------------------------------------------
 
 
-def device_detail_lines(detail: dict[str, Any], now: float | None = None) -> list[Text]:
+def device_detail_lines(detail: DeviceDetail, now: float | None = None) -> list[Text]:
     """The human view of one device: about 20 lines; see ``device_detail_view``."""
     now = time.time() if now is None else now
-    detail = obj(detail)
-    summary, status = obj(detail.get("summary")), obj(detail.get("status"))
-    telemetry = obj(detail.get("telemetry"))
+    summary, status, telemetry = detail.summary, detail.status or {}, detail.telemetry or {}
     lines = [_header(summary, status, now)]
     rows: list[tuple[str, str]] = []
     rows += _health_rows(telemetry, summary)
@@ -216,8 +217,8 @@ def device_detail_lines(detail: dict[str, Any], now: float | None = None) -> lis
     rows += _serial_rows(obj(telemetry.get("serial")))
     rows += _pipeline_rows(obj(telemetry.get("pipelines")))
     rows += _model_rows(obj(telemetry.get("inference")), obj(status.get("models")))
-    rows += _ota_rows(obj(detail.get("reported")), detail.get("desired"), now)
-    rows += _event_rows(detail.get("events"))
+    rows += _ota_rows(detail.reported or {}, detail.desired, now)
+    rows += _event_rows(detail.events)
     for label, value in rows:
         line = Text(f"{label:<{LABEL_WIDTH}}", style="bold")
         line.append(value)
@@ -225,16 +226,16 @@ def device_detail_lines(detail: dict[str, Any], now: float | None = None) -> lis
     return lines
 
 
-def device_detail_view(console: Console, detail: dict[str, Any], now: float | None = None) -> None:
+def device_detail_view(console: Console, detail: DeviceDetail, now: float | None = None) -> None:
     """Identity, state, resources, link, models, OTA and the latest events of one device."""
     for line in device_detail_lines(detail, now):
         # One line per row: an event line that does not fit is cut, not wrapped.
         console.print(line, no_wrap=True, overflow="ellipsis", highlight=False)
 
 
-def _header(summary: dict[str, Any], status: dict[str, Any], now: float) -> Text:
-    device_id = text(summary.get("device_id") or status.get("device_id"), 64) or "?"
-    state = text(status.get("state") or summary.get("state"), 16) or "unknown"
+def _header(summary: DeviceSummary, status: JsonObject, now: float) -> Text:
+    device_id = text(summary.device_id or status.get("device_id"), 64) or "?"
+    state = text(status.get("state") or summary.state, 16) or "unknown"
     reason = text(status.get("reason"), 40)
     line = Text(device_id, style="bold")
     line.append("  ")
@@ -245,17 +246,17 @@ def _header(summary: dict[str, Any], status: dict[str, Any], now: float) -> Text
     # A Last Will's timestamp is from when the agent connected, not when it was lost.
     if since and reason != "connection lost":
         line.append(f" since {since}")
-    version = text(status.get("agent_version") or summary.get("agent_version"), 24)
+    version = text(status.get("agent_version") or summary.agent_version, 24)
     line.append(f", agent {version or '-'}")
-    admission = text(summary.get("admission"), 16)
+    admission = text(summary.admission, 16)
     if admission == "pending":  # not a deploy target until `fleet devices accept`
         line.append(", pending acceptance", style="yellow")
     return line
 
 
-def _health_rows(telemetry: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, str]]:
+def _health_rows(telemetry: JsonObject, summary: DeviceSummary) -> list[tuple[str, str]]:
     health = obj(telemetry.get("health"))
-    overall = text(health.get("status") or summary.get("health"), 16) or "-"
+    overall = text(health.get("status") or summary.health, 16) or "-"
     problems = [
         f"{text(name, 20)}: {text(obj(sub).get('reason'), 60) or text(obj(sub).get('status'))}"
         for name, sub in sorted(obj(health.get("subsystems")).items())
@@ -273,7 +274,7 @@ def _health_rows(telemetry: dict[str, Any], summary: dict[str, Any]) -> list[tup
     return rows
 
 
-def _resource_rows(telemetry: dict[str, Any]) -> list[tuple[str, str]]:
+def _resource_rows(telemetry: JsonObject) -> list[tuple[str, str]]:
     cpu, memory, disk = (obj(telemetry.get(key)) for key in ("cpu", "memory", "disk"))
     cores = num(cpu.get("count"))
     load = cpu.get("load")
@@ -316,9 +317,7 @@ def _resource_rows(telemetry: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _link_rows(
-    telemetry: dict[str, Any], summary: dict[str, Any], now: float
-) -> list[tuple[str, str]]:
+def _link_rows(telemetry: JsonObject, summary: DeviceSummary, now: float) -> list[tuple[str, str]]:
     link, queue = obj(telemetry.get("link")), obj(telemetry.get("queue"))
     connected = link.get("connected")
     link_text = "connected" if connected is True else "disconnected" if connected is False else "-"
@@ -337,13 +336,13 @@ def _link_rows(
     if telemetry:
         telemetry_text = f"seq {'-' if seq is None else f'{seq:.0f}'}"
         telemetry_text += f", measured {measured}" if measured else ""
-    received = num(summary.get("last_telemetry_age_s"))
+    received = num(summary.last_telemetry_age_s)
     if received is not None:
         telemetry_text += f", received {age(received)} ago"
     return [("mqtt", f"{link_text}; queue {queue_text}"), ("telemetry", telemetry_text)]
 
 
-def _serial_rows(serial: dict[str, Any]) -> list[tuple[str, str]]:
+def _serial_rows(serial: JsonObject) -> list[tuple[str, str]]:
     if not serial:
         return []
     parts = ["connected" if serial.get("connected") is True else "disconnected"]
@@ -365,7 +364,7 @@ def _serial_rows(serial: dict[str, Any]) -> list[tuple[str, str]]:
     return [("serial", ", ".join(parts))]
 
 
-def _pipeline_rows(pipelines: dict[str, Any]) -> list[tuple[str, str]]:
+def _pipeline_rows(pipelines: JsonObject) -> list[tuple[str, str]]:
     rows = []
     for name, raw in sorted(pipelines.items())[:SHOWN_PIPELINES]:
         p = obj(raw)
@@ -383,8 +382,9 @@ def _pipeline_rows(pipelines: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _model_rows(inference: dict[str, Any], status_models: dict[str, Any]) -> list[tuple[str, str]]:
-    entries = [obj(m) for m in inference.get("models") or [] if isinstance(m, dict)]
+def _model_rows(inference: JsonObject, status_models: JsonObject) -> list[tuple[str, str]]:
+    listed = inference.get("models")
+    entries = [obj(m) for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
     loaded = [m for m in entries if m.get("loaded") is True]
     if not loaded:
         names = _models_cell(status_models).plain
@@ -402,7 +402,7 @@ def _model_rows(inference: dict[str, Any], status_models: dict[str, Any]) -> lis
     return rows
 
 
-def _model_line(model: dict[str, Any]) -> str:
+def _model_line(model: JsonObject) -> str:
     name = f"{text(model.get('model'), 24) or '?'} v{text(model.get('version'), 12) or '?'}"
     quantiles = obj(model.get("latency_quantile_seconds"))
     p50, p95 = num(quantiles.get("0.5")), num(quantiles.get("0.95"))
@@ -420,7 +420,7 @@ def _model_line(model: dict[str, Any]) -> str:
     return line
 
 
-def _model_quality(model: dict[str, Any]) -> str:
+def _model_quality(model: JsonObject) -> str:
     parts = []
     accuracy = num(model.get("accuracy"))
     if accuracy is not None:
@@ -443,7 +443,9 @@ def _slot_version(entry: object) -> str:
     return version + (f" (slot {slot})" if slot else "")
 
 
-def _ota_rows(reported: dict[str, Any], desired: object, now: float) -> list[tuple[str, str]]:
+def _ota_rows(
+    reported: JsonObject, desired: DesiredRow | None, now: float
+) -> list[tuple[str, str]]:
     rows = []
     models = obj(reported.get("models"))
     for name, raw in sorted(models.items())[:SHOWN_MODELS]:
@@ -470,11 +472,10 @@ def _ota_rows(reported: dict[str, Any], desired: object, now: float) -> list[tup
             if reason:
                 line += f": {reason}: {text(result.get('detail'), 80) or ''}"
             rows.append(("", line))
-    wanted = obj(desired)
-    if wanted:
+    if desired is not None:
         line = (
-            f"{text(wanted.get('model'), 24)}@{text(wanted.get('version'), 12)} "
-            f"({text(wanted.get('action'), 16)}, counter {_fmt(wanted.get('counter'))})"
+            f"{text(desired.model, 24)}@{text(desired.version, 12)} "
+            f"({text(desired.action, 16)}, counter {_fmt(desired.counter)})"
         )
         if not models:
             line += "; the device has reported no OTA state"
@@ -482,8 +483,8 @@ def _ota_rows(reported: dict[str, Any], desired: object, now: float) -> list[tup
     return rows
 
 
-def _event_rows(events: object) -> list[tuple[str, str]]:
-    shown = [obj(e) for e in (events if isinstance(events, list) else [])][:SHOWN_EVENTS]
+def _event_rows(events: Sequence[JsonObject | None]) -> list[tuple[str, str]]:
+    shown = [obj(e) for e in events][:SHOWN_EVENTS]
     rows = []
     for index, event in enumerate(shown):
         extra = " ".join(

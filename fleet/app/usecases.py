@@ -15,29 +15,27 @@ from collections import Counter
 from collections.abc import Callable
 
 from edge_contract.controller import (
-    AcceptRequest,
-    DeployRequest,
-    DevicesListRequest,
-    OperatorAddRequest,
-    OperatorRemoveRequest,
-    OperatorsListRequest,
-    RollbackRequest,
-    ShowRequest,
-    StatusRequest,
-)
-from fleet.app.replies import (
     AcceptReply,
+    AcceptRequest,
     DeployReply,
+    DeployRequest,
     DeviceReply,
+    DevicesListRequest,
     DevicesReply,
     OperatorAddedReply,
+    OperatorAddRequest,
     OperatorRemovedReply,
+    OperatorRemoveRequest,
+    OperatorsListRequest,
     OperatorsReply,
-    Publish,
     Rejected,
     RollbackReply,
+    RollbackRequest,
+    ShowRequest,
     StatusReply,
+    StatusRequest,
 )
+from fleet.app.replies import Publish
 from fleet.errors import FleetError
 from fleet.operators import check_name, parse_public_key
 from fleet.ota import ReleaseService

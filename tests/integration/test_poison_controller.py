@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 
 from devtools.localbroker import PrivateBroker
 from edge_contract import payloads
+from edge_contract.controller import RPC_REPLIES
 from fleet import rpc
 from fleet.config import FleetConfig
 from fleet.errors import FleetError
@@ -141,7 +142,7 @@ class Publisher:
 
 def _call(port: int, method: str, request: dict[str, Any]) -> dict[str, Any]:
     config = FleetConfig(broker=f"mqtt://127.0.0.1:{port}", rpc_timeout_s=5.0)
-    return asyncio.run(rpc.call(config, method, request))
+    return asyncio.run(rpc.call(config, method, request, RPC_REPLIES[method])).model_dump()
 
 
 def _rejected(port: int) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +17,26 @@ import pytest
 
 from edge_contract import payloads
 from edge_contract.controller import (
+    AcceptReply,
     AcceptRequest,
+    DeployReply,
     DeployRequest,
     DevicesListRequest,
+    OperatorAddedReply,
     OperatorAddRequest,
+    OperatorRemovedReply,
     OperatorRemoveRequest,
     OperatorsListRequest,
+    RollbackReply,
     RollbackRequest,
     ShowRequest,
+    Skipped,
     StatusRequest,
     decode_request,
 )
 from edge_contract.errors import PayloadError
 from edge_runtime.mqtt.link import MqttLink
-from fleet.app.replies import (
-    AcceptReply,
-    DeployReply,
-    OperatorAddedReply,
-    OperatorRemovedReply,
-    RollbackReply,
-    Skipped,
-    to_json,
-)
+from fleet.app.replies import to_json
 from fleet.app.usecases import FleetApp
 from fleet.broker import link_settings_for
 from fleet.config import FleetConfig, OtaOptions
@@ -267,11 +264,21 @@ class TestRpcFrontEnd:
         _seen(controller.store, "pi-1")  # type: ignore[arg-type]
         body, messages = controller.rpc.call("devices-list", {})
         assert messages == []
-        assert body == {"devices": [asdict(d) for d in controller.store.list_devices()]}
+        listed = [d.model_dump() for d in controller.store.list_devices()]
+        assert to_json(body) == {"devices": listed}
+        # The summary's keys in the order the controller has always sent them.
+        assert list(listed[0]) == [
+            "device_id", "online", "state", "agent_version", "last_telemetry_age_s", "last_seq",
+            "cpu_percent", "memory_percent", "temperature_c", "health", "queue_depth", "models",
+            "duplicates", "admission",
+        ]  # fmt: skip
         shown, _ = controller.rpc.call("devices-show", {"device_id": "pi-1"})
         detail = controller.store.device_detail("pi-1")
-        assert shown == {"device": asdict(detail)}
-        assert to_json(controller.app.show_device(ShowRequest(device_id="pi-1"))) == shown
+        assert to_json(shown) == {"device": detail.model_dump()}
+        assert list(to_json(shown)["device"]) == [  # type: ignore[arg-type]
+            "summary", "reported", "desired", "status", "telemetry", "events",
+        ]  # fmt: skip
+        assert controller.app.show_device(ShowRequest(device_id="pi-1")) == shown
         controller.store.close()
 
     def test_a_bad_read_request_is_refused_naming_method_and_field(self, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +18,20 @@ from pydantic import BaseModel
 
 from edge_contract import fetchcodec, payloads
 from edge_contract.card import ModelCard, parse_card
+from edge_contract.controller import (
+    RPC_REPLIES,
+    DeployReply,
+    DevicesReply,
+    Refusal,
+    decode_reply,
+    reply_body,
+)
 from edge_contract.desired import DesiredState, envelope, parse_desired
 from edge_contract.errors import CardError, PayloadError, UpdateError
 from edge_contract.messages import MODELS, decode_device_message
 from edge_contract.release import CUSTOM_KEY, ModelRelease, chunk_hashes, release_from_custom
 from edge_contract.replies import (
-    REPLIES,
+    COMMAND_REPLIES,
     CapturedInput,
     CaptureListReply,
     CommandReply,
@@ -325,7 +334,7 @@ CASES: dict[str, Case] = {
     ),
     "reply_capture_clear": Case(
         valid={"ok": True, "command": "capture", "cleared": 2, **STAMP},
-        decode=_reply(REPLIES["capture"][1]),
+        decode=_reply(COMMAND_REPLIES["capture"][1]),
         encode=_reply_encode,
         error=PayloadError,
         reason="schema",
@@ -333,7 +342,7 @@ CASES: dict[str, Case] = {
     ),
     "reply_capture_upload": Case(
         valid={"ok": True, "command": "capture", "uploaded": 50, **STAMP},
-        decode=_reply(REPLIES["capture"][2]),
+        decode=_reply(COMMAND_REPLIES["capture"][2]),
         encode=_reply_encode,
         error=PayloadError,
         reason="schema",
@@ -408,7 +417,7 @@ def test_every_device_message_model_has_a_case() -> None:
     decoded = {type(CASES[name].decode(_payload(CASES[name].valid))) for name in CASES}
     assert set(MODELS.values()) <= decoded
     assert {DesiredState, ModelRelease, ModelCard} <= decoded
-    replies = {model for models in REPLIES.values() for model in models}
+    replies = {model for models in COMMAND_REPLIES.values() for model in models}
     assert replies | {CommandReply, CapturedInput, fetchcodec.FetchRequest} <= decoded
 
 
@@ -486,3 +495,175 @@ def test_a_bad_reply_header_is_refused_naming_its_field(header: dict[str, Any], 
 
     with pytest.raises(ValueError, match=named):
         fetchcodec.decode_reply(len(raw).to_bytes(2, "big") + raw + b"data")
+
+
+# -- the controller's replies (edge_contract.controller) --------------------------------------
+
+SUMMARY: dict[str, Any] = {
+    "device_id": "pi-1",
+    "online": True,
+    "state": "online",
+    "agent_version": "0.1.0",
+    "last_telemetry_age_s": 1.5,
+    "last_seq": 19,
+    "cpu_percent": 42.0,
+    "memory_percent": 4,
+    "temperature_c": None,
+    "health": "ok",
+    "queue_depth": 0,
+    "models": {"digits": "3"},
+    "duplicates": 0,
+    "admission": "accepted",
+}
+DETAIL: dict[str, Any] = {
+    "summary": SUMMARY,
+    "reported": {"models": {"digits": {"step": "committed", "progress": None}}},
+    "desired": {"counter": 1, "model": "digits", "version": "3", "action": "deploy"},
+    "status": {"state": "online", "models": {"digits": "3"}},
+    "telemetry": {"seq": 19, "cpu": {"percent": 42.0, "load": [0.9, 0.4]}},
+    "events": [{"event": "boot", "ts": TS}, None],
+}
+LETTER = {
+    "topic": "fleet/x/telemetry",
+    "reason": "schema",
+    "detail": "seq: too big",
+    "excerpt": "{",
+    "retained": False,
+    "received": 1.0,
+}
+OPERATOR = {"name": "alice", "key_id": "ab" * 16, "public_key": "k", "added": 1.0}
+
+# The method, its reply on the wire (``ok`` first), and (path, bad value, field named).
+REPLY_CASES: dict[str, tuple[dict[str, Any], list[tuple[str, object, str]]]] = {
+    "devices-list": (
+        {"devices": [SUMMARY]},
+        [
+            ("devices.0.online", "yes", "devices.0.online"),
+            ("devices.0.cpu_percent", "42", "devices.0.cpu_percent"),
+            ("devices.0.last_seq", 1.5, "devices.0.last_seq"),
+            ("devices.0.models", [], "devices.0.models"),
+            ("devices", {}, "devices"),
+        ],
+    ),
+    "devices-show": (
+        {"device": DETAIL},
+        [
+            ("device.summary.device_id", 7, "device.summary.device_id"),
+            ("device.desired.counter", "1", "device.desired.counter"),
+            ("device.telemetry", [], "device.telemetry"),
+            ("device.events.0", 3, "device.events.0"),
+            ("device.extra", 1, "device.extra"),
+        ],
+    ),
+    "controller-status": (
+        {"rejected": {"total": 2, "by_reason": {"schema": 2}}, "dead_letters": [LETTER]},
+        [
+            ("rejected.total", "2", "rejected.total"),
+            ("rejected.by_reason.schema", 1.5, "rejected.by_reason.schema"),
+            ("dead_letters.0.retained", 0, "dead_letters.0.retained"),
+            ("dead_letters.0.received", "now", "dead_letters.0.received"),
+        ],
+    ),
+    "operators-list": (
+        {"operators": [OPERATOR]},
+        [
+            ("operators.0.key_id", 5, "operators.0.key_id"),
+            ("operators.0.added", None, "operators.0.added"),
+        ],
+    ),
+    "deploy": (
+        {
+            "model": "digits",
+            "version": "3",
+            "target": "models/digits/3/digits.onnx",
+            "devices": ["pi-1"],
+            "skipped": [{"device_id": "pi-2", "reason": "pending"}],
+            "operator": "alice",
+        },
+        [
+            ("devices.0", 1, "devices.0"),
+            ("skipped.0.reason", None, "skipped.0.reason"),
+            ("operator", 5, "operator"),
+            ("target", ["x"], "target"),
+        ],
+    ),
+    "rollback": (
+        {"device_id": "pi-1", "model": "digits", "version": "2", "operator": "alice"},
+        [("version", 2, "version"), ("device_id", None, "device_id")],
+    ),
+    "devices-accept": (
+        {"device_id": "pi-1", "admission": "accepted", "changed": True, "operator": "alice"},
+        [("changed", "true", "changed"), ("admission", 1, "admission")],
+    ),
+    "operators-add": (
+        {"name": "bob", "key_id": "cd" * 16, "operator": "alice"},
+        [("key_id", None, "key_id"), ("name", ["bob"], "name")],
+    ),
+    "operators-remove": (
+        {"name": "bob", "removed": True, "operator": "alice"},
+        [("removed", 1, "removed")],
+    ),
+}
+
+
+def _answer(method: str, body: dict[str, Any]) -> BaseModel | Refusal:
+    return decode_reply(method, RPC_REPLIES[method], _payload({"ok": True, **body}))
+
+
+def test_every_controller_method_has_a_reply_case() -> None:
+    assert set(REPLY_CASES) == set(RPC_REPLIES)
+
+
+@pytest.mark.parametrize("method", sorted(REPLY_CASES))
+def test_a_controller_reply_survives_a_round_trip(method: str) -> None:
+    body, _bad = REPLY_CASES[method]
+    reply = _answer(method, body)
+
+    assert isinstance(reply, RPC_REPLIES[method])
+    # The controller sends {"ok": true, **reply_body(reply)}: the same JSON, key for key.
+    assert json.dumps(reply_body(reply)) == json.dumps(body)
+    assert _answer(method, reply_body(reply)) == reply
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "value", "named"),
+    [(method, *bad) for method, (_body, bads) in sorted(REPLY_CASES.items()) for bad in bads],
+)
+def test_a_bad_controller_reply_is_refused_naming_its_field(
+    method: str, path: str, value: object, named: str
+) -> None:
+    body, _bad = REPLY_CASES[method]
+
+    with pytest.raises(PayloadError) as refused:
+        _answer(method, _with(body, path, value))
+
+    # The field's dotted path (a union's member may follow it: ``cpu_percent.int: ...``).
+    assert re.match(rf"{re.escape(method)}: {re.escape(named)}[.:]", str(refused.value))
+    assert refused.value.reason == "schema"
+
+
+def test_a_refusal_round_trips_and_a_bad_one_is_refused_naming_its_field() -> None:
+    wire = {
+        "ok": False,
+        "error": "no",
+        "kind": "OperatorRefusedError",
+        "reason": "replayed",
+        "detail": "nonce",
+    }
+    refusal = decode_reply("deploy", DeployReply, _payload(wire))
+
+    assert refusal == Refusal(
+        error="no", kind="OperatorRefusedError", reason="replayed", detail="nonce"
+    )
+    assert refusal.model_dump(exclude_none=True) == wire
+    with pytest.raises(PayloadError, match="deploy: kind: "):
+        decode_reply("deploy", DeployReply, _payload(wire | {"kind": 3}))
+    with pytest.raises(PayloadError, match="deploy: device_id: "):
+        decode_reply("deploy", DeployReply, _payload(wire | {"device_id": ["pi-1"]}))
+
+
+def test_a_reply_beyond_the_payload_limits_is_refused_before_parsing() -> None:
+    deep = b'{"ok": true, "devices": ' + b"[" * 100 + b"]" * 100 + b"}"
+    with pytest.raises(PayloadError) as refused:
+        decode_reply("devices-list", DevicesReply, deep)
+    assert refused.value.reason == "too_deep"

@@ -1,4 +1,9 @@
-"""The operator's views: ``devices show``, the demo's 80-column table and its piped lines."""
+"""The operator's views: ``devices show``, the demo's 80-column table and its piped lines.
+
+The views take the controller's typed replies (``DeviceDetail``, ``DeviceSummary``); what a
+device sent inside them (status, telemetry, reported state, events) is any JSON, and every
+shape of it renders. A reply whose own fields are the wrong type never reaches a view: the
+contract refuses it (tests/unit/test_contract_models.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from devtools.demo_display import BoardState, Frame, LineDisplay, LiveDisplay
+from edge_contract.controller import DeviceDetail, DeviceSummary
 from fleet.view import age, compact_devices_table, device_detail_lines, device_detail_view
 
 NOW = datetime(2026, 12, 7, 3, 18, 30, tzinfo=UTC).timestamp()
@@ -34,6 +40,34 @@ def _model(version: str, loaded: bool, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _summary(device_id: str, **fields: Any) -> dict[str, Any]:
+    """A device-list row as the controller sends it (``DeviceSummary``)."""
+    return {
+        "device_id": device_id,
+        "online": True,
+        "state": "online",
+        "agent_version": None,
+        "last_telemetry_age_s": 0.8,
+        "last_seq": 19,
+        "cpu_percent": None,
+        "memory_percent": None,
+        "temperature_c": None,
+        "health": None,
+        "queue_depth": None,
+        "models": {"digits": "3"},
+        "duplicates": 0,
+        "admission": "accepted",
+    } | fields
+
+
+def _typed(detail: dict[str, Any]) -> DeviceDetail:
+    """The reply as the CLI has it once decoded; absent documents are None."""
+    documents = ("reported", "desired", "status", "telemetry")
+    return DeviceDetail.model_validate(
+        {"summary": _summary("pi-x"), "events": []} | dict.fromkeys(documents) | detail
+    )
+
+
 def _detail() -> dict[str, Any]:
     """A device's detail as the controller returns it (taken from a demo run, trimmed)."""
     events = [
@@ -45,15 +79,7 @@ def _detail() -> dict[str, Any]:
         )
     ]
     return {
-        "summary": {
-            "device_id": "pi-kitchen",
-            "online": True,
-            "state": "online",
-            "agent_version": "0.1.0",
-            "last_telemetry_age_s": 0.8,
-            "health": "ok",
-            "models": {"digits": "3"},
-        },
+        "summary": _summary("pi-kitchen", agent_version="0.1.0", health="ok"),
         "status": {
             "device_id": "pi-kitchen",
             "state": "online",
@@ -128,9 +154,19 @@ def _detail() -> dict[str, Any]:
     }
 
 
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=30,
+)
+_JSON_OBJECTS = st.dictionaries(st.text(max_size=12), _JSON, max_size=8)
+
+
 def _rendered(detail: Any, width: int = 80) -> list[str]:
     console = Console(width=width, record=True, force_terminal=False, color_system=None)
-    device_detail_view(console, detail, now=NOW)
+    device_detail_view(console, _typed(detail), now=NOW)
     return console.export_text().splitlines()
 
 
@@ -177,9 +213,9 @@ class TestDeviceShow:
     def test_partial_and_odd_typed_details_do_not_raise(self) -> None:
         odd: list[Any] = [
             {},
-            {"summary": "x", "status": None, "telemetry": [], "events": "nope"},
+            {"status": None, "telemetry": {}, "events": [None]},
             {
-                "summary": {"device_id": 7, "state": None, "last_telemetry_age_s": -(10**400)},
+                "summary": _summary("", state="", last_telemetry_age_s=-1e308, online=False),
                 "status": {"ts": "yesterday", "state": ["online"], "reason": {"a": 1}},
                 "telemetry": {
                     "seq": 10**400,
@@ -204,8 +240,8 @@ class TestDeviceShow:
                     },
                 },
                 "reported": {"models": {"digits": "x", "m": {"last_result": "bad"}}},
-                "desired": [1],
-                "events": [None, 3, {"event": {"x": 1}, "ts": None, "extra": [1, 2]}],
+                "desired": None,
+                "events": [None, {"event": {"x": 1}, "ts": None, "extra": [1, 2]}],
             },
         ]
         for detail in odd:
@@ -217,41 +253,38 @@ class TestDeviceShow:
         detail["status"]["agent_version"] = "1.0\x1b]0;title\x07"
         detail["events"][0]["event"] = "boom\x1b[31m"
         console = Console(width=80, record=True, force_terminal=True)
-        device_detail_view(console, detail, now=NOW)
+        device_detail_view(console, _typed(detail), now=NOW)
         out = console.export_text(styles=False)
         assert "\x1b" not in out and "\x07" not in out
         assert "[red]evil[/red]" in out
 
     @settings(max_examples=200, deadline=None)
     @given(
-        st.dictionaries(
-            st.sampled_from(["summary", "status", "telemetry", "reported", "desired", "events"]),
-            st.recursive(
-                st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                lambda inner: (
-                    st.lists(inner, max_size=4)
-                    | st.dictionaries(st.text(max_size=12), inner, max_size=6)
-                ),
-                max_leaves=30,
-            ),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                name: _JSON_OBJECTS | st.none() for name in ("status", "telemetry", "reported")
+            }
+            | {"events": st.lists(_JSON_OBJECTS | st.none(), max_size=4)},
         )
     )
-    def test_any_json_shape_renders(self, detail: dict[str, Any]) -> None:
-        assert device_detail_lines(detail, now=NOW)
+    def test_any_json_in_the_device_documents_renders(self, detail: dict[str, Any]) -> None:
+        assert device_detail_lines(_typed(detail), now=NOW)
 
 
-def _devices() -> list[dict[str, Any]]:
-    def row(device_id: str, online: bool, cpu: float, models: dict[str, str]) -> dict[str, Any]:
-        return {
-            "device_id": device_id,
-            "online": online,
-            "state": "online" if online else "offline",
-            "last_telemetry_age_s": 12.4,
-            "cpu_percent": cpu,
-            "memory_percent": 99.9,
-            "temperature_c": 85.3,
-            "models": models,
-        }
+def _devices() -> list[DeviceSummary]:
+    def row(device_id: str, online: bool, cpu: float, models: dict[str, str]) -> DeviceSummary:
+        fields = _summary(
+            device_id,
+            online=online,
+            state="online" if online else "offline",
+            last_telemetry_age_s=12.4,
+            cpu_percent=cpu,
+            memory_percent=99.9,
+            temperature_c=85.3,
+            models=models,
+        )
+        return DeviceSummary.model_validate(fields)
 
     return [
         row("jetson-yard", False, 100.0, {}),
@@ -284,7 +317,7 @@ class TestDemoTable:
 
 def _frame(
     elapsed: float,
-    devices: list[dict[str, Any]],
+    devices: list[DeviceSummary],
     *,
     pin_on: bool,
     version: str | None = "3",
@@ -317,8 +350,8 @@ class TestPipedDemo:
         display.update(_frame(2.0, devices, pin_on=False, version=None, ota="OTA: published"))
         assert out.getvalue().splitlines() == first
 
-        devices[0] = devices[0] | {"online": True, "state": "online"}
-        devices[2] = devices[2] | {"models": {"digits": "4", "minilm": "12"}}
+        devices[0] = devices[0].model_copy(update={"online": True, "state": "online"})
+        devices[2] = devices[2].model_copy(update={"models": {"digits": "4", "minilm": "12"}})
         display.update(_frame(3.0, devices, pin_on=True, notes=["jetson-yard started again"]))
         later = out.getvalue().splitlines()[len(first) :]
         assert later == [
@@ -360,7 +393,7 @@ def test_age_is_short() -> None:
 
 def test_raw_detail_round_trips_as_json() -> None:
     # --raw prints the detail as it came; the view must not have changed it.
-    detail = _detail()
-    before = json.dumps(detail, sort_keys=True)
+    detail = _typed(_detail())
+    before = json.dumps(detail.model_dump(), sort_keys=True)
     device_detail_lines(detail, now=NOW)
-    assert json.dumps(detail, sort_keys=True) == before
+    assert json.dumps(detail.model_dump(), sort_keys=True) == before

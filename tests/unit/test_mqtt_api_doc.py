@@ -17,6 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 from edge_contract import fetchcodec
+from edge_contract.controller import RPC_REPLIES, Refusal
 from edge_contract.desired import DesiredState
 from edge_contract.messages import (
     MODELS,
@@ -25,7 +26,7 @@ from edge_contract.messages import (
     StatusMessage,
     TelemetryMessage,
 )
-from edge_contract.replies import REPLIES, CapturedInput, CommandReply
+from edge_contract.replies import COMMAND_REPLIES, CapturedInput, CommandReply
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "mqtt-api.md"
 
@@ -37,9 +38,11 @@ SECTIONS: dict[type[BaseModel], str] = {
     ReportedMessage: "Reported state",
     DesiredState: "Desired state",
     CommandReply: "Commands",
-    **{reply: "Commands" for replies in REPLIES.values() for reply in replies},
+    **{reply: "Commands" for replies in COMMAND_REPLIES.values() for reply in replies},
     CapturedInput: "Captured inputs",
     fetchcodec.FetchRequest: "Repository files",
+    # The controller's answers to the CLI (each nests its rows: DeviceSummary, DeviceDetail...).
+    **dict.fromkeys([*RPC_REPLIES.values(), Refusal], "Controller RPC"),
 }
 
 
@@ -85,8 +88,8 @@ def test_every_device_message_model_has_a_section() -> None:
 
 
 def test_every_command_reply_model_has_a_section() -> None:
-    """A new command's reply model (in ``REPLIES``) is checked against "Commands"."""
-    assert {reply for replies in REPLIES.values() for reply in replies} <= set(SECTIONS)
+    """A new command's reply model (in ``COMMAND_REPLIES``) is checked against "Commands"."""
+    assert {reply for replies in COMMAND_REPLIES.values() for reply in replies} <= set(SECTIONS)
 
 
 @pytest.mark.parametrize("model", list(SECTIONS), ids=lambda model: model.__name__)

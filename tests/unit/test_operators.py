@@ -174,7 +174,12 @@ def test_devices_accept_needs_a_trusted_signature_and_refusals_are_recorded(
 
     signed = sign_request(ALICE, "devices-accept", {"device_id": "pi-1"}, now=NOW)
     reply, _ = controller.rpc.call("devices-accept", signed)
-    assert reply["operator"] == "alice"
+    assert reply.model_dump() == {
+        "device_id": "pi-1",
+        "admission": "accepted",
+        "changed": True,
+        "operator": "alice",
+    }
     assert store.admission("pi-1") == "accepted"
     assert store.list_devices()[0].admission == "accepted"
     with pytest.raises(UnknownDeviceError):
@@ -202,8 +207,8 @@ def test_a_spent_nonce_stays_spent_after_a_controller_restart(tmp_path: Path) ->
 
 def test_read_only_methods_stay_unsigned_and_unknown_methods_are_refused(tmp_path: Path) -> None:
     controller = _controller(tmp_path / "fleet.db", [NOW])
-    assert controller.rpc.call("devices-list", {})[0] == {"devices": []}
-    assert controller.rpc.call("operators-list", {})[0] == {"operators": []}
+    assert controller.rpc.call("devices-list", {})[0].model_dump() == {"devices": []}
+    assert controller.rpc.call("operators-list", {})[0].model_dump() == {"operators": []}
     with pytest.raises(FleetError, match="unknown method"):
         controller.rpc.call("format-disk", {})
 

@@ -234,9 +234,11 @@ def test_a_database_from_before_migrations_loses_nothing(tmp_path: Path, variant
             assert detail.reported == {"models": {"m": n}}
             assert detail.telemetry == json.loads(_telemetry(device, 3))
             assert store.desired_states(device) == [
-                DesiredRow(5 + 4 * n, "digits", str(n), "deploy")
+                DesiredRow(counter=5 + 4 * n, model="digits", version=str(n), action="deploy")
             ]
-            assert detail.desired == DesiredRow(5 + 4 * n, "digits", str(n), "deploy")
+            assert detail.desired == DesiredRow(
+                counter=5 + 4 * n, model="digits", version=str(n), action="deploy"
+            )
         letters = store.dead_letters(100)
         assert [(d.detail, d.excerpt, d.retained) for d in letters] == [
             ("d2", "\ufffd{2", False),
@@ -244,7 +246,9 @@ def test_a_database_from_before_migrations_loses_nothing(tmp_path: Path, variant
             ("d0", "\ufffd{0", False),
         ]
         if "auth" in variant:
-            assert store.list_operators() == [Operator("alice", "kid-a", ALICE_KEY, 1.0)]
+            assert store.list_operators() == [
+                Operator(name="alice", key_id="kid-a", public_key=ALICE_KEY, added=1.0)
+            ]
             assert store.nonce_used("n-1")
             assert [(e.operator, e.outcome) for e in store.operator_log()] == [("alice", "ok")]
             assert store.admissions() == {"pi-1": "accepted"}
@@ -276,7 +280,9 @@ def test_the_counter_grows_past_every_old_one_per_device(tmp_path: Path, variant
             (7, "words"),
             (6, "digits"),
         ]
-        assert store.device_detail("pi-1").desired == DesiredRow(7, "words", "1", "deploy")
+        assert store.device_detail("pi-1").desired == DesiredRow(
+            counter=7, model="words", version="1", action="deploy"
+        )
     finally:
         store.close()
 
