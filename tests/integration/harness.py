@@ -185,8 +185,10 @@ def start_controller(tmp: Path, port: int, **env: str) -> ManagedProcess:
     # and costs the CLI its whole --timeout, so the first one waits for the line (a restart
     # appends to the same log: only what this process wrote counts).
     wait_until(
-        lambda: not controller.alive
-        or b'"mqtt.connected"' in controller.log_path.read_bytes()[log_start:],
+        lambda: (
+            not controller.alive
+            or b'"mqtt.connected"' in controller.log_path.read_bytes()[log_start:]
+        ),
         30,
         "controller connected to the broker",
     )
