@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist (`make test`): the module-scoped fixture is built once, on one worker.
+pytestmark = pytest.mark.xdist_group("base-install")
 REPO = Path(__file__).resolve().parents[2]
 EXIT_MISSING_EXTRA = 78
 FLEET_EXTRA = (
