@@ -22,8 +22,8 @@ SYSTEM_PACKAGES := mosquitto gcc-avr avr-libc binutils-avr simavr libsimavr-dev 
 PYTEST_ARGS ?=
 # Workers for the parallel pass of `make test` (pytest-xdist). Most integration tests wait on
 # brokers, agents and timers, not the CPU, so more workers than cores pays; tests marked
-# `serial` (they want the CPU to themselves) run after it, alone. `make test TEST_WORKERS=0`
-# runs everything in one process.
+# `serial` (they want the CPU to themselves) run after it, alone (tests/conftest.py).
+# `make test TEST_WORKERS=0` runs the first pass in one process.
 TEST_WORKERS ?= 4
 
 .PHONY: test demo deps system-deps lint typecheck unit integration bench bench-models models clean
@@ -78,8 +78,8 @@ integration: deps
 	@$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test: lint typecheck $(TFLITE_STAMP)
-	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m 'not serial' --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
-	@$(PY) -m pytest -m serial --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
+	@$(PY) -m pytest --serial-only --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
 	@$(TFLITE_PY) -m pytest -q -p no:cacheprovider --noconftest $(TFLITE_COMPAT_TESTS)
 
 demo: deps
