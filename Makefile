@@ -78,7 +78,7 @@ integration: deps
 	@$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test: lint typecheck $(TFLITE_STAMP)
-	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
+	@$(PY) -m pytest -n $(TEST_WORKERS) --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
 	@$(PY) -m pytest --serial-only --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
 	@$(TFLITE_PY) -m pytest -q -p no:cacheprovider --noconftest $(TFLITE_COMPAT_TESTS)
 

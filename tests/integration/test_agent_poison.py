@@ -32,8 +32,6 @@ from devtools.localbroker import PrivateBroker
 from fleet.release.repo import Repository
 from tests.integration.harness import ManagedProcess, Recorder, agent_process, wait_until
 
-# pytest-xdist (`make test`): the module-scoped fixture is built once, on one worker.
-pytestmark = pytest.mark.xdist_group("agent-poison")
 DEVICE = "pi-poison"
 PIPELINE = "p"
 POISON: dict[str, bytes] = {

@@ -17,8 +17,7 @@ from agent.inference.cardfile import load_card
 from edge_contract.card import card_path_for
 from tests.integration.harness import model_optimize
 
-# pytest-xdist (`make test`): the module-scoped fixture is built once, on one worker.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("model-optimize")]
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "models" / "digits"

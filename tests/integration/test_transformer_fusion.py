@@ -24,8 +24,7 @@ from fleet.modelopt.measure import mean_cosine
 from fleet.modelopt.quantize import AttentionShape, fuse_transformer, quantize_int8_dynamic
 from tests.integration.harness import model_optimize
 
-# pytest-xdist (`make test`): the module-scoped fixture is built once, on one worker.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("transformer-fusion")]
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "models" / "tinybert" / "tinybert-fp32.onnx"
