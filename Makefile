@@ -20,6 +20,11 @@ MODELS_STAMP := $(MODELS_VENV)/.installed
 MINILM := models/build/minilm/minilm-int8.onnx
 SYSTEM_PACKAGES := mosquitto gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev pkg-config prometheus postgresql
 PYTEST_ARGS ?=
+# Workers for the parallel pass of `make test` (pytest-xdist). Most integration tests wait on
+# brokers, agents and timers, not the CPU, so more workers than cores pays; tests marked
+# `serial` (they want the CPU to themselves) run after it, alone (tests/conftest.py).
+# `make test TEST_WORKERS=0` runs the first pass in one process.
+TEST_WORKERS ?= 4
 
 .PHONY: test demo deps system-deps lint typecheck unit integration bench bench-models models clean
 
@@ -30,7 +35,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing Python packages into $(VENV)"
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c 'import agent, fleet, edge_contract, edge_runtime, paho, pydantic_settings, typer, pytest' 
+	@$(PY) -c 'import agent, fleet, edge_contract, edge_runtime, paho, pydantic_settings, typer, pytest, xdist' 
 	@touch $(STAMP)
 
 $(TFLITE_STAMP): pyproject.toml
@@ -73,7 +78,8 @@ integration: deps
 	@$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test: lint typecheck $(TFLITE_STAMP)
-	@$(PY) -m pytest --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
+	@$(PY) -m pytest -n $(TEST_WORKERS) --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
+	@$(PY) -m pytest --serial-only --ignore=$(TFLITE_COMPAT_TESTS) $(PYTEST_ARGS)
 	@$(TFLITE_PY) -m pytest -q -p no:cacheprovider --noconftest $(TFLITE_COMPAT_TESTS)
 
 demo: deps

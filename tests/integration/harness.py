@@ -30,8 +30,11 @@ from edge_runtime.mqtt.link import MqttLink
 REPO = Path(__file__).resolve().parents[2]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``.
+
+    ``step`` is short because most predicates read what a recorder or a log already holds;
+    one that runs a process (the fleet CLI) takes longer than a step anyway."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
@@ -175,7 +178,20 @@ def model_optimize(*args: str | Path, timeout: float = 180) -> subprocess.Comple
 def start_controller(tmp: Path, port: int, **env: str) -> ManagedProcess:
     """Start the controller and wait until it answers, so its session exists before devices
     publish anything (messages sent before a subscriber's first connect cannot be queued)."""
-    controller = controller_process(tmp, port, **env).start()
+    controller = controller_process(tmp, port, **env)
+    log_start = controller.log_path.stat().st_size if controller.log_path.exists() else 0
+    controller.start()
+    # The link logs its CONNACK just before it subscribes. A request sent before that is lost
+    # and costs the CLI its whole --timeout, so the first one waits for the line (a restart
+    # appends to the same log: only what this process wrote counts).
+    wait_until(
+        lambda: (
+            not controller.alive
+            or b'"mqtt.connected"' in controller.log_path.read_bytes()[log_start:]
+        ),
+        30,
+        "controller connected to the broker",
+    )
     wait_until(
         lambda: fleet_cli(port, "devices", "list", "--timeout", "2").returncode == 0,
         30,
@@ -228,12 +244,18 @@ class Recorder:
         )
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        # The SUBACK itself, not a pause after CONNACK: from then on the broker routes (and,
+        # the session being persistent, queues) every matching message for the recorder.
+        self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(0.1, 0.5)
         self._subscribed = threading.Event()
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if not rc.is_failure:
             client.subscribe(self.topic_filter, qos=1)
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        if not any(code.is_failure for code in codes):
             self._subscribed.set()
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
@@ -251,8 +273,7 @@ class Recorder:
             "127.0.0.1", self.port, keepalive=10, clean_start=False, properties=props
         )
         self.client.loop_start()
-        assert self._subscribed.wait(10), "recorder did not connect"
-        time.sleep(0.2)  # let the SUBACK in
+        assert self._subscribed.wait(10), "recorder did not connect and subscribe"
         return self
 
     def stop(self) -> None:

@@ -4,7 +4,7 @@ A board runs ``pip install .`` (the base install: the agent, its MQTT link, TUF,
 operator's machine adds the ``fleet`` extra, a board that runs models the ``inference`` extra.
 Both console scripts are installed either way. The first tests build a real base install
 (``python -m venv``, then ``pip install`` of a copy of this tree with its real dependencies
-from the package index) once for the module and run the installed commands in it. The last
+from the package index) once for the run and run the installed commands in it. The last
 ones run this environment's interpreter with an extra's modules hidden (``sys.modules[name]
 = None``, which is what a missing package looks like to ``import`` and ``find_spec``), for the
 installs between base and everything: the fleet extra without ``optimize``, the inference
@@ -13,6 +13,7 @@ extra without a runtime.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -57,12 +58,8 @@ def _ignore(directory: str, names: list[str]) -> set[str]:
     return skipped
 
 
-@pytest.fixture(scope="module")
-def base_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtual environment with ``pip install .`` and nothing else: a board's install.
-
-    Returns its ``bin`` folder."""
-    root = tmp_path_factory.mktemp("base-install")
+def _build_base_install(root: Path) -> None:
+    """``python -m venv ROOT/venv`` and ``pip install`` of a copy of this tree into it."""
     source = root / "src"
     # A copy: building in the checkout would leave build/ and *.egg-info in it.
     shutil.copytree(REPO, source, ignore=_ignore)
@@ -79,7 +76,28 @@ def base_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=False,
     )
     assert result.returncode == 0, f"pip install of the base package failed:\n{result.stderr}"
-    return venv / "bin"
+
+
+@pytest.fixture(scope="module")
+def base_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A virtual environment with ``pip install .`` and nothing else: a board's install.
+
+    Returns its ``bin`` folder. Built once per run: under pytest-xdist (`make test`) the
+    module's tests are spread over the workers, which share this run's temporary directory;
+    the first to get the lock builds, the others wait and reuse it (the tests only run its
+    commands, with their own working directory and HOME)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "base-install"
+    with (shared / "base-install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        installed = root / "installed"
+        if not installed.exists():
+            shutil.rmtree(root, ignore_errors=True)  # what a failed attempt left
+            root.mkdir()
+            _build_base_install(root)
+            installed.touch()
+    return root / "venv" / "bin"
 
 
 def _clean_env(home: Path, bin_dir: Path | None = None) -> dict[str, str]:

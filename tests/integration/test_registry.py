@@ -181,6 +181,9 @@ def run(coroutine: Awaitable[Any]) -> Any:
     return asyncio.run(main())
 
 
+# Its workers must be the bottleneck, so it wants the CPU to itself: `make test` runs it
+# after the parallel pass (pytest-xdist), alone.
+@pytest.mark.serial
 def test_hot_swap_under_load_fails_no_request_and_drains_v1() -> None:
     rows, _ = eval_split()
     # Batches big enough (~10 ms each) that the two workers, not the event loop, are the

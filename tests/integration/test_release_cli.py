@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -42,6 +43,8 @@ def _fleet_command() -> list[str]:
 
 
 def fleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    # Wide: the messages name paths, which must not wrap however deep pytest's tmp_path is
+    # (under pytest-xdist it gains a popen-gwN level).
     return subprocess.run(
         [*_fleet_command(), *map(str, args)],
         capture_output=True,
@@ -49,6 +52,7 @@ def fleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         timeout=60,
         check=False,
+        env={**os.environ, "COLUMNS": "300"},
     )
 
 
