@@ -33,6 +33,7 @@ __all__ = [
     "DesiredRow",
     "DeviceDetail",
     "DeviceSummary",
+    "Directive",
     "FleetStore",
     "Inbound",
     "JsonObject",
@@ -40,6 +41,8 @@ __all__ = [
     "OperatorLogEntry",
     "Retention",
     "StoredDeadLetter",
+    "TaggedDevice",
+    "TelemetrySample",
     "device_summary",
     "document",
 ]
@@ -177,3 +180,46 @@ def _number(value: object) -> int | float | None:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+# -- rollouts (fleet.app.rollouts, fleet.rollouts_driver) ------------------------------------
+
+
+@dataclass(frozen=True)
+class TaggedDevice:
+    """A device as a selector sees it: its merged tags, and whether it can be a target.
+
+    ``tags``: implicit ``device=<id>`` and ``hardware=<hardware_id>`` (when its status says),
+    then the tags its status reports, then the operator's (which win on the same key).
+    ``operator_tags``: the operator's alone (``fleet devices tag``).
+    """
+
+    device_id: str
+    tags: Mapping[str, str]
+    operator_tags: Mapping[str, str]
+    admission: str
+    ota: bool  # it publishes a reported OTA state (OTA on)
+
+    @property
+    def target(self) -> bool:
+        """Accepted with OTA on: a rollout may change it."""
+        return self.admission == ACCEPTED and self.ota
+
+
+@dataclass(frozen=True)
+class Directive:
+    """One desired state a rollout sets: ``action`` (deploy | rollback) of ``model@version``."""
+
+    device_id: str
+    model: str
+    version: str
+    action: str
+
+
+@dataclass(frozen=True)
+class TelemetrySample:
+    """One stored telemetry message of a device: its time (Unix s) and its ``inference``
+    block as the device sent it (None when it has none); ``fleet.rollouts_driver`` types it."""
+
+    ts: float
+    inference: JsonObject | None

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,12 +66,15 @@ from fleet.db.tables import (
     dead_letters,
     desired,
     desired_counters,
+    device_tags,
     devices,
     events,
     operator_log,
     operators,
     reported,
     request_nonces,
+    rollout_transitions,
+    rollouts,
     telemetry,
 )
 from fleet.errors import FleetError, StoreError, UnknownDeviceError
@@ -82,14 +85,26 @@ from fleet.records import (
     DesiredRow,
     DeviceDetail,
     DeviceSummary,
+    Directive,
     FleetStore,
     Inbound,
+    JsonObject,
     Operator,
     OperatorLogEntry,
     Retention,
     StoredDeadLetter,
+    TaggedDevice,
+    TelemetrySample,
     device_summary,
     document,
+)
+from fleet.rollouts.model import (
+    ACTIVE_PHASES,
+    DeviceInstall,
+    GateResult,
+    Phase,
+    RolloutState,
+    Transition,
 )
 
 # The store's interface (fleet.records) is importable from here, beside its implementation.
@@ -106,6 +121,12 @@ __all__ = [
 
 DEAD_LETTERS_KEPT = 1000
 _OPERATOR_LOG_ROWS = 10_000
+# The OTA events that mean a device did not install a version (``DeviceInstall.failed_reason``).
+_INSTALL_FAILURES = ("ota_failed", "ota_rejected")
+# Telemetry a health window reads from before its start (the sample at or before the start).
+_SAMPLE_LOOKBACK_S = 3600.0
+# Signs one directive with the counter the store gave it (``ReleaseService.signer``).
+Sign = Callable[[Directive, int], bytes]
 
 
 class SqlFleetStore:
@@ -521,6 +542,304 @@ class SqlFleetStore:
         rows = self._query(select(admissions.c.device_id, admissions.c.state))
         return {row["device_id"]: row["state"] for row in rows}
 
+    # -- device tags (fleet devices tag / untag) -------------------------------------------
+
+    def set_tags(self, device_id: str, tags: Mapping[str, str]) -> None:
+        """Set the operator's ``tags`` on a device (replacing those keys' values).
+
+        Raises:
+            UnknownDeviceError: the controller has never seen the device.
+        """
+        with self._tx() as db:
+            self._require_device(db, device_id)
+            for key, value in tags.items():
+                insert = self._insert(device_tags).values(
+                    device_id=device_id, key=_text(key), value=_text(value)
+                )
+                db.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=[device_tags.c.device_id, device_tags.c.key],
+                        set_={"value": insert.excluded.value},
+                    )
+                )
+
+    def remove_tags(self, device_id: str, keys: Iterable[str]) -> list[str]:
+        """Remove the operator's tags ``keys``; returns the keys that were set.
+
+        Raises:
+            UnknownDeviceError: the controller has never seen the device.
+        """
+        wanted = sorted(set(keys))
+        with self._tx() as db:
+            self._require_device(db, device_id)
+            row = device_tags.c.device_id == device_id
+            present = db.execute(
+                select(device_tags.c.key).where(row & device_tags.c.key.in_(wanted))
+            )
+            removed = sorted(str(r[0]) for r in present)
+            db.execute(delete(device_tags).where(row & device_tags.c.key.in_(wanted)))
+        return removed
+
+    def device_tags(self, device_id: str) -> dict[str, str]:
+        """The operator's tags of a device (the device's own are in ``tagged_devices``)."""
+        rows = self._query(
+            select(device_tags.c.key, device_tags.c.value)
+            .where(device_tags.c.device_id == device_id)
+            .order_by(device_tags.c.key)
+        )
+        return {r["key"]: r["value"] for r in rows}
+
+    def tagged_devices(self) -> list[TaggedDevice]:
+        """Every device seen with its merged tags (``TaggedDevice``), sorted by id."""
+        rows = self._query(
+            select(devices.c.device_id, devices.c.status_json).order_by(devices.c.device_id)
+        )
+        operator: dict[str, dict[str, str]] = {}
+        for tag in self._query(select(device_tags).order_by(device_tags.c.key)):
+            operator.setdefault(tag["device_id"], {})[tag["key"]] = tag["value"]
+        admitted = self.admissions()
+        with_ota = self.ota_devices()
+        result = []
+        for row in rows:
+            device_id = row["device_id"]
+            own = operator.get(device_id, {})
+            result.append(
+                TaggedDevice(
+                    device_id=device_id,
+                    tags={**_status_tags(device_id, document(row["status_json"])), **own},
+                    operator_tags=own,
+                    admission=admitted.get(device_id, PENDING),
+                    ota=device_id in with_ota,
+                )
+            )
+        return result
+
+    def _require_device(self, db: Connection, device_id: str) -> None:
+        known = db.execute(select(devices.c.device_id).where(devices.c.device_id == device_id))
+        if known.first() is None:
+            raise UnknownDeviceError(device_id)
+
+    # -- rollouts (fleet.app.rollouts, fleet.rollouts_driver) ----------------------------
+
+    def save_rollout(
+        self,
+        state: RolloutState,
+        transitions: Sequence[Transition],
+        directives: Sequence[Directive] = (),
+        sign: Sign | None = None,
+    ) -> list[tuple[str, bytes]]:
+        """Persist a rollout's state, its new transitions and the desired states it sets, in
+        ONE transaction; returns (device id, signed payload) of each directive, to publish.
+
+        Each directive takes the device's next counter and is signed by ``sign`` inside the
+        transaction, and the signed payload is kept (``desired_payloads``): a controller
+        killed after the commit re-publishes it, one killed before it decides again.
+        """
+        if directives and sign is None:
+            raise FleetError("a rollout's desired states need a signer (is OTA enabled?)")
+        spec = state.spec
+        values = {
+            "model": spec.model,
+            "version": spec.version,
+            "name": _text(spec.name),
+            "phase": state.phase.value,
+            "state_json": state.model_dump_json(),
+            "created_at": spec.created_at,
+            "updated_at": state.updated_at,
+        }
+        signed: list[tuple[str, bytes]] = []
+        with self._tx() as db:
+            insert = self._insert(rollouts).values(rollout_id=spec.rollout_id, **values)
+            db.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[rollouts.c.rollout_id],
+                    set_={k: v for k, v in values.items() if k != "created_at"},
+                )
+            )
+            for t in transitions:
+                db.execute(
+                    rollout_transitions.insert().values(
+                        rollout_id=spec.rollout_id,
+                        at=t.at,
+                        from_phase=None if t.from_phase is None else t.from_phase.value,
+                        to_phase=t.to_phase.value,
+                        stage=t.stage,
+                        reason=_text(t.reason),
+                        gate_json=None if t.gate is None else t.gate.model_dump_json(),
+                    )
+                )
+            for directive in directives:
+                assert sign is not None
+                counter = self._bump_counter(db, directive.device_id)
+                payload = sign(directive, counter)
+                self._set_desired(db, directive, counter, payload, now=state.updated_at)
+                signed.append((directive.device_id, payload))
+        return signed
+
+    def _bump_counter(self, db: Connection, device_id: str) -> int:
+        bump = self._insert(desired_counters).values(device_id=device_id, counter=1)
+        db.execute(
+            bump.on_conflict_do_update(
+                index_elements=[desired_counters.c.device_id],
+                set_={"counter": desired_counters.c.counter + 1},
+            )
+        )
+        return int(
+            db.execute(
+                select(desired_counters.c.counter).where(desired_counters.c.device_id == device_id)
+            ).scalar_one()
+        )
+
+    def _set_desired(
+        self, db: Connection, directive: Directive, counter: int, payload: bytes, *, now: float
+    ) -> None:
+        state = {
+            "counter": counter,
+            "version": directive.version,
+            "action": directive.action,
+            "updated": now,
+            "payload": payload,
+        }
+        insert = self._insert(desired).values(
+            device_id=directive.device_id, model=directive.model, **state
+        )
+        db.execute(
+            insert.on_conflict_do_update(
+                index_elements=[desired.c.device_id, desired.c.model], set_=state
+            )
+        )
+
+    def rollout(self, rollout_id: str) -> RolloutState | None:
+        rows = self._query(select(rollouts.c.state_json).where(rollouts.c.rollout_id == rollout_id))
+        return RolloutState.model_validate_json(rows[0]["state_json"]) if rows else None
+
+    def rollouts(self, *, active: bool = False, model: str | None = None) -> list[RolloutState]:
+        """Rollouts, newest first; ``active``: only those in an active phase."""
+        query = select(rollouts.c.state_json).order_by(
+            rollouts.c.created_at.desc(), rollouts.c.rollout_id
+        )
+        if active:
+            query = query.where(rollouts.c.phase.in_([p.value for p in ACTIVE_PHASES]))
+        if model is not None:
+            query = query.where(rollouts.c.model == model)
+        return [RolloutState.model_validate_json(r["state_json"]) for r in self._query(query)]
+
+    def rollout_history(self, rollout_id: str) -> list[Transition]:
+        """Every transition of a rollout, oldest first."""
+        rows = self._query(
+            select(rollout_transitions)
+            .where(rollout_transitions.c.rollout_id == rollout_id)
+            .order_by(rollout_transitions.c.id)
+        )
+        return [
+            Transition(
+                at=r["at"],
+                from_phase=None if r["from_phase"] is None else Phase(r["from_phase"]),
+                to_phase=Phase(r["to_phase"]),
+                stage=r["stage"],
+                reason=r["reason"],
+                gate=None
+                if r["gate_json"] is None
+                else GateResult.model_validate_json(r["gate_json"]),
+            )
+            for r in rows
+        ]
+
+    def desired_payloads(self, model: str, device_ids: Iterable[str]) -> dict[str, bytes]:
+        """The signed desired state last sent for ``model`` to each device (when kept)."""
+        wanted = sorted(set(device_ids))
+        rows = self._query(
+            select(desired.c.device_id, desired.c.payload).where(
+                (desired.c.model == model)
+                & desired.c.device_id.in_(wanted)
+                & desired.c.payload.is_not(None)
+            )
+        )
+        return {r["device_id"]: bytes(r["payload"]) for r in rows}
+
+    def installs(
+        self, model: str, version: str, since: Mapping[str, float]
+    ) -> dict[str, DeviceInstall]:
+        """What each device of ``since`` runs of ``model``: the active version (and variant)
+        it reports, its newest ``ota_failed``/``ota_rejected`` of ``version`` received after
+        its ``since`` time, and when it was last seen."""
+        wanted = sorted(since)
+        if not wanted:
+            return {}
+        seen = {
+            r["device_id"]: float(r["last_seen"])
+            for r in self._query(
+                select(devices.c.device_id, devices.c.last_seen).where(
+                    devices.c.device_id.in_(wanted)
+                )
+            )
+        }
+        active = {
+            r["device_id"]: _active_slot(document(r["payload"]), model)
+            for r in self._query(
+                select(reported.c.device_id, reported.c.payload).where(
+                    reported.c.device_id.in_(wanted)
+                )
+            )
+        }
+        failures = self._install_failures(wanted, version, min(since.values()), since)
+        result = {}
+        for device_id in wanted:
+            slot_version, variant = active.get(device_id, (None, None))
+            result[device_id] = DeviceInstall(
+                active_version=slot_version,
+                variant=variant,
+                failed_reason=failures.get(device_id),
+                last_seen=seen.get(device_id),
+            )
+        return result
+
+    def _install_failures(
+        self, wanted: list[str], version: str, after: float, since: Mapping[str, float]
+    ) -> dict[str, str]:
+        rows = self._query(
+            select(events.c.device_id, events.c.received, events.c.payload)
+            .where(
+                events.c.device_id.in_(wanted)
+                & events.c.event.in_(_INSTALL_FAILURES)
+                & (events.c.received >= after)
+            )
+            .order_by(events.c.id)
+        )
+        found: dict[str, str] = {}
+        for row in rows:  # oldest first: the newest of a device wins
+            body = document(row["payload"]) or {}
+            if row["received"] < since[row["device_id"]] or body.get("version") != version:
+                continue
+            found[row["device_id"]] = _failure_reason(body)
+        return found
+
+    def telemetry_samples(
+        self, device_ids: Iterable[str], start: float, end: float
+    ) -> dict[str, list[TelemetrySample]]:
+        """Each device's telemetry from just before ``start`` (the health window reads the
+        sample at or before it) to ``end``, oldest first, by the device's own ``ts``."""
+        wanted = sorted(set(device_ids))
+        rows = self._query(
+            select(telemetry.c.device_id, telemetry.c.ts_epoch, telemetry.c.payload)
+            .where(
+                telemetry.c.device_id.in_(wanted)
+                & (telemetry.c.ts_epoch >= start - _SAMPLE_LOOKBACK_S)
+                & (telemetry.c.ts_epoch <= end)
+            )
+            .order_by(telemetry.c.device_id, telemetry.c.ts_epoch)
+        )
+        samples: dict[str, list[TelemetrySample]] = {d: [] for d in wanted}
+        for row in rows:
+            inference = (document(row["payload"]) or {}).get("inference")
+            samples[row["device_id"]].append(
+                TelemetrySample(
+                    ts=float(row["ts_epoch"]),
+                    inference=inference if isinstance(inference, dict) else None,
+                )
+            )
+        return samples
+
     def close(self) -> None:
         with self._lock:
             self._engine.dispose()
@@ -542,6 +861,46 @@ def _text(value: str) -> str:
     """``value`` storable in any TEXT column: PostgreSQL refuses NUL in text (SQLite keeps it),
     and a dead letter's detail or a refused request's may quote a hostile NUL."""
     return value.replace("\x00", "\ufffd")
+
+
+def _status_tags(device_id: str, status: JsonObject | None) -> dict[str, str]:
+    """The implicit tags and the device's own (``[device] tags``), from its stored status;
+    values that are not text are left out (the status is the device's word)."""
+    tags = {"device": device_id}
+    status = status or {}
+    hardware = status.get("hardware_id")
+    if isinstance(hardware, str) and hardware:
+        tags["hardware"] = hardware
+    own = status.get("tags")
+    if isinstance(own, dict):
+        tags.update({k: v for k, v in own.items() if isinstance(v, str)})
+    return tags
+
+
+def _active_slot(report: JsonObject | None, model: str) -> tuple[str | None, str | None]:
+    """(version, variant) of ``model``'s active slot in a stored reported state."""
+    models = (report or {}).get("models")
+    entry = models.get(model) if isinstance(models, dict) else None
+    slot = entry.get("active") if isinstance(entry, dict) else None
+    if not isinstance(slot, dict):
+        return None, None
+    version, variant = slot.get("version"), slot.get("variant")
+    return (
+        version if isinstance(version, str) else None,
+        variant if isinstance(variant, str) else None,
+    )
+
+
+def _failure_reason(event: JsonObject) -> str:
+    """``"ota_failed: golden_mismatch (detail)"`` from a stored OTA failure event."""
+    parts = [str(event.get("event"))]
+    reason, detail = event.get("reason"), event.get("detail") or event.get("error")
+    if isinstance(reason, str):
+        parts.append(reason)
+    text = ": ".join(parts)
+    if isinstance(detail, str) and detail:
+        text += f" ({detail[:200]})"
+    return text
 
 
 def _epoch(ts: object) -> float | None:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in migrations/versions (tests/unit/test_store_migrations.py checks it).
-HEAD = "0003"
+HEAD = "0004"
 
 
 class MigrationError(RuntimeError):

@@ -106,6 +106,9 @@ desired = Table(
     Column("version", Text, nullable=False),
     Column("action", Text, nullable=False),
     Column("updated", Float, nullable=False),
+    # The signed message last sent (revision 0004): a rollout re-publishes it after a crash
+    # between its commit and its publish. NULL for a state set before 0004.
+    Column("payload", LargeBinary),
     PrimaryKeyConstraint("device_id", "model"),
 )
 
@@ -154,4 +157,46 @@ admissions = Table(
     Column("state", Text, nullable=False),
     Column("operator", Text, nullable=False),
     Column("updated", Float, nullable=False),
+)
+
+# -- rollouts (revision 0004; fleet.app.rollouts, fleet.rollouts_driver) ---------------------
+# The operator's tags of a device (``fleet devices tag``); they win over the device's own.
+device_tags = Table(
+    "device_tags",
+    metadata,
+    Column("device_id", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("value", Text, nullable=False),
+    PrimaryKeyConstraint("device_id", "key"),
+)
+
+# One row per rollout: its state (``fleet.rollouts.model.RolloutState``) as JSON.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("rollout_id", Text, primary_key=True),
+    Column("model", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("phase", Text, nullable=False),
+    Column("state_json", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("rollouts_model_phase", "model", "phase"),
+)
+
+# Every transition of every rollout, in order (``fleet rollout history``).
+rollout_transitions = Table(
+    "rollout_transitions",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("rollout_id", Text, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("from_phase", Text),
+    Column("to_phase", Text, nullable=False),
+    Column("stage", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("gate_json", Text),
+    Index("rollout_transitions_rollout", "rollout_id", "id"),
+    sqlite_autoincrement=True,
 )

@@ -125,6 +125,8 @@ VARIANTS = {
     "with-columns": _SCHEMA + _ADDED_COLUMNS,
     "with-columns-and-auth": _SCHEMA + _ADDED_COLUMNS + _AUTH_SCHEMA,
 }
+# Revision 0004: new and empty on every migrated database.
+ROLLOUT_TABLES = ["device_tags", "rollouts", "rollout_transitions"]
 TABLES = [
     "devices",
     "telemetry",
@@ -261,7 +263,14 @@ def test_a_database_from_before_migrations_loses_nothing(tmp_path: Path, variant
     # Every table of the old database kept its rows; the new ones start where the old left.
     assert {t: after[t] for t in before} == before
     assert after["desired_counters"] == 2
-    assert set(after) == {*TABLES, "desired_counters", "alembic_version", "sqlite_sequence"}
+    assert set(after) == {
+        *TABLES,
+        *ROLLOUT_TABLES,
+        "desired_counters",
+        "alembic_version",
+        "sqlite_sequence",
+    }
+    assert all(after[t] == 0 for t in ROLLOUT_TABLES)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
