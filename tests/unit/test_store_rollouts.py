@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import JsonValue
 
 from fleet.errors import StoreError, UnknownDeviceError
 from fleet.records import Directive
@@ -141,7 +142,7 @@ def test_installs_read_reported_events_and_presence(store: SqliteFleetStore) -> 
 
 
 def test_telemetry_samples_in_the_window(store: SqliteFleetStore) -> None:
-    def tele(seq: int, ts: str, inference: object) -> Inbound:
+    def tele(seq: int, ts: str, inference: JsonValue) -> Inbound:
         body = {"seq": seq, "ts": ts, "inference": inference}
         return Inbound("pi-1", "telemetry", body, 0.0)
 
