@@ -143,7 +143,7 @@ def test_installs_read_reported_events_and_presence(store: SqliteFleetStore) -> 
 
 def test_telemetry_samples_in_the_window(store: SqliteFleetStore) -> None:
     def tele(seq: int, ts: str, inference: JsonValue) -> Inbound:
-        body = {"seq": seq, "ts": ts, "inference": inference}
+        body: dict[str, JsonValue] = {"seq": seq, "ts": ts, "inference": inference}
         return Inbound("pi-1", "telemetry", body, 0.0)
 
     store.ingest(
