@@ -39,8 +39,76 @@ class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+# A device tag as ``fleet devices tag`` sets it (the selector language's key and value).
+TagKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+TagValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/@+-]{1,128}$")]
+MAX_TAGS = 32
+# A selector (``site=lab,board!=jetson``) as sent; ``fleet.rollouts.selector`` parses it.
+SelectorText = Annotated[str, StringConstraints(max_length=1024)]
+RolloutId = Annotated[str, StringConstraints(pattern=r"^r-[0-9a-f]{8}$")]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+Duration = Annotated[float, Field(gt=0.0, le=30 * 86400.0)]
+
+
 class DevicesListRequest(_Request):
-    """``devices-list``: no fields."""
+    """``devices-list``: every device, or those a selector matches (``--select``)."""
+
+    select: SelectorText | None = None
+
+
+class TagRequest(_Request):
+    """``devices-tag`` (signed): set the operator's tags of a device."""
+
+    device_id: DeviceName
+    tags: Annotated[dict[TagKey, TagValue], Field(min_length=1, max_length=MAX_TAGS)]
+
+
+class UntagRequest(_Request):
+    """``devices-untag`` (signed): remove the operator's tags ``keys`` of a device."""
+
+    device_id: DeviceName
+    keys: Annotated[list[TagKey], Field(min_length=1, max_length=MAX_TAGS)]
+
+
+class RolloutStartRequest(_Request):
+    """``rollout-start`` (signed): ``model@version`` in stages to the devices ``select``
+    matches (``*``: every accepted device with OTA). Thresholds left out take the defaults
+    (``fleet.rollouts.model.Thresholds``); fractions, not percents."""
+
+    model: Text
+    version: Text
+    select: SelectorText
+    stages: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    name: Annotated[str, StringConstraints(max_length=128)] = ""
+    health_window_s: Duration = 600.0
+    offline_timeout_s: Duration = 1800.0
+    require_approval: bool = False
+    max_install_failures: Share | None = None
+    max_p95_regression: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+    max_error_rate: Share | None = None
+    max_drift: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+    max_accuracy_drop: Share | None = None
+
+
+class RolloutListRequest(_Request):
+    """``rollout-list``: the newest rollouts (``active``: only those still running)."""
+
+    active: bool = False
+    limit: Annotated[int, Field(ge=1, le=1000)] = 50
+
+
+class RolloutStatusRequest(_Request):
+    """``rollout-status``: one rollout; without an id, the newest active one (else the
+    newest)."""
+
+    rollout_id: RolloutId | None = None
+
+
+class RolloutRequest(_Request):
+    """``rollout-pause`` / ``-resume`` / ``-approve`` / ``-abort`` (signed) and
+    ``rollout-history``: one rollout by id."""
+
+    rollout_id: RolloutId
 
 
 class ShowRequest(_Request):
@@ -141,6 +209,9 @@ class DeviceSummary(_Reply):
     models: JsonObject
     duplicates: int
     admission: str = PENDING
+    # Merged tags (``devices-list`` with ``select``): implicit ``device`` and ``hardware``, the
+    # device's own, then the operator's; empty in a plain listing.
+    tags: dict[str, str] = {}
 
 
 class DesiredRow(_Reply):
@@ -184,9 +255,10 @@ class StoredDeadLetter(_Reply):
 
 
 class DevicesReply(_Reply):
-    """``devices-list``."""
+    """``devices-list``: every device, or those ``select`` matched (canonical form)."""
 
     devices: list[DeviceSummary]
+    select: str | None = None
 
 
 class DeviceReply(_Reply):
@@ -273,8 +345,149 @@ class OperatorRemovedReply(_Reply):
     operator: str | None = None
 
 
+class TagsReply(_Reply):
+    """``devices-tag`` / ``devices-untag``: the device's operator tags now, and the keys an
+    untag removed."""
+
+    device_id: str
+    tags: dict[str, str]
+    removed: list[str]
+    # Who signed the request: set by the controller's operator gate over MQTT; None in the
+    # CLI's --db mode. Last, as on the wire.
+    operator: str | None = None
+
+
+class RolloutThresholds(_Reply):
+    max_install_failures: float
+    max_p95_regression: float
+    max_error_rate: float
+    max_drift: float
+    max_accuracy_drop: float
+    min_requests: int
+    min_feedback: int
+
+
+class RolloutVerdict(_Reply):
+    """The gate's figures for one metric against its threshold."""
+
+    metric: str
+    candidate: float | None
+    baseline: float | None
+    value: float | None
+    threshold: float
+    verdict: str  # pass | fail | insufficient | not_reported
+    detail: str
+
+
+class RolloutGate(_Reply):
+    """The gate's last result: the outcome, each metric, and the size of both sides."""
+
+    outcome: str  # pass | fail | insufficient
+    verdicts: list[RolloutVerdict]
+    candidate_devices: int
+    candidate_requests: int
+    baseline_devices: int | None
+    baseline_requests: int | None
+
+
+class RolloutMember(_Reply):
+    """A device the rollout changed (or tried to)."""
+
+    device_id: str
+    stage: int
+    previous_version: str | None
+    outcome: str  # pending | committed | failed | not_reached | reverted
+    variant: str | None
+    reason: str | None
+
+
+class RolloutStage(_Reply):
+    """One stage: its size as asked and the outcome counts of its members."""
+
+    index: int
+    size: str
+    members: int
+    committed: int
+    failed: int
+    pending: int
+    not_reached: int
+    reverted: int
+
+
+class RolloutSummary(_Reply):
+    """One line of ``fleet rollout list``; ``stage`` counts from 0."""
+
+    rollout_id: str
+    name: str
+    model: str
+    version: str
+    select: str
+    phase: str
+    stage: int
+    stages: int
+    members: int
+    reason: str | None
+    created_at: float
+    updated_at: float
+
+
+class RolloutDetail(_Reply):
+    """``fleet rollout status``: the summary, the settings, every stage and member, the gate."""
+
+    summary: RolloutSummary
+    thresholds: RolloutThresholds
+    health_window_s: float
+    offline_timeout_s: float
+    require_approval: bool
+    window_started_at: float | None
+    stages: list[RolloutStage]
+    members: list[RolloutMember]
+    gate: RolloutGate | None
+
+
+class RolloutReply(_Reply):
+    """``rollout-status``, and ``rollout-start`` / ``-pause`` / ``-resume`` / ``-approve`` /
+    ``-abort`` (signed): the rollout as it is after the request."""
+
+    rollout: RolloutDetail
+    # Who signed the request (a change); None for ``rollout-status`` and in --db mode.
+    operator: str | None = None
+
+
+class RolloutsReply(_Reply):
+    """``rollout-list``: newest first."""
+
+    rollouts: list[RolloutSummary]
+
+
+class RolloutTransition(_Reply):
+    """One transition of a rollout (``fleet rollout history``)."""
+
+    at: float
+    from_phase: str | None
+    to_phase: str
+    stage: int
+    reason: str
+    gate: RolloutGate | None
+
+
+class RolloutHistoryReply(_Reply):
+    """``rollout-history``: every transition, oldest first."""
+
+    rollout_id: str
+    transitions: list[RolloutTransition]
+
+
 # The replies of the methods that change the fleet (signed by an operator over MQTT).
-SignedReply = DeployReply | RollbackReply | AcceptReply | OperatorAddedReply | OperatorRemovedReply
+SignedReply = (
+    DeployReply
+    | RollbackReply
+    | AcceptReply
+    | OperatorAddedReply
+    | OperatorRemovedReply
+    | TagsReply
+    | RolloutReply
+)
 Reply = (
     DevicesReply
     | DeviceReply
@@ -285,6 +498,10 @@ Reply = (
     | AcceptReply
     | OperatorAddedReply
     | OperatorRemovedReply
+    | TagsReply
+    | RolloutReply
+    | RolloutsReply
+    | RolloutHistoryReply
 )
 
 
@@ -315,6 +532,16 @@ RPC_REPLIES: dict[str, type[Reply]] = {
     "devices-accept": AcceptReply,
     "operators-add": OperatorAddedReply,
     "operators-remove": OperatorRemovedReply,
+    "devices-tag": TagsReply,
+    "devices-untag": TagsReply,
+    "rollout-start": RolloutReply,
+    "rollout-list": RolloutsReply,
+    "rollout-status": RolloutReply,
+    "rollout-pause": RolloutReply,
+    "rollout-resume": RolloutReply,
+    "rollout-approve": RolloutReply,
+    "rollout-abort": RolloutReply,
+    "rollout-history": RolloutHistoryReply,
 }
 
 

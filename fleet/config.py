@@ -69,6 +69,14 @@ class OtaOptions(_Section):
     )
 
 
+class RolloutOptions(_Section):
+    """Staged rollouts (``fleet rollout``), driven by ``fleet serve`` when OTA is on."""
+
+    tick_s: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between two steps of every rollout."
+    )
+
+
 class OperatorOptions(_Section):
     """Who this CLI signs mutating requests as; how strict the controller is about them."""
 
@@ -146,6 +154,7 @@ class FleetConfig(TomlBackedSettings):
         default_factory=RetentionOptions, description="History retention."
     )
     ota: OtaOptions = Field(default_factory=OtaOptions, description="Signed model releases.")
+    rollouts: RolloutOptions = Field(default_factory=RolloutOptions, description="Staged rollouts.")
     operator: OperatorOptions = Field(
         default_factory=OperatorOptions, description="Operator key for signed requests."
     )

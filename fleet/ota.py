@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -42,10 +44,11 @@ from edge_runtime.mqtt.link import MqttLink
 from fleet.app.replies import Publish
 from fleet.config import OtaOptions
 from fleet.errors import DeviceNotAcceptedError, FleetError, UnknownDeviceError
+from fleet.records import Directive
 from fleet.release.allocator import keep_large_buffers
 from fleet.release.fileserver import FileService, RepositoryFiles
 from fleet.release.repo import Repository, repository_lock, sign_desired
-from fleet.store import ACCEPTED, PENDING, FleetStore
+from fleet.store import ACCEPTED, PENDING, FleetStore, Sign
 
 log = structlog.get_logger("fleet.ota")
 
@@ -138,6 +141,45 @@ class ReleaseService:
             target = _find_target(repo, name, version)
             message = self._desired(repo, device_id, "rollback", name, version, target)
         return RollbackReply(device_id=device_id, model=name, version=version), [message]
+
+    # -- desired states of a rollout (fleet.app.rollouts; no DeployRequest) --------------------
+
+    def check_release(self, name: str, version: str) -> str:
+        """The target path of the signed release ``name@version``.
+
+        Raises:
+            FleetError: no such release in the repository.
+        """
+        with repository_lock(self._dir):
+            return _find_target(Repository.open(self._dir), name, version)
+
+    @contextmanager
+    def signer(self, name: str, versions: Iterable[str]) -> Iterator[Sign]:
+        """A ``Sign`` for directives of ``name`` at any of ``versions``, under the repository
+        lock for as long as it is used (the store's transaction calls it with each counter).
+
+        Raises:
+            FleetError: a version has no signed release.
+        """
+        with repository_lock(self._dir):
+            repo = Repository.open(self._dir)
+            targets = {v: _find_target(repo, name, v) for v in sorted(set(versions))}
+            key = repo.online_signer("timestamp")
+            expiry = timedelta(seconds=self._options.desired_expiry_s)
+
+            def sign(directive: Directive, counter: int) -> bytes:
+                state = DesiredState(
+                    device_id=directive.device_id,
+                    counter=counter,
+                    expires=datetime.now(UTC) + expiry,
+                    action=directive.action,  # type: ignore[arg-type]
+                    model=DesiredModel(
+                        name=name, version=directive.version, target=targets[directive.version]
+                    ),
+                )
+                return sign_desired(state, key)
+
+            yield sign
 
     def _devices(self, request: DeployRequest) -> tuple[list[str], list[tuple[str, str]]]:
         """Targets and (device, reason) skipped. ``--all``: accepted devices with OTA on;

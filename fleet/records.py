@@ -10,7 +10,7 @@ today's ingest writes is shown as a missing value, never an exception.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ from edge_contract.controller import (
 )
 from edge_runtime.mqtt.rejections import DeadLetter
 from fleet.operators import TrustedKey
+from fleet.rollouts.model import DeviceInstall, RolloutState, Transition
 
 __all__ = [
     "ACCEPTED",
@@ -115,6 +116,40 @@ class FleetStore(Protocol):
     def admissions(self) -> dict[str, str]: ...
 
     def ota_devices(self) -> set[str]: ...
+
+    # -- tags and rollouts --
+
+    def set_tags(self, device_id: str, tags: Mapping[str, str]) -> None: ...
+
+    def remove_tags(self, device_id: str, keys: Iterable[str]) -> list[str]: ...
+
+    def device_tags(self, device_id: str) -> dict[str, str]: ...
+
+    def tagged_devices(self) -> list[TaggedDevice]: ...
+
+    def save_rollout(
+        self,
+        state: RolloutState,
+        transitions: Sequence[Transition],
+        directives: Sequence[Directive] = (),
+        sign: Callable[[Directive, int], bytes] | None = None,
+    ) -> list[tuple[str, bytes]]: ...
+
+    def rollout(self, rollout_id: str) -> RolloutState | None: ...
+
+    def rollouts(self, *, active: bool = False, model: str | None = None) -> list[RolloutState]: ...
+
+    def rollout_history(self, rollout_id: str) -> list[Transition]: ...
+
+    def desired_payloads(self, model: str, device_ids: Iterable[str]) -> dict[str, bytes]: ...
+
+    def installs(
+        self, model: str, version: str, since: Mapping[str, float]
+    ) -> dict[str, DeviceInstall]: ...
+
+    def telemetry_samples(
+        self, device_ids: Iterable[str], start: float, end: float
+    ) -> dict[str, list[TelemetrySample]]: ...
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,15 @@ from edge_contract.controller import (
     Refusal,
     Reply,
     RollbackRequest,
+    RolloutListRequest,
+    RolloutRequest,
+    RolloutStartRequest,
+    RolloutStatusRequest,
     ShowRequest,
     SignedReply,
     StatusRequest,
+    TagRequest,
+    UntagRequest,
     decode_request,
     reply_body,
 )
@@ -42,6 +48,7 @@ from edge_runtime.errors import MqttError
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
 from fleet.app.replies import Publish
+from fleet.app.rollouts import EVENTS, RolloutApp
 from fleet.app.usecases import FleetApp
 from fleet.errors import (
     DeviceNotAcceptedError,
@@ -83,12 +90,16 @@ class RpcServer:
 
     def _routes(self) -> dict[str, Handler]:
         app = self.app
+        rollouts = app.rollouts
         # Read-only: unsigned.
         routes = {
             "devices-list": _read("devices-list", DevicesListRequest, app.list_devices),
             "devices-show": _read("devices-show", ShowRequest, app.show_device),
             "controller-status": _read("controller-status", StatusRequest, app.controller_status),
             "operators-list": _read("operators-list", OperatorsListRequest, app.list_operators),
+            "rollout-list": _read("rollout-list", RolloutListRequest, rollouts.list_rollouts),
+            "rollout-status": _read("rollout-status", RolloutStatusRequest, rollouts.status),
+            "rollout-history": _read("rollout-history", RolloutRequest, rollouts.history),
         }
         # Everything that changes the fleet: signed by a trusted operator key (fleet.operators).
         routes["devices-accept"] = self._signed("devices-accept", AcceptRequest, self._accept)
@@ -98,7 +109,22 @@ class RpcServer:
         routes["operators-remove"] = self._signed(
             "operators-remove", OperatorRemoveRequest, lambda r, _v: (app.remove_operator(r), [])
         )
+        routes["devices-tag"] = self._signed(
+            "devices-tag", TagRequest, lambda r, _v: (rollouts.tag(r), [])
+        )
+        routes["devices-untag"] = self._signed(
+            "devices-untag", UntagRequest, lambda r, _v: (rollouts.untag(r), [])
+        )
         if app.releases is not None:
+            routes["rollout-start"] = self._signed(
+                "rollout-start",
+                RolloutStartRequest,
+                lambda r, v: rollouts.start(r, operator=v.operator),
+            )
+            for kind in EVENTS:
+                routes[f"rollout-{kind}"] = self._signed(
+                    f"rollout-{kind}", RolloutRequest, _event(rollouts, kind)
+                )
             routes["deploy"] = self._signed("deploy", DeployRequest, lambda r, _v: app.deploy(r))
             routes["rollback"] = self._signed(
                 "rollback", RollbackRequest, lambda r, _v: app.rollback(r)
@@ -193,6 +219,13 @@ class RpcServer:
             # The CLI names the device from this.
             refusal = refusal.model_copy(update={"device_id": exc.device_id})
         return refusal.model_dump(exclude_none=True)
+
+
+def _event(
+    rollouts: RolloutApp, kind: str
+) -> Callable[[RolloutRequest, Verified], tuple[SignedReply, list[Publish]]]:
+    """An operator event (pause, resume, approve, abort) signed by ``verified.operator``."""
+    return lambda r, v: rollouts.event(kind, r, operator=v.operator)
 
 
 def _read(method: str, model: type[RequestT], use: Callable[[RequestT], Reply]) -> Handler:

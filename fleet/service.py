@@ -6,8 +6,9 @@ the parts and runs them: device messages go to ingest (``fleet.ingest``: validat
 commit, acknowledge, dead letters), the CLI's requests on ``fleet-controller/rpc/<method>``
 to the RPC front end (``fleet.rpc_server``) over the use cases (``fleet.app``), and the
 devices' repository file requests to the release service (``fleet.ota``) when ``[ota] repo``
-is set. Every message is acknowledged exactly once, and nothing a message holds stops the
-controller (``controller-status`` reports the refusals).
+is set, which also starts the staged rollouts' driver (``fleet.rollouts_driver``). Every
+message is acknowledged exactly once, and nothing a message holds stops the controller
+(``controller-status`` reports the refusals).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fleet.db.engine import describe
 from fleet.ingest import RECORDED, Ingest, StoreThread, rejection_reason, validate
 from fleet.operator_rpc import OperatorGate
 from fleet.ota import ReleaseService
+from fleet.rollouts_driver import RolloutDriver
 from fleet.rpc_server import RpcServer
 from fleet.store import FleetStore, Retention, SqlFleetStore
 
@@ -72,6 +74,11 @@ class Controller:
         self.app = FleetApp(self.store, releases=self.ota, clock=clock, refusals=self._refusals)
         self.gate = OperatorGate(self.store, window_s=config.operator.request_window_s, clock=clock)
         self.rpc = RpcServer(self.app, self.gate, self.link, self._thread, self.ingest.reject)
+        self.rollouts: RolloutDriver | None = None
+        if self.ota is not None:
+            self.rollouts = RolloutDriver(
+                self.app.rollouts, self.ota, self._thread, config.rollouts.tick_s
+            )
 
     def _refusals(self) -> Counter[str]:
         """Store thread: what was refused since the start (ingest, RPC and file requests)."""
@@ -129,6 +136,8 @@ class Controller:
             tasks += [group.create_task(coro) for coro in self.ingest.tasks()]
             if self.ota is not None:
                 tasks.append(group.create_task(self.ota.run()))
+            if self.rollouts is not None:
+                tasks.append(group.create_task(self.rollouts.run()))
             await stop.wait()
             await self.link.close()
             with contextlib.suppress(TimeoutError):

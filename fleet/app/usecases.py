@@ -36,6 +36,7 @@ from edge_contract.controller import (
     StatusRequest,
 )
 from fleet.app.replies import Publish
+from fleet.app.rollouts import RolloutApp
 from fleet.errors import FleetError
 from fleet.operators import check_name, parse_public_key
 from fleet.ota import ReleaseService
@@ -65,10 +66,19 @@ class FleetApp:
         self.releases = releases
         self._clock = clock
         self._refusals = refusals
+        # Tags, selections and staged rollouts (fleet.app.rollouts).
+        self.rollouts = RolloutApp(store, releases=releases, clock=clock)
 
     # -- reads (unsigned over MQTT) ----------------------------------------------------------
 
-    def list_devices(self, _request: DevicesListRequest) -> DevicesReply:
+    def list_devices(self, request: DevicesListRequest) -> DevicesReply:
+        """Every device; with ``select``, those it matches and their merged tags.
+
+        Raises:
+            SelectorError: the selector does not parse (naming the clause).
+        """
+        if request.select is not None:
+            return self.rollouts.select_devices(request)
         return DevicesReply(devices=self.store.list_devices())
 
     def show_device(self, request: ShowRequest) -> DeviceReply:

@@ -265,12 +265,12 @@ class TestRpcFrontEnd:
         body, messages = controller.rpc.call("devices-list", {})
         assert messages == []
         listed = [d.model_dump() for d in controller.store.list_devices()]
-        assert to_json(body) == {"devices": listed}
+        assert to_json(body) == {"devices": listed, "select": None}
         # The summary's keys in the order the controller has always sent them.
         assert list(listed[0]) == [
             "device_id", "online", "state", "agent_version", "last_telemetry_age_s", "last_seq",
             "cpu_percent", "memory_percent", "temperature_c", "health", "queue_depth", "models",
-            "duplicates", "admission",
+            "duplicates", "admission", "tags",
         ]  # fmt: skip
         shown, _ = controller.rpc.call("devices-show", {"device_id": "pi-1"})
         detail = controller.store.device_detail("pi-1")

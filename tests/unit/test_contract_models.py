@@ -514,6 +514,7 @@ SUMMARY: dict[str, Any] = {
     "models": {"digits": "3"},
     "duplicates": 0,
     "admission": "accepted",
+    "tags": {"site": "lab"},
 }
 DETAIL: dict[str, Any] = {
     "summary": SUMMARY,
@@ -532,17 +533,90 @@ LETTER = {
     "received": 1.0,
 }
 OPERATOR = {"name": "alice", "key_id": "ab" * 16, "public_key": "k", "added": 1.0}
+ROLLOUT_SUMMARY: dict[str, Any] = {
+    "rollout_id": "r-0123abcd",
+    "name": "night",
+    "model": "digits",
+    "version": "3",
+    "select": "site=lab",
+    "phase": "watching",
+    "stage": 1,
+    "stages": 3,
+    "members": 4,
+    "reason": "stage 2/3: 3 device(s)",
+    "created_at": 1.0,
+    "updated_at": 2.0,
+}
+GATE: dict[str, Any] = {
+    "outcome": "fail",
+    "verdicts": [
+        {
+            "metric": "p95_regression",
+            "candidate": 0.012,
+            "baseline": 0.009,
+            "value": 0.33,
+            "threshold": 0.2,
+            "verdict": "fail",
+            "detail": "p95 regression +33% > +20%",
+        }
+    ],
+    "candidate_devices": 1,
+    "candidate_requests": 80,
+    "baseline_devices": 5,
+    "baseline_requests": None,
+}
+ROLLOUT: dict[str, Any] = {
+    "summary": ROLLOUT_SUMMARY,
+    "thresholds": {
+        "max_install_failures": 0.05,
+        "max_p95_regression": 0.2,
+        "max_error_rate": 0.01,
+        "max_drift": 0.2,
+        "max_accuracy_drop": 0.02,
+        "min_requests": 20,
+        "min_feedback": 20,
+    },
+    "health_window_s": 600.0,
+    "offline_timeout_s": 1800.0,
+    "require_approval": False,
+    "window_started_at": None,
+    "stages": [
+        {
+            "index": 0,
+            "size": "1",
+            "members": 1,
+            "committed": 1,
+            "failed": 0,
+            "pending": 0,
+            "not_reached": 0,
+            "reverted": 0,
+        }
+    ],
+    "members": [
+        {
+            "device_id": "pi-1",
+            "stage": 0,
+            "previous_version": "2",
+            "outcome": "committed",
+            "variant": None,
+            "reason": None,
+        }
+    ],
+    "gate": GATE,
+}
 
 # The method, its reply on the wire (``ok`` first), and (path, bad value, field named).
 REPLY_CASES: dict[str, tuple[dict[str, Any], list[tuple[str, object, str]]]] = {
     "devices-list": (
-        {"devices": [SUMMARY]},
+        {"devices": [SUMMARY], "select": "site=lab"},
         [
             ("devices.0.online", "yes", "devices.0.online"),
             ("devices.0.cpu_percent", "42", "devices.0.cpu_percent"),
             ("devices.0.last_seq", 1.5, "devices.0.last_seq"),
             ("devices.0.models", [], "devices.0.models"),
             ("devices", {}, "devices"),
+            ("devices.0.tags.site", 1, "devices.0.tags.site"),
+            ("select", 1, "select"),
         ],
     ),
     "devices-show": (
@@ -602,6 +676,68 @@ REPLY_CASES: dict[str, tuple[dict[str, Any], list[tuple[str, object, str]]]] = {
     "operators-remove": (
         {"name": "bob", "removed": True, "operator": "alice"},
         [("removed", 1, "removed")],
+    ),
+    "devices-tag": (
+        {"device_id": "pi-1", "tags": {"site": "lab"}, "removed": [], "operator": "alice"},
+        [("tags.site", None, "tags.site"), ("removed", "x", "removed")],
+    ),
+    "devices-untag": (
+        {"device_id": "pi-1", "tags": {}, "removed": ["site"], "operator": "alice"},
+        [("removed.0", 1, "removed.0")],
+    ),
+    "rollout-start": (
+        {"rollout": ROLLOUT, "operator": "alice"},
+        [
+            ("rollout.summary.phase", None, "rollout.summary.phase"),
+            ("rollout.stages.0.committed", "1", "rollout.stages.0.committed"),
+            ("rollout.gate.verdicts.0.value", "x", "rollout.gate.verdicts.0.value"),
+            ("rollout.thresholds.min_requests", 1.5, "rollout.thresholds.min_requests"),
+        ],
+    ),
+    "rollout-status": (
+        {"rollout": ROLLOUT, "operator": None},
+        [("rollout.members.0.outcome", 3, "rollout.members.0.outcome")],
+    ),
+    "rollout-pause": ({"rollout": ROLLOUT, "operator": "alice"}, [("operator", 1, "operator")]),
+    "rollout-resume": ({"rollout": ROLLOUT, "operator": "alice"}, [("rollout", [], "rollout")]),
+    "rollout-approve": (
+        {"rollout": ROLLOUT, "operator": "alice"},
+        [("rollout.window_started_at", "now", "rollout.window_started_at")],
+    ),
+    "rollout-abort": (
+        {"rollout": ROLLOUT, "operator": "alice"},
+        [("rollout.require_approval", "no", "rollout.require_approval")],
+    ),
+    "rollout-list": (
+        {"rollouts": [ROLLOUT_SUMMARY]},
+        [("rollouts.0.stage", "1", "rollouts.0.stage")],
+    ),
+    "rollout-history": (
+        {
+            "rollout_id": "r-0123abcd",
+            "transitions": [
+                {
+                    "at": 1.0,
+                    "from_phase": None,
+                    "to_phase": "installing",
+                    "stage": 0,
+                    "reason": "stage 1/3: 1 device(s)",
+                    "gate": None,
+                },
+                {
+                    "at": 9.0,
+                    "from_phase": "watching",
+                    "to_phase": "halted",
+                    "stage": 0,
+                    "reason": "p95 regression +33% > +20%",
+                    "gate": GATE,
+                },
+            ],
+        },
+        [
+            ("transitions.0.at", "1", "transitions.0.at"),
+            ("transitions.1.gate.outcome", 1, "transitions.1.gate.outcome"),
+        ],
     ),
 }
 

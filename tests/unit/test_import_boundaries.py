@@ -45,6 +45,7 @@ DOORS: dict[str, frozenset[str]] = {
         {"sqlalchemy", "alembic"}
     ),
     "fleet/db/migrations/versions/0003_64_bit_ids.py": frozenset({"sqlalchemy", "alembic"}),
+    "fleet/db/migrations/versions/0004_rollouts.py": frozenset({"sqlalchemy", "alembic"}),
 }
 
 
