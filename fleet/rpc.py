@@ -38,6 +38,7 @@ from fleet.errors import (
     DeviceNotAcceptedError,
     FleetError,
     OperatorRefusedError,
+    RolloutError,
     UnknownDeviceError,
 )
 from fleet.operators import sign_request
@@ -166,4 +167,7 @@ def _reply_error(refusal: Refusal) -> FleetError:
         return DeviceNotAcceptedError(device)
     if kind == "OperatorRefusedError":
         return OperatorRefusedError(str(refusal.reason), str(refusal.detail))
+    if kind in ("RolloutError", "SelectorError"):
+        # The controller's message names the rollout, the entry or the clause: shown as is.
+        return RolloutError(refusal.error, value=refusal.error)
     return FleetError(f"controller error: {refusal.error}")

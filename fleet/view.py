@@ -173,6 +173,18 @@ def devices_table(devices: Sequence[DeviceSummary], title: str = "Devices") -> T
     return table
 
 
+def tags_table(devices: Sequence[DeviceSummary]) -> Table:
+    """Each device's merged tags (``fleet devices list --select``)."""
+    table = Table(title="Tags")
+    table.add_column("device", no_wrap=True)
+    table.add_column("admission", no_wrap=True)
+    table.add_column("tags")
+    for d in devices:
+        tags = ", ".join(f"{text(k, 64)}={text(v, 128)}" for k, v in sorted(d.tags.items()))
+        table.add_row(Text(text(d.device_id, 64) or "?"), Text(d.admission), Text(tags or "-"))
+    return table
+
+
 def compact_devices_table(devices: Sequence[DeviceSummary], title: str = "Devices") -> Table:
     """The essentials in 80 columns: device, state, age, cpu, memory, temperature, models.
 

@@ -2,7 +2,8 @@
 
 Tables for people, ``--json`` for scripts. Device queries go to the controller over MQTT
 (``--broker``), or straight to its database with ``--db`` on the controller's own host.
-Requests that change anything (deploy, rollback, devices accept, operators add/remove) are
+Requests that change anything (deploy, rollback, rollout start/pause/resume/approve/abort,
+devices accept/tag/untag, operators add/remove) are
 signed with the operator's key (``[operator] key_file``, ``FLEET_OPERATOR__KEY_FILE`` or
 ``--operator-key``); with ``--db`` the operator and accept commands edit the controller's
 database directly (bootstrap on the controller's host, authorized by file access).
@@ -10,7 +11,7 @@ Exit codes: 0 ok, 2 unknown device, 65 device pending or refused input, 69 broke
 controller unavailable, 77 request refused by the controller, 78 configuration error.
 
 The commands live by group: ``devices``, ``operators``, ``controller`` (serve, deploy,
-rollback, controller-status), ``model``; ``common`` holds what they share.
+rollback, controller-status), ``model``, ``rollout``; ``common`` holds what they share.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fleet.cli import controller
 from fleet.cli.devices import devices_app
 from fleet.cli.model import model_app
 from fleet.cli.operators import operators_app
+from fleet.cli.rollout import rollout_app
 from fleet.release.cli import keys_app
 
 __all__ = ["app", "main", "package_version"]
@@ -34,6 +36,7 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(operators_app, name="operators")
 app.add_typer(model_app, name="model")
 app.add_typer(keys_app, name="keys")
+app.add_typer(rollout_app, name="rollout")
 controller.register(app)
 
 

@@ -1,4 +1,4 @@
-"""``fleet devices``: list, show and accept the devices the controller has seen."""
+"""``fleet devices``: list, show, accept and tag the devices the controller has seen."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from edge_contract.controller import (
     DevicesListRequest,
     DevicesReply,
     ShowRequest,
+    TagRequest,
+    TagsReply,
+    UntagRequest,
 )
 from fleet.cli.common import (
     Connection,
@@ -29,17 +32,27 @@ from fleet.cli.common import (
     with_connection,
 )
 from fleet.errors import FleetError
-from fleet.view import device_detail_view, devices_table
+from fleet.view import device_detail_view, devices_table, tags_table
 
 devices_app = typer.Typer(no_args_is_help=True, help="Devices seen by the controller.")
 
 
+SelectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--select", help="only the devices a selector matches: site=lab,board!=jetson (* all)"
+    ),
+]
+
+
 @devices_app.command("list")
 @with_connection
-def devices_list(connection: Connection, json_out: JsonOpt = False, db: DbOpt = None) -> None:
+def devices_list(
+    connection: Connection, json_out: JsonOpt = False, db: DbOpt = None, select: SelectOpt = None
+) -> None:
     """Every device seen: online/offline, last telemetry age, CPU, memory, temperature."""
     try:
-        listing = request("devices-list", DevicesListRequest)
+        listing = request("devices-list", DevicesListRequest, select=select)
         reply = ask(
             connection, db, "devices-list", listing, DevicesReply, lambda a: a.list_devices(listing)
         )
@@ -49,6 +62,10 @@ def devices_list(connection: Connection, json_out: JsonOpt = False, db: DbOpt = 
         print_json([device.model_dump() for device in reply.devices])
         return
     console = Console()
+    if reply.select is not None:
+        console.print(devices_table(reply.devices, title=f"Devices matching {reply.select}"))
+        console.print(tags_table(reply.devices))
+        return
     console.print(devices_table(reply.devices))
     # Admission under the table (not a column): the table's columns already fill 80 columns.
     pending = [d.device_id for d in reply.devices if d.admission == "pending"]
@@ -111,3 +128,69 @@ def devices_accept(
     except FleetError as exc:
         fail(exc)
     Console().print(f"device {device_id} accepted", highlight=False)
+
+
+@devices_app.command("tag")
+@with_connection
+def devices_tag(
+    connection: Connection,
+    device_id: Annotated[str, typer.Argument(help="device id")],
+    tags: Annotated[list[str], typer.Argument(help="key=value (one or more)")],
+    db: DirectOpt = None,
+    operator_key: OperatorKeyOpt = None,
+) -> None:
+    """Set tags on a device (signed); selectors (--select) match them."""
+    try:
+        pairs = dict(_tag(t) for t in tags)
+        body = request("devices-tag", TagRequest, device_id=device_id, tags=pairs)
+        reply = change(
+            connection,
+            db,
+            operator_key,
+            "devices-tag",
+            body,
+            TagsReply,
+            lambda a: a.rollouts.tag(body),
+        )
+    except FleetError as exc:
+        fail(exc)
+    Console().print(f"{device_id}: {_tags_text(reply.tags)}", highlight=False)
+
+
+@devices_app.command("untag")
+@with_connection
+def devices_untag(
+    connection: Connection,
+    device_id: Annotated[str, typer.Argument(help="device id")],
+    keys: Annotated[list[str], typer.Argument(help="tag key (one or more)")],
+    db: DirectOpt = None,
+    operator_key: OperatorKeyOpt = None,
+) -> None:
+    """Remove tags from a device (signed)."""
+    try:
+        body = request("devices-untag", UntagRequest, device_id=device_id, keys=keys)
+        reply = change(
+            connection,
+            db,
+            operator_key,
+            "devices-untag",
+            body,
+            TagsReply,
+            lambda a: a.rollouts.untag(body),
+        )
+    except FleetError as exc:
+        fail(exc)
+    missing = sorted(set(keys) - set(reply.removed))
+    note = f" (not set: {', '.join(missing)})" if missing else ""
+    Console().print(f"{device_id}: {_tags_text(reply.tags)}{note}", highlight=False)
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise FleetError(f"a tag is key=value, not {text!r}")
+    return key, value
+
+
+def _tags_text(tags: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(tags.items())) or "no tags"

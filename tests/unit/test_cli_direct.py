@@ -92,3 +92,61 @@ def test_the_store_url_comes_from_the_config_file_and_a_bad_one_exits_78(tmp_pat
     assert "hunter2" not in str(refused.value)
     code, out = _fleet("devices", "list", "--db", "mysql://fleet@db/fleet")
     assert code == 78 and "store.url" in out
+
+
+def test_tags_and_selectors_with_db(tmp_path: Path) -> None:
+    db = str(_db(tmp_path))
+    code, out = _fleet("devices", "tag", "pi-1", "site=lab", "board=pi4", "--db", db)
+    assert code == 0 and "board=pi4, site=lab" in out
+    code, out = _fleet("devices", "list", "--select", "site=lab", "--json", "--db", db)
+    assert code == 0
+    (device,) = json.loads(out)
+    assert device["tags"] == {"device": "pi-1", "site": "lab", "board": "pi4"}
+    code, out = _fleet("devices", "list", "--select", "site!=lab", "--json", "--db", db)
+    assert code == 0 and json.loads(out) == []
+    code, out = _fleet("devices", "untag", "pi-1", "site", "nope", "--db", db)
+    assert code == 0 and "board=pi4" in out and "not set: nope" in out
+    # A bad selector: one line naming the clause.
+    code, out = _fleet("devices", "list", "--select", "site=lab,Bad=1", "--db", db)
+    assert code == 65 and "'Bad=1'" in out and len(out.strip().splitlines()) == 1
+    code, out = _fleet("devices", "tag", "pi-1", "nokey", "--db", db)
+    assert code == 1 and "key=value" in out
+
+
+def test_rollout_reads_with_db_and_clear_errors(tmp_path: Path) -> None:
+    db = str(_db(tmp_path))
+    code, out = _fleet("rollout", "list", "--json", "--db", db)
+    assert code == 0 and json.loads(out) == []
+    code, out = _fleet("rollout", "status", "r-0000abcd", "--db", db)
+    assert code == 65 and "unknown rollout r-0000abcd" in out
+    code, out = _fleet("rollout", "history", "r-0000abcd", "--db", db)
+    assert code == 65 and "unknown rollout r-0000abcd" in out
+    code, out = _fleet("rollout", "status", "--db", db)
+    assert code == 65 and "no rollout yet" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30.0), ("10m", 600.0), ("1h", 3600.0), ("45", 45.0)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    from fleet.cli.rollout import parse_duration  # noqa: PLC0415
+
+    assert parse_duration(text, "--x") == seconds
+
+
+def test_shares_and_bad_values() -> None:
+    from fleet.cli.rollout import parse_duration, parse_share, selection  # noqa: PLC0415
+    from fleet.errors import FleetError  # noqa: PLC0415
+
+    assert parse_share("5%", "--x") == pytest.approx(0.05)
+    assert parse_share("0.05", "--x") == 0.05
+    assert parse_share("2pt", "--x", points=True) == pytest.approx(0.02)
+    for bad in ("ten", "-1", "nan"):
+        with pytest.raises(FleetError, match="--x"):
+            parse_share(bad, "--x")
+    with pytest.raises(FleetError, match="--x"):
+        parse_duration("5 weeks", "--x")
+    assert selection(None, True, None) == "*"
+    assert selection(None, False, "a, b") == "device=a|b"
+    with pytest.raises(FleetError, match="exactly one"):
+        selection("site=lab", True, None)
