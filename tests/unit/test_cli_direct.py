@@ -129,14 +129,14 @@ def test_rollout_reads_with_db_and_clear_errors(tmp_path: Path) -> None:
     ("text", "seconds"), [("30s", 30.0), ("10m", 600.0), ("1h", 3600.0), ("45", 45.0)]
 )
 def test_durations(text: str, seconds: float) -> None:
-    from fleet.cli.rollout import parse_duration  # noqa: PLC0415
+    from fleet.cli.rollout import parse_duration
 
     assert parse_duration(text, "--x") == seconds
 
 
 def test_shares_and_bad_values() -> None:
-    from fleet.cli.rollout import parse_duration, parse_share, selection  # noqa: PLC0415
-    from fleet.errors import FleetError  # noqa: PLC0415
+    from fleet.cli.rollout import parse_duration, parse_share, selection
+    from fleet.errors import FleetError
 
     assert parse_share("5%", "--x") == pytest.approx(0.05)
     assert parse_share("0.05", "--x") == 0.05
