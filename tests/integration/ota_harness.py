@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,8 @@ class Fleet:
     operator_key: Path | None = None
     agent: ManagedProcess | None = None
     controller: ManagedProcess | None = None
+    # More agents on the same broker, by device id (``start_agent_as``; rollouts).
+    agents: dict[str, ManagedProcess] = field(default_factory=dict)
 
     def start_agent(self, **env: str) -> ManagedProcess:
         settings = {
@@ -76,6 +78,32 @@ class Fleet:
         }
         self.agent = agent_process(self.tmp, self.broker.port, DEVICE, **settings).start()
         return self.agent
+
+    def start_agent_as(self, device_id: str, **env: str) -> ManagedProcess:
+        """Another agent with OTA, as ``device_id`` (its own state dir and log)."""
+        settings = {
+            "OTA__ENABLED": "true",
+            "OTA__TRUSTED_ROOT": str(self.repo_dir / "metadata" / "1.root.json"),
+            "OTA__HEALTH__DURATION_S": "1",
+            "OTA__HEALTH__MIN_INFERENCES": "0",
+            "OTA__RETRY_S": "2",
+            "INFERENCE__REST": "false",
+            **env,
+        }
+        agent = agent_process(self.tmp, self.broker.port, device_id, **settings).start()
+        self.agents[device_id] = agent
+        return agent
+
+    def active_version_of(self, device_id: str) -> str | None:
+        """The active digits version ``device_id`` last reported (needs a recorder on it)."""
+        bodies = [
+            body
+            for topic, body, _retained in list(self.recorder.messages)
+            if topic == f"fleet/{device_id}/reported"
+        ]
+        model = ((bodies[-1] if bodies else {}).get("models") or {}).get("digits") or {}
+        version: str | None = (model.get("active") or {}).get("version")
+        return version
 
     def cli(self, *args: str) -> Any:
         """The `fleet` CLI as the registered operator (its key in FLEET_OPERATOR__KEY_FILE)."""
@@ -151,15 +179,23 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def ota_fleet(tmp_path: Path, broker: PrivateBroker) -> Iterator[Fleet]:
-    """digits@1 (fp32) and digits@2 (int8) published; the controller serving the repository."""
+def ota_fleet(
+    tmp_path: Path,
+    broker: PrivateBroker,
+    *,
+    record: str = f"fleet/{DEVICE}/#",
+    **controller_env: str,
+) -> Iterator[Fleet]:
+    """digits@1 (fp32) and digits@2 (int8) published; the controller serving the repository.
+
+    ``record``: the topics the recorder keeps; ``controller_env``: more ``FLEET_*`` settings."""
     repo_dir = tmp_path / "repo"
     repo = Repository.init(repo_dir)
     publish_model(repo, DIGITS / "digits-fp32.onnx", name="digits", version="1", hardware=GENERIC)
     publish_model(repo, DIGITS / "digits-int8.onnx", name="digits", version="2", hardware=GENERIC)
     operator_key = register_operator(tmp_path, tmp_path / "fleet.sqlite3")
-    controller = start_controller(tmp_path, broker.port, OTA__REPO=str(repo_dir))
-    recorder = Recorder(broker.port, f"fleet/{DEVICE}/#").start()
+    controller = start_controller(tmp_path, broker.port, OTA__REPO=str(repo_dir), **controller_env)
+    recorder = Recorder(broker.port, record).start()
     state = Fleet(tmp_path, broker, repo_dir, recorder, operator_key)
     state.controller = controller
     try:
@@ -168,7 +204,10 @@ def ota_fleet(tmp_path: Path, broker: PrivateBroker) -> Iterator[Fleet]:
         recorder.stop()
         if state.agent is not None:
             state.agent.stop()
-        controller.stop()
+        for agent in state.agents.values():
+            agent.stop()
+        if state.controller is not None:
+            state.controller.stop()
 
 
 # -- helpers for the attack, kill and rotation tests (test_ota_attacks/kill/rotation.py) ----------
