@@ -150,3 +150,53 @@ def test_shares_and_bad_values() -> None:
     assert selection(None, False, "a, b") == "device=a|b"
     with pytest.raises(FleetError, match="exactly one"):
         selection("site=lab", True, None)
+
+
+def _rollout(db: str, phase: str) -> str:
+    from fleet.rollouts.model import (  # noqa: PLC0415
+        Member,
+        Phase,
+        RolloutSpec,
+        RolloutState,
+        StageSize,
+        Transition,
+    )
+
+    spec = RolloutSpec(
+        rollout_id="r-0000abcd",
+        model="digits",
+        version="2",
+        selector="*",
+        stages=(StageSize(count=1), StageSize(percent=100.0)),
+        created_at=NOW,
+    )
+    state = RolloutState(
+        spec=spec,
+        phase=Phase(phase),
+        stage_started_at=NOW,
+        members={"pi-1": Member(stage=0, previous_version="1", sent_at=NOW, outcome="committed")},
+        reason="stage 1/2 (1) passed; completed",
+        updated_at=NOW + 1,
+    )
+    start = Transition(at=NOW, from_phase=None, to_phase=Phase.INSTALLING, stage=0, reason="go")
+    store = SqliteFleetStore(db)
+    store.save_rollout(state, [start])
+    store.close()
+    return spec.rollout_id
+
+
+def test_rollout_status_watch_ends_at_a_terminal_phase_with_plain_lines(tmp_path: Path) -> None:
+    """Not a terminal (the runner's output is a pipe): one plain line per change, and the
+    watch ends by itself once the rollout is completed."""
+    db = str(_db(tmp_path))
+    rid = _rollout(db, "completed")
+    code, out = _fleet("rollout", "status", rid, "--watch", "--db", db)
+    assert code == 0, out
+    assert out.splitlines() == [
+        f"{rid} completed stage 1/2 [1:1 1c/0f/0p/0n] [2:100% 0c/0f/0p/0n] - "
+        "stage 1/2 (1) passed; completed"
+    ]
+    code, out = _fleet("rollout", "status", "--db", db)
+    assert code == 0 and "digits@2" in out and "committed" in out
+    code, out = _fleet("rollout", "history", rid, "--json", "--db", db)
+    assert code == 0 and [t["reason"] for t in json.loads(out)["transitions"]] == ["go"]
