@@ -153,7 +153,7 @@ def test_shares_and_bad_values() -> None:
 
 
 def _rollout(db: str, phase: str) -> str:
-    from fleet.rollouts.model import (  # noqa: PLC0415
+    from fleet.rollouts.model import (
         Member,
         Phase,
         RolloutSpec,
