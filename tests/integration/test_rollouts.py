@@ -249,6 +249,22 @@ def test_2_a_slower_version_halts_at_the_canary_and_rolls_it_back(bench: Bench) 
     assert "p95 regression" in history["transitions"][-1]["reason"]
 
 
+def test_2b_tags_and_selectors_over_the_broker(bench: Bench) -> None:
+    """Signed tag and untag, and what a selector matches, through the running controller."""
+    for device in AGENTS[:2]:
+        bench.cli("devices", "tag", device, "site=lab", "shelf=top")
+    bench.cli("devices", "untag", AGENTS[1], "shelf")
+    listed = json.loads(bench.cli("devices", "list", "--select", "site=lab", "--json").stdout)
+    assert sorted(d["device_id"] for d in listed) == AGENTS[:2]
+    assert listed[0]["tags"]["device"] == listed[0]["device_id"]
+    top = json.loads(bench.cli("devices", "list", "--select", "shelf=top", "--json").stdout)
+    assert [d["device_id"] for d in top] == AGENTS[:1]
+    bad = bench.fleet.cli("devices", "list", "--select", "site=lab,Shelf=1")
+    assert bad.returncode == 65 and "'Shelf=1'" in bad.stderr, bad.stderr
+    for device in AGENTS[:2]:
+        bench.cli("devices", "untag", device, "site", "shelf")
+
+
 def test_3_require_approval_waits_and_approve_continues(bench: Bench) -> None:
     bench.wait_versions("2", AGENTS)
     rid = bench.start(
@@ -267,6 +283,11 @@ def test_3_require_approval_waits_and_approve_continues(bench: Bench) -> None:
     time.sleep(2)  # not a timing assertion: the phase is read after several ticks
     assert bench.state(rid).phase is Phase.AWAITING_APPROVAL
     assert len(bench.state(rid).members) == 1
+    # While it holds the fleet, another rollout of the model is refused, naming it.
+    clash = bench.fleet.cli(
+        "rollout", "start", "digits@5", "--devices", AGENTS[0], "--stages", "100%"
+    )
+    assert clash.returncode == 65 and rid in clash.stderr, clash.stderr
     bench.cli("rollout", "approve", rid)
     bench.wait_versions("4", AGENTS)
     state = bench.wait_phase(rid, {Phase.AWAITING_APPROVAL, Phase.COMPLETED})
