@@ -32,7 +32,9 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
+from agent.hardware import detect_hardware_id
 from agent.loop.eventloop import LoopChoice
+from edge_contract.identity import HARDWARE_ID_PATTERN, MAX_TAGS, tag_problem
 from edge_contract.topics import DEVICE_ID_PATTERN
 from edge_runtime.settings import TomlBackedSettings, format_validation_error, toml_file
 
@@ -304,6 +306,39 @@ def _default_hardware_ids() -> tuple[str, ...]:
     return ("generic", platform.machine().lower() or "unknown")
 
 
+class DeviceConfig(_Section):
+    """What the device says about itself in its status: its hardware id and static tags."""
+
+    hardware_id: str = Field(
+        default_factory=detect_hardware_id,
+        description="Board kind a release variant names (pi4, pi5, jetson-orin, ...; default: "
+        "detected from the device tree or L4T, else generic).",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description='Static tags reported in the status (e.g. {site = "lab"}); the '
+        "controller's selectors match them beside the operator's.",
+    )
+
+    @field_validator("hardware_id")
+    @classmethod
+    def _check_hardware_id(cls, value: str) -> str:
+        if not HARDWARE_ID_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} does not match {HARDWARE_ID_PATTERN.pattern}")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_TAGS:
+            raise ValueError(f"{len(value)} tags, at most {MAX_TAGS}")
+        for key, text in value.items():
+            problem = tag_problem(key, text)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
 class OtaHealthConfig(_Section):
     """The health window after a new model is activated: pass it or be rolled back."""
 
@@ -405,6 +440,9 @@ class AgentConfig(TomlBackedSettings):
         default_factory=list, description="Sensor-to-actuator pipelines."
     )
     ota: OtaConfig = Field(default_factory=OtaConfig, description="Signed model updates.")
+    device: DeviceConfig = Field(
+        default_factory=DeviceConfig, description="Hardware id and static tags."
+    )
 
     @model_validator(mode="after")
     def _check_pipelines(self) -> AgentConfig:

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from edge_contract import payloads
 from edge_contract.errors import PayloadError
+from edge_contract.identity import MAX_TAGS, HardwareId, TagKey, TagValue
 from edge_contract.topics import DEVICE_ID_PATTERN, Channel
 
 # A device clock may run a little ahead; a day ahead is a broken clock or a forged message.
@@ -95,6 +96,8 @@ class StatusMessage(_Device):
     started_at: AnyTimestamp | None = None
     ts: Timestamp
     reason: Text | None = None
+    hardware_id: HardwareId | None = None
+    tags: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=MAX_TAGS)
 
 
 class CpuReading(_Open):

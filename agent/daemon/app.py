@@ -173,7 +173,7 @@ class Agent:
             Outbox(state_dir / "outbox.sqlite3", max_bytes=config.queue.max_bytes)
         )
         self.events = EventEmitter(config.device_id, self.outbox)
-        self.presence = Presence(config.device_id)
+        self.presence = Presence(config.device_id, config.device.hardware_id, config.device.tags)
         self.link = MqttLink(link_settings(config, self.presence))
         self.rejections = InboundRejections()
         self.commands = CommandDispatcher(config.device_id, self.link, self.rejections)
