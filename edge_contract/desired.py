@@ -39,7 +39,13 @@ class DesiredModel(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Model name.")
     version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z_.+-]{0,63}$", description="Version.")
-    target: str = Field(min_length=1, max_length=512, description="TUF target path.")
+    target: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="One TUF target path (older controllers, single-file releases); absent: "
+        "the device picks among the release's signed variants.",
+    )
 
 
 class DesiredState(BaseModel):

@@ -140,12 +140,14 @@ class EventMessage(_Device):
 
 class SlotVersion(_Open):
     version: Text
+    variant: Text | None = None
 
 
 class ReportedModel(_Open):
     active: SlotVersion | None = None
     pending: SlotVersion | None = None
     previous: SlotVersion | None = None
+    variant: Text | None = None  # the active version's variant of its release
     step: Text | None = None
 
 

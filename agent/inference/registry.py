@@ -233,6 +233,14 @@ class ModelRegistry:
         if self._closed:
             backend.close()
             raise InferenceError(f"{card.name}: the registry closed while the model loaded")
+        for fallback in getattr(backend, "provider_fallbacks", ()):  # ONNX Runtime's only
+            self._emit(
+                "provider_fallback",
+                model=card.name,
+                version=card.version,
+                provider=fallback.provider,
+                error=fallback.error,
+            )
         self._activate(_Servable(card, backend), keep_others=keep_others)
         return card
 

@@ -81,7 +81,12 @@ class Activator:
             info = state.slots.get(slot) if slot else None
             if slot is None or info is None:
                 return None
-            return {"slot": slot, "version": info.version, "release": info.release}
+            return {
+                "slot": slot,
+                "version": info.version,
+                "release": info.release,
+                "variant": info.variant,
+            }
 
         previous = None
         if state.active is not None:

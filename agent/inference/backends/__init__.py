@@ -99,6 +99,24 @@ class Backend(Protocol):
         ...
 
 
+def onnx_providers() -> tuple[str, ...]:
+    """The ONNX Runtime execution providers of this build; empty without onnxruntime."""
+    try:
+        from agent.inference.backends.onnx import available_providers  # noqa: PLC0415
+    except ImportError:
+        return ()
+    return available_providers()
+
+
+def tflite_available(choice: TfliteRuntimeChoice = "auto") -> bool:
+    """Whether a LiteRT / tflite-runtime interpreter imports in this install."""
+    try:
+        from agent.inference.backends import litert  # noqa: PLC0415
+    except ImportError:
+        return False
+    return litert.tflite_available(choice)
+
+
 def open_backend(path: Path, runtime: Runtime, options: BackendOptions, *, model: str) -> Backend:
     """Load ``path`` with ``runtime``; ``ModelLoadError`` if that cannot be done."""
     check_model_file(path, runtime)
