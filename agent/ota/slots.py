@@ -107,6 +107,9 @@ class SlotInfo(_Frozen):
     variant: str | None = Field(
         default=None, description="Variant of the release (None: installed before variants)."
     )
+    providers: tuple[str, ...] = Field(
+        default=(), description="Execution providers the variant is for, best first (signed)."
+    )
 
 
 class SlotState(_Frozen):
@@ -251,6 +254,7 @@ class SlotStore:
             length=release.length,
             installed_at=utc_now_iso(),
             variant=release.variant_name,
+            providers=release.providers,
         )
         self._write_record(slot, info)
         self._write(self._evolve(slots={**self._state.slots, slot: info}))

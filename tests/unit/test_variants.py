@@ -4,13 +4,20 @@ and the ONNX provider fallback loop."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.errors import ModelLoadError
+from agent.inference import registry as registry_module
+from agent.inference.backends import BackendOptions
 from agent.inference.backends.onnx import ProviderFallback, session_with_fallback
+from agent.inference.cardfile import load_card
+from agent.inference.registry import ModelRegistry
 from agent.ota.variants import Capabilities, choose_variant, providers_for
+from edge_contract.card import card_path_for
 from edge_contract.errors import UpdateError
 from edge_contract.reasons import Reason
 from edge_contract.release import CUSTOM_KEY, ModelRelease, release_from_custom
@@ -173,7 +180,7 @@ def test_a_release_with_two_variants_is_one_targets_version(tmp_path: Path) -> N
         (("pi4",), "int8", 1),
         (("*",), "fp32", 1),
     ]
-    with pytest.raises(ReleaseInputError, match="file name 'digits-fp32.onnx'"):
+    with pytest.raises(ReleaseInputError, match=r"file name 'digits-fp32\.onnx'"):
         publish_release(
             repo,
             name="digits",
@@ -219,3 +226,26 @@ def test_a_failure_on_the_last_provider_is_the_models() -> None:
 
     with pytest.raises(ValueError, match="invalid protobuf"):
         session_with_fallback(create, [CUDA, CPU], model="digits")
+
+
+def test_a_variants_providers_are_tried_before_the_configured_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The slot's signed providers reach the backend first, then the agent's configured list."""
+    seen: list[tuple[str, ...]] = []
+
+    def capture(path: Path, runtime: str, options: BackendOptions, *, model: str) -> Any:
+        seen.append(options.onnx_providers)
+        raise ModelLoadError("captured", path=str(path))
+
+    monkeypatch.setattr(registry_module, "open_backend", capture)
+    registry = ModelRegistry(BackendOptions(onnx_providers=(CPU,)))
+    card = load_card(card_path_for(DIGITS / "digits-fp32.onnx"))
+
+    async def load(providers: tuple[str, ...]) -> None:
+        with pytest.raises(ModelLoadError):
+            await registry.load(DIGITS / "digits-fp32.onnx", card=card, providers=providers)
+
+    asyncio.run(load((TRT, CUDA)))
+    asyncio.run(load(()))
+    assert seen == [(TRT, CUDA, CPU), (CPU,)]
