@@ -204,6 +204,13 @@ class InferenceConfig(_Section):
         default_factory=lambda: ["CPUExecutionProvider"],
         description="ONNX Runtime execution providers, in order of preference.",
     )
+    tensorrt_fp16: bool = Field(
+        default=True, description="TensorRT builds fp16 engines (the golden check still holds)."
+    )
+    tensorrt_cache_dir: Path | None = Field(
+        default=None,
+        description="Where TensorRT keeps built engines (default: <state_dir>/tensorrt-cache).",
+    )
     intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads (0: auto).")
     inter_op_threads: int = Field(default=0, ge=0, description="ORT inter-op threads (0: auto).")
     onnx_thread_pools: Literal["shared", "per-model"] = Field(

@@ -71,6 +71,9 @@ class InferenceService:
         self.registry = ModelRegistry(
             BackendOptions(
                 onnx_providers=tuple(inference.providers),
+                tensorrt_fp16=inference.tensorrt_fp16,
+                tensorrt_cache_dir=inference.tensorrt_cache_dir
+                or config.state_dir / "tensorrt-cache",
                 intra_op_threads=inference.intra_op_threads,
                 inter_op_threads=inference.inter_op_threads,
                 onnx_thread_pools=inference.onnx_thread_pools,

@@ -29,10 +29,10 @@ def test_a_present_provider_that_fails_falls_back_with_an_event(
     assert AZURE in ort.get_available_providers()
     real = ort.InferenceSession
 
-    def session(path: str, options: Any, providers: list[str]) -> Any:
+    def session(path: str, options: Any, providers: list[str], **more: Any) -> Any:
         if providers[0] == AZURE:
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : azure endpoint not configured")
-        return real(path, options, providers=providers)
+        return real(path, options, providers=providers, **more)
 
     monkeypatch.setattr(onnx_door.ort, "InferenceSession", session)
     events: list[tuple[str, dict[str, object]]] = []

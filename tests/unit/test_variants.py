@@ -13,7 +13,11 @@ import pytest
 from agent.errors import ModelLoadError
 from agent.inference import registry as registry_module
 from agent.inference.backends import BackendOptions
-from agent.inference.backends.onnx import ProviderFallback, session_with_fallback
+from agent.inference.backends.onnx import (
+    ProviderFallback,
+    provider_options,
+    session_with_fallback,
+)
 from agent.inference.cardfile import load_card
 from agent.inference.registry import ModelRegistry
 from agent.ota.variants import Capabilities, choose_variant, providers_for
@@ -218,6 +222,22 @@ def test_a_provider_that_fails_falls_back_to_the_next() -> None:
         ProviderFallback(TRT, f"{TRT} cannot be used"),
         ProviderFallback(CUDA, f"{CUDA} cannot be used"),
     )
+
+
+def test_tensorrt_gets_fp16_and_an_engine_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "trt"
+    options = BackendOptions(tensorrt_fp16=True, tensorrt_cache_dir=cache)
+    assert provider_options([TRT, CUDA, CPU], options) == [
+        {
+            "trt_fp16_enable": "True",
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(cache),
+        },
+        {},
+        {},
+    ]
+    assert cache.is_dir()
+    assert provider_options([TRT], BackendOptions()) == [{"trt_fp16_enable": "False"}]
 
 
 def test_a_failure_on_the_last_provider_is_the_models() -> None:

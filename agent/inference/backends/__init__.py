@@ -67,6 +67,10 @@ class BackendOptions:
 
     # Tried in order; unavailable ones are skipped with one log line; CPU is always last.
     onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # TensorRT's engines: fp16 when it helps, kept in this directory across restarts (None:
+    # rebuilt in every process, the runtime's default).
+    tensorrt_fp16: bool = False
+    tensorrt_cache_dir: Path | None = None
     intra_op_threads: int = 0  # 0: the runtime's default
     inter_op_threads: int = 0
     tflite_threads: int | None = None  # None: the runtime's default

@@ -31,6 +31,7 @@ from edge_contract.card import DType, TensorSpec
 log = structlog.get_logger("agent.inference")
 
 CPU_PROVIDER = "CPUExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 # ONNX Runtime's type strings for the tensor element types a model card can declare.
 ORT_TENSOR_DTYPES: dict[str, DType] = {
     "tensor(float)": "float32",
@@ -111,7 +112,12 @@ def open_onnx(path: Path, options: BackendOptions, *, model: str) -> OnnxBackend
     session_options = _session_options(options, path)
 
     def create(chosen: list[str]) -> Any:
-        return ort.InferenceSession(str(path), session_options, providers=chosen)
+        return ort.InferenceSession(
+            str(path),
+            session_options,
+            providers=chosen,
+            provider_options=provider_options(chosen, options),
+        )
 
     try:
         session, fallbacks = session_with_fallback(create, providers, model=model)
@@ -121,6 +127,22 @@ def open_onnx(path: Path, options: BackendOptions, *, model: str) -> OnnxBackend
             f"onnxruntime cannot load the model: {message}", path=str(path)
         ) from exc
     return OnnxBackend(session, path=path, model=model, fallbacks=fallbacks)
+
+
+def provider_options(providers: Sequence[str], options: BackendOptions) -> list[dict[str, str]]:
+    """ONNX Runtime's options for each provider, in order: TensorRT's fp16 and engine cache
+    (the directory is made here; ORT writes the engines), nothing for the others."""
+    result: list[dict[str, str]] = []
+    for provider in providers:
+        settings: dict[str, str] = {}
+        if provider == TENSORRT_PROVIDER:
+            settings["trt_fp16_enable"] = "True" if options.tensorrt_fp16 else "False"
+            if options.tensorrt_cache_dir is not None:
+                options.tensorrt_cache_dir.mkdir(parents=True, exist_ok=True)
+                settings["trt_engine_cache_enable"] = "True"
+                settings["trt_engine_cache_path"] = str(options.tensorrt_cache_dir)
+        result.append(settings)
+    return result
 
 
 def session_with_fallback(
