@@ -374,7 +374,8 @@ class OtaConfig(_Section):
     )
     hardware_ids: tuple[str, ...] = Field(
         default_factory=_default_hardware_ids,
-        description="Ids a release must name one of (default: generic and the CPU arch).",
+        description="Further ids a release variant may name to fit this device, after "
+        "[device] hardware_id and before * (default: generic and the CPU arch).",
     )
     max_model_bytes: int = Field(
         default=512 * 1024 * 1024, gt=0, description="Largest model file accepted."
