@@ -32,8 +32,8 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigError
-from agent.hardware import detect_hardware_id
 from agent.loop.eventloop import LoopChoice
+from agent.telemetry.hardware import detect_hardware_id
 from edge_contract.identity import HARDWARE_ID_PATTERN, MAX_TAGS, tag_problem
 from edge_contract.topics import DEVICE_ID_PATTERN
 from edge_runtime.settings import TomlBackedSettings, format_validation_error, toml_file

@@ -11,7 +11,7 @@ import pytest
 from agent import config as config_module
 from agent.config import load_config
 from agent.errors import EXIT_CONFIG, ConfigError
-from agent.hardware import detect_hardware_id, hardware_id_from
+from agent.telemetry.hardware import detect_hardware_id, hardware_id_from
 
 # The model strings as the boards' /proc/device-tree/model reads (NUL-terminated).
 PI_MODELS = [
