@@ -1,1 +1,1 @@
-"""Telemetry sampling: host resources, board-specific readings and the board's hardware id, health."""
+"""Telemetry sampling: host resources, board-specific readings, the hardware id, health."""
