@@ -5,6 +5,7 @@ and the ONNX provider fallback loop."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from agent.inference.cardfile import load_card
 from agent.inference.registry import ModelRegistry
 from agent.ota.variants import Capabilities, choose_variant, providers_for
 from edge_contract.card import card_path_for
+from edge_contract.desired import parse_desired
 from edge_contract.errors import UpdateError
 from edge_contract.reasons import Reason
 from edge_contract.release import CUSTOM_KEY, ModelRelease, release_from_custom
@@ -269,3 +271,20 @@ def test_a_variants_providers_are_tried_before_the_configured_ones(
     asyncio.run(load((TRT, CUDA)))
     asyncio.run(load(()))
     assert seen == [(TRT, CUDA, CPU), (CPU,)]
+
+
+def test_a_desired_state_may_name_the_release_without_a_target() -> None:
+    """New controllers leave the target out for a release with variants; one naming a target
+    (older controllers, single-file releases) still parses the same."""
+    signed = {
+        "device_id": "pi-01",
+        "counter": 3,
+        "expires": "2030-01-01T00:00:00Z",
+        "action": "deploy",
+        "model": {"name": "digits", "version": "3"},
+    }
+    envelope = json.dumps({"signed": signed, "signatures": []}).encode()
+    assert parse_desired(envelope).state.model.target is None
+    signed["model"] = {"name": "digits", "version": "2", "target": "models/digits/2/d.onnx"}
+    envelope = json.dumps({"signed": signed, "signatures": []}).encode()
+    assert parse_desired(envelope).state.model.target == "models/digits/2/d.onnx"
