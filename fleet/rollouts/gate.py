@@ -26,6 +26,7 @@ from fleet.rollouts.model import (
 # Ties at a threshold pass; this keeps float arithmetic (1.2 * x / x - 1 is a hair above
 # 0.2) from turning a tie into a failure.
 _EPSILON = 1e-9
+_MAX_RATIO = 1e12
 
 
 def aggregate(devices: Sequence[DeviceHealth]) -> GroupHealth:
@@ -97,7 +98,8 @@ def _p95(c: GroupHealth, b: GroupHealth | None, t: Thresholds) -> MetricVerdict:
         detail = f"p95 regression: insufficient data ({_requests(c, b, t)})"
         figures = (c.p95_s, b.p95_s if b is not None else None, None)
         return _verdict("p95_regression", figures, limit, "insufficient", detail)
-    value = cand / base - 1.0
+    # Clamped: a ratio that overflows to inf would not survive the state's JSON (inf -> null).
+    value = min(cand / base - 1.0, _MAX_RATIO)
     failed = _exceeds(value, limit)
     detail = (
         f"p95 regression {_signed(value, '%')} {'>' if failed else '<='} {_signed(limit, '%')} "

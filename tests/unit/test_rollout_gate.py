@@ -98,6 +98,13 @@ def test_p95_with_too_few_requests_or_no_figure_is_insufficient(
     assert verdict(evaluate(candidate, baseline, T), "p95_regression").verdict == "insufficient"
 
 
+def test_p95_ratio_that_overflows_still_fails_and_stays_json_safe() -> None:
+    result = evaluate(group(p95_s=1e300), group(p95_s=1e-300), T)
+    v = verdict(result, "p95_regression")
+    assert (v.verdict, v.value) == ("fail", 1e12)
+    assert GateResult.model_validate_json(result.model_dump_json()) == result
+
+
 # -- error rate --------------------------------------------------------------------------------
 
 
