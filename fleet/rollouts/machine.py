@@ -131,15 +131,9 @@ def _installing(state: RolloutState, obs: Observation) -> Step:
     failures = _install_failures(state)
     if failures is not None:
         return _halt(state, Phase.HALTED, obs.now, failures)
-    # Members are picked on the first tick of a stage entered by an approval (which carries
-    # no observation); later picks only add devices that joined the selection meanwhile.
-    new = stage_members(
-        state.spec.rollout_id, state.spec.stages, state.stage, obs.eligible, state.members.keys()
-    )
-    if new:
-        members = {**state.members, **_new_members(new, state.stage, obs)}
-        topped = state.model_copy(update={"members": members, "updated_at": obs.now})
-        return Step(state=topped, actions=_deploy(state.spec, new))
+    topped = _top_up(state, obs)
+    if topped is not None:
+        return topped
     if any(m.outcome is Outcome.PENDING for m in state.members.values()):
         return Step(state=state)
     counts = {o: _count(state, o) for o in Outcome}
@@ -151,6 +145,23 @@ def _installing(state: RolloutState, obs: Observation) -> Step:
     return _transition(
         state, Phase.WATCHING, obs.now, reason, window_started_at=obs.now, window_extensions=0
     )
+
+
+def _top_up(state: RolloutState, obs: Observation) -> Step | None:
+    """The stage's devices not picked yet, sent the version (a Step without a transition).
+
+    They are picked on the first tick of a stage entered by an approval (which carries no
+    observation); later ticks only add devices that joined the selection meanwhile, when
+    the stage's share of the grown selection calls for them."""
+    spec = state.spec
+    new = stage_members(
+        spec.rollout_id, spec.stages, state.stage, obs.eligible, state.members.keys()
+    )
+    if not new:
+        return None
+    members = {**state.members, **_new_members(new, state.stage, obs)}
+    topped = state.model_copy(update={"members": members, "updated_at": obs.now})
+    return Step(state=topped, actions=_deploy(spec, new))
 
 
 def _count(state: RolloutState, outcome: Outcome) -> int:
@@ -175,7 +186,9 @@ def _install_failures(state: RolloutState) -> str | None:
 
 def _watching(state: RolloutState, obs: Observation) -> Step:
     spec = state.spec
-    started = state.window_started_at if state.window_started_at is not None else obs.now
+    started = state.window_started_at
+    if started is None:  # not written by this module; the stage's start is the safe guess
+        started = state.stage_started_at
     if obs.now < started + spec.health_window_s * (1 + state.window_extensions):
         return Step(state=state)
     baseline = aggregate(obs.baseline) if obs.baseline else None

@@ -5,7 +5,9 @@ was (the machine is pure)."""
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -583,6 +585,23 @@ def test_a_device_joining_the_selection_is_picked_up_by_the_next_stage() -> None
     assert sim.state.members["pi-new"].previous_version == "0.9"
 
 
+def test_a_device_joining_while_its_stage_installs_is_added_when_the_share_grows() -> None:
+    sim = Sim()
+    sim.to_watching()
+    sim.through_window()  # stage 2/3: 50% of 6 = 3 members
+    assert len(sim.members()) == 3
+    sim.eligible += ["pi-7", "pi-8"]  # 50% of 8 = 4: one more device for this stage
+    sim.active.update({"pi-7": "1", "pi-8": "1"})
+    result = sim.tick(1.0)
+    (deploy,) = result.actions
+    assert isinstance(deploy, Deploy)
+    assert len(deploy.devices) == 1
+    assert result.transitions == ()
+    assert sim.state is not None
+    assert sim.state.members[deploy.devices[0]].stage == 1
+    assert sim.tick(1.0).actions == ()
+
+
 def test_a_device_leaving_the_selection_stays_a_member() -> None:
     sim = Sim()
     sim.to_watching()
@@ -635,6 +654,42 @@ def test_a_controller_restarted_from_the_saved_state_carries_on_identically() ->
     assert restarted.steps == straight.steps
     assert restarted.deployed == straight.deployed
     assert sorted(d for _, d in restarted.deployed) == sorted(SIX)
+
+
+PURE_IMPORTS = {
+    "__future__",
+    "collections.abc",
+    "dataclasses",
+    "enum",
+    "hashlib",
+    "math",
+    "re",
+    "statistics",
+    "typing",
+    "pydantic",
+    "fleet.errors",
+    "fleet.rollouts.gate",
+    "fleet.rollouts.model",
+    "fleet.rollouts.plan",
+}
+
+
+@pytest.mark.parametrize("module", ["selector", "plan", "gate", "machine", "model"])
+def test_the_core_is_pure_no_clock_no_io(module: str) -> None:
+    path = Path(__file__).parents[2] / "fleet" / "rollouts" / f"{module}.py"
+    tree = ast.parse(path.read_text())
+    imported = {
+        name
+        for node in ast.walk(tree)
+        for name in (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
+    }
+    assert imported <= PURE_IMPORTS  # no time, asyncio, sqlalchemy, paho, os, ...
 
 
 # -- properties under random event sequences ----------------------------------------------------
