@@ -152,8 +152,8 @@ class InferenceService:
         """
         body = self.monitor.snapshot()
         for crossing in self._drift_alarm.update(_drift_scores(body["models"])):
-            log.info("inference.drift_crossed", event=crossing.event, **crossing.fields())
             self._tasks.spawn(self._emit(crossing.event, **crossing.fields()))
+            log.info("inference.drift_crossed", kind=crossing.event, **crossing.fields())
         if self.load_failures:
             body["load_failures"] = dict(self.load_failures)
         return body
