@@ -288,8 +288,9 @@ class TestOutputsAndDrift:
         assert block["drift_psi"]["confidence"] == pytest.approx(expected_conf, rel=1e-5)
         assert block["drift_level"] == "significant"
         report = InferenceReport.model_validate_json(json.dumps(monitor.snapshot()))
-        typed = report.block("digits", card.version)
+        typed = report.block(card.name, card.version)
         assert typed is not None and typed.drift_level == "significant"
+        assert typed.drift == pytest.approx(expected_class, rel=1e-5)
         families = _families(monitor)
         assert _sample(families, "edge_model_drift_psi", signal="class") == pytest.approx(
             expected_class, rel=1e-5
@@ -485,6 +486,9 @@ class TestWithTheDigitsModel:
         assert block["output_window_samples"] >= 100
         assert block["drift_psi"]["class"] > 0.25
         assert block["drift_level"] == "significant"
+        report = InferenceReport.model_validate_json(json.dumps(monitor.snapshot()))
+        typed = report.block("digits", card.version)
+        assert typed is not None and typed.drift_level == "significant"
 
 
 class TestDeferredWindows:
