@@ -27,6 +27,7 @@ from fleet.rollouts.model import (
     Deploy,
     DeviceInstall,
     GateResult,
+    GroupHealth,
     Member,
     Observation,
     OperatorEvent,
@@ -191,9 +192,11 @@ def _watching(state: RolloutState, obs: Observation) -> Step:
         started = state.stage_started_at
     if obs.now < started + spec.health_window_s * (1 + state.window_extensions):
         return Step(state=state)
-    baseline = aggregate(obs.baseline) if obs.baseline else None
+    baseline, borrowed = _baseline(state, obs)
     gate = evaluate(aggregate(obs.candidate), baseline, spec.thresholds)
     name = _stage_name(spec, state.stage)
+    if borrowed:
+        name += f" (against {BORROWED_BASELINE})"
     if gate.outcome == "fail":
         return _halt(state, Phase.HALTED, obs.now, f"{name} failed: {_details(gate, 'fail')}", gate)
     if gate.outcome == "insufficient":
@@ -202,6 +205,22 @@ def _watching(state: RolloutState, obs: Observation) -> Step:
         reason = f"{name} passed; waiting for approval"
         return _transition(state, Phase.AWAITING_APPROVAL, obs.now, reason, gate=gate)
     return _advance(state, obs.now, f"{name} passed", obs, gate)
+
+
+BORROWED_BASELINE = "the previous version's last measured window: no device is left on it"
+
+
+def _baseline(state: RolloutState, obs: Observation) -> tuple[GroupHealth | None, bool]:
+    """The devices still on the previous version, over this window; once none is left (the
+    last stage), the baseline the previous gate measured, and True to say it was borrowed.
+
+    Without it the last stage could never pass: its p95 would stay "insufficient data"."""
+    if obs.baseline:
+        return aggregate(obs.baseline), False
+    last = state.last_gate.baseline if state.last_gate is not None else None
+    if last is not None and last.devices > 0:
+        return last, True
+    return None, False
 
 
 def _details(gate: GateResult, verdict: Verdict) -> str:

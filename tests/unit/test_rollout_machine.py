@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.errors import RolloutError
-from fleet.rollouts.machine import start, step
+from fleet.rollouts.machine import BORROWED_BASELINE, start, step
 from fleet.rollouts.model import (
     ACTIVE_PHASES,
     Abort,
@@ -333,12 +333,37 @@ def test_a_pass_on_the_last_stage_completes() -> None:
     assert sorted(d for _, d in sim.deployed) == sorted(SIX)
 
 
-def test_at_100_percent_without_a_device_left_on_the_previous_version_it_is_insufficient() -> None:
-    # The gate never passes without a baseline: the last stage waits for approval.
+def test_at_100_percent_the_gate_compares_with_the_last_measured_baseline() -> None:
+    # No device is left on the previous version: the stage is judged against the baseline
+    # the previous gate measured, and the reason says so.
     sim = Sim()
     for _ in range(2):
         sim.to_watching()
         sim.through_window()
+    sim.to_watching()
+    result = sim.through_window()
+    assert sim.phase() is Phase.COMPLETED
+    assert BORROWED_BASELINE in result.transitions[0].reason
+    gate = result.transitions[0].gate
+    assert gate is not None and gate.baseline is not None and gate.baseline.devices == 3
+
+
+def test_at_100_percent_a_regression_against_the_last_measured_baseline_halts() -> None:
+    sim = Sim()
+    for _ in range(2):
+        sim.to_watching()
+        sim.through_window()
+    sim.to_watching()
+    sim.p95["new"] = 0.0135
+    result = sim.through_window()
+    assert sim.phase() is Phase.HALTED
+    assert "p95 regression +35% > +20%" in result.transitions[0].reason
+    assert BORROWED_BASELINE in result.transitions[0].reason
+
+
+def test_a_rollout_that_never_measured_a_baseline_is_insufficient_at_100_percent() -> None:
+    # One stage of 100%: no device ever stays on the previous version, so p95 is never a pass.
+    sim = Sim(make_spec(stages=parse_stages("100%")))
     sim.to_watching()
     result = sim.through_window()
     assert sim.phase() is Phase.WATCHING
