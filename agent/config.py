@@ -228,6 +228,13 @@ class InferenceConfig(_Section):
     capture_max_bytes: int = Field(
         default=64 * 1024 * 1024, ge=0, description="Cap of the low-confidence capture, bytes."
     )
+    drift_event_psi: float = Field(
+        default=0.25,
+        gt=0,
+        le=100,
+        description="A model_drift event when a signal's PSI rises above this (default: the "
+        "'significant' level); model_drift_recovered once it is back under min(0.1, half of it).",
+    )
 
     @model_validator(mode="after")
     def _budget_holds_one_body(self) -> InferenceConfig:
