@@ -144,8 +144,8 @@ class ReleaseService:
 
     # -- desired states of a rollout (fleet.app.rollouts; no DeployRequest) --------------------
 
-    def check_release(self, name: str, version: str) -> str:
-        """The target path of the signed release ``name@version``.
+    def check_release(self, name: str, version: str) -> str | None:
+        """The target path of the signed release ``name@version`` (None: several variants).
 
         Raises:
             FleetError: no such release in the repository.
