@@ -208,20 +208,20 @@ def test_1_a_good_version_goes_canary_half_whole_fleet(bench: Bench) -> None:
     rid = bench.start(
         "digits@2", "--all", "--stages", "1,50%,100%", "--health-window", WINDOW, *LENIENT
     )
-    state = bench.wait_phase(rid, {Phase.AWAITING_APPROVAL, Phase.COMPLETED}, timeout=120)
+    state = bench.wait_phase(rid, {Phase.COMPLETED, Phase.HALTED}, timeout=120)
+    assert state.phase is Phase.COMPLETED, state.reason
     bench.wait_versions("2", AGENTS)
     assert _stages(state) == [1, 2, 3]  # canary, up to 50% of 6, the rest
     assert all(m.outcome is Outcome.COMMITTED for m in state.members.values())
     history = bench.store.rollout_history(rid)
     passed = [t.reason for t in history if "passed" in t.reason]
-    assert any(r.startswith("stage 1/3 (1) passed") for r in passed), passed
-    assert any(r.startswith("stage 2/3 (50%) passed") for r in passed), passed
-    # The last stage has no device left on the old version to compare with: the gate says
-    # so ("insufficient data"), never a pass, and an operator approves the end.
-    if state.phase is Phase.AWAITING_APPROVAL:
-        assert "insufficient data" in (state.reason or "")
-        bench.cli("rollout", "approve", rid)
-        state = bench.wait_phase(rid, {Phase.COMPLETED})
+    assert [r.split(" passed")[0] for r in passed] == [
+        "stage 1/3 (1)",
+        "stage 2/3 (50%)",
+        # No device is left on the old version: judged against the last baseline measured.
+        "stage 3/3 (100%) (against the previous version's last measured window: no device "
+        "is left on it)",
+    ]
     shown = bench.status(rid)
     assert shown["summary"]["phase"] == "completed"
     assert [s["committed"] for s in shown["stages"]] == [1, 2, 3]
@@ -290,11 +290,9 @@ def test_3_require_approval_waits_and_approve_continues(bench: Bench) -> None:
     assert clash.returncode == 65 and rid in clash.stderr, clash.stderr
     bench.cli("rollout", "approve", rid)
     bench.wait_versions("4", AGENTS)
-    state = bench.wait_phase(rid, {Phase.AWAITING_APPROVAL, Phase.COMPLETED})
+    state = bench.wait_phase(rid, {Phase.COMPLETED, Phase.HALTED})
+    assert state.phase is Phase.COMPLETED, state.reason
     assert state.stage == 1 and len(state.members) == len(AGENTS)
-    if state.phase is Phase.AWAITING_APPROVAL:
-        bench.cli("rollout", "approve", rid)
-    bench.wait_phase(rid, {Phase.COMPLETED})
     approvals = [t for t in bench.store.rollout_history(rid) if "approved by" in t.reason]
     assert approvals and approvals[0].reason.startswith("approved by tester")
 
@@ -318,10 +316,8 @@ def test_4_a_controller_killed_in_a_health_window_resumes(bench: Bench) -> None:
         OTA__REPO=str(bench.fleet.repo_dir),
         ROLLOUTS__TICK_S="0.5",
     )
-    state = bench.wait_phase(rid, {Phase.AWAITING_APPROVAL, Phase.COMPLETED}, timeout=120)
-    if state.phase is Phase.AWAITING_APPROVAL:
-        bench.cli("rollout", "approve", rid)
-        state = bench.wait_phase(rid, {Phase.COMPLETED})
+    state = bench.wait_phase(rid, {Phase.COMPLETED, Phase.HALTED}, timeout=120)
+    assert state.phase is Phase.COMPLETED, state.reason
     bench.wait_versions("5", AGENTS)
     # Every stage was watched once, in order, none skipped; every device was sent digits@5
     # under ONE new counter (a re-publish after the restart is the same signed message).
@@ -349,8 +345,8 @@ def test_5_an_offline_agent_is_not_reached_and_the_rollout_goes_on(bench: Bench)
         *LENIENT,
     )
     online = [d for d in AGENTS if d != offline]
-    state = bench.wait_phase(rid, {Phase.AWAITING_APPROVAL, Phase.COMPLETED}, timeout=120)
-    assert state.stage == 1, state.reason
+    state = bench.wait_phase(rid, {Phase.COMPLETED, Phase.HALTED}, timeout=120)
+    assert state.phase is Phase.COMPLETED and state.stage == 1, state.reason
     assert state.members[offline].outcome is Outcome.NOT_REACHED
     assert "not reached" in (state.members[offline].reason or "")
     assert all(state.members[d].outcome is Outcome.COMMITTED for d in online)
