@@ -49,6 +49,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from edge_contract import payloads
+from edge_contract.reasons import Reason
 from edge_runtime.mqtt.rejections import DeadLetter
 from fleet.db import migrate
 from fleet.db.engine import (
@@ -122,7 +123,9 @@ __all__ = [
 DEAD_LETTERS_KEPT = 1000
 _OPERATOR_LOG_ROWS = 10_000
 # The OTA events that mean a device did not install a version (``DeviceInstall.failed_reason``).
-_INSTALL_FAILURES = ("ota_failed", "ota_rejected")
+# ``ota_rolled_back`` too: the agent's own health window refused the version after loading it
+# (an operator's rollback names the version it went back to, and is no failure of it).
+_INSTALL_FAILURES = ("ota_failed", "ota_rejected", "ota_rolled_back")
 # Telemetry a health window reads from before its start (the sample at or before the start).
 _SAMPLE_LOOKBACK_S = 3600.0
 # Signs one directive with the counter the store gave it (``ReleaseService.signer``).
@@ -811,6 +814,8 @@ class SqlFleetStore:
             body = document(row["payload"]) or {}
             if row["received"] < since[row["device_id"]] or body.get("version") != version:
                 continue
+            if body.get("reason") == Reason.OPERATOR_ROLLBACK:
+                continue
             found[row["device_id"]] = _failure_reason(body)
         return found
 
@@ -881,10 +886,13 @@ def _active_slot(report: JsonObject | None, model: str) -> tuple[str | None, str
     """(version, variant) of ``model``'s active slot in a stored reported state."""
     models = (report or {}).get("models")
     entry = models.get(model) if isinstance(models, dict) else None
-    slot = entry.get("active") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict):
+        return None, None
+    slot = entry.get("active")
     if not isinstance(slot, dict):
         return None, None
-    version, variant = slot.get("version"), slot.get("variant")
+    # The variant is on the active slot; agents also repeat it beside the slots.
+    version, variant = slot.get("version"), slot.get("variant") or entry.get("variant")
     return (
         version if isinstance(version, str) else None,
         variant if isinstance(variant, str) else None,

@@ -131,9 +131,26 @@ def test_installs_read_reported_events_and_presence(store: SqliteFleetStore) -> 
                 120.0,
             ),
             Inbound("pi-2", "events", {"event": "ota_failed", "version": "3"}, 121.0),
+            # The agent's own health window refused it: a failure of that version.
+            Inbound(
+                "pi-3",
+                "events",
+                {"event": "ota_rolled_back", "version": "2", "reason": "health_latency"},
+                120.0,
+            ),
+            # An operator's rollback names the version it went back to: no failure of it.
+            Inbound(
+                "pi-4",
+                "events",
+                {"event": "ota_rolled_back", "version": "2", "reason": "operator_rollback"},
+                120.0,
+            ),
         ]
     )
-    views = store.installs("digits", "2", {"pi-1": 100.0, "pi-2": 100.0, "ghost": 100.0})
+    since = {"pi-1": 100.0, "pi-2": 100.0, "pi-3": 100.0, "pi-4": 100.0, "ghost": 100.0}
+    views = store.installs("digits", "2", since)
+    assert views["pi-3"].failed_reason == "ota_rolled_back: health_latency"
+    assert views["pi-4"].failed_reason is None
     assert views["pi-1"].active_version == "2" and views["pi-1"].variant == "int8"
     assert views["pi-1"].failed_reason is None and views["pi-1"].last_seen == 110.0
     assert views["pi-2"].active_version == "1"
