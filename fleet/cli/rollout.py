@@ -251,52 +251,29 @@ def _event(
     _show(reply.rollout, as_json)
 
 
-@rollout_app.command("pause")
-@with_connection
-def pause(
-    connection: Connection,
-    rollout_id: IdArg,
-    json_out: JsonOpt = False,
-    operator_key: OperatorKeyOpt = None,
-) -> None:
-    """Stop moving the rollout on (nothing is reverted); resume goes on."""
-    _event("pause", connection, rollout_id, operator_key, json_out)
+def _operator_command(action: str, doc: str) -> None:
+    """``fleet rollout ACTION ID``: one signed operator event (pause, resume, approve, abort)."""
+
+    def command(
+        connection: Connection,
+        rollout_id: IdArg,
+        json_out: JsonOpt = False,
+        operator_key: OperatorKeyOpt = None,
+    ) -> None:
+        _event(action, connection, rollout_id, operator_key, json_out)
+
+    command.__doc__ = doc
+    command.__name__ = action
+    rollout_app.command(action)(with_connection(command))
 
 
-@rollout_app.command("resume")
-@with_connection
-def resume(
-    connection: Connection,
-    rollout_id: IdArg,
-    json_out: JsonOpt = False,
-    operator_key: OperatorKeyOpt = None,
-) -> None:
-    """Go on with a paused rollout (a health window starts again)."""
-    _event("resume", connection, rollout_id, operator_key, json_out)
-
-
-@rollout_app.command("approve")
-@with_connection
-def approve(
-    connection: Connection,
-    rollout_id: IdArg,
-    json_out: JsonOpt = False,
-    operator_key: OperatorKeyOpt = None,
-) -> None:
-    """Let a rollout awaiting approval go on to its next stage."""
-    _event("approve", connection, rollout_id, operator_key, json_out)
-
-
-@rollout_app.command("abort")
-@with_connection
-def abort(
-    connection: Connection,
-    rollout_id: IdArg,
-    json_out: JsonOpt = False,
-    operator_key: OperatorKeyOpt = None,
-) -> None:
-    """Stop the rollout and send what it changed back to the previous version (signed)."""
-    _event("abort", connection, rollout_id, operator_key, json_out)
+for _action, _doc in (
+    ("pause", "Stop moving the rollout on (nothing is reverted); resume goes on."),
+    ("resume", "Go on with a paused rollout (a health window starts again)."),
+    ("approve", "Let a rollout awaiting approval go on to its next stage."),
+    ("abort", "Stop the rollout and send what it changed back to the previous version (signed)."),
+):
+    _operator_command(_action, _doc)
 
 
 @rollout_app.command("history")
