@@ -36,6 +36,9 @@ DOORS: dict[str, frozenset[str]] = {
     "fleet/store.py": frozenset({"sqlalchemy"}),
     "fleet/db/engine.py": frozenset({"sqlalchemy"}),
     "fleet/db/tables.py": frozenset({"sqlalchemy"}),
+    "fleet/db/base.py": frozenset({"sqlalchemy"}),
+    "fleet/db/access.py": frozenset({"sqlalchemy"}),
+    "fleet/db/rollout_records.py": frozenset({"sqlalchemy"}),
     "fleet/db/migrate.py": frozenset({"sqlalchemy", "alembic"}),
     "fleet/db/migrations/env.py": frozenset({"sqlalchemy", "alembic"}),
     "fleet/db/migrations/versions/0001_schema_before_migrations.py": frozenset(

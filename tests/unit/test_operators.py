@@ -207,7 +207,10 @@ def test_a_spent_nonce_stays_spent_after_a_controller_restart(tmp_path: Path) ->
 
 def test_read_only_methods_stay_unsigned_and_unknown_methods_are_refused(tmp_path: Path) -> None:
     controller = _controller(tmp_path / "fleet.db", [NOW])
-    assert controller.rpc.call("devices-list", {})[0].model_dump() == {"devices": [], "select": None}
+    assert controller.rpc.call("devices-list", {})[0].model_dump() == {
+        "devices": [],
+        "select": None,
+    }
     assert controller.rpc.call("operators-list", {})[0].model_dump() == {"operators": []}
     with pytest.raises(FleetError, match="unknown method"):
         controller.rpc.call("format-disk", {})
