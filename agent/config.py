@@ -33,6 +33,8 @@ from pydantic_settings import (
 
 from agent.errors import ConfigError
 from agent.loop.eventloop import LoopChoice
+from agent.telemetry.hardware import detect_hardware_id
+from edge_contract.identity import HARDWARE_ID_PATTERN, MAX_TAGS, tag_problem
 from edge_contract.topics import DEVICE_ID_PATTERN
 from edge_runtime.settings import TomlBackedSettings, format_validation_error, toml_file
 
@@ -202,6 +204,13 @@ class InferenceConfig(_Section):
         default_factory=lambda: ["CPUExecutionProvider"],
         description="ONNX Runtime execution providers, in order of preference.",
     )
+    tensorrt_fp16: bool = Field(
+        default=True, description="TensorRT builds fp16 engines (the golden check still holds)."
+    )
+    tensorrt_cache_dir: Path | None = Field(
+        default=None,
+        description="Where TensorRT keeps built engines (default: <state_dir>/tensorrt-cache).",
+    )
     intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads (0: auto).")
     inter_op_threads: int = Field(default=0, ge=0, description="ORT inter-op threads (0: auto).")
     onnx_thread_pools: Literal["shared", "per-model"] = Field(
@@ -218,6 +227,13 @@ class InferenceConfig(_Section):
     )
     capture_max_bytes: int = Field(
         default=64 * 1024 * 1024, ge=0, description="Cap of the low-confidence capture, bytes."
+    )
+    drift_event_psi: float = Field(
+        default=0.25,
+        gt=0,
+        le=100,
+        description="A model_drift event when a signal's PSI rises above this (default: the "
+        "'significant' level); model_drift_recovered once it is back under min(0.1, half of it).",
     )
 
     @model_validator(mode="after")
@@ -304,6 +320,39 @@ def _default_hardware_ids() -> tuple[str, ...]:
     return ("generic", platform.machine().lower() or "unknown")
 
 
+class DeviceConfig(_Section):
+    """What the device says about itself in its status: its hardware id and static tags."""
+
+    hardware_id: str = Field(
+        default_factory=detect_hardware_id,
+        description="Board kind a release variant names (pi4, pi5, jetson-orin, ...; default: "
+        "detected from the device tree or L4T, else generic).",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description='Static tags reported in the status (e.g. {site = "lab"}); the '
+        "controller's selectors match them beside the operator's.",
+    )
+
+    @field_validator("hardware_id")
+    @classmethod
+    def _check_hardware_id(cls, value: str) -> str:
+        if not HARDWARE_ID_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} does not match {HARDWARE_ID_PATTERN.pattern}")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_TAGS:
+            raise ValueError(f"{len(value)} tags, at most {MAX_TAGS}")
+        for key, text in value.items():
+            problem = tag_problem(key, text)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
 class OtaHealthConfig(_Section):
     """The health window after a new model is activated: pass it or be rolled back."""
 
@@ -332,7 +381,8 @@ class OtaConfig(_Section):
     )
     hardware_ids: tuple[str, ...] = Field(
         default_factory=_default_hardware_ids,
-        description="Ids a release must name one of (default: generic and the CPU arch).",
+        description="Further ids a release variant may name to fit this device, after "
+        "[device] hardware_id and before * (default: generic and the CPU arch).",
     )
     max_model_bytes: int = Field(
         default=512 * 1024 * 1024, gt=0, description="Largest model file accepted."
@@ -405,6 +455,9 @@ class AgentConfig(TomlBackedSettings):
         default_factory=list, description="Sensor-to-actuator pipelines."
     )
     ota: OtaConfig = Field(default_factory=OtaConfig, description="Signed model updates.")
+    device: DeviceConfig = Field(
+        default_factory=DeviceConfig, description="Hardware id and static tags."
+    )
 
     @model_validator(mode="after")
     def _check_pipelines(self) -> AgentConfig:

@@ -295,7 +295,8 @@ class DeployReply(_Reply):
 
     model: str
     version: str
-    target: str
+    # The one target of a single-file release; None when each device picks its variant.
+    target: str | None
     devices: list[str]
     skipped: list[Skipped]
     # Who signed the request: set by the controller's operator gate over MQTT; None in the

@@ -6,8 +6,10 @@ metadata: ``{"signed": {...}, "signatures": [{"keyid", "sig"}]}`` over the canon
 ``signed``. The keys are those of the TUF ``timestamp`` role in the device's trusted root (the
 controller's online key), so rotating that key through a new root also rotates this one.
 ``signed`` names the device, a counter that only grows and an expiry: a message for another
-device, a replay of an older one or a stale one is refused. The model it names must also be
-a target of the signed TUF metadata (the updater checks that: Uptane's two repositories).
+device, a replay of an older one or a stale one is refused. The release it names must also be
+in the signed TUF metadata (the updater checks that: Uptane's two repositories): the one
+target ``model.target`` names, or, without one, the release's signed variants, among which
+the device picks the one that fits it.
 
 Pure: the model, the envelope's parsing and the checks that need no key. The canonical JSON
 and the signatures are TUF's, so signing and verifying stay behind each side's one door to
@@ -39,7 +41,13 @@ class DesiredModel(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Model name.")
     version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z_.+-]{0,63}$", description="Version.")
-    target: str = Field(min_length=1, max_length=512, description="TUF target path.")
+    target: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="One TUF target path (older controllers, single-file releases); absent: "
+        "the device picks among the release's signed variants.",
+    )
 
 
 class DesiredState(BaseModel):

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from edge_contract import payloads
 from edge_contract.errors import PayloadError
+from edge_contract.identity import MAX_TAGS, HardwareId, TagKey, TagValue
 from edge_contract.topics import DEVICE_ID_PATTERN, Channel
 
 # A device clock may run a little ahead; a day ahead is a broken clock or a forged message.
@@ -95,6 +96,8 @@ class StatusMessage(_Device):
     started_at: AnyTimestamp | None = None
     ts: Timestamp
     reason: Text | None = None
+    hardware_id: HardwareId | None = None
+    tags: dict[TagKey, TagValue] = Field(default_factory=dict, max_length=MAX_TAGS)
 
 
 class CpuReading(_Open):
@@ -115,6 +118,68 @@ class QueueReading(_Open):
     dropped_total: Count | None = None
 
 
+# A PSI is >= 0; the agent floors empty bins (agent/inference/drift.py), so a real score stays
+# far below this cap, which only refuses nonsense.
+MAX_PSI = 1e6
+MAX_MODEL_BLOCKS = 64
+MAX_LABELS = 64  # error kinds, quantiles, drift signals per model block
+Seconds = Annotated[float, Field(ge=0.0, le=1e9, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Psi = Annotated[float, Field(ge=0.0, le=MAX_PSI, allow_inf_nan=False)]
+Rate = Annotated[float, Field(ge=0.0, le=1e12, allow_inf_nan=False)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class ModelStats(_Open):
+    """One block of ``inference.models``: one model version's monitor readings.
+
+    Counters (``requests``, ``batches``, ``errors``, ``nonfinite_outputs``, ``feedback``) are
+    cumulative since that version loaded on the agent (they restart with the agent);
+    ``latency_quantile_seconds`` ("0.5", "0.95", "0.99") covers the recent batches; ``drift_psi``
+    (signal -> PSI) the recent output window; ``accuracy`` the recent feedback. What is absent
+    has nothing to report yet. Other readings of the monitor (``confidence_mean``, ...) are kept.
+    """
+
+    model: Name
+    version: Name
+    loaded: bool | None = None
+    runtime: Text | None = None
+    task: Text | None = None
+    requests: Count = 0
+    batches: Count = 0
+    errors: dict[Label, Count] = Field(default_factory=dict, max_length=MAX_LABELS)
+    nonfinite_outputs: Count = 0
+    latency_quantile_seconds: dict[Label, Seconds] = Field(
+        default_factory=dict, max_length=MAX_LABELS
+    )
+    throughput_rows_per_second: Rate | None = None
+    drift_psi: dict[Label, Psi] = Field(default_factory=dict, max_length=MAX_LABELS)
+    drift_level: Literal["stable", "moderate", "significant"] | None = None
+    feedback: Count | None = None
+    accuracy: Fraction | None = None
+
+    def quantile(self, q: str) -> float | None:
+        """The recent latency quantile ``q`` ("0.95") in seconds, if reported."""
+        return self.latency_quantile_seconds.get(q)
+
+    @property
+    def drift(self) -> float | None:
+        """The worst signal's PSI, or None before the window holds enough predictions."""
+        return max(self.drift_psi.values()) if self.drift_psi else None
+
+
+class InferenceReport(_Open):
+    """``inference`` in telemetry: the model monitor's snapshot (``docs/monitoring.md``)."""
+
+    models: list[ModelStats] = Field(default_factory=list, max_length=MAX_MODEL_BLOCKS)
+    internal_errors: Count | None = None
+
+    def block(self, model: str, version: str) -> ModelStats | None:
+        """The block of ``model`` at ``version``, if this report has one."""
+        return next((m for m in self.models if m.model == model and m.version == version), None)
+
+
 class TelemetryMessage(_Device):
     """``fleet/<id>/telemetry``: one periodic measurement (``docs/mqtt-api.md``)."""
 
@@ -126,6 +191,7 @@ class TelemetryMessage(_Device):
     temperatures_c: dict[Key, Celsius] | None = Field(default=None, max_length=MAX_KEYS)
     health: HealthReading | None = None
     queue: QueueReading | None = None
+    inference: InferenceReport | None = None
 
 
 class EventMessage(_Device):
@@ -137,12 +203,14 @@ class EventMessage(_Device):
 
 class SlotVersion(_Open):
     version: Text
+    variant: Text | None = None
 
 
 class ReportedModel(_Open):
     active: SlotVersion | None = None
     pending: SlotVersion | None = None
     previous: SlotVersion | None = None
+    variant: Text | None = None  # the active version's variant of its release
     step: Text | None = None
 
 

@@ -18,7 +18,8 @@ class Reason(StrEnum):
     NOT_A_TARGET = "not_a_target"  # desired names a file the signed metadata does not list
     MALFORMED_RELEASE = "malformed_release"  # custom fields missing or of the wrong shape
     RELEASE_ROLLBACK = "release_rollback"  # release counter below the installed one
-    WRONG_HARDWARE = "wrong_hardware"  # none of the release's hardware ids is this device's
+    # No variant of the release fits this device's hardware id and runtimes.
+    WRONG_HARDWARE = "wrong_hardware"
     AGENT_TOO_OLD = "agent_too_old"  # the release needs a newer agent
     # The bytes.
     TAMPERED = "tampered"  # a chunk or the whole file does not match the signed hashes

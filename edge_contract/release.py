@@ -6,6 +6,17 @@ target (path, length, hashes, custom fields) that ``agent.ota.trust`` and
 ``fleet.release.repo`` hand out instead of python-tuf's ``TargetFile``. Pure: no IO, shared by
 both sides.
 
+One release (``NAME@VERSION``) may have several files, its *variants*: each is a target of
+its own under ``models/<name>/<version>/`` whose signed custom fields say which boards it is
+for (``hardware``: ids, or ``*`` for any), the runtime it needs (``runtime``: ``onnxruntime``
+or ``litert``; ``providers``: the ONNX Runtime execution providers it can run on, best
+first), its ``precision`` and a ``variant`` name. The agent lists the release's signed
+targets and picks the one that fits it best (``agent.ota.variants``); since the fields are
+inside the signed targets metadata, a broker cannot steer a device to another variant. A
+release published before variants existed is one variant whose runtime follows from its file
+name; the fields are left out of a target that does not set them, so such a target reads the
+same to an older agent.
+
 Target paths follow ``models/<name>/<version>/<file name>``. The file travels in chunks of
 ``chunk_size`` bytes, each with its own sha256 in ``chunks``, so a download can be checked
 and kept chunk by chunk (resumable, and a bad chunk is fetched again alone); the whole file is
@@ -19,7 +30,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -39,7 +50,20 @@ DEFAULT_CHUNK_SIZE = 256 * 1024  # bytes; well under mosquitto's default packet 
 MAX_CHUNK_SIZE = 4 * 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(onnx|tflite)")
-_HARDWARE_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+_HARDWARE_ID = r"^([a-z0-9][a-z0-9_.-]{0,63}|\*)$"
+ANY_HARDWARE = "*"
+VARIANT_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+Runtime = Literal["onnxruntime", "litert"]
+Precision = Literal["fp32", "fp16", "int8"]
+# The ONNX Runtime execution providers a variant may ask for (the builds the agent supports).
+Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+PROVIDER_ORDER: tuple[Provider, ...] = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
+# The custom fields a pre-variant release lacks: left out when unset (see custom()).
+VARIANT_FIELDS = ("variant", "runtime", "providers", "precision")
 
 
 @dataclass(frozen=True)
@@ -77,8 +101,22 @@ class ModelRelease(BaseModel):
     version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z_.+-]{0,63}$", description="Version.")
     release: int = Field(ge=1, description="Release counter of the name: only ever grows.")
     hardware: tuple[Annotated[str, Field(pattern=_HARDWARE_ID)], ...] = Field(
-        min_length=1, description="Hardware or runtime ids the release runs on (any match)."
+        min_length=1,
+        max_length=64,
+        description="Hardware ids the variant runs on (any match; ``*``: any hardware).",
     )
+    variant: str | None = Field(
+        default=None, pattern=VARIANT_NAME, description="Variant name (default: file stem)."
+    )
+    runtime: Runtime | None = Field(
+        default=None, description="Runtime it needs (default: from the file name)."
+    )
+    providers: tuple[Provider, ...] = Field(
+        default=(),
+        max_length=len(PROVIDER_ORDER),
+        description="ONNX Runtime execution providers it can run on, best first (empty: any).",
+    )
+    precision: Precision | None = Field(default=None, description="Numeric precision.")
     min_agent_version: str = Field(
         pattern=r"^\d+(\.\d+){0,2}$", description="Oldest agent version that can run it."
     )
@@ -109,6 +147,14 @@ class ModelRelease(BaseModel):
         bad = [digest for digest in self.chunks if not _SHA256.fullmatch(digest)]
         if bad:
             raise ValueError(f"chunk hash {bad[0]!r} is not lowercase sha256 hex")
+        if len(set(self.providers)) != len(self.providers):
+            raise ValueError(f"providers {list(self.providers)} name one twice")
+        if self.providers and self.required_runtime != "onnxruntime":
+            raise ValueError("providers are ONNX Runtime's: the variant's runtime is litert")
+        if self.runtime is not None and self.runtime != _runtime_of(self.file_name):
+            raise ValueError(f"runtime {self.runtime} cannot run {self.file_name}")
+        if ANY_HARDWARE in self.hardware and len(self.hardware) > 1:
+            raise ValueError("hardware '*' means any: it cannot be listed with other ids")
         if (self.card.name, self.card.version) != (self.name, self.version):
             raise ValueError(
                 f"card says {self.card.name}@{self.card.version}, "
@@ -119,6 +165,16 @@ class ModelRelease(BaseModel):
     @property
     def target_path(self) -> str:
         return target_path(self.name, self.version, self.file_name)
+
+    @property
+    def variant_name(self) -> str:
+        """The variant's name: its ``variant`` field, else the file name without suffix."""
+        return self.variant or self.file_name.rsplit(".", 1)[0]
+
+    @property
+    def required_runtime(self) -> Runtime:
+        """The runtime the file needs: the signed ``runtime``, else by its file name."""
+        return self.runtime or _runtime_of(self.file_name)
 
     def chunk_range(self, index: int) -> tuple[int, int]:
         """(offset, length) of chunk ``index``; the last chunk may be short."""
@@ -135,7 +191,18 @@ class ModelRelease(BaseModel):
         """
         fields = self.model_dump(mode="json")
         fields["card"] = self.card.model_dump_json()
+        for unset in [key for key in VARIANT_FIELDS if fields[key] in (None, [])]:
+            del fields[unset]  # a target without variant fields reads as before
         return {CUSTOM_KEY: fields}
+
+
+def _runtime_of(file_name: str) -> Runtime:
+    return "litert" if file_name.endswith(".tflite") else "onnxruntime"
+
+
+def release_prefix(name: str, version: str) -> str:
+    """The target path prefix of every variant of ``name@version``."""
+    return f"models/{name}/{version}/"
 
 
 def target_path(name: str, version: str, file_name: str) -> str:

@@ -132,3 +132,29 @@ class DeviceNotAcceptedError(FleetError):
             f"device {device_id!r} is pending: accept it first with `fleet devices accept "
             f"{device_id}`"
         )
+
+
+# -- staged rollouts (fleet.rollouts) --------------------------------------------------------
+
+
+class RolloutError(FleetError):
+    """A rollout request or event that cannot apply: a bad ``--stages`` entry, no eligible
+    device, an operator event in a phase where it does not apply. ``value`` is what it is
+    about (the rollout id or the offending entry); the message names it."""
+
+    exit_code = EXIT_DATA
+
+    def __init__(self, message: str, *, value: str) -> None:
+        self.value = value
+        super().__init__(message)
+
+
+class SelectorError(FleetError):
+    """A device selector that does not parse; the message names the clause at fault."""
+
+    exit_code = EXIT_DATA
+
+    def __init__(self, text: str, reason: str, *, clause: str | None = None) -> None:
+        self.text = text
+        self.clause = clause
+        super().__init__(f"invalid selector {text!r}: {reason}")

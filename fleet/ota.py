@@ -214,7 +214,13 @@ class ReleaseService:
             raise DeviceNotAcceptedError(device_id)
 
     def _desired(
-        self, repo: Repository, device_id: str, action: str, name: str, version: str, target: str
+        self,
+        repo: Repository,
+        device_id: str,
+        action: str,
+        name: str,
+        version: str,
+        target: str | None,
     ) -> Publish:
         counter = self._store.next_desired(
             device_id, model=name, version=version, action=action, now=time.time()
@@ -248,12 +254,18 @@ def _not_a_target(admission: str | None, has_reported: bool) -> str | None:
     return None
 
 
-def _find_target(repo: Repository, name: str, version: str) -> str:
+def _find_target(repo: Repository, name: str, version: str) -> str | None:
+    """The target the desired state names: the release's one file (so an agent from before
+    variants can follow it), or None for a release with several variants, among which each
+    device picks the one its signed hardware and runtime fields fit."""
+    paths = []
     for path, target in repo.targets().items():
         fields = (target.custom or {}).get(CUSTOM_KEY) or {}
         if fields.get("name") == name and fields.get("version") == version:
-            return path
-    raise FleetError(f"no signed release {name}@{version} in {repo.metadata_dir.parent}")
+            paths.append(path)
+    if not paths:
+        raise FleetError(f"no signed release {name}@{version} in {repo.metadata_dir.parent}")
+    return paths[0] if len(paths) == 1 else None
 
 
 def _object(value: JsonValue) -> JsonObject:

@@ -223,6 +223,7 @@ def device_detail_lines(detail: DeviceDetail, now: float | None = None) -> list[
     summary, status, telemetry = detail.summary, detail.status or {}, detail.telemetry or {}
     lines = [_header(summary, status, now)]
     rows: list[tuple[str, str]] = []
+    rows += _hardware_rows(status)
     rows += _health_rows(telemetry, summary)
     rows += _resource_rows(telemetry)
     rows += _link_rows(telemetry, summary, now)
@@ -264,6 +265,20 @@ def _header(summary: DeviceSummary, status: JsonObject, now: float) -> Text:
     if admission == "pending":  # not a deploy target until `fleet devices accept`
         line.append(", pending acceptance", style="yellow")
     return line
+
+
+def _hardware_rows(status: JsonObject) -> list[tuple[str, str]]:
+    """The board kind and the device's own ``[device] tags``, from its status."""
+    hardware = text(status.get("hardware_id"), 64)
+    tags = obj(status.get("tags"))
+    if not hardware and not tags:
+        return []  # an agent from before hardware ids
+    line = hardware or "-"
+    if tags:
+        line += "; tags " + ", ".join(
+            f"{text(k, 64)}={text(v, 64)}" for k, v in sorted(tags.items())
+        )
+    return [("hardware", line)]
 
 
 def _health_rows(telemetry: JsonObject, summary: DeviceSummary) -> list[tuple[str, str]]:
@@ -484,6 +499,9 @@ def _ota_rows(
             if reason:
                 line += f": {reason}: {text(result.get('detail'), 80) or ''}"
             rows.append(("", line))
+        variant = text(entry.get("variant"), 32)
+        if variant:  # which file of the active release this board runs
+            rows.append(("", f"variant {variant} (active)"))
     if desired is not None:
         line = (
             f"{text(desired.model, 24)}@{text(desired.version, 12)} "

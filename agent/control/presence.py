@@ -8,6 +8,7 @@ publishes ``offline`` itself before disconnecting, since a normal DISCONNECT dis
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Literal
 
 import psutil
@@ -30,8 +31,15 @@ State = Literal["online", "offline"]
 class Presence:
     """Builds status payloads and publishes ``online`` whenever the link comes up."""
 
-    def __init__(self, device_id: str) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        hardware_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         self._device_id = device_id
+        self._hardware_id = hardware_id
+        self._tags = dict(tags or {})
         self._topic = topic_for(device_id, Channel.STATUS)
         self._boot_time = payloads.to_iso_ts(psutil.boot_time())
         self._started_at = payloads.utc_now()
@@ -54,6 +62,10 @@ class Presence:
             started_at=self._started_at,
             ts=payloads.utc_now(),
         )
+        if self._hardware_id is not None:
+            message = message.model_copy(
+                update={"hardware_id": self._hardware_id, "tags": dict(self._tags)}
+            )
         return message if reason is None else message.model_copy(update={"reason": reason})
 
     def payload(self, state: State, reason: str | None = None) -> bytes:

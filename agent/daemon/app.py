@@ -173,7 +173,7 @@ class Agent:
             Outbox(state_dir / "outbox.sqlite3", max_bytes=config.queue.max_bytes)
         )
         self.events = EventEmitter(config.device_id, self.outbox)
-        self.presence = Presence(config.device_id)
+        self.presence = Presence(config.device_id, config.device.hardware_id, config.device.tags)
         self.link = MqttLink(link_settings(config, self.presence))
         self.rejections = InboundRejections()
         self.commands = CommandDispatcher(config.device_id, self.link, self.rejections)
@@ -226,8 +226,10 @@ class Agent:
     def _build_ota(self, inference: InferenceService) -> OtaUpdater:
         # Imported here: an agent without OTA never loads the TUF client.
         from agent import __version__  # noqa: PLC0415
+        from agent.inference.backends import onnx_providers, tflite_available  # noqa: PLC0415
         from agent.ota.report import Reported, Reporter  # noqa: PLC0415
         from agent.ota.updater import OtaUpdater  # noqa: PLC0415
+        from agent.ota.variants import Capabilities  # noqa: PLC0415
         from agent.ota.watch import RequestWatch  # noqa: PLC0415
 
         watch = RequestWatch()
@@ -253,6 +255,12 @@ class Agent:
             watch=watch,
             reporter=Reporter(self.events.emit, publish_reported, __version__),
             rejections=self.rejections,
+            capabilities=Capabilities(
+                hardware_id=self.config.device.hardware_id,
+                accepted_ids=self.config.ota.hardware_ids,
+                onnx_providers=onnx_providers(),
+                litert=tflite_available(self.config.inference.tflite_runtime),
+            ),
         )
         for topic_filter in updater.subscriptions():
             self.link.add_subscription(topic_filter, qos=1)

@@ -15,11 +15,12 @@ event loop thread, only ``Backend.run`` and loading run in worker threads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -197,12 +198,19 @@ class ModelRegistry:
     # -- loading ---------------------------------------------------------------------------
 
     async def load(
-        self, path: Path, *, card: ModelCard | None = None, keep_others: bool = False
+        self,
+        path: Path,
+        *,
+        card: ModelCard | None = None,
+        keep_others: bool = False,
+        providers: Sequence[str] = (),
     ) -> ModelCard:
         """Load, check and warm up ``path``, then make it the default version of its name.
 
         Other loaded versions of the name are retired (TensorFlow Serving's "latest" policy)
-        unless ``keep_others``; they finish their in-flight requests first. On failure the
+        unless ``keep_others``; they finish their in-flight requests first. ``providers``:
+        ONNX Runtime execution providers to try before the configured ones (an OTA
+        variant's signed list). On failure the
         typed error is raised, a ``model_load_failed`` event is emitted and whatever served
         before keeps serving.
         """
@@ -218,7 +226,9 @@ class ModelRegistry:
         self._set_status(card, VersionState.LOADING, only_if_new=True)
         log.info("model.loading", model=card.name, version=card.version, path=str(path))
         try:
-            backend = await loop.run_in_executor(self._loader, self._prepare, path, card)
+            backend = await loop.run_in_executor(
+                self._loader, self._prepare, path, card, tuple(providers)
+            )
         except InferenceError as exc:
             self._set_status(card, VersionState.ERROR, error=exc, only_if_new=True)
             self._emit(
@@ -233,12 +243,24 @@ class ModelRegistry:
         if self._closed:
             backend.close()
             raise InferenceError(f"{card.name}: the registry closed while the model loaded")
+        for fallback in getattr(backend, "provider_fallbacks", ()):  # ONNX Runtime's only
+            self._emit(
+                "provider_fallback",
+                model=card.name,
+                version=card.version,
+                provider=fallback.provider,
+                error=fallback.error,
+            )
         self._activate(_Servable(card, backend), keep_others=keep_others)
         return card
 
-    def _prepare(self, path: Path, card: ModelCard) -> Backend:
+    def _prepare(self, path: Path, card: ModelCard, providers: tuple[str, ...] = ()) -> Backend:
         """Worker thread: open the file and refuse it unless it does what its card says."""
-        backend = open_backend(path, card.runtime, self._options, model=card.name)
+        options = self._options
+        if providers:
+            wanted = tuple(dict.fromkeys([*providers, *options.onnx_providers]))
+            options = dataclasses.replace(options, onnx_providers=wanted)
+        backend = open_backend(path, card.runtime, options, model=card.name)
         try:
             check_signature(card, backend)
             feeds = _check_golden(card, backend) if card.golden else _zero_feeds(card)

@@ -4,7 +4,8 @@ Built by the agent's composition root only when the config names models (the age
 never imports numpy or a runtime otherwise). A model that fails to load is reported as a
 ``model_load_failed`` event and a failed ``models`` health condition; the agent keeps
 running and serving the models that did load. Registry events (loads, swaps, NaN outputs)
-become agent events on ``fleet/<device_id>/events``.
+become agent events on ``fleet/<device_id>/events``, and so do drift scores crossing
+``inference.drift_event_psi`` (``agent.inference.drift_alarm``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from agent.inference.backends import BackendOptions
 from agent.inference.capture import CaptureBuffer, CaptureInfo
 from agent.inference.cardfile import load_card
 from agent.inference.classify import RegistryClassifier, check_classifier
+from agent.inference.drift_alarm import DriftAlarm
 from agent.inference.monitoring import ModelMonitor, MonitorSnapshot
 from agent.inference.registry import ModelRegistry, ObserverGroup
 from agent.inference.rest import RestServer, start_rest
@@ -71,6 +73,9 @@ class InferenceService:
         self.registry = ModelRegistry(
             BackendOptions(
                 onnx_providers=tuple(inference.providers),
+                tensorrt_fp16=inference.tensorrt_fp16,
+                tensorrt_cache_dir=inference.tensorrt_cache_dir
+                or config.state_dir / "tensorrt-cache",
                 intra_op_threads=inference.intra_op_threads,
                 inter_op_threads=inference.inter_op_threads,
                 onnx_thread_pools=inference.onnx_thread_pools,
@@ -86,6 +91,7 @@ class InferenceService:
         self.rest_error: str | None = None
         self.load_failures: dict[str, str] = {}
         self._nonfinite_events = EventThrottle(NONFINITE_EVENT_INTERVAL_S)
+        self._drift_alarm = DriftAlarm(inference.drift_event_psi)
         self._tasks = BackgroundTasks()
 
     async def start(self) -> None:
@@ -142,8 +148,15 @@ class InferenceService:
         return RegistryClassifier(self.registry, model, top_k=top_k)
 
     def snapshot(self) -> MonitorSnapshot:
-        """Model metrics for the telemetry message."""
+        """Model metrics for the telemetry message; drift crossings since the last become events.
+
+        The drift alarm is fed here so that each ``model_drift`` event and the telemetry
+        message built with it report the same score.
+        """
         body = self.monitor.snapshot()
+        for crossing in self._drift_alarm.update(_drift_scores(body["models"])):
+            self._tasks.spawn(self._emit(crossing.event, **crossing.fields()))
+            log.info("inference.drift_crossed", kind=crossing.event, **crossing.fields())
         if self.load_failures:
             body["load_failures"] = dict(self.load_failures)
         return body
@@ -189,6 +202,16 @@ class InferenceService:
         await self.registry.close()
         if self.capture is not None:
             await asyncio.to_thread(self.capture.close)
+
+
+def _drift_scores(
+    blocks: Iterable[Mapping[str, object]],
+) -> Iterator[tuple[str, str, Mapping[str, float]]]:
+    """(model, version, PSI per signal) of the monitor's telemetry blocks that score drift."""
+    for block in blocks:
+        scores = block.get("drift_psi")
+        if isinstance(scores, dict):
+            yield str(block["model"]), str(block["version"]), scores
 
 
 def _record_body(capture: CaptureBuffer, info: CaptureInfo) -> CapturedInput:

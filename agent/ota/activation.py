@@ -81,7 +81,12 @@ class Activator:
             info = state.slots.get(slot) if slot else None
             if slot is None or info is None:
                 return None
-            return {"slot": slot, "version": info.version, "release": info.release}
+            return {
+                "slot": slot,
+                "version": info.version,
+                "release": info.release,
+                "variant": info.variant,
+            }
 
         previous = None
         if state.active is not None:
@@ -230,7 +235,10 @@ class Activator:
     async def _load(self, store: SlotStore, slot: Slot, *, keep_others: bool) -> None:
         path = store.model_path(slot)
         card = await asyncio.to_thread(load_card, card_path_for(path))
-        await self._registry.load(path, card=card, keep_others=keep_others)
+        info = (await asyncio.to_thread(store.state)).slots.get(slot)
+        # A variant built for TensorRT or CUDA asks for them first; the configured ones follow.
+        providers = info.providers if info is not None else ()
+        await self._registry.load(path, card=card, keep_others=keep_others, providers=providers)
 
     def _serving_version(self, name: str) -> str | None:
         try:

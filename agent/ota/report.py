@@ -21,6 +21,7 @@ class SlotRef(TypedDict):
     slot: str
     version: str
     release: int
+    variant: str | None
 
 
 class SlotSummary(TypedDict):
@@ -43,6 +44,7 @@ class ReportedModel(TypedDict):
     active: SlotRef | None
     pending: SlotRef | None
     previous: SlotRef | None
+    variant: str | None  # the active slot's variant
     step: str | None
     progress: float | None
     last_result: LastResult | None
@@ -94,6 +96,7 @@ class Reporter:
                 "active": None,
                 "pending": None,
                 "previous": None,
+                "variant": None,
                 "step": None,
                 "progress": None,
                 "last_result": None,
@@ -110,6 +113,7 @@ class Reporter:
     ) -> None:
         entry = self.model(name)
         entry["active"], entry["pending"], entry["previous"] = active, pending, previous
+        entry["variant"] = active["variant"] if active else None
 
     async def step(self, name: str, version: str, step: str, **fields: Any) -> None:
         """An intermediate step: event and reported state."""

@@ -104,6 +104,12 @@ class SlotInfo(_Frozen):
     length: int = Field(ge=1, description="Length of the model file in bytes.")
     installed_at: str = Field(description="When it was installed (UTC ISO 8601).")
     committed: bool = Field(default=False, description="Passed its health window once.")
+    variant: str | None = Field(
+        default=None, description="Variant of the release (None: installed before variants)."
+    )
+    providers: tuple[str, ...] = Field(
+        default=(), description="Execution providers the variant is for, best first (signed)."
+    )
 
 
 class SlotState(_Frozen):
@@ -247,6 +253,8 @@ class SlotStore:
             sha256=sha256,
             length=release.length,
             installed_at=utc_now_iso(),
+            variant=release.variant_name,
+            providers=release.providers,
         )
         self._write_record(slot, info)
         self._write(self._evolve(slots={**self._state.slots, slot: info}))

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Key, Metadata, Root, TargetFile
+from tuf.api.metadata import Key, Metadata, Root, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from agent.errors import FetchError, StoreError
@@ -99,6 +99,28 @@ class TrustedRepository:
         return Target(
             path=info.path, length=info.length, hashes=dict(info.hashes), custom=info.custom
         )
+
+    def targets_under(self, prefix: str) -> list[Target]:
+        """Every signed target whose path starts with ``prefix`` (a release's variants).
+
+        The names come from the targets metadata ngclient stored after verifying it in the
+        last ``refresh``; each is then resolved through the verified in-memory metadata
+        (``target``), so a name that is not signed there is left out.
+        """
+        if self._updater is None:
+            raise RuntimeError("refresh() first")
+        try:
+            stored = Metadata[Targets].from_file(str(self._dir / "targets.json")).signed
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"cannot read the targets metadata ({exc})", path=str(self._dir)
+            ) from exc
+        found = []
+        for path in sorted(stored.targets):
+            if path.startswith(prefix):
+                with contextlib.suppress(UpdateError):
+                    found.append(self.target(path))
+        return found
 
     def online_keys(self) -> OnlineKeys:
         """The timestamp role's keys and threshold in the newest trusted root."""

@@ -12,9 +12,11 @@ One update, step by step (each reported as it happens, see ``agent.ota.report``)
    passes is checked once more against the freshly refreshed metadata (a revoked key) and
    accepted atomically (``device.json``). Every refused message is recorded in the agent's
    rejection ledger.
-2. The model it names must be a signed target whose custom fields (``release``) fit this
-   device: hardware id, agent version, length cap, a release counter not below the installed
-   one.
+2. The release it names (``name@version``; or one target, as older controllers send) must
+   be signed targets whose custom fields (``release``) fit this device: the best variant for
+   its hardware id and runtimes (``variants``; none fits: ``wrong_hardware``, reported with
+   the device's hardware id and runtimes, nothing changed), agent version, length cap, a
+   release counter not below the installed one.
 3. Download: only the chunks not yet staged are requested, each checked against its signed
    hash before it is kept (``staging``); a bad chunk is fetched again alone, a repeatedly bad
    one ends the update. The complete file is the signed target: every chunk matched its
@@ -61,11 +63,18 @@ from agent.ota.trust import (
     signatures_valid,
     verify_file,
 )
+from agent.ota.variants import Capabilities, choose_variant
 from agent.ota.watch import RequestWatch
 from edge_contract.desired import DesiredState, SignedDesired, check_desired, parse_desired
 from edge_contract.errors import TopicError, UpdateError
 from edge_contract.reasons import Reason
-from edge_contract.release import ModelRelease, Target, release_from_custom, version_tuple
+from edge_contract.release import (
+    ModelRelease,
+    Target,
+    release_from_custom,
+    release_prefix,
+    version_tuple,
+)
 from edge_contract.topics import Channel, parse, topic_for
 from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.link import MqttLink
@@ -135,8 +144,14 @@ class OtaUpdater:
         reporter: Reporter,
         clock: Callable[[], datetime] | None = None,
         rejections: InboundRejections | None = None,
+        capabilities: Capabilities | None = None,
     ) -> None:
         self._config = config
+        self._capabilities = capabilities or Capabilities(
+            hardware_id=config.hardware_ids[0] if config.hardware_ids else "generic",
+            accepted_ids=config.hardware_ids,
+            onnx_providers=("CPUExecutionProvider",),
+        )
         self._device_id = device_id
         self._root = state_dir / "ota"
         self._registry = registry
@@ -290,7 +305,12 @@ class OtaUpdater:
             model = desired.model
             if self._first_notice(payload, exc.reason):
                 await self._reporter.outcome(
-                    model.name, model.version, "rejected", reason=exc.reason, detail=exc.detail
+                    model.name,
+                    model.version,
+                    "rejected",
+                    reason=exc.reason,
+                    detail=exc.detail,
+                    **self._device_facts(exc.reason),
                 )
             if exc.reason in RETRIED:
                 return True
@@ -304,6 +324,13 @@ class OtaUpdater:
             self._rejections.reject(message, exc.reason, exc.detail)
         if self._first_notice(payload, exc.reason):
             await self._reporter.refused(exc.reason, exc.detail)
+
+    def _device_facts(self, reason: str) -> dict[str, Any]:
+        """What a ``wrong_hardware`` refusal tells the fleet about this device."""
+        if reason != Reason.WRONG_HARDWARE:
+            return {}
+        device = self._capabilities
+        return {"hardware_id": device.hardware_id, "runtimes": device.runtimes}
 
     def _first_notice(self, payload: bytes, reason: str) -> bool:
         """Report a deferral or a retried failure once, not at every retry."""
@@ -364,9 +391,7 @@ class OtaUpdater:
     # -- deploy ------------------------------------------------------------------------------
 
     async def _deploy(self, desired: DesiredState) -> None:
-        trust = self._trusted()
-        info = await asyncio.to_thread(trust.target, desired.model.target)
-        release = self._check_release(desired, info)
+        info, release = await self._resolve(desired)
         store = self._store(release.name)
         state = await asyncio.to_thread(store.state)
         sha256 = info.hashes["sha256"]
@@ -381,10 +406,40 @@ class OtaUpdater:
         assembled = await self._download(release, info, sha256)
         slot = await asyncio.to_thread(store.install, release, assembled, sha256)
         await asyncio.to_thread(sweep, self._root / "staging", set())  # the file included
-        await self._reporter.step(release.name, release.version, "installed", slot=slot)
+        await self._reporter.step(
+            release.name, release.version, "installed", slot=slot, variant=release.variant_name
+        )
         await self._activator.activate(store, slot)
 
-    def _check_release(self, desired: DesiredState, info: Target) -> ModelRelease:
+    async def _resolve(self, desired: DesiredState) -> tuple[Target, ModelRelease]:
+        """The signed target to install and its release facts: the one the desired state
+        names, or the best of the release's variants for this device."""
+        trust = self._trusted()
+        model = desired.model
+        if model.target is not None:
+            targets = [await asyncio.to_thread(trust.target, model.target)]
+        else:
+            prefix = release_prefix(model.name, model.version)
+            targets = await asyncio.to_thread(trust.targets_under, prefix)
+            if not targets:
+                raise UpdateError(
+                    Reason.NOT_A_TARGET, f"no signed target of {model.name}@{model.version}"
+                )
+        by_path = {info.path: (info, self._release_of(desired, info)) for info in targets}
+        chosen = choose_variant([release for _, release in by_path.values()], self._capabilities)
+        info, release = by_path[chosen.target_path]
+        self._check_release(info, release)
+        log.info(
+            "ota.variant_chosen",
+            model=release.name,
+            version=release.version,
+            variant=release.variant_name,
+            target=info.path,
+        )
+        return info, release
+
+    @staticmethod
+    def _release_of(desired: DesiredState, info: Target) -> ModelRelease:
         release = release_from_custom(info.custom, target=info.path)
         if (release.name, release.version) != (desired.model.name, desired.model.version):
             raise UpdateError(
@@ -392,12 +447,9 @@ class OtaUpdater:
                 f"target {info.path} is {release.name}@{release.version}, "
                 f"desired names {desired.model.name}@{desired.model.version}",
             )
-        if not set(release.hardware) & set(self._config.hardware_ids):
-            raise UpdateError(
-                Reason.WRONG_HARDWARE,
-                f"release is for {list(release.hardware)}, "
-                f"this device is {list(self._config.hardware_ids)}",
-            )
+        return release
+
+    def _check_release(self, info: Target, release: ModelRelease) -> None:
         if version_tuple(__version__) < version_tuple(release.min_agent_version):
             raise UpdateError(
                 Reason.AGENT_TOO_OLD,
@@ -411,7 +463,6 @@ class OtaUpdater:
                 f"signed length {info.length}, release says {release.length}, "
                 f"limit {self._config.max_model_bytes}",
             )
-        return release
 
     async def _download(self, release: ModelRelease, info: Target, sha256: str) -> Path:
         staging_root = self._root / "staging"

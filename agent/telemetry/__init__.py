@@ -1,1 +1,1 @@
-"""Telemetry sampling: host resources, board-specific readings, health."""
+"""Telemetry sampling: host resources, board-specific readings, the hardware id, health."""

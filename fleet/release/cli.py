@@ -21,9 +21,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from edge_contract.release import DEFAULT_CHUNK_SIZE
-from fleet.errors import FleetError, ReleaseRepositoryError
-from fleet.release.publish import ChunkProgress, publish_model
+from edge_contract.release import ANY_HARDWARE, DEFAULT_CHUNK_SIZE, ModelRelease, Target
+from fleet.errors import FleetError, ReleaseInputError, ReleaseRepositoryError
+from fleet.release.publish import ChunkProgress, VariantSpec, parse_variant, publish_release
 from fleet.release.repo import TOP_LEVEL_ROLES, Repository, repository_lock
 
 # Below this many chunks hashing is instant: a progress bar would only flicker.
@@ -88,13 +88,28 @@ def keys_rotate(
 
 
 def model_publish(
-    model: Annotated[Path, typer.Argument(help="model file (.onnx or .tflite), card beside it")],
-    name: Annotated[str, typer.Option("--name", help="model name")],
-    version: Annotated[str, typer.Option("--version", help="model version")],
-    hardware: Annotated[
-        list[str], typer.Option("--hardware", help="compatible hardware/runtime id (repeat)")
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="model file (.onnx or .tflite, card beside it) with --name/--version; "
+            "or NAME@VERSION with one --variant per file"
+        ),
     ],
     repo: RepoOpt,
+    name: Annotated[str | None, typer.Option("--name", help="model name")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="model version")] = None,
+    hardware: Annotated[
+        list[str] | None,
+        typer.Option("--hardware", help="single file: hardware id it runs on (repeat; default *)"),
+    ] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant",
+            help="FILE[:hardware=pi4,pi5][:runtime=onnxruntime|litert]"
+            "[:providers=tensorrt,cuda,cpu][:precision=fp32|fp16|int8][:name=NAME] (repeat)",
+        ),
+    ] = None,
     release: Annotated[
         int | None, typer.Option("--release", help="release counter (default: highest + 1)")
     ] = None,
@@ -106,46 +121,84 @@ def model_publish(
     ] = DEFAULT_CHUNK_SIZE,
     json_out: JsonOpt = False,
 ) -> None:
-    """Sign a model as a TUF target with its release facts (targets, snapshot, timestamp)."""
-    chunks = -(-model.stat().st_size // max(chunk_size, 1)) if model.is_file() else 0
+    """Sign a release's file(s) as TUF targets with their release facts (targets, snapshot,
+    timestamp): one file, or one target per --variant, each with the boards and runtime it
+    needs; the device installs the variant that fits it best."""
+    release_name, release_version, specs = _run(
+        lambda: release_files(model, name, version, hardware or [], variant or [])
+    )
+    chunks = sum(-(-s.file.stat().st_size // max(chunk_size, 1)) for s in specs if s.file.is_file())
     with _locked(repo), _chunk_progress(chunks) as progress:
         repository = _run(lambda: Repository.open(repo))
-        model_release = _run(
-            lambda: publish_model(
+        releases = _run(
+            lambda: publish_release(
                 repository,
-                model,
-                name=name,
-                version=version,
-                hardware=hardware,
+                name=release_name,
+                version=release_version,
+                variants=specs,
                 release=release,
                 min_agent_version=min_agent_version,
                 chunk_size=chunk_size,
                 progress=progress,
             )
         )
-    target = repository.targets()[model_release.target_path]
-    summary = {
+    signed = repository.targets()
+    rows = [_variant_summary(r, signed[r.target_path]) for r in releases]
+    summary = {**rows[0], "variants": rows, "timestamp_version": repository.timestamp_version}
+    if json_out:
+        _print_json(summary)
+        return
+    lines = [f"published {release_name}@{release_version} release {releases[0].release}"]
+    for row in rows:
+        needs = row["runtime"] + (f" ({', '.join(row['providers'])})" if row["providers"] else "")
+        lines.append(
+            f"variant {row['variant']}: hardware {', '.join(row['hardware'])}; {needs}"
+            f"{'; ' + row['precision'] if row['precision'] else ''}\n"
+            f"  target: {escape(row['target'])}\n  length: {row['length']} bytes\n"
+            f"  sha256: {row['sha256']}\n  chunks: {row['chunks']} of {row['chunk_size']} bytes"
+        )
+    Console().print("\n".join(lines), highlight=False)
+
+
+def release_files(
+    model: str, name: str | None, version: str | None, hardware: list[str], variants: list[str]
+) -> tuple[str, str, list[VariantSpec]]:
+    """The CLI's two forms -> (name, version, variants); ``ReleaseInputError`` if mixed."""
+    if not variants:
+        if name is None or version is None:
+            raise ReleaseInputError(
+                "a single file needs --name and --version (or give NAME@VERSION and --variant)",
+                value=model,
+            )
+        return name, version, [VariantSpec(Path(model), tuple(hardware) or (ANY_HARDWARE,))]
+    if name is not None or version is not None or hardware:
+        raise ReleaseInputError(
+            "with --variant, name the release as NAME@VERSION and each file's hardware in "
+            "its --variant (not --name/--version/--hardware)",
+            value=model,
+        )
+    release_name, at, release_version = model.partition("@")
+    if not at or not release_name or not release_version:
+        raise ReleaseInputError("with --variant the argument is NAME@VERSION", value=model)
+    return release_name, release_version, [parse_variant(text) for text in variants]
+
+
+def _variant_summary(model_release: ModelRelease, target: Target) -> dict[str, Any]:
+    return {
         "target": target.path,
         "length": target.length,
         "sha256": target.hashes["sha256"],
         "name": model_release.name,
         "version": model_release.version,
         "release": model_release.release,
+        "variant": model_release.variant_name,
         "hardware": list(model_release.hardware),
+        "runtime": model_release.required_runtime,
+        "providers": list(model_release.providers),
+        "precision": model_release.precision,
         "chunk_size": model_release.chunk_size,
         "chunks": len(model_release.chunks),
-        "timestamp_version": repository.timestamp_version,
     }
-    if json_out:
-        _print_json(summary)
-        return
-    Console().print(
-        f"published {summary['name']}@{summary['version']} release {summary['release']}\n"
-        f"target: {escape(target.path)}\nlength: {target.length} bytes\n"
-        f"sha256: {summary['sha256']}\n"
-        f"chunks: {summary['chunks']} of {summary['chunk_size']} bytes",
-        highlight=False,
-    )
 
 
 def register_model_commands(model_app: typer.Typer) -> None:

@@ -4,21 +4,107 @@ The release facts (``edge_contract.release.ModelRelease``) go into the target's 
 name, version, a release counter that only grows per model name, compatible hardware ids,
 the minimum agent version, per-chunk sha256 and the model card (I/O contract, golden check,
 reference statistics) read from beside the model file.
+
+A release may carry several files, its variants (``--variant FILE:hardware=pi4,pi5:...``),
+each a target of its own with its hardware ids and runtime requirements in its signed custom
+fields (``edge_contract.release``); they share the release counter and are signed in one
+targets version. ``parse_variant`` reads the CLI's variant spec.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 from pydantic import ValidationError
 
 from edge_contract.card import ModelCard, card_path_for, parse_card
 from edge_contract.errors import CardError, UpdateError
-from edge_contract.release import DEFAULT_CHUNK_SIZE, ModelRelease, chunk_count, release_from_custom
+from edge_contract.release import (
+    ANY_HARDWARE,
+    DEFAULT_CHUNK_SIZE,
+    PROVIDER_ORDER,
+    ModelRelease,
+    Precision,
+    Runtime,
+    chunk_count,
+    release_from_custom,
+)
 from fleet.errors import PublishRefusedError, ReleaseInputError
-from fleet.release.repo import Repository
+from fleet.release.repo import NewTarget, Repository
+
+# Short names the CLI takes for the execution providers.
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One file of a release and what it needs (unset fields: see ``ModelRelease``)."""
+
+    file: Path
+    hardware: tuple[str, ...] = (ANY_HARDWARE,)
+    runtime: str | None = None  # checked against Runtime / Precision by ModelRelease
+    providers: tuple[str, ...] = field(default=())
+    precision: str | None = None
+    name: str | None = None
+
+
+def parse_variant(text: str) -> VariantSpec:
+    """``FILE[:hardware=ID,ID][:runtime=onnxruntime|litert][:providers=tensorrt,cuda,cpu]
+    [:precision=fp32|fp16|int8][:name=NAME]`` -> ``VariantSpec``; ``ReleaseInputError``
+    naming the bad part. Values are checked fully when the release is built."""
+    file_part, *parts = text.split(":")
+    if not file_part:
+        raise ReleaseInputError("variant needs a file before its first ':'", value=text)
+    fields: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not value:
+            raise ReleaseInputError(f"variant part {part!r} is not key=value", value=text)
+        if key in fields:
+            raise ReleaseInputError(f"variant names {key!r} twice", value=text)
+        fields[key] = value
+    unknown = sorted(set(fields) - {"hardware", "runtime", "providers", "precision", "name"})
+    if unknown:
+        raise ReleaseInputError(
+            f"unknown variant field {unknown[0]!r} (hardware, runtime, providers, precision, name)",
+            value=text,
+        )
+    return VariantSpec(
+        file=Path(file_part),
+        hardware=tuple(fields["hardware"].split(",")) if "hardware" in fields else (ANY_HARDWARE,),
+        runtime=_choice(fields.get("runtime"), get_args(Runtime), "runtime", text),
+        providers=tuple(_provider(p, text) for p in fields.get("providers", "").split(",") if p),
+        precision=_choice(fields.get("precision"), get_args(Precision), "precision", text),
+        name=fields.get("name"),
+    )
+
+
+def _choice(value: str | None, allowed: tuple[str, ...], what: str, text: str) -> str | None:
+    # The Literal's values, so the type checker takes the result as the Literal.
+    if value is None or value in allowed:
+        return value
+    raise ReleaseInputError(f"{what} {value!r} is not one of {', '.join(allowed)}", value=text)
+
+
+def _provider(value: str, text: str) -> str:
+    name = PROVIDER_ALIASES.get(value.lower(), value)
+    if name not in PROVIDER_ORDER:
+        raise ReleaseInputError(
+            f"provider {value!r} is not one of {', '.join(PROVIDER_ALIASES)} "
+            f"({', '.join(PROVIDER_ORDER)})",
+            value=text,
+        )
+    return name
+
 
 ChunkProgress = Callable[[int, int], None]
 """Called after each chunk is hashed with (chunks done, chunk count)."""
@@ -41,34 +127,97 @@ def publish_model(
     Refuses a name@version already published and a release counter not above the highest
     published for ``name`` (default: that highest + 1).
     """
-    if not model_file.is_file():
-        raise ReleaseInputError("no model file", value=str(model_file))
-    card = _card_as(load_model_card(model_file), name, version)
+    spec = VariantSpec(file=model_file, hardware=tuple(hardware))
+    return publish_release(
+        repo,
+        name=name,
+        version=version,
+        variants=[spec],
+        release=release,
+        min_agent_version=min_agent_version,
+        chunk_size=chunk_size,
+        progress=progress,
+    )[0]
+
+
+def publish_release(
+    repo: Repository,
+    *,
+    name: str,
+    version: str,
+    variants: Sequence[VariantSpec],
+    release: int | None = None,
+    min_agent_version: str = "0.1",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: ChunkProgress | None = None,
+) -> list[ModelRelease]:
+    """Add each variant's file as a target of ``name@version``, all in one targets version.
+
+    Refuses what ``publish_model`` refuses, no variant, two variants with one file name or
+    one variant name, and any variant field ``ModelRelease`` refuses (naming the file).
+    """
+    if not variants:
+        raise ReleaseInputError("a release needs at least one file", value=f"{name}@{version}")
     counter = _next_release(repo, name, version, release)
-    length = model_file.stat().st_size
-    chunks, file_sha256 = hash_chunks(model_file, chunk_size, progress)
+    built = [
+        _variant_release(spec, name, version, counter, min_agent_version, chunk_size, progress)
+        for spec in variants
+    ]
+    _refuse_duplicates([model_release for model_release, _ in built], f"{name}@{version}")
+    repo.add_targets(
+        [
+            NewTarget(model_release.target_path, spec.file, model_release.custom(), digest)
+            for (model_release, digest), spec in zip(built, variants, strict=True)
+        ]
+    )
+    return [model_release for model_release, _ in built]
+
+
+def _variant_release(
+    spec: VariantSpec,
+    name: str,
+    version: str,
+    counter: int,
+    min_agent_version: str,
+    chunk_size: int,
+    progress: ChunkProgress | None,
+) -> tuple[ModelRelease, str]:
+    if not spec.file.is_file():
+        raise ReleaseInputError("no model file", value=str(spec.file))
+    card = _card_as(load_model_card(spec.file), name, version)
+    chunks, file_sha256 = hash_chunks(spec.file, chunk_size, progress)
     try:
-        model_release = ModelRelease(
-            name=name,
-            version=version,
-            release=counter,
-            hardware=tuple(hardware),
-            min_agent_version=min_agent_version,
-            file_name=model_file.name,
-            length=length,
-            chunk_size=chunk_size,
-            chunks=tuple(chunks),
-            card=card,
+        model_release = ModelRelease.model_validate(
+            {
+                "name": name,
+                "version": version,
+                "release": counter,
+                "hardware": spec.hardware,
+                "variant": spec.name,
+                "runtime": spec.runtime,
+                "providers": spec.providers,
+                "precision": spec.precision,
+                "min_agent_version": min_agent_version,
+                "file_name": spec.file.name,
+                "length": spec.file.stat().st_size,
+                "chunk_size": chunk_size,
+                "chunks": tuple(chunks),
+                "card": card,
+            }
         )
     except ValidationError as exc:
-        raise ReleaseInputError(_first_problem(exc), value=f"{name}@{version}") from exc
-    repo.add_target(
-        model_release.target_path,
-        model_file,
-        model_release.custom(),
-        expected_sha256=file_sha256,
-    )
-    return model_release
+        raise ReleaseInputError(_first_problem(exc), value=str(spec.file)) from exc
+    return model_release, file_sha256
+
+
+def _refuse_duplicates(releases: list[ModelRelease], what: str) -> None:
+    for label, values in (
+        ("file name", [r.file_name for r in releases]),
+        ("variant name", [r.variant_name for r in releases]),
+    ):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ReleaseInputError(f"two variants with {label} {twice[0]!r}", value=what)
 
 
 def load_model_card(model_file: Path) -> ModelCard:

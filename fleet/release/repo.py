@@ -26,7 +26,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -59,6 +59,16 @@ TOP_LEVEL_ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
 ONLINE_ROLES = (Snapshot.type, Timestamp.type)
 _VERSIONED = re.compile(r"(\d+)\.(root|targets|snapshot)\.json")
 _SignedT = TypeVar("_SignedT", Root, Targets, Snapshot, Timestamp)
+
+
+@dataclass(frozen=True)
+class NewTarget:
+    """A file to add as a target: its path in the repository and its custom fields."""
+
+    path: str
+    data_file: Path
+    custom: Mapping[str, Any]
+    expected_sha256: str | None = None
 
 
 @contextmanager
@@ -237,23 +247,35 @@ class Repository:
         ``expected_sha256``: refuse (before signing anything) if the bytes copied differ, e.g.
         because the file changed after the caller hashed its chunks.
         """
-        _check_target_path(path_in_repo)
+        return self.add_targets([NewTarget(path_in_repo, data_file, custom, expected_sha256)])[0]
+
+    def add_targets(self, new: list[NewTarget]) -> list[Target]:
+        """Store several files as targets in ONE new targets version (a release's variants
+        appear together or not at all); the checks of ``add_target`` for each."""
+        for entry in new:
+            _check_target_path(entry.path)
         self._reload()
-        length, digest = self._store_target_bytes(path_in_repo, data_file)
-        if expected_sha256 is not None and digest != expected_sha256:
-            _stored_target_path(self.targets_dir, path_in_repo, digest).unlink(missing_ok=True)
-            raise ReleaseInputError(
-                f"file changed while publishing (sha256 {digest}, expected {expected_sha256})",
-                value=str(data_file),
+        files: list[TargetFile] = []
+        for entry in new:
+            length, digest = self._store_target_bytes(entry.path, entry.data_file)
+            if entry.expected_sha256 is not None and digest != entry.expected_sha256:
+                _stored_target_path(self.targets_dir, entry.path, digest).unlink(missing_ok=True)
+                raise ReleaseInputError(
+                    f"file changed while publishing (sha256 {digest}, "
+                    f"expected {entry.expected_sha256})",
+                    value=str(entry.data_file),
+                )
+            custom = {"custom": dict(entry.custom)}
+            files.append(
+                TargetFile(length, {"sha256": digest}, entry.path, unrecognized_fields=custom)
             )
-        target = TargetFile(
-            length, {"sha256": digest}, path_in_repo, unrecognized_fields={"custom": custom}
-        )
         targets = _copy(self._targets)
-        targets.signed.targets[path_in_repo] = target
+        for target in files:
+            targets.signed.targets[target.path] = target
         self._publish_targets(targets)
-        log.info("target added", target=path_in_repo, length=length, sha256=digest)
-        return _target(target)
+        for target in files:
+            log.info("target added", target=target.path, length=target.length)
+        return [_target(target) for target in files]
 
     def refresh_timestamp(self, expiry: timedelta | None = None) -> int:
         """Sign a new timestamp version for the same snapshot; returns its version."""

@@ -9,11 +9,14 @@ import asyncio
 import json
 from typing import Any, cast
 
+import pytest
+
 from agent.control.commands import CommandDispatcher, NoArguments
 from agent.control.inbound import InboundRejections
 from agent.control.presence import Presence
 from agent.telemetry.subsystem_health import HealthMonitor, Status
 from edge_contract import payloads
+from edge_contract.errors import PayloadError
 from edge_contract.messages import StatusMessage, decode_device_message
 from edge_contract.replies import (
     CommandReply,
@@ -54,6 +57,21 @@ def test_the_status_the_agent_builds_is_a_valid_status_message() -> None:
     assert (online.state, online.models, online.reason) == ("online", {"digits": "2"}, None)
     assert "reason" not in json.loads(presence.payload("online"))
     assert (offline.state, offline.reason) == ("offline", "connection lost")
+    assert (online.hardware_id, online.tags) == (None, {})
+
+
+def test_the_status_carries_the_hardware_id_and_static_tags() -> None:
+    presence = Presence("pi-01", "pi4", {"site": "lab"})
+
+    online, body = decode_device_message(Channel.STATUS, "pi-01", presence.payload("online"))
+
+    assert isinstance(online, StatusMessage)
+    assert (online.hardware_id, online.tags) == ("pi4", {"site": "lab"})
+    assert (body["hardware_id"], body["tags"]) == ("pi4", {"site": "lab"})
+    bad = json.loads(presence.payload("online")) | {"tags": {"Site": "lab"}}
+    with pytest.raises(PayloadError) as refused:
+        decode_device_message(Channel.STATUS, "pi-01", json.dumps(bad).encode())
+    assert refused.value.reason == "schema" and "tags" in str(refused.value)
 
 
 def test_the_health_reply_the_dispatcher_sends_validates_as_a_health_reply() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from edge_contract import fetchcodec, payloads
 from edge_contract.card import ModelCard, parse_card
@@ -28,7 +28,13 @@ from edge_contract.controller import (
 )
 from edge_contract.desired import DesiredState, envelope, parse_desired
 from edge_contract.errors import CardError, PayloadError, UpdateError
-from edge_contract.messages import MODELS, decode_device_message
+from edge_contract.messages import (
+    MODELS,
+    InferenceReport,
+    ModelStats,
+    TelemetryMessage,
+    decode_device_message,
+)
 from edge_contract.release import CUSTOM_KEY, ModelRelease, chunk_hashes, release_from_custom
 from edge_contract.replies import (
     COMMAND_REPLIES,
@@ -127,6 +133,40 @@ CAPTURE_STATS = {
     "write_errors": 0,
 }
 
+# ``inference`` as the agent's model monitor writes it (agent/inference/metrics.py view_json).
+INFERENCE: dict[str, Any] = {
+    "models": [
+        {
+            "model": "digits",
+            "version": "1",
+            "loaded": True,
+            "runtime": "onnx",
+            "task": "classification",
+            "requests": 1200,
+            "batches": 300,
+            "errors": {"InvalidInputError": 2, "NonFiniteOutputError": 1},
+            "nonfinite_outputs": 1,
+            "latency_quantile_seconds": {"0.5": 0.00021, "0.95": 0.0009, "0.99": 0.0031},
+            "throughput_rows_per_second": 19.5,
+            "output_window_samples": 1000,
+            "confidence_mean": 0.93,
+            "confidence_std": 0.08,
+            "drift_psi": {"class": 0.031, "confidence": 0.27},
+            "drift_level": "significant",
+            "low_confidence": 4,
+            "feedback": 30,
+            "accuracy": 0.9,
+            "precision": 0.88,
+            "recall": 0.87,
+            "top_classes": {"7": 130, "1": 120},
+        },
+        {"model": "digits", "version": "0", "loaded": False, "requests": 0, "batches": 0},
+    ],
+    "internal_errors": 0,
+    "load_failures": {"/models/broken.onnx": "golden output differs"},
+    "capture": CAPTURE_STATS,
+}
+
 
 def _release_decode(payload: bytes) -> ModelRelease:
     return release_from_custom(json.loads(payload), target="models/digits/1/digits.onnx")
@@ -183,6 +223,33 @@ CASES: dict[str, Case] = {
             ("health.status", 3, "health.status"),
             ("queue.dropped", "x", "queue.dropped"),
             ("stream", "s" * 65, "stream"),
+        ],
+    ),
+    "telemetry_inference": Case(
+        valid={**STAMP, "seq": 8, "inference": INFERENCE},
+        decode=_device(Channel.TELEMETRY),
+        encode=_device_encode,
+        error=PayloadError,
+        reason="schema",
+        bad=[
+            ("inference.models.0.requests", -1, "inference.models.0.requests"),
+            ("inference.models.0.requests", 2.5, "inference.models.0.requests"),
+            ("inference.models.0.model", "", "inference.models.0.model"),
+            ("inference.models.0.version", "v" * 129, "inference.models.0.version"),
+            (
+                "inference.models.0.errors.InvalidInputError",
+                -2,
+                "inference.models.0.errors.InvalidInputError",
+            ),
+            ("inference.models.0.nonfinite_outputs", "1", "inference.models.0.nonfinite_outputs"),
+            ("inference.models.0.drift_psi.class", -0.1, "inference.models.0.drift_psi.class"),
+            ("inference.models.0.drift_psi.class", 1e7, "inference.models.0.drift_psi.class"),
+            ("inference.models.0.drift_level", "awful", "inference.models.0.drift_level"),
+            ("inference.models.0.accuracy", 1.5, "inference.models.0.accuracy"),
+            ("inference.models.0.feedback", 1.5, "inference.models.0.feedback"),
+            ("inference.models", {"digits": 1}, "inference.models"),
+            ("inference.models.0", "digits@1", "inference.models.0"),
+            ("inference.internal_errors", -1, "inference.internal_errors"),
         ],
     ),
     "event": Case(
@@ -803,3 +870,64 @@ def test_a_reply_beyond_the_payload_limits_is_refused_before_parsing() -> None:
     with pytest.raises(PayloadError) as refused:
         decode_reply("devices-list", DevicesReply, deep)
     assert refused.value.reason == "too_deep"
+
+
+def _telemetry(inference: dict[str, Any]) -> bytes:
+    return _payload({**STAMP, "seq": 1, "inference": inference})
+
+
+def test_the_inference_block_is_typed_and_keeps_the_monitors_other_readings() -> None:
+    message, stored = decode_device_message(Channel.TELEMETRY, "pi-01", _telemetry(INFERENCE))
+
+    assert isinstance(message, TelemetryMessage) and message.inference is not None
+    first = message.inference.models[0]
+    assert (first.model, first.version, first.requests) == ("digits", "1", 1200)
+    assert first.quantile("0.95") == pytest.approx(0.0009)
+    assert first.drift == pytest.approx(0.27)
+    assert message.inference.block("digits", "0") is message.inference.models[1]
+    assert message.inference.block("digits", "9") is None
+    assert stored["inference"] == INFERENCE  # what is stored is what the agent sent
+
+
+@pytest.mark.parametrize(
+    ("inference", "named"),
+    [
+        ({"models": [{"model": "m", "version": str(n)} for n in range(65)]}, "inference.models"),
+        (
+            {"models": [{"model": "m", "version": "1", "errors": {"E" * 65: 1}}]},
+            "inference.models.0.errors",
+        ),
+        (
+            {
+                "models": [
+                    {"model": "m", "version": "1", "drift_psi": {f"s{n}": 0.1 for n in range(65)}}
+                ]
+            },
+            "inference.models.0.drift_psi",
+        ),
+        (
+            {"models": [{"model": "m", "version": "1", "latency_quantile_seconds": {"0.95": -1}}]},
+            "inference.models.0.latency_quantile_seconds.0.95",
+        ),
+        ({"models": [{"version": "1"}]}, "inference.models.0.model"),
+    ],
+    ids=["too_many_blocks", "error_kind_too_long", "too_many_signals", "negative_p95", "no_model"],
+)
+def test_an_inference_block_beyond_its_bounds_is_refused(
+    inference: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(PayloadError) as refused:
+        decode_device_message(Channel.TELEMETRY, "pi-01", _telemetry(inference))
+
+    assert refused.value.reason == "schema"
+    assert f"{named}" in str(refused.value)
+
+
+def test_a_nonfinite_inference_reading_is_refused() -> None:
+    """The decoder refuses NaN on the wire; a model built in Python refuses it too."""
+    with pytest.raises(ValidationError):
+        ModelStats.model_validate({"model": "m", "version": "1", "accuracy": float("nan")})
+    with pytest.raises(ValidationError):
+        InferenceReport.model_validate(
+            {"models": [{"model": "m", "version": "1", "drift_psi": {"class": float("inf")}}]}
+        )

@@ -86,13 +86,16 @@ def _detail() -> dict[str, Any]:
             "agent_version": "0.1.0",
             "models": {"digits": "3"},
             "ts": "2026-12-07T03:17:50.702Z",
+            "hardware_id": "pi4",
+            "tags": {"site": "kitchen"},
         },
         "reported": {
             "models": {
                 "digits": {
-                    "active": {"slot": "a", "version": "3", "release": 1},
+                    "active": {"slot": "a", "version": "3", "release": 1, "variant": "pi-int8"},
                     "pending": None,
                     "previous": {"slot": "b", "version": "2", "release": 1},
+                    "variant": "pi-int8",
                     "step": "committed",
                     "progress": None,
                     "last_result": {
@@ -191,6 +194,8 @@ class TestDeviceShow:
             "accuracy 97.3% (112 feedback), drift stable (PSI 0.088)",
             "unloaded: digits v2",
             "digits: active 3 (slot a), pending -, previous 2 (slot b); committed",
+            "variant pi-int8 (active)",
+            "hardware   pi4; tags site=kitchen",
             "last committed 3 at 03:17:59Z",
             "desired    digits@3 (deploy, counter 1)",
         ):

@@ -26,6 +26,7 @@ from agent.inference.cardfile import load_card
 from agent.inference.monitoring import FOLD_BATCHES, FOLD_BYTES, ModelMonitor, MonitorLimits
 from agent.inference.registry import Prediction
 from edge_contract.card import ModelCard, ReferenceStats, TensorSpec, card_path_for
+from edge_contract.messages import InferenceReport
 
 DIGITS = Path(__file__).parents[2] / "models" / "digits"
 CLASSES = 10
@@ -286,6 +287,10 @@ class TestOutputsAndDrift:
         assert block["drift_psi"]["class"] == pytest.approx(expected_class, rel=1e-5)
         assert block["drift_psi"]["confidence"] == pytest.approx(expected_conf, rel=1e-5)
         assert block["drift_level"] == "significant"
+        report = InferenceReport.model_validate_json(json.dumps(monitor.snapshot()))
+        typed = report.block(card.name, card.version)
+        assert typed is not None and typed.drift_level == "significant"
+        assert typed.drift == pytest.approx(max(expected_class, expected_conf), rel=1e-5)
         families = _families(monitor)
         assert _sample(families, "edge_model_drift_psi", signal="class") == pytest.approx(
             expected_class, rel=1e-5
@@ -457,6 +462,13 @@ class TestWithTheDigitsModel:
             assert block["confidence_mean"] == pytest.approx(
                 card.reference.confidence_mean, abs=1e-4
             )
+            # The wire contract's typed block takes the snapshot as the telemetry carries it.
+            report = InferenceReport.model_validate_json(json.dumps(monitor.snapshot()))
+            typed = report.block("digits", card.version)
+            assert typed is not None and typed.requests == len(x)
+            assert typed.accuracy == pytest.approx(block["accuracy"])
+            assert typed.drift == pytest.approx(max(block["drift_psi"].values()))
+            assert "capture" in (report.model_extra or {})
             probabilities = backend.run({"pixels": x})["probabilities"]
             low = np.flatnonzero(probabilities.max(axis=1) < 0.9)
             records = capture.records()
@@ -474,6 +486,9 @@ class TestWithTheDigitsModel:
         assert block["output_window_samples"] >= 100
         assert block["drift_psi"]["class"] > 0.25
         assert block["drift_level"] == "significant"
+        report = InferenceReport.model_validate_json(json.dumps(monitor.snapshot()))
+        typed = report.block("digits", card.version)
+        assert typed is not None and typed.drift_level == "significant"
 
 
 class TestDeferredWindows:

@@ -67,6 +67,10 @@ class BackendOptions:
 
     # Tried in order; unavailable ones are skipped with one log line; CPU is always last.
     onnx_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # TensorRT's engines: fp16 when it helps, kept in this directory across restarts (None:
+    # rebuilt in every process, the runtime's default).
+    tensorrt_fp16: bool = False
+    tensorrt_cache_dir: Path | None = None
     intra_op_threads: int = 0  # 0: the runtime's default
     inter_op_threads: int = 0
     tflite_threads: int | None = None  # None: the runtime's default
@@ -97,6 +101,24 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the runtime's resources; later calls to ``run`` raise ``ModelRunError``."""
         ...
+
+
+def onnx_providers() -> tuple[str, ...]:
+    """The ONNX Runtime execution providers of this build; empty without onnxruntime."""
+    try:
+        from agent.inference.backends.onnx import available_providers  # noqa: PLC0415
+    except ImportError:
+        return ()
+    return available_providers()
+
+
+def tflite_available(choice: TfliteRuntimeChoice = "auto") -> bool:
+    """Whether a LiteRT / tflite-runtime interpreter imports in this install."""
+    try:
+        from agent.inference.backends import litert  # noqa: PLC0415
+    except ImportError:
+        return False
+    return litert.tflite_available(choice)
 
 
 def open_backend(path: Path, runtime: Runtime, options: BackendOptions, *, model: str) -> Backend:

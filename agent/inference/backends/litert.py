@@ -88,6 +88,15 @@ def import_interpreter(choice: TfliteRuntimeChoice, path: Path) -> tuple[Any, st
     )
 
 
+def tflite_available(choice: TfliteRuntimeChoice = "auto") -> bool:
+    """Whether an interpreter for ``choice`` imports here (the agent can run .tflite files)."""
+    try:
+        import_interpreter(choice, Path("-"))
+    except ModelLoadError:
+        return False
+    return True
+
+
 class TfliteBackend:
     """One TFLite interpreter over one .tflite file."""
 

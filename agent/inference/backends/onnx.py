@@ -1,7 +1,10 @@
 """The ONNX Runtime backend: the agent's only importer of ``onnxruntime``.
 
 Owns provider selection (the configured execution providers in order, those this build of
-onnxruntime lacks skipped with one warning, CPU always the last resort), session threading,
+onnxruntime lacks skipped with one warning, CPU always the last resort; a provider that is
+present but cannot create the session, a TensorRT without its libraries or a CUDA without a
+device, is dropped and the session made with the next one, each such fallback recorded on the
+backend for the registry's ``provider_fallback`` event), session threading,
 reading the graph's inputs and outputs into ``TensorSpec`` and running validated feeds.
 It also owns the process's shared thread pools (ONNX Runtime's global thread pools), made
 once at the first load that asks for them and used by every session opened after.
@@ -12,7 +15,8 @@ I/O), so no conversion happens here. ``InferenceSession.run`` is thread-safe: no
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from edge_contract.card import DType, TensorSpec
 log = structlog.get_logger("agent.inference")
 
 CPU_PROVIDER = "CPUExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 # ONNX Runtime's type strings for the tensor element types a model card can declare.
 ORT_TENSOR_DTYPES: dict[str, DType] = {
     "tensor(float)": "float32",
@@ -45,11 +50,27 @@ _shared_pools_lock = threading.Lock()
 _shared_pools: tuple[int, int] | None = None  # (intra-op, inter-op) sizes, 0 meaning ORT's
 
 
+@dataclass(frozen=True)
+class ProviderFallback:
+    """A provider that was present but failed to create the session, and why."""
+
+    provider: str
+    error: str
+
+
 class OnnxBackend:
     """One ``InferenceSession`` over one .onnx file."""
 
-    def __init__(self, session: Any, *, path: Path, model: str) -> None:
+    def __init__(
+        self,
+        session: Any,
+        *,
+        path: Path,
+        model: str,
+        fallbacks: tuple[ProviderFallback, ...] = (),
+    ) -> None:
         self._session: Any = session
+        self.provider_fallbacks = fallbacks
         self._model = model
         self.path = path
         self.inputs = tuple(_tensor_spec(arg, path) for arg in session.get_inputs())
@@ -89,14 +110,65 @@ def open_onnx(path: Path, options: BackendOptions, *, model: str) -> OnnxBackend
     """An ``OnnxBackend`` for ``path``; ``ModelLoadError`` if onnxruntime rejects the file."""
     providers = choose_providers(options.onnx_providers, model=model)
     session_options = _session_options(options, path)
+
+    def create(chosen: list[str]) -> Any:
+        return ort.InferenceSession(
+            str(path),
+            session_options,
+            providers=chosen,
+            provider_options=provider_options(chosen, options),
+        )
+
     try:
-        session = ort.InferenceSession(str(path), session_options, providers=providers)
+        session, fallbacks = session_with_fallback(create, providers, model=model)
     except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile...
         message = _first_line(exc)
         raise ModelLoadError(
             f"onnxruntime cannot load the model: {message}", path=str(path)
         ) from exc
-    return OnnxBackend(session, path=path, model=model)
+    return OnnxBackend(session, path=path, model=model, fallbacks=fallbacks)
+
+
+def provider_options(providers: Sequence[str], options: BackendOptions) -> list[dict[str, str]]:
+    """ONNX Runtime's options for each provider, in order: TensorRT's fp16 and engine cache
+    (the directory is made here; ORT writes the engines), nothing for the others."""
+    result: list[dict[str, str]] = []
+    for provider in providers:
+        settings: dict[str, str] = {}
+        if provider == TENSORRT_PROVIDER:
+            settings["trt_fp16_enable"] = "True" if options.tensorrt_fp16 else "False"
+            if options.tensorrt_cache_dir is not None:
+                options.tensorrt_cache_dir.mkdir(parents=True, exist_ok=True)
+                settings["trt_engine_cache_enable"] = "True"
+                settings["trt_engine_cache_path"] = str(options.tensorrt_cache_dir)
+        result.append(settings)
+    return result
+
+
+def session_with_fallback(
+    create: Callable[[list[str]], Any], providers: Sequence[str], *, model: str
+) -> tuple[Any, tuple[ProviderFallback, ...]]:
+    """``create(providers)``; when that fails, drop the first provider and try the rest, down
+    to the last one (CPU), whose failure is the model's (raised). Returns the session and the
+    providers that failed, in order."""
+    remaining = list(providers)
+    fallbacks: list[ProviderFallback] = []
+    while True:
+        try:
+            return create(remaining), tuple(fallbacks)
+        except Exception as exc:
+            if len(remaining) <= 1:
+                raise
+            failed = ProviderFallback(remaining[0], _first_line(exc))
+            log.warning(
+                "inference.provider_fallback",
+                model=model,
+                provider=failed.provider,
+                error=failed.error,
+                next=remaining[1],
+            )
+            fallbacks.append(failed)
+            remaining = remaining[1:]
 
 
 def _session_options(options: BackendOptions, path: Path) -> ort.SessionOptions:
@@ -147,6 +219,11 @@ def shared_thread_pools() -> tuple[int, int] | None:
     """The shared pools' (intra-op, inter-op) sizes (0: ONNX Runtime's choice), or ``None``
     before any load asked for them."""
     return _shared_pools
+
+
+def available_providers() -> tuple[str, ...]:
+    """The execution providers this build of onnxruntime has (what the agent can run on)."""
+    return tuple(ort.get_available_providers())
 
 
 def choose_providers(requested: Sequence[str], *, model: str) -> list[str]:
