@@ -24,10 +24,13 @@ After an untimed first deploy (every agent loads digits@1), each run does, in th
    ``awaiting_approval``); overhead = stage time - health window. It is the install of the
    stage's new members (download, the agent's own health check, commit), the tick that sees
    every member committed, and the tick that sees the window over: up to two ticks.
-   The gate's thresholds are lenient (p95 ``1000%``, drift ``100``) because only time is
-   measured here: the tests check the gate's verdicts. The last stage compares with the
-   baseline measured at the stage before (no device is left on the old version); if the gate
-   asks for approval the benchmark approves, and the stage ends at that transition.
+   The gate's thresholds are as lenient as the CLI allows (p95 ``10000%``, drift ``100``)
+   because only time is measured here (the tests check the gate's verdicts): a canary's p95
+   comes from the few batches since it loaded, its first ones included, and with 1000% a run
+   was halted at +1906% (3.4 ms against 0.2 ms). A halted rollout fails the benchmark. The
+   last stage compares with the baseline measured at the stage before (no device is left on
+   the old version); if the gate asks for approval the benchmark approves, and the stage
+   ends at that transition.
 
 Reported: median and range of the per-stage overhead over every stage of every run, the
 same split into install (``installing`` -> ``watching``) and window overrun (``watching`` ->
@@ -78,7 +81,8 @@ DIGITS = REPO / "models" / "digits"
 FILES = ("digits-fp32.onnx", "digits-int8.onnx")
 MODEL = "digits"
 STAGES = "1,50%,100%"
-LENIENT = ("--max-p95-regression", "1000%", "--max-drift", "100")
+# The most lenient the CLI takes: only time is measured here (see the module docstring).
+LENIENT = ("--max-p95-regression", "10000%", "--max-drift", "100")
 ROWS = 8
 TRAFFIC_PAUSE_S = 0.1
 POLL_S = 0.05

@@ -1,23 +1,27 @@
-"""``make demo``: a private broker, the controller and three agents, with a live device table.
+"""``make demo``: a private broker, the controller and four agents, with a live device table.
 
 Everything runs on this machine on embedded defaults: Mosquitto on a free loopback port with
-a throw-away config and data dir, the controller on SQLite, three agents with their own
+a throw-away config and data dir, the controller on SQLite, four agents with their own
 state dirs, and an emulated Arduino (the real firmware in simavr) on one agent's serial port.
 The agents start only once the controller answers a request, so it is subscribed before any
 device publishes (a device's first telemetry and its ``agent_started`` event are stored).
 The light level on the board's A0 input swings up and down; the agent's pipeline turns pin B5
 on above the threshold and off below it, and the line under the table shows both. The table
 (80 columns; ``devtools.demo_display``) refreshes every second until Ctrl-C or ``DEMO_SECONDS``
-elapse; when stdout is not a terminal, a plain line per change is printed instead. Then every
+elapse (a staged rollout still under way then gets up to ``ROLLOUT_GRACE_S`` more to end);
+when stdout is not a terminal, a plain line per change is printed instead. Then every
 process the demo started is stopped and its files removed (``DEMO_KEEP=1`` keeps them).
 Part-way through, one agent is killed with SIGKILL so the table shows the Last Will turning
 it offline, and it is started again.
 
-Another agent (``pi-kitchen``) serves the committed digits classifier (int8 ONNX), and part-way
-through gets a signed OTA update to digits@3 (``devtools.demo_ota``). The demo is its client:
-every second it sends a few held-out images to the agent's TensorFlow Serving-compatible REST
-API, returns the true labels as feedback, and shows what the agent's model monitor reports on
-``/metrics``: predictions, latency, accuracy from feedback and drift.
+Three agents (``MODEL_DEVICES``) serve the committed digits classifier (int8 ONNX). The demo
+is their client: every second it sends each the same held-out images to its TensorFlow
+Serving-compatible REST API, returns the true labels as feedback, and shows what
+``pi-kitchen``'s model monitor reports on ``/metrics``: predictions, latency, accuracy from
+feedback and drift. Part-way through, the model devices get digits@2 (the same int8 model as
+a signed release) with a plain ``fleet deploy``, then digits@3 (fp32) in a staged rollout
+gated on their health (``devtools.demo_ota``); each transition of the rollout is printed with
+the gate's figures.
 """
 
 from __future__ import annotations
