@@ -8,7 +8,8 @@ to ``:feedback`` with the prediction id the agent returned, and reads ``MODEL_DE
 predictions, p50 latency, accuracy from feedback, and drift of the outputs against the model
 card. Every device gets the same inputs at the same time, so the rollout's gate compares a
 canary and the devices still on the old version on equal traffic (``ROWS_PER_STEP`` a second
-each: 40 in a 5 s health window, above the gate's 20 requests and 20 feedbacks per group).
+each: about 50 in a 5 s health window, which the controller reads from telemetry once a
+second; the gate wants 20 requests and 20 feedbacks per group).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ MODEL_DEVICE = "pi-kitchen"
 MODEL_DEVICES = (MODEL_DEVICE, "pi-garage", "pi-porch")
 MODEL_FILE = REPO / "models" / "digits" / "digits-int8.onnx"
 EVAL_SPLIT = REPO / "models" / "digits" / "data" / "eval.npz"
-ROWS_PER_STEP = 8
+ROWS_PER_STEP = 12
 TIMEOUT_S = 2.0
 
 

@@ -52,8 +52,8 @@ CURRENT = ("digits", "2")
 OPERATOR = "demo-operator"
 TICK_S = 0.5  # the controller's [rollouts] tick_s
 WINDOW = "5s"
-# A 5 s window holds about 40 labelled predictions per device, where one wrong answer is
-# 2.5 points of accuracy: the demo allows a drop of 5 points (the default is 2).
+# A 5 s window holds about 50 labelled predictions per device, where one wrong answer is
+# 2 points of accuracy: the demo allows a drop of 5 points (the default is 2).
 ROLLOUT = ("--all", "--stages", "1,100%", "--health-window", WINDOW, "--min-accuracy-drop", "5pt")
 ACTIVE = {Phase.INSTALLING, Phase.WATCHING, Phase.AWAITING_APPROVAL, Phase.PAUSED}
 
