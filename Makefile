@@ -89,6 +89,7 @@ bench: deps
 	@$(PY) -m bench.bench_agent
 	@$(PY) -m bench.bench_serial
 	@$(PY) -m bench.bench_ota
+	@$(PY) -m bench.bench_rollout
 
 bench-models: deps $(MINILM)
 	@$(PY) -m bench.bench_models

@@ -1,23 +1,27 @@
-"""``make demo``: a private broker, the controller and three agents, with a live device table.
+"""``make demo``: a private broker, the controller and four agents, with a live device table.
 
 Everything runs on this machine on embedded defaults: Mosquitto on a free loopback port with
-a throw-away config and data dir, the controller on SQLite, three agents with their own
+a throw-away config and data dir, the controller on SQLite, four agents with their own
 state dirs, and an emulated Arduino (the real firmware in simavr) on one agent's serial port.
 The agents start only once the controller answers a request, so it is subscribed before any
 device publishes (a device's first telemetry and its ``agent_started`` event are stored).
 The light level on the board's A0 input swings up and down; the agent's pipeline turns pin B5
 on above the threshold and off below it, and the line under the table shows both. The table
 (80 columns; ``devtools.demo_display``) refreshes every second until Ctrl-C or ``DEMO_SECONDS``
-elapse; when stdout is not a terminal, a plain line per change is printed instead. Then every
+elapse (a staged rollout still under way then gets up to ``ROLLOUT_GRACE_S`` more to end);
+when stdout is not a terminal, a plain line per change is printed instead. Then every
 process the demo started is stopped and its files removed (``DEMO_KEEP=1`` keeps them).
 Part-way through, one agent is killed with SIGKILL so the table shows the Last Will turning
 it offline, and it is started again.
 
-Another agent (``pi-kitchen``) serves the committed digits classifier (int8 ONNX), and part-way
-through gets a signed OTA update to digits@3 (``devtools.demo_ota``). The demo is its client:
-every second it sends a few held-out images to the agent's TensorFlow Serving-compatible REST
-API, returns the true labels as feedback, and shows what the agent's model monitor reports on
-``/metrics``: predictions, latency, accuracy from feedback and drift.
+Three agents (``MODEL_DEVICES``) serve the committed digits classifier (int8 ONNX). The demo
+is their client: every second it sends each the same held-out images to its TensorFlow
+Serving-compatible REST API, returns the true labels as feedback, and shows what
+``pi-kitchen``'s model monitor reports on ``/metrics``: predictions, latency, accuracy from
+feedback and drift. Part-way through, the model devices get digits@2 (the same int8 model as
+a signed release) with a plain ``fleet deploy``, then digits@3 (fp32) in a staged rollout
+gated on their health (``devtools.demo_ota``); each transition of the rollout is printed with
+the gate's figures.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from devtools.demo_display import BoardState, Display, Frame, make_display
-from devtools.demo_model import MODEL_DEVICE, ModelClient
-from devtools.demo_ota import DemoRelease
+from devtools.demo_model import MODEL_DEVICE, MODEL_DEVICES, ModelClient
+from devtools.demo_ota import TICK_S, DemoRelease
 from devtools.emulated_board import EmulatedBoard
 from devtools.localbroker import PrivateBroker, free_port
 from edge_contract.controller import DevicesListRequest, DevicesReply
@@ -47,8 +51,10 @@ from fleet.errors import ControllerUnavailableError, FleetError
 from fleet.rpc import call
 from fleet.store import SqliteFleetStore
 
-DEVICES = ("pi-kitchen", "pi-garage", "jetson-yard")
+DEVICES = ("pi-kitchen", "pi-garage", "pi-porch", "jetson-yard")
 SERIAL_DEVICE = "pi-garage"
+# After DEMO_SECONDS, a staged rollout under way gets this much longer to end.
+ROLLOUT_GRACE_S = 60.0
 PIPELINE = [{"name": "light", "channel": 0, "threshold": 0.5, "hysteresis": 0.05, "actuator": 5}]
 
 
@@ -67,7 +73,7 @@ def _agent(
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
     if model is not None:
-        env.update(model.agent_env())
+        env.update(model.agent_env(device_id))
     if release is not None:
         env.update(release.agent_env())
     if tty is not None:
@@ -179,15 +185,15 @@ def _run(
     # Agents start only once the controller is subscribed: their first telemetry and their
     # agent_started events would otherwise reach no subscriber and be lost.
     wait_for_controller(broker.url, controller)
-    model = ModelClient(free_port())
+    model = ModelClient({device: free_port() for device in MODEL_DEVICES})
     agents = {
         device: _agent(
             workdir,
             broker.port,
             device,
             tty if device == SERIAL_DEVICE else None,
-            model if device == MODEL_DEVICE else None,
-            release if device == MODEL_DEVICE else None,
+            model if device in MODEL_DEVICES else None,
+            release if device in MODEL_DEVICES else None,
         )
         for device in DEVICES
     }
@@ -218,6 +224,7 @@ def _loop(
     started = time.monotonic()
     victim = DEVICES[-1]
     killed_at: float | None = None
+    overtime = False
     while True:
         elapsed = time.monotonic() - started
         notes = []
@@ -230,19 +237,25 @@ def _loop(
             notes.append(f"{victim} started again")
         board_state = _drive_board(board, elapsed)
         model.step()
-        if not release.deployed and elapsed > _deploy_after(seconds):
+        reported = {device: _reported(store, device) for device in MODEL_DEVICES}
+        if not release.deployed and elapsed > _deploy_after(seconds) and all(reported.values()):
             release.deploy(broker.url)
+        notes += release.transitions(store)
+        if seconds is not None and elapsed >= seconds and not overtime:
+            overtime = _rollout_running(release)
+            if overtime:
+                notes.append("time is up: waiting for the staged rollout to end")
         frame = Frame(
             elapsed=elapsed,
             devices=store.list_devices(),
             board=board_state,
             model_line=model.status_line(),
             model_version=model.serving_version,
-            ota_line=release.status_line(_reported(store, MODEL_DEVICE)),
+            ota_line=release.status_line({d: _active(r) for d, r in reported.items()}),
             notes=notes,
         )
         display.update(frame)
-        if seconds is not None and time.monotonic() - started >= seconds:
+        if _over(seconds, elapsed, release):
             return frame
         time.sleep(1)
 
@@ -252,11 +265,31 @@ def _controller(
 ) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "fleet", "serve", "--broker", broker.url, "--db", str(db)]
     argv += ["--repo", str(release.repo_dir), "--log-format", "json"]
-    return _spawn(argv, dict(os.environ), workdir / "controller.log")
+    env = {**os.environ, "FLEET_ROLLOUTS__TICK_S": str(TICK_S)}
+    return _spawn(argv, env, workdir / "controller.log")
 
 
 def _deploy_after(seconds: float | None) -> float:
-    return max(3.0, (seconds or 40.0) * 0.2)
+    return max(3.0, (seconds or 40.0) * 0.1)
+
+
+def _over(seconds: float | None, elapsed: float, release: DemoRelease) -> bool:
+    """``seconds`` have passed; a rollout under way gets up to ROLLOUT_GRACE_S more to end."""
+    if seconds is None or elapsed < seconds:
+        return False
+    return not _rollout_running(release) or elapsed >= seconds + ROLLOUT_GRACE_S
+
+
+def _rollout_running(release: DemoRelease) -> bool:
+    """Started (its thread runs) and not ended yet."""
+    return release.deployed and not release.finished
+
+
+def _active(reported: dict[str, Any] | None) -> str | None:
+    """The digits version a device's reported state names active (its OTA slot)."""
+    model = ((reported or {}).get("models") or {}).get("digits") or {}
+    version = (model.get("active") or {}).get("version")
+    return version if isinstance(version, str) else None
 
 
 def _reported(store: SqliteFleetStore, device_id: str) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -24,7 +25,8 @@ from tests.integration.harness import (
     wait_until,
 )
 
-DEMO_DEVICES = ("pi-kitchen", "pi-garage", "jetson-yard")
+DEMO_DEVICES = ("pi-kitchen", "pi-garage", "pi-porch", "jetson-yard")
+MODEL_DEVICES = ("pi-kitchen", "pi-garage", "pi-porch")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -124,10 +126,11 @@ def test_piped_demo_prints_plain_change_lines_and_stores_every_first_message(
     tmp_path: Path,
 ) -> None:
     """`make demo | cat`: no escape codes, lines of at most 80 columns, a line per change;
-    the controller is subscribed before the agents start, so nothing they send is lost."""
+    the controller is subscribed before the agents start, so nothing they send is lost; the
+    staged rollout prints each transition with the gate's figures and ends."""
     result = subprocess.run(
         [sys.executable, "-m", "devtools.demo"],
-        env=_env(DEMO_SECONDS="20", DEMO_KEEP="1", TMPDIR=str(tmp_path)),
+        env=_env(DEMO_SECONDS="30", DEMO_KEEP="1", TMPDIR=str(tmp_path)),
         capture_output=True,
         text=True,
         timeout=180,
@@ -150,6 +153,7 @@ def test_piped_demo_prints_plain_change_lines_and_stores_every_first_message(
     assert any("] OTA" in line for line in lines), out
     # It ends with the summary, the OTA line last.
     assert [line for line in lines if not line.startswith(" ")][-1].startswith("OTA"), out
+    _assert_rollout_shown(out)
 
     (workdir,) = tmp_path.glob("edge-fleet-demo-*")
     store = SqliteFleetStore(workdir / "fleet.sqlite3")
@@ -160,3 +164,27 @@ def test_piped_demo_prints_plain_change_lines_and_stores_every_first_message(
             assert "agent_started" in [e and e["event"] for e in events], device
     finally:
         store.close()
+
+
+def _assert_rollout_shown(out: str) -> None:
+    """The rollout's transitions, one (wrapped) line each, with the gate's figures against
+    the thresholds, and its end: completed with every model device on digits@3, or halted
+    by the gate (a canary slower than the rest on a busy machine) with every one on digits@2.
+    """
+    # Lines joined back: a change wraps onto indented continuation lines at 80 columns.
+    joined = out.replace("\n         ", " ").replace("\n  ", " ")
+    changes = [line for line in joined.splitlines() if "] rollout r-" in line]
+    assert any(": start -> installing: stage 1/2 (1): 1 device(s)" in c for c in changes), out
+    assert any("installing -> watching: stage 1/2 (1): 1 committed" in c for c in changes), out
+    gated = [c for c in changes if "watching -> " in c and "| gate " in c]
+    assert gated, out
+    # The figures of the p95 and error-rate verdicts, the new version against the old.
+    assert re.search(r"p95 regression [+-][0-9.]+% (<=|>) \+20% \([0-9.]+ ms vs", gated[0]), out
+    assert re.search(r"error rate [+-][0-9.]+pt (<=|>) \+1pt", gated[0]), out
+    final = joined.splitlines()[-1]
+    if "completed" in changes[-1]:
+        assert "watching -> completed" in changes[-1] and "gate pass" in changes[-1], out
+        assert all(f"{d} v3" in final for d in MODEL_DEVICES), out
+    else:
+        assert "watching -> halted" in changes[-1] and "gate fail" in changes[-1], out
+        assert all(f"{d} v2" in final for d in MODEL_DEVICES), out
