@@ -365,6 +365,7 @@ class RolloutThresholds(_Reply):
     max_drift: float
     max_accuracy_drop: float
     min_requests: int
+    min_batches: int
     min_feedback: int
 
 

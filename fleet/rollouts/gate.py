@@ -39,6 +39,7 @@ def aggregate(devices: Sequence[DeviceHealth]) -> GroupHealth:
     return GroupHealth(
         devices=len(devices),
         requests=sum(d.requests for d in devices),
+        batches=sum(d.batches for d in devices),
         errors=sum(d.errors for d in devices),
         nonfinite=sum(d.nonfinite for d in devices),
         p95_s=statistics.median(p95s) if p95s else None,
@@ -92,8 +93,8 @@ def _verdict(
 
 def _p95(c: GroupHealth, b: GroupHealth | None, t: Thresholds) -> MetricVerdict:
     limit = t.max_p95_regression
-    base = b.p95_s if b is not None and b.requests >= t.min_requests else None
-    cand = c.p95_s if c.requests >= t.min_requests else None
+    base = b.p95_s if b is not None and _enough_batches(b, t) else None
+    cand = c.p95_s if _enough_batches(c, t) else None
     if cand is None or base is None or base <= 0.0:
         detail = f"p95 regression: insufficient data ({_requests(c, b, t)})"
         figures = (c.p95_s, b.p95_s if b is not None else None, None)
@@ -103,15 +104,29 @@ def _p95(c: GroupHealth, b: GroupHealth | None, t: Thresholds) -> MetricVerdict:
     failed = _exceeds(value, limit)
     detail = (
         f"p95 regression {_signed(value, '%')} {'>' if failed else '<='} {_signed(limit, '%')} "
-        f"({cand * 1000:.1f} ms vs {base * 1000:.1f} ms)"
+        f"({_ms(cand)} vs {_ms(base)})"
     )
     verdict: Verdict = "fail" if failed else "pass"
     return _verdict("p95_regression", (cand, base, value), limit, verdict, detail)
 
 
+def _enough_batches(g: GroupHealth, t: Thresholds) -> bool:
+    return g.requests >= t.min_requests and g.batches >= t.min_batches
+
+
+def _ms(seconds: float) -> str:
+    """Three significant figures: a sub-millisecond model reads 0.0412 ms, not 0.0 ms."""
+    return f"{seconds * 1000:.3g} ms"
+
+
 def _requests(c: GroupHealth, b: GroupHealth | None, t: Thresholds) -> str:
-    base = "no device on the previous version" if b is None else f"{b.requests} on the previous"
-    return f"{c.requests} requests on the new version, {base}; {t.min_requests} needed on each"
+    new = f"{c.requests} requests in {c.batches} batches on the new version"
+    base = (
+        "no device on the previous version"
+        if b is None
+        else f"{b.requests} in {b.batches} on the previous"
+    )
+    return f"{new}, {base}; {t.min_requests} and {t.min_batches} needed on each"
 
 
 def _rate(g: GroupHealth) -> float:

@@ -50,6 +50,7 @@ def device_health(
     return DeviceHealth(
         device_id=device_id,
         requests=totals.requests,
+        batches=totals.batches,
         errors=totals.errors,
         nonfinite=totals.nonfinite,
         p95_s=last.quantile(P95),
@@ -64,6 +65,7 @@ class _Counters:
     """The cumulative counters a window takes the growth of (errors summed over kinds)."""
 
     requests: int = 0
+    batches: int = 0
     errors: int = 0
     nonfinite: int = 0
     feedback: int = 0
@@ -72,6 +74,7 @@ class _Counters:
         """Add what ``block`` counted since ``since`` (everything, when None)."""
         base = since or ModelStats(model=block.model, version=block.version)
         self.requests += block.requests - base.requests
+        self.batches += block.batches - base.batches
         self.errors += sum(block.errors.values()) - sum(base.errors.values())
         self.nonfinite += block.nonfinite_outputs - base.nonfinite_outputs
         self.feedback += (block.feedback or 0) - (base.feedback or 0)

@@ -40,6 +40,9 @@ class Thresholds(_Frozen):
     max_drift: Annotated[float, Field(ge=0.0, le=100.0)] = 0.2  # PSI
     max_accuracy_drop: Fraction = 0.02  # ``--min-accuracy-drop 2pt``: 2 points
     min_requests: Annotated[int, Field(ge=1)] = 20  # per group in the window, else insufficient
+    # Batches per group in the window before its p95 counts: the agent's p95 covers its recent
+    # batches since the version loaded, the first (cold) ones too; among 40 they are not it.
+    min_batches: Annotated[int, Field(ge=1)] = 40
     min_feedback: Annotated[int, Field(ge=1)] = 20  # labelled feedbacks per group for accuracy
 
 
@@ -96,6 +99,7 @@ class DeviceHealth(_Frozen):
 
     device_id: DeviceId
     requests: Annotated[int, Field(ge=0)] = 0
+    batches: Annotated[int, Field(ge=0)] = 0
     errors: Annotated[int, Field(ge=0)] = 0
     nonfinite: Annotated[int, Field(ge=0)] = 0
     p95_s: Annotated[float, Field(ge=0.0)] | None = None
@@ -109,6 +113,7 @@ class GroupHealth(_Frozen):
 
     devices: int = 0
     requests: int = 0
+    batches: int = 0
     errors: int = 0
     nonfinite: int = 0
     p95_s: float | None = None  # median of the devices' p95 among devices with requests

@@ -147,7 +147,7 @@ def test_a_good_version_goes_through_every_stage(
         for device in DEVICES:
             version = "2" if device == canary else "1"
             p95 = {"0.95": 0.010}
-            _telemetry(store, device, seq, at, version=version, requests=n,
+            _telemetry(store, device, seq, at, version=version, requests=n, batches=n,
                        latency_quantile_seconds=p95)  # fmt: skip
     clock.now = window + 62
     messages = app.tick()

@@ -641,6 +641,7 @@ ROLLOUT: dict[str, Any] = {
         "max_drift": 0.2,
         "max_accuracy_drop": 0.02,
         "min_requests": 20,
+        "min_batches": 40,
         "min_feedback": 20,
     },
     "health_window_s": 600.0,

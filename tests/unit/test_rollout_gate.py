@@ -12,7 +12,12 @@ T = Thresholds()  # p95 +20%, error rate +1pt, drift 0.2, accuracy drop 2pt, 20 
 
 
 def group(**figures: float | int | None) -> GroupHealth:
-    base: dict[str, float | int | None] = {"devices": 3, "requests": 300, "p95_s": 0.010}
+    base: dict[str, float | int | None] = {
+        "devices": 3,
+        "requests": 300,
+        "batches": 300,
+        "p95_s": 0.010,
+    }
     return GroupHealth.model_validate({**base, **figures})
 
 
@@ -55,7 +60,23 @@ def test_p95_regression_fails_naming_both_figures_and_the_threshold() -> None:
     v = verdict(result, "p95_regression")
     assert (result.outcome, v.verdict) == ("fail", "fail")
     assert v.value == pytest.approx(0.35)
-    assert v.detail == "p95 regression +35% > +20% (13.5 ms vs 10.0 ms)"
+    assert v.detail == "p95 regression +35% > +20% (13.5 ms vs 10 ms)"
+
+
+def test_p95_of_too_few_batches_is_insufficient_however_many_rows_they_held() -> None:
+    # 400 rows in 39 batches: the agent's p95 would still be its first, cold batches.
+    few = verdict(
+        evaluate(group(batches=39, requests=400, p95_s=0.5), group(), T), "p95_regression"
+    )
+    assert few.verdict == "insufficient"
+    assert "39 batches" in few.detail and "20 and 40 needed on each" in few.detail
+    enough = verdict(evaluate(group(batches=40), group(), T), "p95_regression")
+    assert enough.verdict == "pass"
+
+
+def test_sub_millisecond_latencies_keep_three_significant_figures() -> None:
+    v = verdict(evaluate(group(p95_s=0.0000412), group(p95_s=0.0000401), T), "p95_regression")
+    assert v.detail.endswith("(0.0412 ms vs 0.0401 ms)")
 
 
 def test_p95_faster_passes() -> None:

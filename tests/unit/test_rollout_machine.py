@@ -114,7 +114,7 @@ class Sim:
 
     @staticmethod
     def health(device: str, p95: float) -> DeviceHealth:
-        return DeviceHealth(device_id=device, requests=100, p95_s=p95)
+        return DeviceHealth(device_id=device, requests=100, batches=100, p95_s=p95)
 
     def commit(self, *devices: str) -> None:
         for device in devices or self.pending():
