@@ -88,6 +88,10 @@ class RolloutStartRequest(_Request):
     max_error_rate: Share | None = None
     max_drift: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
     max_accuracy_drop: Share | None = None
+    # Fewer requests or batches than this on either side of a comparison is "insufficient
+    # data": a quiet fleet lowers them, knowing its p95 then rests on fewer batches.
+    min_requests: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    min_batches: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 class RolloutListRequest(_Request):

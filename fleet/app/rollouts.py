@@ -343,6 +343,8 @@ def _thresholds(request: RolloutStartRequest) -> Thresholds:
             "max_error_rate",
             "max_drift",
             "max_accuracy_drop",
+            "min_requests",
+            "min_batches",
         )
         if (value := getattr(request, name)) is not None
     }

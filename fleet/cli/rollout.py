@@ -121,6 +121,8 @@ def start(
     min_accuracy_drop: Annotated[
         str | None, typer.Option("--min-accuracy-drop", help="halt above this drop, e.g. 2pt")
     ] = None,
+    min_requests: Annotated[int | None, typer.Option("--min-requests", min=1)] = None,
+    min_batches: Annotated[int | None, typer.Option("--min-batches", min=1)] = None,
     offline_timeout: Annotated[str, typer.Option("--offline-timeout")] = "30m",
     require_approval: Annotated[bool, typer.Option("--require-approval")] = False,
     name: Annotated[str, typer.Option("--name", help="a name to recognise it by")] = "",
@@ -148,6 +150,8 @@ def start(
             "max_accuracy_drop": None
             if min_accuracy_drop is None
             else parse_share(min_accuracy_drop, "--min-accuracy-drop", points=True),
+            "min_requests": min_requests,
+            "min_batches": min_batches,
         }
         body = request("rollout-start", RolloutStartRequest, **fields)
         reply = signed(connection.load(), operator_key, "rollout-start", body, RolloutReply)

@@ -50,35 +50,41 @@ LENIENT = ["--max-p95-regression", "10000%", *NO_DRIFT]
 
 
 class Traffic:
-    """Predict requests to every agent, round after round, until stopped (at most ``max_s``)."""
+    """Predict requests to every agent, each from its own thread, until stopped (at most
+    ``max_s``): enough batches per agent in a seconds-long window for the gate's default
+    ``min_batches``, whatever one slow agent does to the others' pace."""
 
-    def __init__(self, ports: dict[str, int], max_s: float = 400, pause_s: float = 0.1) -> None:
+    def __init__(self, ports: dict[str, int], max_s: float = 400, pause_s: float = 0.03) -> None:
         self.ports = ports
         self.max_s = max_s
         self.pause_s = pause_s
         self.answered: dict[str, int] = dict.fromkeys(ports, 0)
         self.rows = golden_rows() * 8  # a scenario may change what is sent
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(device, port), daemon=True)
+            for device, port in ports.items()
+        ]
 
     def start(self) -> Traffic:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(15)
+        for thread in self._threads:
+            thread.join(15)
 
-    def _run(self) -> None:
+    def _run(self, device: str, port: int) -> None:
         deadline = time.monotonic() + self.max_s
         while not self._stop.is_set() and time.monotonic() < deadline:
-            for device, port in self.ports.items():
-                try:
-                    status, _ = predict(port, self.rows, timeout=5)
-                except OSError:
-                    continue  # not serving (yet, or stopped): the next round tries again
-                if status == 200:
-                    self.answered[device] += 1
+            try:
+                status, _ = predict(port, self.rows, timeout=5)
+            except OSError:
+                status = 0  # not serving (yet, or stopped): the next round tries again
+            if status == 200:
+                self.answered[device] += 1
             self._stop.wait(self.pause_s)
 
 
@@ -247,7 +253,10 @@ def test_2_a_slower_version_halts_at_the_canary_and_rolls_it_back(bench: Bench) 
     p95 = next(v for v in gate["verdicts"] if v["metric"] == "p95_regression")
     assert p95["verdict"] == "fail" and p95["value"] > p95["threshold"]
     history = json.loads(bench.cli("rollout", "history", rid, "--json").stdout)
-    assert [t["to_phase"] for t in history["transitions"]] == ["installing", "watching", "halted"]
+    phases = [t["to_phase"] for t in history["transitions"]]
+    # A window short of data is extended (watching -> watching), at most twice.
+    assert phases[:2] == ["installing", "watching"] and phases[-1] == "halted", phases
+    assert set(phases[2:-1]) <= {"watching"} and len(phases) <= 5, phases
     assert "p95 regression" in history["transitions"][-1]["reason"]
 
 
