@@ -74,8 +74,12 @@ def _detail_with_requests(port: int, device_id: str) -> dict[str, Any] | None:
     if result.returncode != 0:
         return None
     detail: dict[str, Any] = json.loads(result.stdout)
-    models = ((detail.get("telemetry") or {}).get("inference") or {}).get("models") or []
-    return detail if any(m.get("requests") for m in models) else None
+    telemetry = detail.get("telemetry") or {}
+    models = (telemetry.get("inference") or {}).get("models") or []
+    # A sample taken before the agent's first connection says "disconnected" (and waited in
+    # its outbox): true, but not the steady state this test reads.
+    connected = (telemetry.get("link") or {}).get("connected") is True
+    return detail if connected and any(m.get("requests") for m in models) else None
 
 
 def test_devices_show_is_a_short_human_view_and_raw_is_the_json(
