@@ -18,7 +18,7 @@ TFLITE_COMPAT_TESTS := tests/integration/test_tflite_runtime_compat.py
 MODELS_VENV := .venv-models
 MODELS_STAMP := $(MODELS_VENV)/.installed
 MINILM := models/build/minilm/minilm-int8.onnx
-SYSTEM_PACKAGES := mosquitto gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev pkg-config prometheus postgresql
+SYSTEM_PACKAGES := mosquitto gcc-avr avr-libc binutils-avr simavr libsimavr-dev libelf-dev pkg-config prometheus postgresql chromium
 PYTEST_ARGS ?=
 # Workers for the parallel pass of `make test` (pytest-xdist). Most integration tests wait on
 # brokers, agents and timers, not the CPU, so more workers than cores pays; tests marked

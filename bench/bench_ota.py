@@ -260,7 +260,10 @@ class Controller:
 
     def start(self, port: int) -> None:
         with self._log.open("wb") as log:
-            self._process = subprocess.Popen(self._command, stdout=log, stderr=subprocess.STDOUT)
+            env = {**os.environ, "FLEET_HTTP__LISTEN": "127.0.0.1:0"}  # HTTP on any free port
+            self._process = subprocess.Popen(
+                self._command, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
         deadline = time.monotonic() + CONNECT_TIMEOUT_S * 3
         while b"mqtt.connected" not in self._log.read_bytes():
             if self._process.poll() is not None or time.monotonic() > deadline:

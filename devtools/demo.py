@@ -265,7 +265,7 @@ def _controller(
 ) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "fleet", "serve", "--broker", broker.url, "--db", str(db)]
     argv += ["--repo", str(release.repo_dir), "--log-format", "json"]
-    env = {**os.environ, "FLEET_ROLLOUTS__TICK_S": str(TICK_S)}
+    env = {**os.environ, "FLEET_ROLLOUTS__TICK_S": str(TICK_S), "FLEET_HTTP__LISTEN": "127.0.0.1:0"}
     return _spawn(argv, env, workdir / "controller.log")
 
 

@@ -18,7 +18,7 @@ from fleet.errors import EXIT_CONFIG
 _OWN_PACKAGES = frozenset({"agent", "fleet", "edge_contract", "edge_runtime"})
 # Modules of the fleet extra that the CLI imports only in the commands that open the
 # database (fleet.store): looked for up front, so they fail here as the others do.
-_IMPORTED_LATER = ("sqlalchemy", "alembic")
+_IMPORTED_LATER = ("sqlalchemy", "alembic", "fastapi", "uvicorn", "jinja2", "prometheus_client")
 
 
 def missing_extra_message(exc: ModuleNotFoundError) -> str | None:

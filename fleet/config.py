@@ -97,6 +97,32 @@ class OperatorOptions(_Section):
     )
 
 
+class HttpOptions(_Section):
+    """``fleet serve``'s HTTP side: the REST API, the dashboard and ``/metrics`` (fleet.http)."""
+
+    enabled: bool = Field(default=True, description="Serve HTTP at all.")
+    listen: str = Field(
+        default="127.0.0.1:8080",
+        pattern=r"^[^\s]{1,253}:\d{1,5}$",
+        description="HOST:PORT to serve on (port 0: any free port, logged as http.listening). "
+        "Any address but loopback needs tokens_file.",
+    )
+    tokens_file: Path | None = Field(
+        default=None,
+        description="Bearer tokens, one per line `ROLE NAME sha256:HEX` (`fleet http token`). "
+        "Without it: loopback only, read only.",
+    )
+    max_body_bytes: int = Field(
+        default=65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body."
+    )
+    metrics_device_limit: int = Field(
+        default=500,
+        ge=0,
+        le=100000,
+        description="Devices with per-device gauges on /metrics (the most recently seen).",
+    )
+
+
 class StoreOptions(_Section):
     """Where the controller database lives when it is not the SQLite file ``db``."""
 
@@ -155,6 +181,7 @@ class FleetConfig(TomlBackedSettings):
     )
     ota: OtaOptions = Field(default_factory=OtaOptions, description="Signed model releases.")
     rollouts: RolloutOptions = Field(default_factory=RolloutOptions, description="Staged rollouts.")
+    http: HttpOptions = Field(default_factory=HttpOptions, description="REST API, dashboard.")
     operator: OperatorOptions = Field(
         default_factory=OperatorOptions, description="Operator key for signed requests."
     )

@@ -87,8 +87,17 @@ class StoreThread:
 class Ingest:
     """Validation, batched commits, acknowledgements and dead letters of device messages."""
 
-    def __init__(self, store: FleetStore, link: MqttLink, thread: StoreThread) -> None:
+    def __init__(
+        self,
+        store: FleetStore,
+        link: MqttLink,
+        thread: StoreThread,
+        on_committed: Callable[[list[Inbound]], None] | None = None,
+    ) -> None:
+        """``on_committed``: loop thread, after each commit, with what it stored (the live
+        feed); never raises into the writer."""
         self._store = store
+        self._on_committed = on_committed
         self._link = link
         self._thread = thread
         self._queue: asyncio.Queue[tuple[Inbound, InboundMessage]] = asyncio.Queue(
@@ -159,6 +168,7 @@ class Ingest:
         else:
             for _, message in batch:
                 self._link.ack(message)
+            self._committed([item for item, _ in batch])
             return
         for item, message in batch:
             try:
@@ -167,6 +177,15 @@ class Ingest:
                 self._store_failed(message, exc)
             else:
                 self._link.ack(message)
+                self._committed([item])
+
+    def _committed(self, items: list[Inbound]) -> None:
+        if self._on_committed is None:
+            return
+        try:
+            self._on_committed(items)
+        except Exception:  # the live feed must never stop ingest
+            log.exception("controller.live_feed_failed")
 
     async def _ingest(self, items: list[Inbound]) -> None:
         """Store ``items``; a database that stays locked is tried again a few times."""

@@ -26,13 +26,18 @@ from edge_contract.controller import ShowRequest
 from edge_contract.topics import CONTROLLER_ROOT, all_devices, controller_rpc_filter
 from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.link import MqttLink
+from fleet.app.replies import Publish
 from fleet.app.usecases import FleetApp
 from fleet.broker import link_settings_for
 from fleet.config import FleetConfig, database
 from fleet.db.engine import describe
+from fleet.http.context import HttpContext
+from fleet.http.live import LiveEvent, LiveHub, LiveKind
+from fleet.http.server import HttpServer, load_authenticator
 from fleet.ingest import RECORDED, Ingest, StoreThread, rejection_reason, validate
 from fleet.operator_rpc import OperatorGate
 from fleet.ota import ReleaseService
+from fleet.records import Inbound
 from fleet.rollouts_driver import RolloutDriver
 from fleet.rpc_server import RpcServer
 from fleet.store import FleetStore, Retention, SqlFleetStore
@@ -66,7 +71,8 @@ class Controller:
             self.link.add_subscription(all_devices(channel), qos=1)
         self.link.add_subscription(controller_rpc_filter(), qos=1)
         self._thread = StoreThread()
-        self.ingest = Ingest(self.store, self.link, self._thread)
+        self.hub = LiveHub()
+        self.ingest = Ingest(self.store, self.link, self._thread, on_committed=self._committed)
         self.rejected: Counter[str] = self.ingest.rejections.counts
         self.ota: ReleaseService | None = None
         if config.ota.repo is not None:
@@ -78,6 +84,35 @@ class Controller:
         if self.ota is not None:
             self.rollouts = RolloutDriver(
                 self.app.rollouts, self.ota, self._thread, config.rollouts.tick_s
+            )
+
+        self.http: HttpServer | None = None
+        if config.http.enabled:
+            self.http = HttpServer(self._http_context(clock))
+
+    def _http_context(self, clock: Callable[[], float]) -> HttpContext:
+        return HttpContext(
+            app=self.app,
+            thread=self._thread,
+            publish=self._publish_signed,
+            hub=self.hub,
+            auth=load_authenticator(self.config.http),
+            options=self.config.http,
+            clock=clock,
+            mqtt_refusals=self._refusals,
+        )
+
+    def _publish_signed(self, messages: list[Publish]) -> None:
+        """Loop thread: the desired states an HTTP action signed (OTA is on when it has any)."""
+        if messages and self.ota is not None:
+            self.ota.publish(messages)
+
+    def _committed(self, items: list[Inbound]) -> None:
+        """Loop thread: each stored device message, to the live feed."""
+        for item in items:
+            kind: LiveKind = item.kind  # type: ignore[assignment]  # RECORDED channels
+            self.hub.publish(
+                LiveEvent(kind=kind, subject=item.device_id, at=item.received, data=item.body)
             )
 
     def _refusals(self) -> Counter[str]:
@@ -131,14 +166,20 @@ class Controller:
         log.info(
             "controller.starting", broker=self.config.broker, db=describe(database(self.config))
         )
+        if self.http is not None:
+            self.http.bind()  # a bad address stops the controller before it connects
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(self.link.run())]
+            if self.http is not None:
+                tasks.append(group.create_task(self.http.run()))
             tasks += [group.create_task(coro) for coro in self.ingest.tasks()]
             if self.ota is not None:
                 tasks.append(group.create_task(self.ota.run()))
             if self.rollouts is not None:
                 tasks.append(group.create_task(self.rollouts.run()))
             await stop.wait()
+            if self.http is not None:
+                await self.http.stop()
             await self.link.close()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):

@@ -141,7 +141,12 @@ def controller_process(tmp: Path, port: int, **env: str) -> ManagedProcess:
             "--log-format",
             "json",
         ],
-        _child_env({f"FLEET_{k.upper()}": v for k, v in env.items()}),
+        # Any free port for the HTTP side (logged as http.listening): tests run controllers
+        # side by side; one that needs the port gives HTTP__LISTEN itself.
+        _child_env(
+            {"FLEET_HTTP__LISTEN": "127.0.0.1:0"}
+            | {f"FLEET_{k.upper()}": v for k, v in env.items()}
+        ),
         tmp / "controller.log",
     )
 
