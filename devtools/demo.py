@@ -32,10 +32,12 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from edge_contract.controller import DevicesListRequest, DevicesReply
 from edge_runtime.log import configure_logging
 from fleet.config import load_fleet_config
 from fleet.errors import ControllerUnavailableError, FleetError
+from fleet.http.auth import Role, new_token, token_line
 from fleet.rpc import call
 from fleet.store import SqliteFleetStore
 
@@ -55,6 +58,8 @@ DEVICES = ("pi-kitchen", "pi-garage", "pi-porch", "jetson-yard")
 SERIAL_DEVICE = "pi-garage"
 # After DEMO_SECONDS, a staged rollout under way gets this much longer to end.
 ROLLOUT_GRACE_S = 60.0
+# The controller's default HTTP port; the demo takes another when it is in use.
+DASHBOARD_PORT = 8080
 PIPELINE = [{"name": "light", "channel": 0, "threshold": 0.5, "hysteresis": 0.05, "actuator": 5}]
 
 
@@ -179,9 +184,13 @@ def _run(
     tty.symlink_to(board.pty_path)
     db = workdir / "fleet.sqlite3"
     release = DemoRelease(workdir)
-    controller = _controller(broker, db, release, workdir)
+    dashboard, _tokens = _dashboard(workdir)
+    controller = _controller(broker, db, release, workdir, dashboard)
     processes.append(controller)
     display.message(f"broker {broker.url}, controller db {db}, logs in {workdir}")
+    # The URL on a line of its own: 76 characters, never wrapped.
+    display.message("dashboard, signed in as operator 'demo' by its token:")
+    display.message(dashboard.url)
     # Agents start only once the controller is subscribed: their first telemetry and their
     # agent_started events would otherwise reach no subscriber and be lost.
     wait_for_controller(broker.url, controller)
@@ -260,12 +269,48 @@ def _loop(
         time.sleep(1)
 
 
+@dataclass(frozen=True)
+class Dashboard:
+    """Where the demo's controller serves HTTP, and the operator token it was given."""
+
+    port: int
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/?token={self.token}"
+
+
+def _dashboard(workdir: Path) -> tuple[Dashboard, Path]:
+    """A fresh operator token in a tokens file of the demo's own; port 8080 when it is free
+    (the controller's default), else any free one."""
+    token = new_token()
+    tokens = workdir / "http-tokens"
+    tokens.write_text(token_line("demo", Role.OPERATOR, token) + "\n", encoding="utf-8")
+    tokens.chmod(0o600)
+    return Dashboard(_port_or_free(DASHBOARD_PORT), token), tokens
+
+
+def _port_or_free(port: int) -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def _controller(
-    broker: PrivateBroker, db: Path, release: DemoRelease, workdir: Path
+    broker: PrivateBroker, db: Path, release: DemoRelease, workdir: Path, dashboard: Dashboard
 ) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "fleet", "serve", "--broker", broker.url, "--db", str(db)]
     argv += ["--repo", str(release.repo_dir), "--log-format", "json"]
-    env = {**os.environ, "FLEET_ROLLOUTS__TICK_S": str(TICK_S), "FLEET_HTTP__LISTEN": "127.0.0.1:0"}
+    env = {
+        **os.environ,
+        "FLEET_ROLLOUTS__TICK_S": str(TICK_S),
+        "FLEET_HTTP__LISTEN": f"127.0.0.1:{dashboard.port}",
+        "FLEET_HTTP__TOKENS_FILE": str(workdir / "http-tokens"),
+    }
     return _spawn(argv, env, workdir / "controller.log")
 
 
