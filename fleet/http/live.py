@@ -73,9 +73,11 @@ class LiveHub:
         self._clients.discard(client)
         self.dropped_clients += 1
         client.dropped = True
-        # Room for the end marker: the stream closes and the browser reconnects.
-        with contextlib.suppress(asyncio.QueueEmpty):
-            client.queue.get_nowait()
+        # The end marker (the stream closes and the browser reconnects) takes the oldest
+        # event's place in a full queue; otherwise what is queued is still sent first.
+        if client.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                client.queue.get_nowait()
         client.queue.put_nowait(None)
 
     @contextlib.contextmanager
