@@ -24,6 +24,7 @@ import typer
 
 from fleet.cli import controller
 from fleet.cli.devices import devices_app
+from fleet.cli.http import http_app
 from fleet.cli.model import model_app
 from fleet.cli.operators import operators_app
 from fleet.cli.rollout import rollout_app
@@ -37,6 +38,7 @@ app.add_typer(operators_app, name="operators")
 app.add_typer(model_app, name="model")
 app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(http_app, name="http")
 controller.register(app)
 
 
