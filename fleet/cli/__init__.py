@@ -11,7 +11,8 @@ Exit codes: 0 ok, 2 unknown device, 65 device pending or refused input, 69 broke
 controller unavailable, 77 request refused by the controller, 78 configuration error.
 
 The commands live by group: ``devices``, ``operators``, ``controller`` (serve, deploy,
-rollback, controller-status), ``model``, ``rollout``; ``common`` holds what they share.
+rollback, controller-status), ``model``, ``rollout``, ``http`` (tokens of the HTTP API);
+``common`` holds what they share.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ def http_token(
     name: Annotated[str, typer.Argument(help="who holds the token (recorded with each action)")],
     role: Annotated[Role, typer.Option("--role", help="viewer (reads) or operator (actions)")],
     tokens_file: Annotated[
-        Path, typer.Option("--tokens-file", help="the controller's [http] tokens_file")
+        Path,
+        typer.Option("--tokens-file", help="the controller's tokens file (\\[http] tokens_file)"),
     ],
 ) -> None:
     """Add a bearer token to the tokens file and print it (once)."""
