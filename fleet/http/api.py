@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.security import HTTPBearer
 
 from edge_contract.controller import (
     MAX_DEVICES_PAGE,
@@ -45,7 +46,10 @@ from fleet.http import api_rollouts
 from fleet.http.acting import ERRORS, act
 from fleet.http.context import Ctx, Operator, Viewer
 
-router = APIRouter(prefix="/api/v1", responses=ERRORS)
+# Declares the bearer scheme in /openapi.json; who the caller is, is ``Viewer``/``Operator``'s
+# question (auto_error off: the dashboard's cookie is accepted there too).
+_bearer = HTTPBearer(auto_error=False, description="a token from `fleet http token`")
+router = APIRouter(prefix="/api/v1", responses=ERRORS, dependencies=[Depends(_bearer)])
 
 DeviceId = Annotated[str, Path(pattern=f"^{DEVICE_ID_PATTERN.pattern}$", description="a device id")]
 Epoch = Annotated[
