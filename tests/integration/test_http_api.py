@@ -373,29 +373,41 @@ def test_5_the_openapi_document_is_valid_and_the_server_keeps_to_it(bench: Bench
         status_code_conformance,
         content_type_conformance,
     ]
-    auth = {"Authorization": f"Bearer {OPERATOR}"}
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 17  # this module's routes (more: the dashboard's, /metrics)
+    # Valid requests (as the schema allows) must get a documented answer; invalid ones
+    # (negative mode: wrong types, missing fields, out-of-range values) a JSON 4xx.
+    modes = [
+        (schemathesis.GenerationMode.POSITIVE, 15, checks),
+        (schemathesis.GenerationMode.NEGATIVE, 8, [not_a_server_error, content_type_conformance]),
+    ]
     for operation in operations:
-
-        @settings(
-            max_examples=15,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(case=operation.as_strategy())
-        def exercise(case: schemathesis.Case) -> None:
-            response = case.call(base_url=bench.base, headers=auth, timeout=15)
-            case.validate_response(response, checks=checks)
-
-        exercise()
+        for mode, examples, applied in modes:
+            _exercise(operation.as_strategy(mode), examples, bench.base, applied)
     # Still serving, and no route failed (a 5xx would also have failed the checks above).
     assert bench.get("/api/v1/devices").status == 200
     controller = bench.fleet.controller
     assert controller is not None and controller.alive
     assert "http.route_failed" not in controller.log_path.read_text()
+
+
+def _exercise(strategy: Any, examples: int, base: str, checks: list[Any]) -> None:
+    """``examples`` generated requests of one operation, as the operator, each checked."""
+    auth = {"Authorization": f"Bearer {OPERATOR}"}
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def exercise(case: schemathesis.Case) -> None:
+        response = case.call(base_url=base, headers=auth, timeout=15)
+        case.validate_response(response, checks=checks)
+
+    exercise()
 
 
 # -- without tokens ---------------------------------------------------------------------------
