@@ -31,13 +31,15 @@ from edge_contract.controller import (
     DeployReply,
     DeployRequest,
     JsonObject,
+    ReleaseSummary,
+    ReleaseVariant,
     RollbackReply,
     RollbackRequest,
     Skipped,
 )
 from edge_contract.desired import DesiredModel, DesiredState
-from edge_contract.errors import TopicError
-from edge_contract.release import CUSTOM_KEY
+from edge_contract.errors import TopicError, UpdateError
+from edge_contract.release import CUSTOM_KEY, ModelRelease, Target, release_from_custom
 from edge_contract.topics import Channel, parse, topic_for
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
@@ -141,6 +143,23 @@ class ReleaseService:
             target = _find_target(repo, name, version)
             message = self._desired(repo, device_id, "rollback", name, version, target)
         return RollbackReply(device_id=device_id, model=name, version=version), [message]
+
+    # -- what the repository holds (the HTTP API's releases list) -------------------------------
+
+    def releases(self) -> list[ReleaseSummary]:
+        """Every model release the repository's targets sign, with each of its variants, by
+        model then release counter (a target that is not a model release is left out)."""
+        with repository_lock(self._dir):
+            targets = Repository.open(self._dir).targets()
+        found: dict[tuple[str, str], list[tuple[ModelRelease, Target]]] = {}
+        for path, target in targets.items():
+            try:
+                release = release_from_custom(target.custom, target=path)
+            except UpdateError:
+                continue
+            found.setdefault((release.name, release.version), []).append((release, target))
+        summaries = [_release_summary(files) for files in found.values()]
+        return sorted(summaries, key=lambda r: (r.model, r.release, r.version))
 
     # -- desired states of a rollout (fleet.app.rollouts; no DeployRequest) --------------------
 
@@ -266,6 +285,26 @@ def _find_target(repo: Repository, name: str, version: str) -> str | None:
     if not paths:
         raise FleetError(f"no signed release {name}@{version} in {repo.metadata_dir.parent}")
     return paths[0] if len(paths) == 1 else None
+
+
+def _release_summary(files: list[tuple[ModelRelease, Target]]) -> ReleaseSummary:
+    first = files[0][0]
+    variants = [
+        ReleaseVariant(
+            target=target.path,
+            variant=release.variant_name,
+            hardware=list(release.hardware),
+            runtime=release.required_runtime,
+            providers=list(release.providers),
+            precision=release.precision,
+            length=target.length,
+            sha256=target.hashes.get("sha256", ""),
+        )
+        for release, target in sorted(files, key=lambda f: f[0].variant_name)
+    ]
+    return ReleaseSummary(
+        model=first.name, version=first.version, release=first.release, variants=variants
+    )
 
 
 def _object(value: JsonValue) -> JsonObject:

@@ -23,6 +23,7 @@ from edge_contract.controller import (
     JsonObject,
     Operator,
     StoredDeadLetter,
+    StoredEvent,
 )
 from edge_runtime.mqtt.rejections import DeadLetter
 from fleet.operators import TrustedKey
@@ -42,7 +43,9 @@ __all__ = [
     "OperatorLogEntry",
     "Retention",
     "StoredDeadLetter",
+    "StoredEvent",
     "TaggedDevice",
+    "TelemetryRow",
     "TelemetrySample",
     "device_summary",
     "document",
@@ -78,6 +81,14 @@ class FleetStore(Protocol):
     def device_detail(self, device_id: str, *, events: int = 20) -> DeviceDetail: ...
 
     def telemetry_seqs(self, device_id: str) -> list[int]: ...
+
+    def telemetry_range(
+        self, device_id: str, since: float, until: float, *, limit: int
+    ) -> tuple[list[TelemetryRow], bool]: ...
+
+    def device_events(
+        self, device_id: str, *, limit: int, before: int | None = None
+    ) -> list[StoredEvent]: ...
 
     def prune(self, now: float | None = None) -> int: ...
 
@@ -150,6 +161,14 @@ class FleetStore(Protocol):
     def telemetry_samples(
         self, device_ids: Iterable[str], start: float, end: float
     ) -> dict[str, list[TelemetrySample]]: ...
+
+
+@dataclass(frozen=True)
+class TelemetryRow:
+    """One stored telemetry message: the device's own ``ts`` (Unix seconds) and its body."""
+
+    ts: float
+    body: JsonObject
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,8 @@ from fleet.records import (
     Inbound,
     Retention,
     StoredDeadLetter,
+    StoredEvent,
+    TelemetryRow,
     device_summary,
     document,
 )
@@ -347,6 +349,61 @@ class SqlFleetStore(AccessRecords, RolloutRecords):
             .order_by(telemetry.c.received, telemetry.c.seq)
         )
         return [int(r["seq"]) for r in rows]
+
+    def telemetry_range(
+        self, device_id: str, since: float, until: float, *, limit: int
+    ) -> tuple[list[TelemetryRow], bool]:
+        """The device's telemetry with its own ``ts`` in ``[since, until]``, oldest first, at
+        most ``limit`` rows; the flag says the range held more (the oldest are returned).
+
+        Raises:
+            UnknownDeviceError: the controller has never seen the device.
+        """
+        self._require_known(device_id)
+        rows = self._query(
+            select(telemetry.c.ts_epoch, telemetry.c.payload)
+            .where(
+                (telemetry.c.device_id == device_id)
+                & (telemetry.c.ts_epoch >= since)
+                & (telemetry.c.ts_epoch <= until)
+            )
+            .order_by(telemetry.c.ts_epoch, telemetry.c.seq)
+            .limit(limit + 1)
+        )
+        found = [
+            TelemetryRow(ts=float(r["ts_epoch"]), body=body)
+            for r in rows[:limit]
+            if (body := document(r["payload"])) is not None
+        ]
+        return found, len(rows) > limit
+
+    def device_events(
+        self, device_id: str, *, limit: int, before: int | None = None
+    ) -> list[StoredEvent]:
+        """The device's newest ``limit`` events (older than id ``before``), newest first.
+
+        Raises:
+            UnknownDeviceError: the controller has never seen the device.
+        """
+        self._require_known(device_id)
+        query = select(_events).where(_events.c.device_id == device_id)
+        if before is not None:
+            query = query.where(_events.c.id < before)
+        rows = self._query(query.order_by(_events.c.id.desc()).limit(max(0, limit)))
+        return [
+            StoredEvent(
+                id=int(r["id"]),
+                event=str(r["event"]),
+                received=float(r["received"]),
+                body=document(r["payload"]),
+            )
+            for r in rows
+        ]
+
+    def _require_known(self, device_id: str) -> None:
+        known = self._query(select(devices.c.device_id).where(devices.c.device_id == device_id))
+        if not known:
+            raise UnknownDeviceError(device_id)
 
 
 # The name the store had while it ran on SQLite only (the tests and devtools use both).

@@ -21,7 +21,11 @@ from edge_contract.controller import (
     DeployRequest,
     DeviceReply,
     DevicesListRequest,
+    DevicesQuery,
     DevicesReply,
+    DeviceSummary,
+    EventsQuery,
+    EventsReply,
     OperatorAddedReply,
     OperatorAddRequest,
     OperatorRemovedReply,
@@ -29,21 +33,29 @@ from edge_contract.controller import (
     OperatorsListRequest,
     OperatorsReply,
     Rejected,
+    ReleasesReply,
     RollbackReply,
     RollbackRequest,
     ShowRequest,
     StatusReply,
     StatusRequest,
+    TelemetryQuery,
+    TelemetrySeriesReply,
 )
 from fleet.app.replies import Publish
 from fleet.app.rollouts import RolloutApp
+from fleet.app.series import downsample
 from fleet.errors import FleetError
 from fleet.operators import check_name, parse_public_key
 from fleet.ota import ReleaseService
-from fleet.store import ACCEPTED, FleetStore
+from fleet.store import ACCEPTED, PENDING, FleetStore
 
 # The newest dead letters ``controller-status`` shows.
 RECENT_LETTERS = 10
+# The range a telemetry series covers when the request names none (seconds before ``until``).
+DEFAULT_SERIES_S = 3600.0
+# The most telemetry rows one series reads (the store keeps 10,000 a device by default).
+MAX_SERIES_ROWS = 20_000
 
 
 def _no_refusals() -> Counter[str]:
@@ -85,6 +97,57 @@ class FleetApp:
         """Raises ``UnknownDeviceError`` for a device never seen."""
         detail = self.store.device_detail(request.device_id, events=request.events)
         return DeviceReply(device=detail)
+
+    def find_devices(self, query: DevicesQuery) -> DevicesReply:
+        """``list_devices`` narrowed to a state (``pending``: not accepted), at most ``limit``.
+
+        Raises:
+            SelectorError: the selector does not parse (naming the clause).
+        """
+        listed = self.list_devices(DevicesListRequest(select=query.select))
+        devices = [d for d in listed.devices if _in_state(d, query.state)]
+        return listed.model_copy(update={"devices": devices[: query.limit]})
+
+    def telemetry_series(self, query: TelemetryQuery) -> TelemetrySeriesReply:
+        """The device's telemetry over ``[since, until]`` in at most ``points`` buckets.
+
+        Raises:
+            UnknownDeviceError: the controller has never seen the device.
+            FleetError: ``since`` is not before ``until``.
+        """
+        until = self._clock() if query.until is None else query.until
+        since = until - DEFAULT_SERIES_S if query.since is None else query.since
+        if not since < until:
+            raise FleetError(f"since ({since}) must be before until ({until})")
+        rows, truncated = self.store.telemetry_range(
+            query.device_id, since, until, limit=MAX_SERIES_ROWS
+        )
+        return downsample(
+            query.device_id,
+            rows,
+            since=since,
+            until=until,
+            points=query.points,
+            truncated=truncated,
+        )
+
+    def device_events(self, query: EventsQuery) -> EventsReply:
+        """A page of the device's events, newest first.
+
+        Raises:
+            UnknownDeviceError: the controller has never seen the device.
+        """
+        events = self.store.device_events(query.device_id, limit=query.limit, before=query.before)
+        more = len(events) == query.limit and events[-1].id > 1
+        return EventsReply(
+            device_id=query.device_id,
+            events=events,
+            next_before=events[-1].id if more else None,
+        )
+
+    def list_releases(self) -> ReleasesReply:
+        """Every release in the TUF repository; ``FleetError`` when OTA is off."""
+        return ReleasesReply(releases=self._releases().releases())
 
     def controller_status(self, _request: StatusRequest) -> StatusReply:
         counts = self._refusals()
@@ -137,3 +200,13 @@ class FleetApp:
         if self.releases is None:
             raise FleetError("OTA is not enabled on this controller ([ota] repo)")
         return self.releases
+
+
+def _in_state(device: DeviceSummary, state: str | None) -> bool:
+    if state == "online":
+        return device.online
+    if state == "offline":
+        return not device.online
+    if state == "pending":
+        return device.admission == PENDING
+    return True

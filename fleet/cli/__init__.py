@@ -11,7 +11,8 @@ Exit codes: 0 ok, 2 unknown device, 65 device pending or refused input, 69 broke
 controller unavailable, 77 request refused by the controller, 78 configuration error.
 
 The commands live by group: ``devices``, ``operators``, ``controller`` (serve, deploy,
-rollback, controller-status), ``model``, ``rollout``; ``common`` holds what they share.
+rollback, controller-status), ``model``, ``rollout``, ``http`` (tokens of the HTTP API);
+``common`` holds what they share.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import typer
 
 from fleet.cli import controller
 from fleet.cli.devices import devices_app
+from fleet.cli.http import http_app
 from fleet.cli.model import model_app
 from fleet.cli.operators import operators_app
 from fleet.cli.rollout import rollout_app
@@ -37,6 +39,7 @@ app.add_typer(operators_app, name="operators")
 app.add_typer(model_app, name="model")
 app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(http_app, name="http")
 controller.register(app)
 
 

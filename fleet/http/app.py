@@ -18,7 +18,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge_contract.controller import Refusal
@@ -81,8 +81,9 @@ def _status_of(exc: FleetError) -> int:
 
 
 def _errors(app: FastAPI) -> None:
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's own class: the router raises it for an unknown path (404) or method (405).
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = refusal(exc.status_code, str(exc.detail), _kind_of(exc.status_code))
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value

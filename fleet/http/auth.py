@@ -87,6 +87,26 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[TokenEntry]:
     return entries
 
 
+def add_token(text: str, name: str, role: Role, source: str = "tokens file") -> tuple[str, str]:
+    """A new token for ``name`` and the line to append to a tokens file holding ``text``.
+
+    Raises:
+        FleetConfigError: ``text`` does not parse, ``name`` is not a valid token name, or
+            the file already has a token of that name.
+    """
+    entries = parse_tokens(text, source=source)
+    if any(entry.name == name for entry in entries):
+        raise FleetConfigError(f"{source} already has a token named {name!r}")
+    token = new_token()
+    line = token_line(name, role, token)
+    if _LINE.match(line) is None:
+        raise FleetConfigError(
+            f"token name {name[:80]!r}: 1-64 of letters, digits and _.@- (starting with a "
+            "letter or digit)"
+        )
+    return line, token
+
+
 class Authenticator:
     """Maps a presented token to its principal; ``None`` when it matches no entry."""
 

@@ -51,6 +51,7 @@ DOORS: dict[str, frozenset[str]] = {
     "fleet/db/migrations/versions/0004_rollouts.py": frozenset({"sqlalchemy", "alembic"}),
     # The controller's HTTP side: FastAPI's routes and app, uvicorn in the server alone.
     "fleet/http/api.py": frozenset({"fastapi"}),
+    "fleet/http/api_rollouts.py": frozenset({"fastapi"}),
     "fleet/http/app.py": frozenset({"fastapi", "starlette"}),
     "fleet/http/context.py": frozenset({"fastapi"}),
     "fleet/http/server.py": frozenset({"uvicorn"}),
