@@ -145,14 +145,11 @@ class _SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-class _BodyTooLargeError(Exception):
-    pass
-
-
 class _Limits:
-    """Refuses a body over the limit: by its Content-Length before reading anything, and by
-    counting what arrives when it is chunked. Also the outermost error net: whatever escapes
-    the application becomes a JSON 500, never a traceback."""
+    """Refuses a body over the limit (413): by its Content-Length before reading anything;
+    without one (chunked), by reading it first, at most ``limit`` bytes, and handing the
+    route what was read. Reading first because FastAPI turns any error raised while it
+    reads a body into its own 400."""
 
     def __init__(self, app: ASGIApp, ctx: HttpContext) -> None:
         self.app = app
@@ -163,26 +160,52 @@ class _Limits:
             await self.app(scope, receive, send)
             return
         limit = self.ctx.options.max_body_bytes
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        headers = dict(scope.get("headers", []))
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > limit:
+                await self._too_large(scope, receive, send, limit)
+                return
+            await self.app(scope, receive, send)  # the server delivers no more than that
+            return
+        body = await _read_at_most(receive, limit)
+        if body is None:
             await self._too_large(scope, receive, send, limit)
             return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise _BodyTooLargeError
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _BodyTooLargeError:
-            await self._too_large(scope, receive, send, limit)
+        await self.app(scope, _replay(body, receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         self.ctx.refused["too_large"] += 1
         response = refusal(413, f"the body is over {limit} bytes", "PayloadTooLarge")
         await response(scope, receive, send)
+
+
+async def _read_at_most(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None once it passes ``limit`` bytes (the rest is not read)."""
+    parts: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(parts)  # the client went away: the route sees what came
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body read already, as one message; then the server's own (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -140,3 +140,11 @@ def test_a_body_announced_over_the_limit_is_413_before_any_route(ctx: HttpContex
 
 def test_healthz_needs_no_token(ctx: HttpContext) -> None:
     assert call(ctx, "GET", "/healthz", token=None)[:3:2] == (200, {"ok": True})
+
+
+def test_a_chunked_body_over_the_limit_is_413_as_it_arrives(ctx: HttpContext) -> None:
+    """No Content-Length: the limit counts what the route reads."""
+    body = b'{"model": "digits", "version": "' + b"9" * 5000 + b'"}'
+    status, _, reply = call(ctx, "POST", "/api/v1/deploy", token=OPERATOR, body=body, chunks=4)
+    assert (status, reply["kind"]) == (413, "PayloadTooLarge")
+    assert ctx.refused["too_large"] == 1
