@@ -247,6 +247,18 @@ class InferenceConfig(_Section):
         return self
 
 
+class MetricsConfig(_Section):
+    """Prometheus ``/metrics`` on a port of its own, with or without models."""
+
+    port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics here (0: any free); unset: only on the inference REST port.",
+    )
+    host: str = Field(default="127.0.0.1", description="/metrics address; loopback by default.")
+
+
 class ModelConfig(_Section):
     """One model to load at start; its card lies beside it unless ``card`` says otherwise."""
 
@@ -455,6 +467,9 @@ class AgentConfig(TomlBackedSettings):
         default_factory=list, description="Sensor-to-actuator pipelines."
     )
     ota: OtaConfig = Field(default_factory=OtaConfig, description="Signed model updates.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus /metrics on its own port."
+    )
     device: DeviceConfig = Field(
         default_factory=DeviceConfig, description="Hardware id and static tags."
     )
