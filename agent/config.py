@@ -109,6 +109,10 @@ class TelemetryConfig(_Section):
     tegrastats_interval_ms: int = Field(
         default=1000, ge=100, description="tegrastats sampling period on Jetson boards, ms."
     )
+    thermal_root: Path = Field(
+        default=Path("/sys/class/thermal"),
+        description="Where the thermal zones are read (thermal_zone*/type and temp).",
+    )
 
 
 class QueueConfig(_Section):

@@ -195,7 +195,7 @@ class Agent:
             device_id=config.device_id,
             interval_s=config.telemetry.interval_s,
             outbox=self.outbox,
-            sampler=ResourceSampler(state_dir),
+            sampler=ResourceSampler(state_dir, thermal_root=config.telemetry.thermal_root),
             board=self.board,
             health=self.health,
             link_state=self.link_watcher.state,

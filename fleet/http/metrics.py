@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Response
 from prometheus_client import CollectorRegistry, generate_latest
@@ -40,6 +40,21 @@ router = APIRouter()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEVICE_STATES = ("online", "offline", "pending")
+# The reasons every scrape shows, at 0 until one happens (a rate needs the series first);
+# any other reason appears when it is first counted.
+MQTT_REASONS = (
+    "too_large",
+    "not_utf8",
+    "too_deep",
+    "number_range",
+    "not_json",
+    "not_object",
+    "schema",
+    "topic",
+    "handler_failed",
+    "store_failed",
+)
+HTTP_REASONS = ("unauthorized", "forbidden", "cross_origin", "invalid", "too_large")
 # A label value where the device says nothing (no variant, no agent version).
 NONE = "none"
 
@@ -80,7 +95,6 @@ class FleetFigures:
     left_out: int
     rollout_phases: dict[str, int]
     rollouts: list[RolloutFigures]
-    refused_mqtt: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,7 @@ class LoopFigures:
     """What the event loop owns at the same scrape."""
 
     ingest: IngestFigures | None
+    refused_mqtt: dict[str, int]
     refused_http: dict[str, int]
     live_clients: int
     live_published: int
@@ -98,10 +113,10 @@ class LoopFigures:
 async def metrics(ctx: Ctx, _caller: Viewer) -> Response:
     limit = ctx.options.metrics_device_limit
     figures = await ctx.run(functools.partial(read_figures, ctx.app, limit))
-    figures.refused_mqtt.update(ctx.mqtt_refusals())
     loop = LoopFigures(
         ingest=ctx.ingest() if ctx.ingest is not None else None,
-        refused_http=dict(ctx.refused),
+        refused_mqtt=dict.fromkeys(MQTT_REASONS, 0) | dict(ctx.mqtt_refusals()),
+        refused_http=dict.fromkeys(HTTP_REASONS, 0) | dict(ctx.refused),
         live_clients=ctx.hub.clients,
         live_published=ctx.hub.published,
         live_dropped_clients=ctx.hub.dropped_clients,
@@ -242,7 +257,7 @@ class _Collector:
     def collect(self) -> Iterator[Metric]:
         yield from _fleet_families(self._figures)
         yield from _rollout_families(self._figures)
-        yield from _loop_families(self._loop, self._figures.refused_mqtt)
+        yield from _loop_families(self._loop)
         yield from _device_families(self._figures, self._limit)
 
 
@@ -301,7 +316,7 @@ def _rollout_families(figures: FleetFigures) -> Iterator[Metric]:
     yield from (stage, stages, members, phase)
 
 
-def _loop_families(loop: LoopFigures, refused_mqtt: dict[str, int]) -> Iterator[Metric]:
+def _loop_families(loop: LoopFigures) -> Iterator[Metric]:
     if loop.ingest is not None:
         stored = CounterMetricFamily(
             "fleet_ingest_stored_messages",
@@ -322,7 +337,9 @@ def _loop_families(loop: LoopFigures, refused_mqtt: dict[str, int]) -> Iterator[
             value=loop.ingest.queue_limit,
         )
     yield _counts(
-        "fleet_rejected_messages", "MQTT messages the controller refused, by reason.", refused_mqtt
+        "fleet_rejected_messages",
+        "MQTT messages the controller refused, by reason.",
+        loop.refused_mqtt,
     )
     yield _counts(
         "fleet_http_refused_requests",
