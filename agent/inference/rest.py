@@ -7,7 +7,8 @@ ride along without breaking those clients: ``prediction_ids`` and ``model_spec``
 responses, ``POST /v1/models/<name>:feedback`` (labelled feedback for the monitor),
 ``GET /metrics`` (Prometheus text) and ``GET /healthz``. See docs/inference-api.md.
 
-The only agent module that imports aiohttp. Bodies are capped (413 before buffering more than
+One of the two agent modules that import aiohttp (the other serves ``[metrics] port``:
+agent/telemetry/metrics_http.py). Bodies are capped (413 before buffering more than
 the cap), and so are the body bytes of all requests in progress together (a byte budget taken
 from Content-Length before the body is read, the per-request cap for a body without one; 503
 with Retry-After when it is spent): a parsed JSON body holds about eight times its size while
