@@ -254,6 +254,26 @@ def test_every_dashboard_panel_returns_data(
     ):
         assert values[name] in _label_values(prometheus_port, label, metric)
 
+    # A few values, not only their presence: the rollout holds digits@1 on the device.
+    for expr, expected in (
+        ('sum(fleet_rollouts{phase=~"installing|watching"})', 1),
+        (f'fleet_rollout_stages{{rollout="{started[0]}"}}', 1),
+        ('fleet_model_devices{model="digits", version="1"}', 1),
+        (f'edge_agent_ota_active_model{{device="{WITH_MODEL}", model="digits"}}', 1),
+        ('fleet_devices{state="pending"}', 1),  # metrics-b, never accepted
+        (f'edge_agent_temperature_celsius{{device="{WITHOUT}"}}', 48.2),
+    ):
+        status, result = _query(prometheus_port, expr)
+        assert [float(r["value"][1]) for r in result] == [expected], (expr, status, result)
+
+    # The file_sd targets fleet makes from the device list, over the broker like any read.
+    made = fleet.cli("devices", "prometheus-targets", "--port", "9100")
+    assert made.returncode == 0, made.stderr
+    assert {(g["labels"]["device"], g["targets"][0]) for g in json.loads(made.stdout)} == {
+        (WITH_MODEL, f"{WITH_MODEL}:9100"),
+        (WITHOUT, f"{WITHOUT}:9100"),
+    }
+
     for url, bearer in (
         (controller_metrics, token),
         (f"http://127.0.0.1:{rest_port}/metrics", None),

@@ -211,3 +211,34 @@ def test_figures_type_is_frozen() -> None:
     assert isinstance(figures, FleetFigures)
     with pytest.raises(AttributeError):
         figures.left_out = 3  # type: ignore[misc]
+
+
+def test_store_documents_newest_first_with_telemetry_for_the_first_only(
+    store: SqliteFleetStore,
+) -> None:
+    later = time.time() + 5
+    telemetry = {"device_id": "b", "stream": "s", "seq": 1, "ts": TS, "cpu": {"percent": 5}}
+    reported = {
+        "device_id": "b",
+        "agent_version": "0.1",
+        "desired_counter": 1,
+        "models": {},
+        "ts": TS,
+    }
+    store.ingest(
+        [
+            Inbound("b", "telemetry", telemetry, later),
+            Inbound("b", "reported", reported, later),
+        ]
+    )
+    newest, older = store.device_documents(telemetry_for=1)
+    assert (newest.device_id, older.device_id) == ("b", "a")
+    assert newest.telemetry is not None and newest.telemetry["cpu"] == {"percent": 5}
+    assert newest.reported is not None and newest.reported["desired_counter"] == 1
+    assert older.telemetry is None and older.status is not None
+    assert newest.admission == older.admission == "pending"
+    assert [d.telemetry for d in store.device_documents(telemetry_for=0)] == [None, None]
+
+
+def test_rollout_phase_counts_of_an_empty_store(store: SqliteFleetStore) -> None:
+    assert store.rollout_phase_counts() == {}
