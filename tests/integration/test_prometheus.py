@@ -261,7 +261,10 @@ def test_every_dashboard_panel_returns_data(
         ('fleet_model_devices{model="digits", version="1"}', 1),
         (f'edge_agent_ota_active_model{{device="{WITH_MODEL}", model="digits"}}', 1),
         ('fleet_devices{state="pending"}', 1),  # metrics-b, never accepted
-        (f'edge_agent_temperature_celsius{{device="{WITHOUT}"}}', 48.2),
+        (
+            f'edge_agent_temperature_celsius{{device="{WITHOUT}", sensor="thermal/cpu-thermal"}}',
+            48.2,
+        ),
     ):
         status, result = _query(prometheus_port, expr)
         assert [float(r["value"][1]) for r in result] == [expected], (expr, status, result)
