@@ -4,8 +4,9 @@ Read at scrape time: one ``FleetFigures`` is taken on the store thread (``await 
 the thread every store call runs on, so a scrape queues behind ingest like any read and
 never races it), then joined by what the loop owns (ingest's counters and queue, refused
 HTTP requests, live-feed clients) and rendered by a prometheus_client collector in a worker
-thread (tens of milliseconds for 500 devices' gauges: not on the loop). Nothing runs between scrapes and nothing is stale: a periodic refresh would cost the store
-thread whether anyone scrapes or not, and would show figures up to one period old.
+thread (tens of milliseconds for 500 devices' gauges: not on the loop). Nothing runs
+between scrapes and nothing is stale: a periodic refresh would cost the store thread
+whether anyone scrapes or not, and would show figures up to one period old.
 
 Families (units in the names; docs/monitoring.md lists them): devices by state
 (``online``, ``offline``, ``pending``: not yet accepted), by model, version and variant and
