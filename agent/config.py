@@ -109,6 +109,10 @@ class TelemetryConfig(_Section):
     tegrastats_interval_ms: int = Field(
         default=1000, ge=100, description="tegrastats sampling period on Jetson boards, ms."
     )
+    thermal_root: Path = Field(
+        default=Path("/sys/class/thermal"),
+        description="Where the thermal zones are read (thermal_zone*/type and temp).",
+    )
 
 
 class QueueConfig(_Section):
@@ -245,6 +249,18 @@ class InferenceConfig(_Section):
                 f"({self.max_body_bytes})"
             )
         return self
+
+
+class MetricsConfig(_Section):
+    """Prometheus ``/metrics`` on a port of its own, with or without models."""
+
+    port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics here (0: any free); unset: only on the inference REST port.",
+    )
+    host: str = Field(default="127.0.0.1", description="/metrics address; loopback by default.")
 
 
 class ModelConfig(_Section):
@@ -455,6 +471,9 @@ class AgentConfig(TomlBackedSettings):
         default_factory=list, description="Sensor-to-actuator pipelines."
     )
     ota: OtaConfig = Field(default_factory=OtaConfig, description="Signed model updates.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus /metrics on its own port."
+    )
     device: DeviceConfig = Field(
         default_factory=DeviceConfig, description="Hardware id and static tags."
     )

@@ -17,7 +17,9 @@ import concurrent.futures
 import contextlib
 import functools
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -84,6 +86,15 @@ class StoreThread:
         self._executor.shutdown()
 
 
+@dataclass(frozen=True)
+class IngestFigures:
+    """What ``/metrics`` shows of ingest: messages committed by kind, the writer's queue."""
+
+    stored: dict[str, int]
+    queue_depth: int
+    queue_limit: int
+
+
 class Ingest:
     """Validation, batched commits, acknowledgements and dead letters of device messages."""
 
@@ -106,6 +117,12 @@ class Ingest:
         # Refused messages, by reason; each is acknowledged and also kept in the store.
         self.rejections = RejectionLedger(log, event="controller.rejected")
         self._letters: asyncio.Queue[DeadLetter] = asyncio.Queue(maxsize=_LETTER_QUEUE_LIMIT)
+        # Messages committed, by kind (status, telemetry, events, reported): /metrics.
+        self.stored: Counter[str] = Counter()
+
+    def figures(self) -> IngestFigures:
+        """Loop thread: the counts and the queue now."""
+        return IngestFigures(dict(self.stored), self._queue.qsize(), _QUEUE_LIMIT)
 
     def offer(self, message: InboundMessage) -> bool:
         """Loop thread: validate a device message and queue it for the writer; True when the
@@ -180,6 +197,7 @@ class Ingest:
                 self._committed([item])
 
     def _committed(self, items: list[Inbound]) -> None:
+        self.stored.update(item.kind for item in items)
         if self._on_committed is None:
             return
         try:

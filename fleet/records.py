@@ -71,6 +71,20 @@ class Inbound:
     received: float
 
 
+@dataclass(frozen=True)
+class DeviceDocuments:
+    """A device's presence and newest documents, as ``/metrics`` reads them (parsed JSON
+    objects, None where absent or unreadable)."""
+
+    device_id: str
+    state: str
+    admission: str
+    last_seen: float
+    status: JsonObject | None
+    telemetry: JsonObject | None
+    reported: JsonObject | None
+
+
 class FleetStore(Protocol):
     """What the controller needs from storage."""
 
@@ -151,6 +165,10 @@ class FleetStore(Protocol):
     def rollouts(self, *, active: bool = False, model: str | None = None) -> list[RolloutState]: ...
 
     def rollout_history(self, rollout_id: str) -> list[Transition]: ...
+
+    def rollout_phase_counts(self) -> dict[str, int]: ...
+
+    def device_documents(self, *, telemetry_for: int) -> list[DeviceDocuments]: ...
 
     def desired_payloads(self, model: str, device_ids: Iterable[str]) -> dict[str, bytes]: ...
 

@@ -100,6 +100,7 @@ class Controller:
             options=self.config.http,
             clock=clock,
             mqtt_refusals=self._refusals,
+            ingest=self.ingest.figures,
         )
 
     def _publish_signed(self, messages: list[Publish]) -> None:

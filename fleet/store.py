@@ -59,6 +59,7 @@ from fleet.records import (
     PENDING,
     DesiredRow,
     DeviceDetail,
+    DeviceDocuments,
     DeviceSummary,
     FleetStore,
     Inbound,
@@ -312,6 +313,36 @@ class SqlFleetStore(AccessRecords, RolloutRecords):
             telemetry=document(row["telemetry_json"]),
             events=[document(r["payload"]) for r in recent],
         )
+
+    def device_documents(self, *, telemetry_for: int) -> list[DeviceDocuments]:
+        """Every device, the most recently seen first, with its status and reported state;
+        the telemetry of the first ``telemetry_for`` only (``/metrics``: parsing every
+        device's telemetry on each scrape would cost the store thread for nothing)."""
+        query = (
+            select(
+                devices.c.device_id,
+                devices.c.state,
+                devices.c.last_seen,
+                devices.c.status_json,
+                devices.c.telemetry_json,
+                reported.c.payload.label("reported_json"),
+            )
+            .select_from(devices.outerjoin(reported, reported.c.device_id == devices.c.device_id))
+            .order_by(devices.c.last_seen.desc(), devices.c.device_id)
+        )
+        admitted = self.admissions()
+        return [
+            DeviceDocuments(
+                device_id=row["device_id"],
+                state=row["state"] if isinstance(row["state"], str) else "unknown",
+                admission=admitted.get(row["device_id"], PENDING),
+                last_seen=float(row["last_seen"]),
+                status=document(row["status_json"]),
+                telemetry=document(row["telemetry_json"]) if index < telemetry_for else None,
+                reported=document(row["reported_json"]),
+            )
+            for index, row in enumerate(self._query(query))
+        ]
 
     def desired_states(self, device_id: str) -> list[DesiredRow]:
         """The desired state of each model on ``device_id``, newest first."""

@@ -66,9 +66,12 @@ from edge_runtime.mqtt.link import MqttLink
 
 if TYPE_CHECKING:
     from agent.inference.service import InferenceService
+    from agent.ota.report import Reporter
     from agent.ota.updater import OtaUpdater
     from agent.serial.relay import SerialRelay
     from agent.serial.session import Transport
+    from agent.telemetry.metrics_http import MetricsServer
+    from agent.telemetry.prometheus import AgentMetrics
 
 log = structlog.get_logger("agent.daemon.app")
 
@@ -192,7 +195,7 @@ class Agent:
             device_id=config.device_id,
             interval_s=config.telemetry.interval_s,
             outbox=self.outbox,
-            sampler=ResourceSampler(state_dir),
+            sampler=ResourceSampler(state_dir, thermal_root=config.telemetry.thermal_root),
             board=self.board,
             health=self.health,
             link_state=self.link_watcher.state,
@@ -215,8 +218,16 @@ class Agent:
             unmap_large_blocks()
             self.inference = InferenceService(config, self.events.emit)
         self.ota: OtaUpdater | None = None
+        self.ota_reporter: Reporter | None = None
         if config.ota.enabled and self.inference is not None:
             self.ota = self._build_ota(self.inference)
+        # /metrics: beside the models' on the inference port, and on [metrics] port if set.
+        self.metrics: AgentMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        if self.inference is not None or config.metrics.port is not None:
+            self.metrics = self._build_metrics()
+            if self.inference is not None:
+                self.inference.extra_metrics = self.metrics.render
         self.pipelines: list[SensorPipeline] = []  # built in run(), once models are loaded
         self.notifier = SystemdNotifier()
         self.commands.register("ping", self._ping, NoArguments)
@@ -246,6 +257,8 @@ class Agent:
                 if self.link.connected:
                     await self.presence.publish("online")
 
+        reporter = Reporter(self.events.emit, publish_reported, __version__)
+        self.ota_reporter = reporter
         updater = OtaUpdater(
             self.config.ota,
             device_id=self.config.device_id,
@@ -253,7 +266,7 @@ class Agent:
             link=self.link,
             registry=inference.registry,
             watch=watch,
-            reporter=Reporter(self.events.emit, publish_reported, __version__),
+            reporter=reporter,
             rejections=self.rejections,
             capabilities=Capabilities(
                 hardware_id=self.config.device.hardware_id,
@@ -265,6 +278,62 @@ class Agent:
         for topic_filter in updater.subscriptions():
             self.link.add_subscription(topic_filter, qos=1)
         return updater
+
+    def _build_metrics(self) -> AgentMetrics:
+        # Imported here: prometheus_client is in the inference extra (a missing one is the
+        # CLI's one-line exit 78).
+        from agent import __version__  # noqa: PLC0415
+        from agent.telemetry.prometheus import AgentMetrics, AgentSources  # noqa: PLC0415
+
+        telemetry, relay, reporter = self.telemetry, self.relay, self.ota_reporter
+        return AgentMetrics(
+            AgentSources(
+                info={
+                    "device_id": self.config.device_id,
+                    "agent_version": __version__,
+                    "board": self.board.kind,
+                    "hardware_id": self.config.device.hardware_id or "none",
+                },
+                sample=lambda: telemetry.last_sample,
+                link=self.link_watcher.state,
+                inflight=lambda: self.forwarder.inflight,
+                sent=lambda: self.forwarder.sent,
+                outbox=lambda: self.outbox.last_stats,
+                rejected=self.rejections.snapshot,
+                serial=relay.snapshot if relay is not None else None,
+                ota=reporter.models if reporter is not None else None,
+            )
+        )
+
+    async def _start_metrics(self) -> None:
+        """Serve /metrics on ``[metrics] port``; a port in use is a degraded condition."""
+        options = self.config.metrics
+        if options.port is None or self.metrics is None:
+            return
+        from agent.telemetry.metrics_http import start_metrics_server  # noqa: PLC0415
+
+        try:
+            self.metrics_server = await start_metrics_server(
+                self._metrics_text, host=options.host, port=options.port
+            )
+        except OSError as exc:
+            reason = (
+                f"cannot serve /metrics on {options.host}:{options.port}: {exc.strerror or exc}"
+            )
+            log.error("metrics.failed", error=reason)
+            change = self.health.update("metrics", Status.DEGRADED, reason)
+            if change is not None:
+                await self._health_changed(change)
+            return
+        log.info("metrics.listening", url=self.metrics_server.url)
+
+    async def _metrics_text(self) -> bytes:
+        assert self.metrics is not None
+        text = self.metrics.render()
+        if self.inference is not None:
+            # In a thread: the monitor computes quantiles and drift for every model.
+            text += await asyncio.to_thread(self.inference.monitor.render_prometheus)
+        return text
 
     def _build_relay(self, cfg: SerialConfig) -> SerialRelay:
         # Imported here: an agent without a peripheral never loads the serial stack.
@@ -458,6 +527,7 @@ class Agent:
         )
         try:
             await self._start_inference()
+            await self._start_metrics()
             async with asyncio.TaskGroup() as group:
                 workers = [
                     group.create_task(self.link.run(), name="mqtt-link"),
@@ -484,6 +554,8 @@ class Agent:
         finally:
             # Order matters: unloading the models emits model_unloaded; every event emitted
             # until now must reach the outbox before it closes, and none may come after.
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
             if self.inference is not None:
                 await self.inference.close()
             await self.events.close()

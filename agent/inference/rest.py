@@ -7,7 +7,8 @@ ride along without breaking those clients: ``prediction_ids`` and ``model_spec``
 responses, ``POST /v1/models/<name>:feedback`` (labelled feedback for the monitor),
 ``GET /metrics`` (Prometheus text) and ``GET /healthz``. See docs/inference-api.md.
 
-The only agent module that imports aiohttp. Bodies are capped (413 before buffering more than
+One of the two agent modules that import aiohttp (the other serves ``[metrics] port``:
+agent/telemetry/metrics_http.py). Bodies are capped (413 before buffering more than
 the cap), and so are the body bytes of all requests in progress together (a byte budget taken
 from Content-Length before the body is read, the per-request cap for a body without one; 503
 with Retry-After when it is spent): a parsed JSON body holds about eight times its size while
@@ -110,11 +111,14 @@ async def start_rest(
     unix_path: str | Path | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     body_budget_bytes: int | None = None,
+    extra_metrics: Callable[[], bytes] | None = None,
 ) -> RestServer:
     """Serve the API on ``host:port`` (0: any free port), or on a Unix socket if given.
 
     ``body_budget_bytes`` (default: twice ``max_body_bytes``) caps the body bytes of the
     requests in progress together; it must hold at least one body of ``max_body_bytes``.
+    ``extra_metrics``: more Prometheus text for ``/metrics`` (the agent's own families),
+    rendered on the event loop.
     """
     budget = 2 * max_body_bytes if body_budget_bytes is None else body_budget_bytes
     if budget < max_body_bytes:
@@ -122,7 +126,7 @@ async def start_rest(
             f"the body budget ({budget} bytes) must hold one body of max_body_bytes "
             f"({max_body_bytes})"
         )
-    api = _Api(registry, monitor, max_body_bytes, RestMetrics(budget))
+    api = _Api(registry, monitor, max_body_bytes, RestMetrics(budget), extra_metrics)
     app = web.Application(
         client_max_size=max_body_bytes, middlewares=[api.errors_as_json, api.body_budget]
     )
@@ -160,11 +164,13 @@ class _Api:
         monitor: MonitorService | None,
         max_body_bytes: int,
         metrics: RestMetrics,
+        extra_metrics: Callable[[], bytes] | None = None,
     ) -> None:
         self._registry = registry
         self._monitor = monitor
         self._max_body_bytes = max_body_bytes
         self._metrics = metrics
+        self._extra_metrics = extra_metrics
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get(f"/v1/models/{_NAME}", self.status)
@@ -238,6 +244,8 @@ class _Api:
         text = await asyncio.to_thread(self._require_monitor().render_prometheus)
         # The edge's own families, on the loop that updates them (a few samples).
         text += self._metrics.render()
+        if self._extra_metrics is not None:
+            text += self._extra_metrics()
         return web.Response(body=text, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -88,6 +88,8 @@ class InferenceService:
             on_event=self._registry_event,
         )
         self.rest: RestServer | None = None
+        # The agent's own /metrics families, served beside the models' (set by the agent).
+        self.extra_metrics: Callable[[], bytes] | None = None
         self.rest_error: str | None = None
         self.load_failures: dict[str, str] = {}
         self._nonfinite_events = EventThrottle(NONFINITE_EVENT_INTERVAL_S)
@@ -130,6 +132,7 @@ class InferenceService:
                 unix_path=inference.unix_socket,
                 max_body_bytes=inference.max_body_bytes,
                 body_budget_bytes=inference.body_budget_bytes,
+                extra_metrics=self.extra_metrics,
             )
         except OSError as exc:
             self.rest_error = f"cannot serve the REST API on {where}: {exc.strerror or exc}"

@@ -89,6 +89,10 @@ class Reporter:
         self._models: dict[str, ReportedModel] = {}
         self.desired_counter = 0
 
+    def models(self) -> dict[str, ReportedModel]:
+        """Each model's state as the reported document holds it (a shallow copy)."""
+        return dict(self._models)
+
     def model(self, name: str) -> ReportedModel:
         return self._models.setdefault(
             name,

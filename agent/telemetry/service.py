@@ -203,6 +203,9 @@ class TelemetryService:
         self._ticked = asyncio.Event()
         self.last_tick = time.monotonic()
         self.last_seq: int | None = None
+        # The newest body built and when (Unix seconds): /metrics shows its host figures.
+        # Set on the worker thread, read on the loop: one reference, swapped whole.
+        self.last_sample: tuple[TelemetryBody, float] | None = None
 
     async def run(self) -> None:
         """Publish one message per interval until cancelled; a tick's error ends it."""
@@ -315,6 +318,7 @@ class TelemetryService:
                 **extras,
                 **closing,
             }
+            self.last_sample = (body, time.time())
             return payloads.encode(body)
 
         return outbox.append_sequenced_row(self._topic, build), changes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -32,6 +33,7 @@ from fleet.cli.common import (
     with_connection,
 )
 from fleet.errors import FleetError
+from fleet.prometheus_targets import DEFAULT_TEMPLATE, check_template, file_sd, write_atomically
 from fleet.view import device_detail_view, devices_table, tags_table
 
 devices_app = typer.Typer(no_args_is_help=True, help="Devices seen by the controller.")
@@ -75,6 +77,45 @@ def devices_list(
             highlight=False,
             soft_wrap=True,
         )
+
+
+@devices_app.command("prometheus-targets")
+@with_connection
+def devices_prometheus_targets(
+    connection: Connection,
+    db: DbOpt = None,
+    select: SelectOpt = None,
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="the agents' [metrics] port")
+    ] = 9100,
+    host_template: Annotated[
+        str,
+        typer.Option(
+            "--host-template",
+            help="each target, from {device} and {port}: e.g. '{device}.local:{port}'",
+        ),
+    ] = DEFAULT_TEMPLATE,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="write the file_sd JSON here (atomically); else stdout"),
+    ] = None,
+) -> None:
+    """Prometheus file_sd targets for the agents' /metrics, one per device (labelled device,
+    and each merged tag as tag_KEY with --select). docs/monitoring.md has the config."""
+    try:
+        check_template(host_template)  # before asking the controller anything
+        listing = request("devices-list", DevicesListRequest, select=select)
+        reply = ask(
+            connection, db, "devices-list", listing, DevicesReply, lambda a: a.list_devices(listing)
+        )
+        groups = file_sd(reply.devices, port=port, host_template=host_template)
+    except FleetError as exc:
+        fail(exc)
+    if out is None:
+        print_json(groups)
+        return
+    write_atomically(out, groups)
+    Console(stderr=True).print(f"{len(groups)} targets written to {out}", highlight=False)
 
 
 @devices_app.command("show")

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import (
     Connection,
+    func,
     select,
 )
 
@@ -158,6 +159,11 @@ class RolloutRecords(StoreBase):
         if model is not None:
             query = query.where(rollouts.c.model == model)
         return [RolloutState.model_validate_json(r["state_json"]) for r in self._query(query)]
+
+    def rollout_phase_counts(self) -> dict[str, int]:
+        """How many rollouts are in each phase (the phases with none are absent)."""
+        query = select(rollouts.c.phase, func.count().label("n")).group_by(rollouts.c.phase)
+        return {str(r["phase"]): int(r["n"]) for r in self._query(query)}
 
     def rollout_history(self, rollout_id: str) -> list[Transition]:
         """Every transition of a rollout, oldest first."""

@@ -30,6 +30,7 @@ from fleet.errors import (
     UnknownDeviceError,
 )
 from fleet.http import api
+from fleet.http import metrics as metrics_routes
 from fleet.http.context import HttpContext, context_of
 
 log = structlog.get_logger("fleet.http")
@@ -56,6 +57,7 @@ def build_app(ctx: HttpContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.include_router(api.router)
+    app.include_router(metrics_routes.router)
     _errors(app)
 
     @app.get("/healthz", include_in_schema=False)

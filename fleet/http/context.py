@@ -25,7 +25,7 @@ from fleet.app.usecases import FleetApp
 from fleet.config import HttpOptions
 from fleet.http.auth import Authenticator, Principal, bearer
 from fleet.http.live import LiveHub
-from fleet.ingest import StoreThread
+from fleet.ingest import IngestFigures, StoreThread
 
 T = TypeVar("T")
 
@@ -51,6 +51,8 @@ class HttpContext:
     refused: Counter[str] = field(default_factory=Counter)
     # The controller's refused MQTT messages by reason (ingest, RPC, file requests).
     mqtt_refusals: Callable[[], Counter[str]] = _no_refusals
+    # Ingest's counts and queue (loop thread), for /metrics; None where there is no ingest.
+    ingest: Callable[[], IngestFigures] | None = None
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run a use case on the controller's store thread."""

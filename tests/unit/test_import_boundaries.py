@@ -25,6 +25,7 @@ DOORS: dict[str, frozenset[str]] = {
     "agent/inference/backends/onnx.py": frozenset({"onnxruntime"}),
     "agent/inference/backends/litert.py": frozenset({"ai_edge_litert", "tflite_runtime"}),
     "agent/inference/rest.py": frozenset({"aiohttp"}),
+    "agent/telemetry/metrics_http.py": frozenset({"aiohttp"}),
     "agent/ota/trust.py": frozenset({"tuf", "securesystemslib"}),
     "agent/uplink/outbox.py": frozenset({"sqlite3"}),
     "fleet/modelopt/session.py": frozenset({"onnxruntime"}),
@@ -55,6 +56,7 @@ DOORS: dict[str, frozenset[str]] = {
     "fleet/http/app.py": frozenset({"fastapi", "starlette"}),
     "fleet/http/context.py": frozenset({"fastapi"}),
     "fleet/http/server.py": frozenset({"uvicorn"}),
+    "fleet/http/metrics.py": frozenset({"fastapi"}),
 }
 
 
