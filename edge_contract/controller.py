@@ -484,136 +484,6 @@ class RolloutHistoryReply(_Reply):
     transitions: list[RolloutTransition]
 
 
-# -- the HTTP API's own requests and replies (fleet.http.api; docs/http-api.md) ---------------
-# The MQTT RPC does not take these: they are the REST API's history and listing reads.
-
-DeviceState = Literal["online", "offline", "pending"]
-# An epoch bound the series and event reads take (Unix seconds; year 5138 at most).
-Epoch = Annotated[float, Field(ge=0.0, le=1e11, allow_inf_nan=False)]
-MAX_SERIES_POINTS = 1000
-MAX_EVENTS_PAGE = 1000
-# The most devices one listing answers (the store holds every device; a page of them).
-MAX_DEVICES_PAGE = 100_000
-
-
-class DevicesQuery(_Request):
-    """``GET /devices``: a selector, a state (``pending``: not accepted yet) and a limit."""
-
-    select: SelectorText | None = None
-    state: DeviceState | None = None
-    limit: Annotated[int, Field(ge=1, le=MAX_DEVICES_PAGE)] | None = None
-
-
-class TelemetryQuery(_Request):
-    """``GET /devices/{id}/telemetry``: ``[since, until]`` (default: the last hour) in at most
-    ``points`` buckets."""
-
-    device_id: Annotated[str, StringConstraints(pattern=f"^{DEVICE_ID_PATTERN.pattern}$")]
-    since: Epoch | None = None
-    until: Epoch | None = None
-    points: Annotated[int, Field(ge=1, le=MAX_SERIES_POINTS)] = 120
-
-
-class EventsQuery(_Request):
-    """``GET /devices/{id}/events``: the newest ``limit`` events older than event ``before``."""
-
-    device_id: Annotated[str, StringConstraints(pattern=f"^{DEVICE_ID_PATTERN.pattern}$")]
-    limit: Annotated[int, Field(ge=1, le=MAX_EVENTS_PAGE)] = 50
-    before: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
-
-
-class TelemetryBucket(_Reply):
-    """One time bucket of a device's telemetry: the mean (and max) of its samples' readings,
-    None where no sample of the bucket had the reading. ``temperature_c``: the hottest sensor."""
-
-    at: float  # the bucket's start (Unix seconds)
-    samples: int
-    cpu_percent: float | None
-    cpu_percent_max: float | None
-    memory_percent: float | None
-    memory_percent_max: float | None
-    temperature_c: float | None
-    temperature_c_max: float | None
-
-
-class ModelBucket(_Reply):
-    """One model's readings in one bucket (means; ``p95_max_s`` the worst p95 seen)."""
-
-    p95_s: float | None
-    p95_max_s: float | None
-    requests_per_s: float | None
-    drift_psi: float | None  # the worst signal's PSI
-    accuracy: float | None
-
-
-class ModelSeries(_Reply):
-    """One model's buckets, index for index with ``TelemetrySeriesReply.buckets``."""
-
-    model: str
-    versions: list[str]  # the versions that reported in the range, oldest first
-    buckets: list[ModelBucket | None]
-
-
-class TelemetrySeriesReply(_Reply):
-    """A device's telemetry over ``[since, until]`` in buckets of ``step_s`` seconds; only the
-    buckets holding a sample are listed. ``truncated``: the range held more rows than one
-    read takes (the oldest are shown)."""
-
-    device_id: str
-    since: float
-    until: float
-    step_s: float
-    samples: int
-    truncated: bool
-    buckets: list[TelemetryBucket]
-    models: list[ModelSeries]
-
-
-class StoredEvent(_Reply):
-    """One stored event of a device: its id (the page cursor), name, arrival and body."""
-
-    id: int
-    event: str
-    received: float
-    body: JsonObject | None
-
-
-class EventsReply(_Reply):
-    """A page of a device's events, newest first; ``next_before`` pages on (None: no more)."""
-
-    device_id: str
-    events: list[StoredEvent]
-    next_before: int | None
-
-
-class ReleaseVariant(_Reply):
-    """One signed file of a release and the hardware and runtime it is for."""
-
-    target: str
-    variant: str
-    hardware: list[str]
-    runtime: str
-    providers: list[str]
-    precision: str | None
-    length: int
-    sha256: str
-
-
-class ReleaseSummary(_Reply):
-    """One release (``model@version``) in the controller's TUF repository."""
-
-    model: str
-    version: str
-    release: int
-    variants: list[ReleaseVariant]
-
-
-class ReleasesReply(_Reply):
-    """Every release in the repository, by model, then release counter."""
-
-    releases: list[ReleaseSummary]
-
-
 # The replies of the methods that change the fleet (signed by an operator over MQTT).
 SignedReply = (
     DeployReply
@@ -701,3 +571,8 @@ def reply_body(reply: BaseModel) -> dict[str, JsonValue]:
     """The reply as the JSON object the controller sends (before its ``ok``), field for field
     in declaration order."""
     return reply.model_dump()
+
+
+# The strict bases, for the HTTP API's own models (edge_contract.http_api).
+StrictRequest = _Request
+StrictReply = _Reply

@@ -31,14 +31,16 @@ from edge_contract.controller import (
     DeployReply,
     DeployRequest,
     JsonObject,
-    ReleaseSummary,
-    ReleaseVariant,
     RollbackReply,
     RollbackRequest,
     Skipped,
 )
 from edge_contract.desired import DesiredModel, DesiredState
 from edge_contract.errors import TopicError, UpdateError
+from edge_contract.http_api import (
+    ReleaseSummary,
+    ReleaseVariant,
+)
 from edge_contract.release import CUSTOM_KEY, ModelRelease, Target, release_from_custom
 from edge_contract.topics import Channel, parse, topic_for
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions

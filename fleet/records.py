@@ -23,6 +23,8 @@ from edge_contract.controller import (
     JsonObject,
     Operator,
     StoredDeadLetter,
+)
+from edge_contract.http_api import (
     StoredEvent,
 )
 from edge_runtime.mqtt.rejections import DeadLetter

@@ -22,6 +22,8 @@ from pydantic import JsonValue
 
 from edge_contract.controller import (
     JsonObject,
+)
+from edge_contract.http_api import (
     ModelBucket,
     ModelSeries,
     TelemetryBucket,

@@ -19,25 +19,27 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.security import HTTPBearer
 
 from edge_contract.controller import (
-    MAX_DEVICES_PAGE,
-    MAX_EVENTS_PAGE,
-    MAX_SERIES_POINTS,
     AcceptReply,
     AcceptRequest,
     DeployReply,
     DeployRequest,
     DeviceReply,
-    DevicesQuery,
     DevicesReply,
-    DeviceState,
-    EventsQuery,
-    EventsReply,
-    ReleasesReply,
     RollbackReply,
     RollbackRequest,
     ShowRequest,
     StatusReply,
     StatusRequest,
+)
+from edge_contract.http_api import (
+    MAX_DEVICES_PAGE,
+    MAX_EVENTS_PAGE,
+    MAX_SERIES_POINTS,
+    DevicesQuery,
+    DeviceState,
+    EventsQuery,
+    EventsReply,
+    ReleasesReply,
     TelemetryQuery,
     TelemetrySeriesReply,
 )

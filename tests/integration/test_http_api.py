@@ -38,14 +38,16 @@ from edge_contract.controller import (
     DeployReply,
     DeviceReply,
     DevicesReply,
-    EventsReply,
     Refusal,
-    ReleasesReply,
     RollbackReply,
     RolloutHistoryReply,
     RolloutReply,
     RolloutsReply,
     StatusReply,
+)
+from edge_contract.http_api import (
+    EventsReply,
+    ReleasesReply,
     TelemetrySeriesReply,
 )
 from fleet.http.auth import Role, token_line

@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
-from edge_contract.controller import DevicesQuery, EventsQuery, TelemetryQuery
+from edge_contract.http_api import (
+    DevicesQuery,
+    EventsQuery,
+    TelemetryQuery,
+)
 from fleet.app.series import downsample
 from fleet.app.usecases import FleetApp
 from fleet.errors import FleetError, UnknownDeviceError
