@@ -28,7 +28,7 @@ from fleet.errors import (
     RolloutError,
     UnknownDeviceError,
 )
-from fleet.http import api
+from fleet.http import api, dashboard
 from fleet.http.context import HttpContext, context_of
 
 log = structlog.get_logger("fleet.http")
@@ -55,6 +55,7 @@ def build_app(ctx: HttpContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.include_router(api.router)
+    dashboard.install(app)  # the pages at /, /static, the live feed at /api/v1/live
     _errors(app)
 
     @app.get("/healthz", include_in_schema=False)

@@ -54,6 +54,7 @@ DOORS: dict[str, frozenset[str]] = {
     "fleet/http/app.py": frozenset({"fastapi", "starlette"}),
     "fleet/http/context.py": frozenset({"fastapi"}),
     "fleet/http/server.py": frozenset({"uvicorn"}),
+    "fleet/http/dashboard.py": frozenset({"fastapi"}),
 }
 
 
