@@ -84,6 +84,7 @@ def _iso(epoch: float) -> str:
 
 
 templates.env.filters["iso"] = _iso
+templates.env.filters["epoch"] = views.epoch_of
 templates.env.filters["num"] = _number
 templates.env.filters["latency"] = _seconds
 templates.env.filters["figure"] = views.figure
@@ -147,11 +148,19 @@ def _next(target: str | None) -> str:
 
 @router.get("/login", include_in_schema=False)
 async def login_form(request: Request, next: Annotated[str | None, Query()] = None) -> Response:
-    ctx = context_of(request)
+    return _login_page(request, _next(next))
+
+
+def _login_page(request: Request, target: str, error: str | None = None) -> Response:
+    values = {
+        "who": None,
+        "tokens": context_of(request).auth.configured,
+        "path": request.url.path,
+        "next": target,
+        "error": error,
+    }
     return templates.TemplateResponse(
-        request,
-        "login.html",
-        {"who": None, "tokens": ctx.auth.configured, "next": _next(next), "error": None},
+        request, "login.html", values, status_code=200 if error is None else 401
     )
 
 
@@ -167,12 +176,7 @@ async def login(request: Request, ctx: Ctx) -> Response:
     if len(token) > MAX_TOKEN_CHARS or not ctx.auth.configured or ctx.auth.identify(token) is None:
         ctx.refused["unauthorized"] += 1
         error = "no tokens are configured" if not ctx.auth.configured else "unknown token"
-        return templates.TemplateResponse(
-            request,
-            "login.html",
-            {"who": None, "tokens": ctx.auth.configured, "next": target, "error": error},
-            status_code=401,
-        )
+        return _login_page(request, target, error)
     return _with_cookie(RedirectResponse(target, status_code=303), request, token)
 
 

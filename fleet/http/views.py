@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edge_contract import payloads
 from edge_contract.controller import DeviceDetail, JsonObject, RolloutVerdict
 
 P95 = "0.95"
@@ -55,7 +56,7 @@ def device_row(detail: DeviceDetail, tags: dict[str, str], now: float) -> Device
     return DeviceRow(
         device_id=summary.device_id,
         state=summary.state,
-        since=_number(status.get("ts")),
+        since=epoch_of(status.get("ts")),
         admission=summary.admission,
         tags=dict(tags),
         models=models_of(status, detail.reported or {}),
@@ -149,20 +150,36 @@ def figure(value: float | None, metric: str) -> str:
         return f"{value * 100:.1f} %"
     if VERDICT_UNITS.get(metric) == "psi":
         return f"{value:.3f} PSI"
+    if metric == "latency":
+        return f"{value * 1000:.1f} ms"
     return f"{value:g}"
 
 
 def verdict_cells(verdict: RolloutVerdict) -> dict[str, str]:
+    """A gate verdict's figures with units: both sides' own figures (a p95 is a latency,
+    the others are shares or PSI), the compared value and its threshold."""
     m = verdict.metric
+    side = "latency" if m == "p95_regression" else m
     return {
         "metric": m,
-        "candidate": figure(verdict.candidate, m),
-        "baseline": figure(verdict.baseline, m),
+        "candidate": figure(verdict.candidate, side),
+        "baseline": figure(verdict.baseline, side),
         "value": figure(verdict.value, m),
         "threshold": figure(verdict.threshold, m),
         "verdict": verdict.verdict,
         "detail": verdict.detail,
     }
+
+
+def epoch_of(value: object) -> float | None:
+    """A message's time (ISO 8601 with a zone, as devices send it; or epoch seconds) as
+    epoch seconds; None when it is neither."""
+    if isinstance(value, str):
+        try:
+            return payloads.from_iso(value).timestamp()
+        except (ValueError, OverflowError):
+            return None
+    return _number(value)
 
 
 # -- small readers ----------------------------------------------------------------------------

@@ -123,7 +123,8 @@
         el.textContent = state;
         el.className = "state state-" + state;
       });
-      const since = typeof event.data.ts === "number" ? event.data.ts : event.at;
+      const sent = Date.parse(event.data.ts) / 1000; // ISO 8601, as the device sent it
+      const since = isFinite(sent) ? sent : event.at;
       const label = document.createElement("span");
       label.append("since ", timeElement(since));
       setField(root, "since", label);
@@ -240,6 +241,7 @@
     return fetch(endpoint, {
       method: "POST",
       credentials: "same-origin",
+      referrerPolicy: "same-origin", // the Origin header the server's same-origin check reads
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       body: JSON.stringify(payload),
     })
