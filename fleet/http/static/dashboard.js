@@ -248,7 +248,7 @@
       .then(function (reply) {
         return reply.json().catch(function () { return {}; }).then(function (json) {
           if (!reply.ok) {
-            show(resultId, "refused (" + reply.status + "): " + (json.error || reply.statusText), true);
+            show(resultId, "refused (" + reply.status + "): " + (json.error || json.detail || reply.statusText), true);
             return;
           }
           show(resultId, "done", false);
