@@ -173,7 +173,6 @@ def test_pages_need_a_token_and_load_only_from_loopback(bench: Bench) -> None:
         f"""document.querySelector('tr[data-device="{FIRST}"] [data-field="cpu"]')
             .textContent.includes('%')"""
     )
-    bench.shoot(page, "dashboard-devices.png")
     for url in page.requests:
         assert urlsplit(url).hostname == "127.0.0.1", url
     assert any(u.endswith("/static/dashboard.js") for u in page.requests)
@@ -255,6 +254,9 @@ def test_a_rollouts_stage_advances_on_the_page(bench: Bench) -> None:
     page.goto(f"{bench.url}/rollouts")
     page.locator(f'tr[data-rollout="{rollout_id}"]').wait_for()
     bench.shoot(page, "dashboard-rollouts.png")
+    page.goto(bench.url + "/")  # the list with the rollout's versions and the killed agent
+    page.locator(f'tr[data-device="{FIRST}"]').wait_for()
+    bench.shoot(page, "dashboard-devices.png")
     page.context.close()
 
 
