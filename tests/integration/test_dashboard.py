@@ -57,10 +57,15 @@ class Bench:
     browser: Any
     rollout_id: str = ""  # the rollout the stage test started
 
-    def page(self, token: str) -> Any:
+    def page(self, token: str, *, phone: bool = False) -> Any:
         """A page in a fresh browser context, logged in with ``token`` by the demo's link
         (``/?token=``), every request it makes recorded in ``page.requests``."""
-        context = self.browser.new_context(viewport={"width": 1280, "height": 900})
+        if phone:
+            context = self.browser.new_context(
+                viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+            )
+        else:
+            context = self.browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         page.requests = []
@@ -176,6 +181,18 @@ def test_pages_need_a_token_and_load_only_from_loopback(bench: Bench) -> None:
     for url in page.requests:
         assert urlsplit(url).hostname == "127.0.0.1", url
     assert any(u.endswith("/static/dashboard.js") for u in page.requests)
+    page.context.close()
+
+
+def test_the_pages_fit_a_phone(bench: Bench) -> None:
+    page = bench.page(bench.viewer, phone=True)
+    for path in ("/", f"/devices/{FIRST}", "/rollouts"):
+        page.goto(bench.url + path)
+        page.locator("#live-state.on").wait_for()
+        # Wide tables scroll inside their own box; the page itself never scrolls sideways.
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, (path, overflow)
+    bench.shoot(page, "dashboard-rollouts-phone.png")
     page.context.close()
 
 

@@ -3,9 +3,9 @@
 // - Times: every <time data-epoch> the server rendered is shown in the viewer's time zone.
 // - Live: one EventSource on /api/v1/live. Telemetry updates a device's cells in place; a
 //   status message updates its state (the Last Will arrives as state "offline"); a device
-//   the page does not show yet, and a rollout change, make the page fetch itself again and
-//   swap its live regions (elements with class "region" and an id): the server renders them,
-//   this file never builds markup from the feed.
+//   the page does not show yet, a device's event on its page, and a rollout change, make
+//   the page fetch itself again and swap its live regions (elements with class "region" and
+//   an id): the server renders them, this file never builds markup from the feed.
 // - Actions: forms with class "action" and buttons with class "act" POST JSON to the API
 //   (the cookie authenticates them) and show the reply, or the refusal's `error`.
 "use strict";
@@ -132,6 +132,10 @@
     });
   }
 
+  function onEvents(event) {
+    if (page === "device" && subject === event.subject) refresh(); // the event history
+  }
+
   function onRollout(event) {
     if (page === "rollouts" || (page === "rollout" && subject === event.subject)) refresh();
   }
@@ -205,6 +209,7 @@
     }
     listen("telemetry", onTelemetry);
     listen("status", onStatus);
+    listen("events", onEvents);
     listen("rollout", onRollout);
   }
 
