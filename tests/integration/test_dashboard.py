@@ -190,7 +190,9 @@ def test_the_pages_fit_a_phone(bench: Bench) -> None:
         page.goto(bench.url + path)
         page.locator("#live-state.on").wait_for()
         # Wide tables scroll inside their own box; the page itself never scrolls sideways.
-        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
         assert overflow <= 0, (path, overflow)
     bench.shoot(page, "dashboard-rollouts-phone.png")
     page.context.close()
