@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -238,6 +239,63 @@ def test_a_device_page_draws_its_charts(bench: Bench) -> None:
     )  # uPlot built its legend: the plot is live, not a placeholder
     assert points
     bench.shoot(page, "dashboard-device.png")
+    page.context.close()
+
+
+def _series_reply(now: float) -> dict[str, Any]:
+    """A ``TelemetrySeriesReply`` as the REST API documents it (three buckets; the model
+    reported in two of them)."""
+    at = [now - 300, now - 200, now - 100]
+    model = {"p95_s": 0.004, "p95_max_s": 0.02, "requests_per_s": 5.0, "drift_psi": 0.1}
+    return {
+        "device_id": FIRST,
+        "since": now - 3600,
+        "until": now,
+        "step_s": 100.0,
+        "samples": 9,
+        "truncated": False,
+        "buckets": [
+            {
+                "at": t,
+                "samples": 3,
+                "cpu_percent": 10.0 * (i + 1),
+                "cpu_percent_max": 90.0,
+                "memory_percent": 40.0,
+                "memory_percent_max": 41.0,
+                "temperature_c": None,
+                "temperature_c_max": None,
+            }
+            for i, t in enumerate(at)
+        ],
+        "models": [
+            {
+                "model": "digits",
+                "versions": ["2"],
+                "buckets": [model | {"accuracy": None}, None, model],
+            }
+        ],
+    }
+
+
+def test_the_device_page_draws_the_apis_history(bench: Bench) -> None:
+    """The charts read the REST API's series shape (answered here by the browser's own
+    route: the route itself is the API's, tested there), then go on with live telemetry."""
+    page = bench.page(bench.viewer)
+    reply = json.dumps(_series_reply(time.time()))
+    page.route(
+        f"**/api/v1/devices/{FIRST}/telemetry?*",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=reply),
+    )
+    page.goto(f"{bench.url}/devices/{FIRST}")
+    page.locator("#chart-host canvas").wait_for()
+    assert "(3 points)" in page.locator("#chart-source").inner_text()
+    wait_until(
+        lambda: int(page.locator("#chart-host").get_attribute("data-points") or 0) >= 4,
+        15,
+        "live telemetry drawn after the history",
+    )
+    # The model's figures were found in the model's own buckets (two of the three).
+    assert page.locator("#chart-inference").get_attribute("data-points") == "2"
     page.context.close()
 
 

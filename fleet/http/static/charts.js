@@ -1,12 +1,13 @@
 // The device page's charts (uPlot, vendored): host readings and inference over time.
 //
-// The history comes from GET /api/v1/devices/{id}/telemetry (a TelemetrySeriesReply: time
-// buckets, each with `at` and its figures, per model where they are per model). Its field
-// names are read tolerantly (any numeric leaf whose name says cpu, memory, temperature,
-// p95/latency or drift/psi; the highest over models; "max"/"min" companions are skipped),
-// so the chart keeps working if the reply grows. When the route is missing or fails, the
-// page's embedded series (the latest telemetry, #series-data) is the start. Live telemetry
-// (dashboard.js's "fleet:telemetry" events) is appended either way.
+// The history comes from GET /api/v1/devices/{id}/telemetry (a TelemetrySeriesReply:
+// `buckets`, each with `at` and the host's means, and `models`, each with its own `buckets`
+// index for index). Field names are read tolerantly (a numeric field named for cpu, memory,
+// temperature, p95/latency or drift/psi; the highest over models; "_max"/"_min" companions
+// skipped), so the chart keeps working if the reply grows. When the route is missing or
+// fails, the page's embedded series (the latest telemetry, #series-data) is the start. Live
+// telemetry (dashboard.js's "fleet:telemetry" events) is appended either way. The number of
+// points drawn is left in the chart box's data-points (what the browser test reads).
 "use strict";
 
 (function () {
@@ -21,16 +22,36 @@
   const FIELDS = ["cpu_percent", "memory_percent", "temperature_c", "p95_s", "drift_psi"];
   const points = [];
 
-  function canonical(path) {
-    const last = path[path.length - 1].toLowerCase();
-    if (/(^|_)(max|min|count|n)$/.test(last) || /^(max|min)_/.test(last)) return null;
-    const name = path.join(".").toLowerCase();
+  function named(name) {
     if (/cpu/.test(name)) return "cpu_percent";
     if (/mem/.test(name)) return "memory_percent";
     if (/temp/.test(name)) return "temperature_c";
     if (/p95|latency/.test(name)) return "p95_s";
     if (/drift|psi/.test(name)) return "drift_psi";
     return null;
+  }
+
+  // The field a numeric leaf feeds: by its own name, else by its section's (`cpu.percent`);
+  // never a model's name (a model may be called "temperature-net").
+  function canonical(path) {
+    const last = path[path.length - 1].toLowerCase();
+    if (/(^|_)(max|min)(_|$)/.test(last) || /(^|_)(count|samples|n)$/.test(last)) return null;
+    const parent = path.length > 1 ? path[path.length - 2].toLowerCase() : "";
+    return named(last) || (parent.startsWith("model:") ? null : named(parent));
+  }
+
+  // The reply's buckets with each model's bucket of the same index merged in.
+  function bucketsOf(reply) {
+    const buckets = Array.isArray(reply.buckets) ? reply.buckets : [];
+    const models = Array.isArray(reply.models) ? reply.models : [];
+    return buckets.map(function (bucket, index) {
+      const merged = Object.assign({}, bucket);
+      models.forEach(function (series) {
+        const own = series && Array.isArray(series.buckets) ? series.buckets[index] : null;
+        if (own && typeof own === "object") merged["model:" + series.model] = own;
+      });
+      return merged;
+    });
   }
 
   // One bucket of the API's reply (or one embedded point) as {at, FIELD: number|null}.
@@ -73,8 +94,8 @@
       .then(function (reply) { return reply.ok ? reply.json() : null; })
       .catch(function () { return null; })
       .then(function (reply) {
-        const buckets = reply && (reply.buckets || reply.points || reply.series);
-        if (Array.isArray(buckets) && buckets.length) {
+        const buckets = reply ? bucketsOf(reply) : [];
+        if (buckets.length) {
           source.textContent = "Last hour from the controller's store (" + buckets.length +
             " points), then live.";
           return buckets;
@@ -119,7 +140,15 @@
     return { host: host, inference: inference };
   }
 
+  function counted() {
+    hostBox.dataset.points = String(points.length);
+    inferenceBox.dataset.points = String(points.filter(function (p) {
+      return p.p95_s !== null || p.drift_psi !== null;
+    }).length);
+  }
+
   function redraw(plots) {
+    counted();
     const xs = points.map(function (p) { return p.at; });
     plots.host.setData([xs, column("cpu_percent"), column("memory_percent"),
       column("temperature_c")]);
@@ -153,6 +182,7 @@
     buckets.map(pointOf).filter(Boolean).forEach(function (p) { points.push(p); });
     points.sort(function (a, b) { return a.at - b.at; });
     const plots = makePlots();
+    counted();
     live(plots);
   });
 })();
