@@ -56,7 +56,7 @@ class Bench:
     operator: str
     shots: Path
     browser: Any
-    rollout_id: str = ""  # the rollout the stage test started
+    rollout_id: str = ""  # the module's rollout, once started
 
     def page(self, token: str, *, phone: bool = False) -> Any:
         """A page in a fresh browser context, logged in with ``token`` by the demo's link
@@ -79,6 +79,19 @@ class Bench:
         extra = os.environ.get("DASHBOARD_SCREENSHOTS")
         if extra:
             shutil.copy(self.shots / name, Path(extra) / name)
+
+    def rollout(self) -> str:
+        """The module's one rollout of digits@2 to both devices, started by the signed CLI
+        on first use (whichever test comes first: under xdist a module's tests may run on
+        several workers, each with its own bench). Stage 1 is one device, stage 2 the other;
+        its 1 s health window without traffic ends awaiting approval."""
+        if not self.rollout_id:
+            started = self.cli(
+                "rollout", "start", "digits@2", "--devices", f"{FIRST},{SECOND}",
+                "--stages", "1,100%", "--health-window", "1s", "--name", "dashboard", "--json",
+            )  # fmt: skip
+            self.rollout_id = json.loads(started.stdout)["summary"]["rollout_id"]
+        return self.rollout_id
 
     def cli(self, *args: str) -> Any:
         result = self.fleet.cli(*args)
@@ -304,12 +317,7 @@ def _rollout_stage(page: Any) -> str:
 
 
 def test_a_rollouts_stage_advances_on_the_page(bench: Bench) -> None:
-    started = bench.cli(
-        "rollout", "start", "digits@2", "--devices", f"{FIRST},{SECOND}", "--stages", "1,100%",
-        "--health-window", "1s", "--name", "dashboard", "--json",
-    )  # fmt: skip
-    rollout_id = json.loads(started.stdout)["summary"]["rollout_id"]
-    bench.rollout_id = rollout_id
+    rollout_id = bench.rollout()
     page = bench.page(bench.operator)
     page.goto(f"{bench.url}/rollouts/{rollout_id}")
     page.locator("#live-state.on").wait_for()
@@ -351,8 +359,7 @@ def _post(url: str, token: str) -> tuple[int, dict[str, Any]]:
 def test_an_action_without_the_operator_role_is_refused_on_the_page(bench: Bench) -> None:
     """The viewer's click is refused and the page says why: the API's own refusal (403
     "needs the operator role" once the API's action routes are in; before that, 404)."""
-    rollout_id = bench.rollout_id
-    assert rollout_id, "the rollout test ran first"
+    rollout_id = bench.rollout()
     status, refusal = _post(f"{bench.url}/api/v1/rollouts/{rollout_id}/pause", bench.viewer)
     assert status in (403, 404), (status, refusal)
     if status == 403:  # the route exists: the role is what refuses it
