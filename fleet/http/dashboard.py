@@ -87,7 +87,6 @@ templates.env.filters["iso"] = _iso
 templates.env.filters["epoch"] = views.epoch_of
 templates.env.filters["num"] = _number
 templates.env.filters["latency"] = _seconds
-templates.env.filters["figure"] = views.figure
 
 
 # -- who is asking ----------------------------------------------------------------------------
