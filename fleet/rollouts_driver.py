@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import structlog
 
+from edge_contract.controller import RolloutSummary
 from fleet.app.replies import Publish
 from fleet.app.rollouts import RolloutApp
 from fleet.errors import FleetError
@@ -30,19 +31,37 @@ class RolloutDriver:
     """Ticks the active rollouts; one store thread, one loop."""
 
     def __init__(
-        self, rollouts: RolloutApp, releases: ReleaseService, thread: StoreThread, tick_s: float
+        self,
+        rollouts: RolloutApp,
+        releases: ReleaseService,
+        thread: StoreThread,
+        tick_s: float,
+        on_change: Callable[[list[RolloutSummary]], None] | None = None,
     ) -> None:
         self._rollouts = rollouts
         self._releases = releases
         self._thread = thread
         self._tick_s = tick_s
+        self._on_change = on_change
 
     async def run(self) -> None:
         """Re-publish the pending members' desired states, then tick until cancelled."""
         await self._publish(self._rollouts.republish, "rollout.republished")
         while True:
             await self._publish(self._rollouts.tick, "rollout.published")
+            await self._report()
             await asyncio.sleep(self._tick_s)
+
+    async def _report(self) -> None:
+        """The changed rollouts, to ``on_change`` on the loop (its failure is only logged)."""
+        if self._on_change is None:
+            return
+        try:
+            changed = await self._thread.run(self._rollouts.take_changed)
+            if changed:
+                self._on_change(changed)
+        except Exception:  # the live feed must not stop the rollouts
+            log.exception("rollout.report_failed")
 
     async def _publish(self, work: Callable[[], list[Publish]], event: str) -> None:
         try:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import structlog
 
-from edge_contract.controller import ShowRequest
+from edge_contract.controller import RolloutSummary, ShowRequest
 from edge_contract.topics import CONTROLLER_ROOT, all_devices, controller_rpc_filter
 from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.link import MqttLink
@@ -83,7 +83,11 @@ class Controller:
         self.rollouts: RolloutDriver | None = None
         if self.ota is not None:
             self.rollouts = RolloutDriver(
-                self.app.rollouts, self.ota, self._thread, config.rollouts.tick_s
+                self.app.rollouts,
+                self.ota,
+                self._thread,
+                config.rollouts.tick_s,
+                on_change=self._rollouts_changed,
             )
 
         self.http: HttpServer | None = None
@@ -114,6 +118,16 @@ class Controller:
             kind: LiveKind = item.kind  # type: ignore[assignment]  # RECORDED channels
             self.hub.publish(
                 LiveEvent(kind=kind, subject=item.device_id, at=item.received, data=item.body)
+            )
+
+    def _rollouts_changed(self, summaries: list[RolloutSummary]) -> None:
+        """Loop thread: each changed rollout's summary, to the live feed."""
+        for summary in summaries:
+            data = summary.model_dump(mode="json")
+            self.hub.publish(
+                LiveEvent(
+                    kind="rollout", subject=summary.rollout_id, at=summary.updated_at, data=data
+                )
             )
 
     def _refusals(self) -> Counter[str]:

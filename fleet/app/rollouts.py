@@ -95,6 +95,9 @@ class RolloutApp:
         self.store = store
         self.releases = releases
         self._clock = clock
+        # The rollouts ``apply`` changed since ``take_changed`` last ran, newest summary each
+        # (the live feed's rollout events; bounded by the number of rollouts changed).
+        self._changed: dict[str, RolloutSummary] = {}
 
     # -- tags and selections -----------------------------------------------------------------
 
@@ -267,6 +270,12 @@ class RolloutApp:
                 log.error("rollout.tick_failed", rollout=state.spec.rollout_id, error=str(exc))
         return messages
 
+    def take_changed(self) -> list[RolloutSummary]:
+        """The rollouts changed (a transition, or devices sent a version) since the last
+        call, each once with its newest summary; store thread, like every change."""
+        changed, self._changed = list(self._changed.values()), {}
+        return changed
+
     def republish(self) -> list[Publish]:
         """The stored signed desired state of every PENDING member of the active rollouts
         (sent again at start: the agent ignores a counter it has already applied)."""
@@ -318,6 +327,8 @@ class RolloutApp:
                 sent = self.store.save_rollout(step.state, step.transitions, directives, sign)
         else:
             sent = self.store.save_rollout(step.state, step.transitions)
+        if step.transitions or step.actions:
+            self._changed[spec.rollout_id] = _summary(step.state)
         for t in step.transitions:
             log.info(
                 "rollout.transition",

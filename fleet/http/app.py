@@ -29,7 +29,7 @@ from fleet.errors import (
     RolloutError,
     UnknownDeviceError,
 )
-from fleet.http import api
+from fleet.http import api, dashboard
 from fleet.http import metrics as metrics_routes
 from fleet.http.context import HttpContext, context_of
 
@@ -42,7 +42,9 @@ SECURITY_HEADERS = [
         b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # Not no-referrer: under it a browser sends `Origin: null` on the dashboard's own POSTs
+    # (the login form, fetch), and the same-origin check of cookie-carried actions refuses them.
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
 ]
 
@@ -58,6 +60,7 @@ def build_app(ctx: HttpContext) -> FastAPI:
     app.state.ctx = ctx
     app.include_router(api.router)
     app.include_router(metrics_routes.router)
+    dashboard.install(app)  # the pages at /, /static, the live feed at /api/v1/live
     _errors(app)
 
     @app.get("/healthz", include_in_schema=False)

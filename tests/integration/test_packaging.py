@@ -158,6 +158,29 @@ def test_the_base_install_is_a_boards(base_venv: Path, tmp_path: Path) -> None:
     assert result.stdout.split() == ["cryptography", "tuf", "paho"]
 
 
+def test_the_dashboards_pages_and_assets_are_installed(base_venv: Path, tmp_path: Path) -> None:
+    """The controller serves its dashboard from the installed package (package data in
+    pyproject.toml), not from the checkout: templates, scripts, styles, uPlot and its licence."""
+    probe = (
+        "import importlib.util as u, pathlib; "
+        "root = pathlib.Path(u.find_spec('fleet').submodule_search_locations[0]) / 'http'; "
+        "print(' '.join(sorted(str(f.relative_to(root)) for f in root.rglob('*') "
+        "if f.is_file() and f.suffix != '.py' and '__pycache__' not in f.parts)))"
+    )
+    result = _run([str(base_venv / "python"), "-c", probe], cwd=tmp_path, env=_clean_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    installed = set(result.stdout.split())
+    source = REPO / "fleet" / "http"
+    shipped = {
+        str(f.relative_to(source))
+        for directory in ("templates", "static")
+        for f in (source / directory).rglob("*")
+        if f.is_file()
+    }
+    assert "static/vendor/uPlot.LICENSE" in shipped and "templates/base.html" in shipped
+    assert shipped <= installed, sorted(shipped - installed)
+
+
 def test_the_agent_runs_on_the_base_install(base_venv: Path, tmp_path: Path) -> None:
     env = _clean_env(tmp_path, base_venv)
     helped = _run([str(base_venv / "edge-agent"), "--help"], cwd=tmp_path, env=env)

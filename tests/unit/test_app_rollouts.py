@@ -187,3 +187,24 @@ def test_abort_reverts_with_signed_rollbacks(
     assert app.republish() == []  # nothing active any more
     with pytest.raises(RolloutError, match="unknown rollout r-00000000"):
         app.history(RolloutRequest(rollout_id="r-00000000"))
+
+
+def test_changes_are_handed_over_once_for_the_live_feed(
+    bench: tuple[RolloutApp, SqliteFleetStore, Clock],
+) -> None:
+    """What the driver publishes as ``rollout`` live events: each changed rollout once, with
+    its newest summary, whoever changed it (a start, an operator event, a tick)."""
+    app, _store, clock = bench
+    assert app.take_changed() == []
+    reply, _messages = _start(app, health_window_s=60.0)
+    rollout_id = reply.rollout.summary.rollout_id
+    [started] = app.take_changed()
+    assert (started.rollout_id, started.phase, started.stage) == (rollout_id, "installing", 0)
+    assert app.take_changed() == []
+    clock.now += 1
+    app.tick()  # the canary has not reported the version yet: nothing changed
+    assert app.take_changed() == []
+    app.event("pause", RolloutRequest(rollout_id=rollout_id), operator="alice")
+    app.event("resume", RolloutRequest(rollout_id=rollout_id), operator="alice")
+    [latest] = app.take_changed()
+    assert latest.rollout_id == rollout_id and latest.phase == "installing"

@@ -57,6 +57,7 @@ DOORS: dict[str, frozenset[str]] = {
     "fleet/http/context.py": frozenset({"fastapi"}),
     "fleet/http/server.py": frozenset({"uvicorn"}),
     "fleet/http/metrics.py": frozenset({"fastapi"}),
+    "fleet/http/dashboard.py": frozenset({"fastapi"}),
 }
 
 
