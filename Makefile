@@ -90,6 +90,7 @@ bench: deps
 	@$(PY) -m bench.bench_serial
 	@$(PY) -m bench.bench_ota
 	@$(PY) -m bench.bench_rollout
+	@$(PY) -m bench.bench_dashboard
 
 bench-models: deps $(MINILM)
 	@$(PY) -m bench.bench_models

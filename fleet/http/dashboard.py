@@ -30,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from edge_contract.controller import (
+    DeviceDetail,
     DevicesListRequest,
     RolloutListRequest,
     RolloutRequest,
@@ -50,6 +51,8 @@ router = APIRouter()
 COOKIE_MAX_AGE_S = 12 * 3600
 DEVICE_EVENTS = 50
 ROLLOUTS_SHOWN = 100
+# The device list parses every device's newest telemetry (the row shows CPU, p95, drift ...).
+MAX_ROWS_PARSED = 100_000
 # The selector filter travels in the page's URL: bounded like the API's.
 Select = Annotated[str | None, Query(max_length=1024)]
 DeviceId = Annotated[str, PathParam(pattern=f"^{DEVICE_ID_PATTERN.pattern}$")]
@@ -78,6 +81,10 @@ def _seconds(value: float | None) -> str:
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
+def _kib(length: int) -> str:
+    return f"{length / 1024:.1f} KiB" if length < 1024 * 1024 else f"{length / 2**20:.1f} MiB"
+
+
 def _iso(epoch: float) -> str:
     """An instant for ``<time datetime>`` (UTC; the page's script shows it in local time)."""
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
@@ -87,6 +94,7 @@ templates.env.filters["iso"] = _iso
 templates.env.filters["epoch"] = views.epoch_of
 templates.env.filters["num"] = _number
 templates.env.filters["latency"] = _seconds
+templates.env.filters["kib"] = _kib
 
 
 # -- who is asking ----------------------------------------------------------------------------
@@ -216,13 +224,26 @@ async def devices_page(
 
 
 def _device_rows(ctx: HttpContext, select: str | None) -> list[views.DeviceRow]:
-    """Store thread: every device the selector matches, with what its row shows."""
+    """Store thread: every device the selector matches, with what its row shows. Two reads
+    for the whole list (the summaries, then every device's documents in one query), not one
+    per device."""
     listed = ctx.app.list_devices(DevicesListRequest(select=select or "*"))
+    documents = {
+        d.device_id: d for d in ctx.app.store.device_documents(telemetry_for=MAX_ROWS_PARSED)
+    }
     now = ctx.clock()
     rows = []
     for summary in listed.devices:
-        detail = ctx.app.show_device(ShowRequest(device_id=summary.device_id, events=0))
-        rows.append(views.device_row(detail.device, summary.tags, now))
+        found = documents.get(summary.device_id)
+        detail = DeviceDetail(
+            summary=summary,
+            reported=found.reported if found else None,
+            desired=None,
+            status=found.status if found else None,
+            telemetry=found.telemetry if found else None,
+            events=[],
+        )
+        rows.append(views.device_row(detail, summary.tags, now))
     return rows
 
 
@@ -247,6 +268,18 @@ async def device_page(request: Request, ctx: Ctx, device_id: DeviceId) -> Respon
         events=[e for e in detail.events if e is not None],
         series={"buckets": points},
     )
+
+
+@router.get("/releases", include_in_schema=False)
+async def releases_page(request: Request, ctx: Ctx) -> Response:
+    who = _page_caller(request)
+    if who is None:
+        return _to_login(request)
+    try:
+        releases = (await ctx.run(ctx.app.list_releases)).releases
+    except FleetError as exc:  # OTA is off on this controller: say so on the page
+        return _page(request, "releases.html", who, releases=[], error=str(exc))
+    return _page(request, "releases.html", who, releases=releases, error=None)
 
 
 @router.get("/rollouts", include_in_schema=False)

@@ -230,6 +230,27 @@ def test_an_agent_started_appears_and_a_killed_one_turns_offline(bench: Bench) -
     assert "offline" in (page.locator(f'tr[data-device="{LATE}"]').get_attribute("class") or "")
     page.context.close()
 
+    # The operator accepts the new device from its page: the API's action, by the cookie.
+    page = bench.page(bench.operator)
+    page.goto(f"{bench.url}/devices/{LATE}")
+    page.get_by_role("button", name="Accept device").click()
+    result = page.locator("#accept-result")
+    wait_until(lambda: result.inner_text() == "done", 10, "the accept done")
+    shown = json.loads(bench.cli("devices", "show", LATE, "--json").stdout)
+    assert shown["summary"]["admission"] == "accepted", shown["summary"]
+    page.context.close()
+
+
+def test_the_releases_page_lists_the_signed_releases(bench: Bench) -> None:
+    page = bench.page(bench.viewer)
+    page.goto(bench.url + "/releases")
+    for release in ("digits@1", "digits@2"):
+        row = page.locator(f'tr[data-release="{release}"]')
+        row.first.wait_for()
+        assert "onnxruntime" in row.first.inner_text()
+    bench.shoot(page, "dashboard-releases.png")
+    page.context.close()
+
 
 def test_a_device_page_draws_its_charts(bench: Bench) -> None:
     page = bench.page(bench.viewer)
@@ -357,13 +378,11 @@ def _post(url: str, token: str) -> tuple[int, dict[str, Any]]:
 
 
 def test_an_action_without_the_operator_role_is_refused_on_the_page(bench: Bench) -> None:
-    """The viewer's click is refused and the page says why: the API's own refusal (403
-    "needs the operator role" once the API's action routes are in; before that, 404)."""
+    """The viewer's click is refused and the page says why: the API's own refusal (403,
+    "needs the operator role")."""
     rollout_id = bench.rollout()
     status, refusal = _post(f"{bench.url}/api/v1/rollouts/{rollout_id}/pause", bench.viewer)
-    assert status in (403, 404), (status, refusal)
-    if status == 403:  # the route exists: the role is what refuses it
-        assert "operator" in refusal["error"]
+    assert status == 403 and "operator" in refusal["error"], (status, refusal)
     page = bench.page(bench.viewer)
     page.goto(f"{bench.url}/rollouts/{rollout_id}")
     assert "(viewer)" in page.locator("header .who").inner_text()

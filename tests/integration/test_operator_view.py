@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -132,18 +133,38 @@ def test_piped_demo_prints_plain_change_lines_and_stores_every_first_message(
     """`make demo | cat`: no escape codes, lines of at most 80 columns, a line per change;
     the controller is subscribed before the agents start, so nothing they send is lost; the
     staged rollout prints each transition with the gate's figures and ends."""
-    result = subprocess.run(
-        [sys.executable, "-m", "devtools.demo"],
-        env=_env(DEMO_SECONDS="30", DEMO_KEEP="1", TMPDIR=str(tmp_path)),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=REPO,
-        check=False,
-    )
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    seen: list[str] = []
+    dashboard: dict[str, Any] = {}
+    errors = tmp_path / "demo.stderr"
+    with (
+        errors.open("w") as stderr,
+        subprocess.Popen(
+            [sys.executable, "-m", "devtools.demo"],
+            env=_env(DEMO_SECONDS="30", DEMO_KEEP="1", TMPDIR=str(tmp_path)),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=REPO,
+        ) as demo,
+    ):
+        try:
+            assert demo.stdout is not None
+            for line in demo.stdout:  # ends when the demo exits (bounded by DEMO_SECONDS)
+                seen.append(line)
+                if "] rollout r-" in line and not dashboard:
+                    # The rollout is under way: what the printed link shows now.
+                    dashboard = _dashboard_while_running("".join(seen))
+            returncode = demo.wait(timeout=180)
+        finally:
+            if demo.poll() is None:  # a failed check: Ctrl-C, so the demo stops what it started
+                demo.send_signal(signal.SIGINT)
+                try:
+                    demo.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    demo.kill()
+    out = "".join(seen)
+    assert returncode == 0, out + errors.read_text()
+    _assert_dashboard_showed(dashboard)
     lines = out.splitlines()
     assert "\x1b" not in out
     assert all(len(line) <= 80 for line in lines), max(lines, key=len)
@@ -168,6 +189,42 @@ def test_piped_demo_prints_plain_change_lines_and_stores_every_first_message(
             assert "agent_started" in [e and e["event"] for e in events], device
     finally:
         store.close()
+
+
+def _dashboard_while_running(out: str) -> dict[str, Any]:
+    """Follow the dashboard link the demo printed (its operator token sets the cookie) and
+    read the device list, the rollouts page, a model device's API detail and the live feed."""
+    [link] = re.findall(r"^(http://127\.0\.0\.1:\d+/\?token=flt_[A-Za-z0-9_-]+)$", out, re.M)
+    base = link.split("/?", 1)[0]
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with opener.open(link, timeout=10) as page:
+        devices_html = page.read().decode()
+    with opener.open(base + "/rollouts", timeout=10) as page:
+        rollouts_html = page.read().decode()
+    with opener.open(base + "/api/v1/devices/pi-kitchen", timeout=10) as reply:
+        detail = json.loads(reply.read())
+    live: list[dict[str, Any]] = []
+    with opener.open(base + "/api/v1/live", timeout=10) as stream:
+        for raw in stream:  # the feed never ends by itself: stop at the first model telemetry
+            if raw.startswith(b"data: "):
+                event = json.loads(raw[6:])
+                inference = (event["data"].get("inference") or {}).get("models") or []
+                if event["kind"] == "telemetry" and inference:
+                    live.append(event)
+                    break
+    return {"devices": devices_html, "rollouts": rollouts_html, "detail": detail, "live": live}
+
+
+def _assert_dashboard_showed(shown: dict[str, Any]) -> None:
+    """The demo's devices, its model traffic and its rollout, on the dashboard."""
+    assert shown, "the demo printed no rollout line to look at the dashboard by"
+    for device in DEMO_DEVICES:
+        assert f'data-device="{device}"' in shown["devices"], device
+    assert "digits@3" in shown["rollouts"] and 'data-rollout="r-' in shown["rollouts"]
+    models = shown["detail"]["device"]["telemetry"]["inference"]["models"]
+    assert any(m["requests"] > 0 for m in models), models
+    [event] = shown["live"]
+    assert event["subject"] in MODEL_DEVICES, event
 
 
 def _assert_rollout_shown(out: str) -> None:

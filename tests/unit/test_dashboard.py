@@ -209,7 +209,7 @@ def test_login_form_sets_the_cookie_and_refuses_a_bad_token(client: Client) -> N
 
 def test_pages_render_with_nothing_inline_and_nothing_from_elsewhere(client: Client) -> None:
     client.cookies[COOKIE] = VIEWER
-    for path in ("/", "/devices/pi-1", "/rollouts", "/login", "/?select=digits%3D2"):
+    for path in ("/", "/devices/pi-1", "/rollouts", "/releases", "/login", "/?select=digits%3D2"):
         page = client.get(path)
         assert page.status_code == 200, (path, page.text[:300])
         assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -228,6 +228,12 @@ def test_pages_render_with_nothing_inline_and_nothing_from_elsewhere(client: Cli
     assert "9.0 ms" in devices and "0.120 PSI" in devices and "disconnected" in devices
     assert "digits@2" in devices and "int8" in devices
     assert 'data-epoch="1800000000.0"' in devices  # since-when, shown in the viewer's zone
+
+
+def test_the_releases_page_says_when_ota_is_off(client: Client) -> None:
+    client.cookies[COOKIE] = VIEWER
+    page = client.get("/releases")
+    assert page.status_code == 200 and "OTA is not enabled" in page.text, page.text[:500]
 
 
 def test_a_bad_selector_is_said_on_the_page(client: Client) -> None:
