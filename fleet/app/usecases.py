@@ -124,6 +124,10 @@ class FleetApp:
         rows, truncated = self.store.telemetry_range(
             query.device_id, since, until, limit=MAX_SERIES_ROWS
         )
+        if query.since is None and rows and since < rows[0].ts < until:
+            # Left to the default, the range starts at the first sample of the hour: a
+            # device seen for a minute gets its points over that minute, not one 30 s bucket.
+            since = rows[0].ts
         return downsample(
             query.device_id,
             rows,

@@ -205,7 +205,7 @@ def test_1_every_read_answers_with_its_model(bench: Bench) -> None:
         return series if series.samples >= 2 else None
 
     series: TelemetrySeriesReply = wait_until(charted, 20, "two telemetry samples charted")
-    assert len(series.buckets) <= 30 and series.until - series.since == 3600
+    assert len(series.buckets) <= 30 and 0 < series.until - series.since <= 3600
     assert any(b.cpu_percent is not None for b in series.buckets)
     assert any(b.memory_percent is not None for b in series.buckets)
     now = series.until

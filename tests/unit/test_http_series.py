@@ -204,7 +204,12 @@ def test_the_use_cases_answer_the_history_and_filtered_reads(store: SqliteFleetS
     base = 1_800_000_000.0
     app = FleetApp(store, clock=lambda: base + 301)
     series = app.telemetry_series(TelemetryQuery(device_id="pi-1", points=10))
-    assert (series.since, series.until) == (base + 301 - 3600, base + 301)
+    # The default range starts at the hour's first sample (a young device's points spread
+    # over its own history); an explicit since is kept.
+    first, _ = store.telemetry_range("pi-1", base + 301 - 3600, base + 301, limit=1)
+    assert (series.since, series.until) == (first[0].ts, base + 301)
+    explicit = app.telemetry_series(TelemetryQuery(device_id="pi-1", since=base - 100, points=10))
+    assert explicit.since == base - 100
     assert series.samples == 30 and len(series.buckets) <= 10
     with pytest.raises(FleetError, match="must be before"):
         app.telemetry_series(TelemetryQuery(device_id="pi-1", since=base + 400))

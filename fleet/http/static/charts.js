@@ -17,7 +17,6 @@
   const source = document.getElementById("chart-source");
   if (!hostBox || !inferenceBox || !window.uPlot) return;
 
-  const HISTORY_S = 3600;
   const MAX_POINTS = 1000;
   const FIELDS = ["cpu_percent", "memory_percent", "temperature_c", "p95_s", "drift_psi"];
   const points = [];
@@ -87,9 +86,9 @@
   }
 
   function history() {
-    const since = Math.floor(Date.now() / 1000) - HISTORY_S;
-    const url = "/api/v1/devices/" + encodeURIComponent(deviceId) +
-      "/telemetry?points=120&since=" + since;
+    // No since: the controller's default, the last hour from its first sample in it (a
+    // device seen for a minute gets its points over that minute).
+    const url = "/api/v1/devices/" + encodeURIComponent(deviceId) + "/telemetry?points=120";
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (reply) { return reply.ok ? reply.json() : null; })
       .catch(function () { return null; })
@@ -97,7 +96,7 @@
         const buckets = reply ? bucketsOf(reply) : [];
         if (buckets.length) {
           source.textContent = "Last hour from the controller's store (" + buckets.length +
-            " points), then live.";
+            (buckets.length === 1 ? " point" : " points") + "), then live.";
           return buckets;
         }
         source.textContent = "The latest reading, then live telemetry as it arrives.";
