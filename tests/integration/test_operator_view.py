@@ -246,6 +246,8 @@ def _assert_rollout_shown(out: str) -> None:
     if "completed" in changes[-1]:
         assert "watching -> completed" in changes[-1] and "gate pass" in changes[-1], out
         assert all(f"{d} v3" in final for d in MODEL_DEVICES), out
-    else:
-        assert "watching -> halted" in changes[-1] and "gate fail" in changes[-1], out
+    else:  # halted by the gate, or by a device's own health check (an install failure)
+        halted_by_gate = "watching -> halted" in changes[-1] and "gate fail" in changes[-1]
+        halted_by_device = "installing -> halted" in changes[-1] and "install fail" in changes[-1]
+        assert halted_by_gate or halted_by_device, out
         assert all(f"{d} v2" in final for d in MODEL_DEVICES), out
