@@ -383,12 +383,14 @@ class CaDir:
     ) -> Issued:
         """Issue (and record) a certificate; a key is generated unless ``public_key``."""
         ca_key, ca_cert = self.load()
-        key = None if public_key is not None else new_key()
-        subject_key = public_key if public_key is not None else key.public_key()  # type: ignore[union-attr]
+        key: ec.EllipticCurvePrivateKey | None = None
+        if public_key is None:
+            key = new_key()
+            public_key = key.public_key()
         cert = issue(
             ca_key,
             ca_cert,
-            subject_key,
+            public_key,
             subject_cn,
             now=now,
             days=days,

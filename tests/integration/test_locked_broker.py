@@ -1,0 +1,273 @@
+"""The generated broker configuration (``fleet broker config``), run by a real Mosquitto.
+
+Certificates come from a real ``CaDir``; clients are real paho clients with those
+certificates. What a device may not see is checked by delivery (Mosquitto grants the
+subscription and then delivers nothing), with a message on an allowed topic sent after the
+forbidden one as the marker that delivery has caught up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devtools.localbroker import free_port, port_is_open
+from fleet.pki import CONTROLLER_CN, CaDir, Role, cert_pem, key_pem, operator_common_name
+from fleet.provision import BrokerOptions, write_broker_config
+from tests.integration.harness import wait_until
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Bench:
+    """A locked broker on a free loopback port, and the identities the CA issued."""
+
+    port: int
+    ca_file: Path
+    log: Path
+    identities: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+
+    def client(self, name: str | None) -> Client:
+        return Client(self, name)
+
+
+@dataclass
+class Client:
+    bench: Bench
+    identity: str | None
+    received: list[tuple[str, bytes]] = field(default_factory=list)
+    acks: dict[int, int] = field(default_factory=dict)  # mid -> PUBACK reason code
+
+    def __post_init__(self) -> None:
+        self.paho = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5
+        )
+        ca = str(self.bench.ca_file)
+        if self.identity is None:
+            self.paho.tls_set(ca_certs=ca)
+        else:
+            cert, key = self.bench.identities[self.identity]
+            self.paho.tls_set(ca_certs=ca, certfile=str(cert), keyfile=str(key))
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.closed = threading.Event()
+        self.paho.on_connect = self._on_connect
+        self.paho.on_disconnect = lambda *_a: self.closed.set()
+        self.paho.on_message = self._on_message
+        self.paho.on_publish = self._on_publish
+        self.paho.on_subscribe = self._on_subscribe
+        self._granted: list[int] = []
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not rc.is_failure:
+            self.connected.set()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.received.append((msg.topic, bytes(msg.payload)))
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
+        with self._lock:
+            self.acks[mid] = int(rc.value)
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: list[Any], _p: Any) -> None:
+        with self._lock:
+            self._granted.append(mid)
+
+    def try_connect(self) -> bool:
+        """True once the broker's CONNACK accepts us; False if TLS or MQTT refuses."""
+        try:
+            self.paho.connect("127.0.0.1", self.bench.port, keepalive=10)
+        except (ssl.SSLError, OSError):
+            return False
+        self.paho.loop_start()
+        wait_until(
+            lambda: self.connected.is_set() or self.closed.is_set(), 10, "CONNACK or a close"
+        )
+        return self.connected.is_set()
+
+    def connect(self) -> Client:
+        assert self.try_connect(), f"{self.identity} could not connect"
+        return self
+
+    def subscribe(self, *filters: str) -> None:
+        mids = [self.paho.subscribe(f, qos=1)[1] for f in filters]
+        wait_until(lambda: all(m in self._granted for m in mids), 10, "SUBACKs")
+
+    def publish(self, topic: str, payload: bytes = b"{}") -> int:
+        info = self.paho.publish(topic, payload, qos=1)
+        wait_until(lambda: info.mid in self.acks, 10, f"PUBACK of {topic}")
+        return self.acks[info.mid]
+
+    def topics(self) -> list[str]:
+        with self._lock:
+            return [topic for topic, _ in self.received]
+
+    def close(self) -> None:
+        self.paho.disconnect()
+        self.paho.loop_stop()
+
+
+def _write_identity(
+    ca: CaDir, directory: Path, cn: str, role: Role, **kw: Any
+) -> tuple[Path, Path]:
+    issued = ca.issue(cn, role, now=NOW, **kw)
+    assert issued.key is not None
+    cert, key = directory / f"{cn}.pem", directory / f"{cn}.key"
+    cert.write_bytes(cert_pem(issued.cert))
+    key.write_bytes(key_pem(issued.key))
+    return cert, key
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+    if binary is None:
+        pytest.fail("mosquitto is not installed: run `make test`, which installs it")
+    ca = CaDir(tmp_path / "ca")
+    ca.init(now=NOW)
+    ids = tmp_path / "ids"
+    ids.mkdir()
+    identities = {
+        "controller": _write_identity(ca, ids, CONTROLLER_CN, Role.CONTROLLER),
+        "operator": _write_identity(ca, ids, operator_common_name("alice"), Role.OPERATOR),
+        "pi-a": _write_identity(ca, ids, "pi-a", Role.DEVICE),
+        "pi-b": _write_identity(ca, ids, "pi-b", Role.DEVICE),
+        "pi-revoked": _write_identity(ca, ids, "pi-revoked", Role.DEVICE),
+        "pi-expired": _write_identity(
+            ca, ids, "pi-expired", Role.DEVICE, not_after=NOW - dt.timedelta(hours=1)
+        ),
+    }
+    ca.revoke("pi-revoked", now=NOW)
+    port = free_port()
+    out = tmp_path / "broker"
+    options = BrokerOptions(port=port, bind="127.0.0.1", config_dir=out, data_dir=tmp_path / "data")
+    write_broker_config(ca, out, options, now=NOW)
+    (tmp_path / "data").mkdir()
+    log = tmp_path / "mosquitto.log"
+    conf = out / "mosquitto.conf"
+    # The generated file as is, plus where to log; as root, Mosquitto would drop to its own
+    # user, which cannot enter pytest's private tmp dir.
+    extra = [f"log_dest file {log}", "log_type all"] + (["user root"] if os.geteuid() == 0 else [])
+    conf.write_text(conf.read_text() + "\n".join(extra) + "\n")
+    process = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_until(lambda: port_is_open(port) or process.poll() is not None, 10, "mosquitto up")
+        assert process.poll() is None, log.read_text() if log.exists() else "mosquitto exited"
+        yield Bench(port, ca.cert_path, log, identities)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    opened: list[Client] = []
+    yield opened
+    for client in opened:
+        client.close()
+
+
+def _open(bench: Bench, clients: list[Client], name: str) -> Client:
+    client = bench.client(name).connect()
+    clients.append(client)
+    return client
+
+
+class TestLockedBroker:
+    def test_device_b_receives_nothing_of_device_a(
+        self, bench: Bench, clients: list[Client]
+    ) -> None:
+        controller = _open(bench, clients, "controller")
+        a, b = _open(bench, clients, "pi-a"), _open(bench, clients, "pi-b")
+        a.subscribe("fleet/pi-a/cmd/+", "fleet/pi-a/desired")
+        # B asks for A's topics (the broker grants it) and for its own (the marker).
+        b.subscribe("fleet/pi-a/cmd/+", "fleet/pi-a/desired", "fleet/+/cmd/+", "fleet/pi-b/cmd/+")
+        assert controller.publish("fleet/pi-a/cmd/restart") == 0
+        assert controller.publish("fleet/pi-a/desired") == 0
+        assert controller.publish("fleet/pi-b/cmd/marker") == 0
+        wait_until(lambda: "fleet/pi-b/cmd/marker" in b.topics(), 10, "B's own command")
+        wait_until(lambda: len(a.topics()) == 2, 10, "A's command and desired state")
+        assert not any(t.startswith("fleet/pi-a/") for t in b.topics()), b.topics()
+        assert set(a.topics()) == {"fleet/pi-a/cmd/restart", "fleet/pi-a/desired"}
+
+    def test_device_b_cannot_publish_in_device_a_s_name(
+        self, bench: Bench, clients: list[Client]
+    ) -> None:
+        controller = _open(bench, clients, "controller")
+        controller.subscribe("fleet/#")
+        b = _open(bench, clients, "pi-b")
+        # Mosquitto 2.0.11 answers a denied QoS 1 publish with PUBACK 135 "not authorized".
+        assert b.publish("fleet/pi-a/telemetry") == 135
+        assert b.publish("fleet/pi-a/status") == 135
+        assert b.publish("fleet/pi-b/telemetry") == 0
+        wait_until(lambda: "fleet/pi-b/telemetry" in controller.topics(), 10, "B's telemetry")
+        assert not any(t.startswith("fleet/pi-a/") for t in controller.topics())
+
+    def test_device_cannot_call_operator_rpc(self, bench: Bench, clients: list[Client]) -> None:
+        controller = _open(bench, clients, "controller")
+        controller.subscribe("fleet-controller/rpc/+")
+        device, operator = _open(bench, clients, "pi-a"), _open(bench, clients, "operator")
+        assert device.publish("fleet-controller/rpc/deploy") == 135
+        assert operator.publish("fleet-controller/rpc/marker") == 0
+        wait_until(lambda: controller.topics() != [], 10, "the operator's request")
+        assert controller.topics() == ["fleet-controller/rpc/marker"]
+
+    @pytest.mark.parametrize("identity", ["pi-revoked", "pi-expired", None])
+    def test_revoked_expired_and_missing_certificates_are_refused(
+        self, bench: Bench, clients: list[Client], identity: str | None
+    ) -> None:
+        _open(bench, clients, "pi-a")  # a good one connects on the same broker
+        client = bench.client(identity)
+        clients.append(client)
+        assert not client.try_connect()
+        # The reason is the TLS alert the broker sent (OpenSSL's name for it), not an MQTT one.
+        expected = {
+            "pi-revoked": "SSLV3_ALERT_CERTIFICATE_REVOKED",
+            "pi-expired": "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+            None: "SSLV3_ALERT_HANDSHAKE_FAILURE",
+        }[identity]
+        assert _tls_refusal(bench, identity) == expected
+        assert _tls_refusal(bench, "pi-a") == ""
+
+
+# MQTT v5 CONNECT: clean start, keepalive 10, no properties, client id "x".
+_CONNECT = bytes.fromhex("100e00044d5154540502000a00000178")
+
+
+def _tls_refusal(bench: Bench, identity: str | None) -> str:
+    """The TLS alert that ends ``identity``'s handshake ("" when the broker answers CONNECT).
+
+    TLS 1.2, so that the broker's verdict on the certificate is part of the handshake (under
+    1.3 the client's handshake ends first and the alert can race the broker's close)."""
+    context = ssl.create_default_context(cafile=str(bench.ca_file))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    if identity is not None:
+        cert, key = bench.identities[identity]
+        context.load_cert_chain(str(cert), str(key))
+    with socket.create_connection(("127.0.0.1", bench.port), timeout=10) as raw:
+        try:
+            tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        except ssl.SSLError as exc:
+            return str(exc.reason or type(exc).__name__)
+        with tls:
+            tls.sendall(_CONNECT)
+            first = tls.recv(1)
+    assert first == b"\x20", f"expected a CONNACK, got {first!r}"
+    return ""
