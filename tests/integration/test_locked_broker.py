@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,11 +24,13 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from devtools.localbroker import free_port, port_is_open
 from fleet.pki import CONTROLLER_CN, CaDir, Role, cert_pem, key_pem, operator_common_name
 from fleet.provision import BrokerOptions, write_broker_config
-from tests.integration.harness import wait_until
+from tests.integration.harness import REPO, ManagedProcess, agent_process, wait_until
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -37,9 +40,13 @@ class Bench:
     """A locked broker on a free loopback port, and the identities the CA issued."""
 
     port: int
-    ca_file: Path
+    ca_dir: Path
     log: Path
     identities: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.ca_dir / "ca.pem"
 
     def client(self, name: str | None) -> Client:
         return Client(self, name)
@@ -170,7 +177,7 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
     try:
         wait_until(lambda: port_is_open(port) or process.poll() is not None, 10, "mosquitto up")
         assert process.poll() is None, log.read_text() if log.exists() else "mosquitto exited"
-        yield Bench(port, ca.cert_path, log, identities)
+        yield Bench(port, ca.path, log, identities)
     finally:
         process.terminate()
         process.wait(10)
@@ -271,3 +278,44 @@ def _tls_refusal(bench: Bench, identity: str | None) -> str:
             first = tls.recv(1)
     assert first == b"\x20", f"expected a CONNACK, got {first!r}"
     return ""
+
+
+class TestProvisionedAgent:
+    def test_a_provisioned_agent_works_through_the_locked_broker(
+        self, bench: Bench, clients: list[Client], processes: list[ManagedProcess], tmp_path: Path
+    ) -> None:
+        """`fleet devices provision` writes a bundle whose agent.toml, as is, connects: its
+        presence and telemetry reach the controller's identity, and it answers a command."""
+        out = tmp_path / "bundles"
+        provision = subprocess.run(
+            [
+                sys.executable, "-m", "fleet", "devices", "provision", "pi-e2e",
+                "--ca-dir", str(bench.ca_dir), "--out", str(out),
+                "--broker-host", "127.0.0.1", "--broker-port", str(bench.port),
+                "--install-dir", str(out / "pi-e2e"),
+            ],
+            capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        )  # fmt: skip
+        assert provision.returncode == 0, provision.stderr
+        controller = _open(bench, clients, "controller")
+        controller.subscribe("fleet/#")
+        template = agent_process(tmp_path, bench.port, "pi-e2e")
+        # Only the state dir and the test's timings come from the environment; the device
+        # id, the broker and the TLS files come from the bundle's agent.toml.
+        env = {
+            k: v
+            for k, v in template.env.items()
+            if k not in ("EDGE_AGENT_DEVICE_ID", "EDGE_AGENT_MQTT__HOST", "EDGE_AGENT_MQTT__PORT")
+        }
+        config = out / "pi-e2e" / "agent.toml"
+        argv = [*template.argv, "--config", str(config)]
+        agent = ManagedProcess(argv, env, template.log_path).start()
+        processes.append(agent)
+        wait_until(lambda: "fleet/pi-e2e/telemetry" in controller.topics(), 30, "telemetry")
+        assert "fleet/pi-e2e/status" in controller.topics()
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "fleet/pi-e2e/reply"
+        props.CorrelationData = b"e2e"
+        controller.paho.publish("fleet/pi-e2e/cmd/ping", b"{}", qos=1, properties=props)
+        wait_until(lambda: "fleet/pi-e2e/reply" in controller.topics(), 20, "the ping's reply")
+        assert "not authorized" not in agent.log().lower()
