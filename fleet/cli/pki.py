@@ -202,6 +202,18 @@ def certs_renew(
     )
 
 
+@certs_app.command("crl")
+def certs_crl(ca_dir: CaDirOpt, passphrase_file: PassOpt = None) -> None:
+    """Re-sign the CRL (valid for a year from now); copy it to the broker and restart it."""
+    ca = _ca(ca_dir, passphrase_file)
+    try:
+        ca.refresh_crl(now=_now())
+        next_update = ca.crl().next_update_utc
+    except FleetError as exc:
+        fail(exc)
+    _say(f"{ca.crl_path} re-signed, valid until {next_update:%Y-%m-%d}")
+
+
 @certs_app.command("controller")
 def certs_controller(ca_dir: CaDirOpt, out: OutOpt, passphrase_file: PassOpt = None) -> None:
     """The controller's client certificate (CN fleet-controller): OUT/controller.pem, .key."""

@@ -9,6 +9,7 @@ forbidden one as the marker that delivery has caught up.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import socket
@@ -28,7 +29,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from devtools.localbroker import free_port, port_is_open
-from fleet.pki import CONTROLLER_CN, CaDir, Role, cert_pem, key_pem, operator_common_name
+from fleet.pki import (
+    CONTROLLER_CN,
+    CaDir,
+    Role,
+    cert_pem,
+    key_pem,
+    make_csr,
+    new_key,
+    operator_common_name,
+)
 from fleet.provision import BrokerOptions, write_broker_config
 from tests.integration.harness import REPO, ManagedProcess, agent_process, wait_until
 
@@ -319,3 +329,44 @@ class TestProvisionedAgent:
         controller.paho.publish("fleet/pi-e2e/cmd/ping", b"{}", qos=1, properties=props)
         wait_until(lambda: "fleet/pi-e2e/reply" in controller.topics(), 20, "the ping's reply")
         assert "not authorized" not in agent.log().lower()
+
+
+def _fleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+
+
+class TestCli:
+    def test_ca_with_passphrase_csr_provisioning_revoke_renew_and_list(
+        self, tmp_path: Path
+    ) -> None:
+        ca, secret = tmp_path / "ca", tmp_path / "pass"
+        secret.write_text("correct horse\n")
+        auth = ("--ca-dir", ca, "--passphrase-file", secret)
+        assert _fleet("ca", "init", "--dir", ca, "--passphrase-file", secret).returncode == 0
+        csr = tmp_path / "pi-1.csr"
+        csr.write_bytes(make_csr(new_key(), "pi-1"))
+        wrong = _fleet("devices", "provision", "pi-2", *auth, "--out", tmp_path, "--csr", csr)
+        assert wrong.returncode == 65 and "is not the device id 'pi-2'" in wrong.stderr
+        done = _fleet("devices", "provision", "pi-1", *auth, "--out", tmp_path, "--csr", csr)
+        assert done.returncode == 0, done.stderr
+        assert not (tmp_path / "pi-1" / "tls" / "device.key").exists()
+        no_pass = _fleet("devices", "revoke", "pi-1", "--ca-dir", ca)
+        assert no_pass.returncode == 65 and "passphrase" in no_pass.stderr
+        assert _fleet("devices", "revoke", "pi-1", *auth).returncode == 0
+        renewed = _fleet("certs", "renew", "pi-1", *auth, "--out", tmp_path / "new")
+        assert renewed.returncode == 0, renewed.stderr
+        assert (tmp_path / "new" / "device.key").exists()
+        assert _fleet("certs", "crl", *auth).returncode == 0
+        listing = json.loads(_fleet("certs", "list", "--ca-dir", ca, "--json").stdout)
+        assert [(c["common_name"], c["revoked_at"] is not None) for c in listing] == [
+            ("pi-1", True),
+            ("pi-1", False),
+        ]
+        assert all(c["days_left"] >= 364 and not c["expired"] for c in listing)
