@@ -40,7 +40,13 @@ from fleet.pki import (
     operator_common_name,
 )
 from fleet.provision import BrokerOptions, write_broker_config
-from tests.integration.harness import REPO, ManagedProcess, agent_process, wait_until
+from tests.integration.harness import (
+    REPO,
+    ManagedProcess,
+    agent_process,
+    controller_process,
+    wait_until,
+)
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -329,6 +335,61 @@ class TestProvisionedAgent:
         controller.paho.publish("fleet/pi-e2e/cmd/ping", b"{}", qos=1, properties=props)
         wait_until(lambda: "fleet/pi-e2e/reply" in controller.topics(), 20, "the ping's reply")
         assert "not authorized" not in agent.log().lower()
+
+    def test_controller_and_operator_over_the_locked_broker(
+        self, bench: Bench, processes: list[ManagedProcess], tmp_path: Path
+    ) -> None:
+        """The real controller with its certificate records a provisioned agent's telemetry,
+        and an operator's `fleet devices list` (its own certificate) gets the answer: the
+        ACL grants the controller's and the operators' RPC topics what they use."""
+        url = f"mqtts://127.0.0.1:{bench.port}"
+
+        def tls_env(identity: str) -> dict[str, str]:
+            cert, key = bench.identities[identity]
+            return {
+                "FLEET_TLS__CA_FILE": str(bench.ca_file),
+                "FLEET_TLS__CERT_FILE": str(cert),
+                "FLEET_TLS__KEY_FILE": str(key),
+            }
+
+        template = controller_process(tmp_path, bench.port)
+        argv = [url if a.startswith("mqtt://") else a for a in template.argv]
+        controller = ManagedProcess(
+            argv, template.env | tls_env("controller"), template.log_path
+        ).start()
+        processes.append(controller)
+        wait_until(lambda: b'"mqtt.connected"' in controller.log_path.read_bytes(), 30, "link")
+        device = bench.identities["pi-a"]
+        agent = agent_process(
+            tmp_path,
+            bench.port,
+            "pi-a",
+            mqtt__tls__ca_file=str(bench.ca_file),
+            mqtt__tls__cert_file=str(device[0]),
+            mqtt__tls__key_file=str(device[1]),
+        ).start()
+        processes.append(agent)
+
+        clean_env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "EDGE_AGENT_"))
+        }
+
+        def listed() -> list[dict[str, Any]]:
+            result = subprocess.run(
+                [sys.executable, "-m", "fleet", "devices", "list", "--json",
+                 "--broker", url, "--timeout", "3"],
+                env=clean_env | tls_env("operator"),
+                capture_output=True, text=True, timeout=30, check=False, cwd=REPO,
+            )  # fmt: skip
+            devices: list[dict[str, Any]] = json.loads(result.stdout or "[]")
+            return devices
+
+        found = wait_until(
+            lambda: [d for d in listed() if d["device_id"] == "pi-a" and d.get("cpu_percent")],
+            40,
+            "pi-a listed with telemetry through the operator's RPC",
+        )
+        assert found[0]["online"] is True
 
 
 def _fleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
