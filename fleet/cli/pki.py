@@ -271,5 +271,5 @@ def broker_config(
         fail(exc)
     _say(
         f"wrote {', '.join(p.name for p in written)} to {out}; install them in {config_dir} "
-        f"and include {config_dir / 'mosquitto.conf'} from /etc/mosquitto/mosquitto.conf"
+        "and run Mosquitto on mosquitto.conf, a complete configuration (docs/provisioning.md)"
     )
