@@ -242,7 +242,7 @@ def write_broker_config(
     """
     names = broker_names(options.hosts)
     issued = ca.issue(
-        names[-1] if options.hosts else "localhost", Role.BROKER, now=now, server_names=names
+        options.hosts[0] if options.hosts else "localhost", Role.BROKER, now=now, server_names=names
     )
     out.mkdir(parents=True, exist_ok=True)
     operators = [e.common_name for e in ca.active(Role.OPERATOR)]

@@ -186,8 +186,10 @@ def certs_renew(
     out: OutOpt,
     passphrase_file: PassOpt = None,
 ) -> None:
-    """A new certificate (and key) for the same device id; the old one stays valid until it
-    expires or is revoked. Writes OUT/device.pem, OUT/device.key and OUT/ca.pem."""
+    """A new key and certificate for the same device id: OUT/device.pem, .key, ca.pem.
+
+    The old certificate stays valid until it expires or is revoked.
+    """
     ca = _ca(ca_dir, passphrase_file)
     try:
         cn = device_common_name(device_id)
@@ -233,8 +235,10 @@ def certs_operator(
     out: OutOpt,
     passphrase_file: PassOpt = None,
 ) -> None:
-    """An operator's client certificate: OUT/operator.pem, .key. Re-run `fleet broker
-    config` afterwards: the ACL names each operator."""
+    """An operator's client certificate (CN operator:NAME): OUT/operator.pem, .key.
+
+    Re-run fleet broker config afterwards: the ACL names each operator.
+    """
     ca = _ca(ca_dir, passphrase_file)
     try:
         cn = operator_common_name(name)
