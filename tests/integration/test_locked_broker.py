@@ -219,16 +219,23 @@ class TestLockedBroker:
     ) -> None:
         controller = _open(bench, clients, "controller")
         a, b = _open(bench, clients, "pi-a"), _open(bench, clients, "pi-b")
-        a.subscribe("fleet/pi-a/cmd/+", "fleet/pi-a/desired")
+        mine = ["fleet/pi-a/cmd/restart", "fleet/pi-a/desired", "fleet/pi-a/file"]
+        a.subscribe("fleet/pi-a/cmd/+", "fleet/pi-a/desired", "fleet/pi-a/file")
         # B asks for A's topics (the broker grants it) and for its own (the marker).
-        b.subscribe("fleet/pi-a/cmd/+", "fleet/pi-a/desired", "fleet/+/cmd/+", "fleet/pi-b/cmd/+")
-        assert controller.publish("fleet/pi-a/cmd/restart") == 0
-        assert controller.publish("fleet/pi-a/desired") == 0
+        b.subscribe(
+            "fleet/pi-a/cmd/+",
+            "fleet/pi-a/desired",
+            "fleet/pi-a/file",
+            "fleet/#",
+            "fleet/pi-b/cmd/+",
+        )
+        for topic in mine:
+            assert controller.publish(topic) == 0
         assert controller.publish("fleet/pi-b/cmd/marker") == 0
         wait_until(lambda: "fleet/pi-b/cmd/marker" in b.topics(), 10, "B's own command")
-        wait_until(lambda: len(a.topics()) == 2, 10, "A's command and desired state")
+        wait_until(lambda: len(a.topics()) == len(mine), 10, "A's command, desired state, file")
         assert not any(t.startswith("fleet/pi-a/") for t in b.topics()), b.topics()
-        assert set(a.topics()) == {"fleet/pi-a/cmd/restart", "fleet/pi-a/desired"}
+        assert sorted(a.topics()) == sorted(mine)
 
     def test_device_b_cannot_publish_in_device_a_s_name(
         self, bench: Bench, clients: list[Client]
