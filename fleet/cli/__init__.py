@@ -12,6 +12,8 @@ controller unavailable, 77 request refused by the controller, 78 configuration e
 
 The commands live by group: ``devices``, ``operators``, ``controller`` (serve, deploy,
 rollback, controller-status), ``model``, ``rollout``, ``http`` (tokens of the HTTP API);
+``ca``, ``certs`` and ``broker`` (provisioning, ``pki``, which also adds ``devices provision``
+and ``devices revoke``);
 ``common`` holds what they share.
 """
 
@@ -28,6 +30,7 @@ from fleet.cli.devices import devices_app
 from fleet.cli.http import http_app
 from fleet.cli.model import model_app
 from fleet.cli.operators import operators_app
+from fleet.cli.pki import broker_app, ca_app, certs_app
 from fleet.cli.rollout import rollout_app
 from fleet.release.cli import keys_app
 
@@ -40,6 +43,9 @@ app.add_typer(model_app, name="model")
 app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(http_app, name="http")
+app.add_typer(ca_app, name="ca")
+app.add_typer(certs_app, name="certs")
+app.add_typer(broker_app, name="broker")
 controller.register(app)
 
 
