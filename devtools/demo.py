@@ -188,6 +188,10 @@ def _run(
     controller = _controller(broker, db, release, workdir, dashboard)
     processes.append(controller)
     display.message(f"broker {broker.url}, controller db {db}, logs in {workdir}")
+    display.message(
+        "the demo's broker is on loopback with no TLS and no client certificates; a real "
+        "fleet's locked-down broker: fleet broker config (docs/provisioning.md)"
+    )
     # The URL on a line of its own: 76 characters, never wrapped.
     display.message("dashboard, signed in as operator 'demo' by its token:")
     display.message(dashboard.url)
