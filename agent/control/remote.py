@@ -3,7 +3,7 @@
 
 ``config-set`` and ``restart`` change the device: the agent trusts what the broker lets
 through on its own ``cmd`` topic, so who may publish there is the broker's ACL to decide
-(docs/ops.md, "Remote operations"). Both answer first and then ask the daemon to restart:
+(docs/remote-operations.md). Both answer first and then ask the daemon to restart:
 it stops gracefully and the process re-executes itself (the same pid: under systemd the
 unit stays active), so a new config is read the way it is at boot. A config written by
 ``config-set`` stays pending until the restarted agent reaches the broker, and is rolled
