@@ -23,9 +23,12 @@ from edge_contract.replies import PingReply
 from edge_runtime.log import LogRing
 from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.link import MqttLink
+from fleet.device_commands import Outcome, decode, parse_arguments
+from fleet.errors import FleetError
 
 DEVICE = "pi-01"
 NOW = 1_800_000_000.0
+TS = "2026-12-07T04:00:00.000Z"
 
 
 class TestDeadline:
@@ -238,3 +241,38 @@ class TestLogRing:
 
 def _config() -> AgentConfig:
     return AgentConfig(device_id=DEVICE, state_dir=Path("/tmp/x"))
+
+
+class TestDeviceCommands:
+    def test_arguments_are_json_values_or_strings(self) -> None:
+        body = parse_arguments(["lines=50", 'patch={"log": {"level": "debug"}}', "x=a b"])
+        assert body == {"lines": 50, "patch": {"log": {"level": "debug"}}, "x": "a b"}
+
+    def test_an_argument_without_a_key_is_an_error(self) -> None:
+        with pytest.raises(FleetError):
+            parse_arguments(["=1"])
+        with pytest.raises(FleetError):
+            parse_arguments(["lines"])
+
+    def test_a_reply_is_decoded_into_its_command_model(self) -> None:
+        payload = b'{"ok":true,"command":"ping","pong":true,"device_id":"pi-01","ts":"%s"}' % (
+            TS.encode()
+        )
+        outcome = decode("ping", "pi-01", payload)
+        assert outcome.ok and outcome.answered
+        assert isinstance(outcome.reply, PingReply)
+        assert outcome.summary() == '{"pong":true}'
+
+    def test_a_refusal_and_a_garbled_reply_are_reported_per_device(self) -> None:
+        refused = decode("ping", "pi-01", b'{"ok":false,"error":"expired: ping"}')
+        assert refused.answered and not refused.ok
+        assert refused.summary() == "expired: ping"
+        garbled = decode("ping", "pi-02", b'{"ok":true,"command":"ping","pong":"yes"}')
+        assert garbled.answered and not garbled.ok
+        assert "pong" in garbled.summary()
+        assert decode("ping", "pi-03", b"not json").problem is not None
+
+    def test_a_silent_device_is_not_answered(self) -> None:
+        silent = Outcome("pi-09", None)
+        assert not silent.answered and not silent.ok
+        assert silent.summary() == "no answer in time"
