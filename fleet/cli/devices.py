@@ -247,7 +247,8 @@ def devices_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Send a command to one device, or every device --select matches, and print the replies
-    (within --timeout; the devices that did not answer are named). docs/remote-operations.md lists them."""
+    (within --timeout; the devices that did not answer are named). See
+    docs/remote-operations.md."""
     from fleet.device_commands import parse_arguments, send  # noqa: PLC0415
 
     try:

@@ -118,6 +118,9 @@ def test_an_expired_command_is_not_run_and_is_reported(
     assert health["rejected"]["by_reason"].get("expired") == 1
     assert "agent.restart_requested" not in agent.log()
     assert agent.alive and _starts(agent) == 1
+    lines = operator.command("logs", {"lines": 1000})["lines"]
+    assert any('"agent.starting"' in line for line in lines)  # its own log, from memory
+    assert len(operator.command("logs", {"lines": 2})["lines"]) == 2
 
 
 def test_config_set_refused_then_applied_by_a_restart(
