@@ -161,16 +161,33 @@ def prepare(files: ConfigFiles, patch: Mapping[str, Any]) -> tuple[str, AgentCon
         config = load_config(candidate)
     except ConfigError as exc:
         raise CommandError(f"invalid config, nothing changed: {exc}") from None
+    except OSError as exc:
+        raise _unwritable(files, exc) from None
     finally:
         candidate.unlink(missing_ok=True)
     return text, config
 
 
 def install(files: ConfigFiles, text: str) -> None:
-    """Replace the config with ``text``: the old one kept as ``.previous``, marked pending."""
-    _write_atomically(files.previous, files.path.read_text(encoding="utf-8"))
-    _write_atomically(files.pending, "")
-    _write_atomically(files.path, text)
+    """Replace the config with ``text``: the old one kept as ``.previous``, marked pending.
+
+    Raises:
+        CommandError: the directory is not writable (the config is then unchanged, or at
+            worst ``.previous`` and the marker exist beside it: the rollback undoes that).
+    """
+    try:
+        _write_atomically(files.previous, files.path.read_text(encoding="utf-8"))
+        _write_atomically(files.pending, "")
+        _write_atomically(files.path, text)
+    except OSError as exc:
+        raise _unwritable(files, exc) from None
+
+
+def _unwritable(files: ConfigFiles, exc: OSError) -> CommandError:
+    # The shipped unit has ProtectSystem=strict: /etc/edge-agent is read-only unless the
+    # unit makes it writable (docs/remote-operations.md).
+    where = files.path.parent
+    return CommandError(f"cannot write beside {files.path} ({exc.strerror}): is {where} writable?")
 
 
 def confirm(files: ConfigFiles) -> bool:

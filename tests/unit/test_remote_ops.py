@@ -276,3 +276,20 @@ class TestDeviceCommands:
         silent = Outcome("pi-09", None)
         assert not silent.answered and not silent.ok
         assert silent.summary() == "no answer in time"
+
+
+def test_an_unwritable_config_directory_is_a_clear_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As under the shipped unit (ProtectSystem=strict): EROFS on every write there."""
+    files = _files(tmp_path, BASE)
+
+    def read_only(*_args: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "replace", read_only)
+    with pytest.raises(CommandError, match=r"cannot write beside .*Read-only file system"):
+        configfile.prepare(files, {"log": {"level": "debug"}})
+    with pytest.raises(CommandError, match="cannot write beside"):
+        configfile.install(files, BASE)
+    assert files.path.read_text() == BASE
