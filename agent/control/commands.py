@@ -16,6 +16,7 @@ topic with wildcards, a packet over the broker's limit).
 A request may carry a deadline (``expires_at``, Unix seconds: ``edge_contract.commands``):
 one that arrives after it (queued in the session while the device was offline, or retained)
 is not run; it is answered ``ok: false`` with reason ``expired`` and counted as a rejection.
+A command that changes the device is not run from a retained message either (``retained``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class CaptureRequest(BaseModel):
 class _Route:
     request: type[BaseModel]
     handler: Callable[[Any], Awaitable[CommandReply]]
+    mutating: bool = False
 
 
 class _Refused(AgentError):
@@ -102,10 +104,14 @@ class CommandDispatcher:
         name: str,
         handler: Callable[[RequestT], Awaitable[CommandReply]],
         request: type[RequestT],
+        *,
+        mutating: bool = False,
     ) -> None:
         """``handler`` runs with the body validated into ``request`` and returns its reply
-        (``ok``, ``command``, ``device_id`` and ``ts`` are filled in here)."""
-        self._routes[name] = _Route(request, handler)
+        (``ok``, ``command``, ``device_id`` and ``ts`` are filled in here). A ``mutating``
+        command (restart, config-set) is never run from a retained message: one left on the
+        broker would run again at every start."""
+        self._routes[name] = _Route(request, handler, mutating)
 
     def on_message(self, message: InboundMessage) -> None:
         """Link callback (loop thread): queue, or refuse when the queue is full."""
@@ -168,6 +174,8 @@ class CommandDispatcher:
             raise _Refused(exc.reason, str(exc)) from None
         if is_expired(deadline, self._clock()):
             raise _Refused("expired", f"expired: {name} was due by {deadline}, not run")
+        if route.mutating and message.retain:
+            raise _Refused("retained", f"retained: {name} is not run from a retained message")
         try:
             request = route.request.model_validate(arguments)
         except ValidationError as exc:

@@ -79,9 +79,9 @@ class RemoteOps:
 
     def register(self, commands: CommandDispatcher) -> None:
         commands.register("config-get", self.config_get, NoArguments)
-        commands.register("config-set", self.config_set, ConfigSetRequest)
+        commands.register("config-set", self.config_set, ConfigSetRequest, mutating=True)
         commands.register("logs", self.logs, LogsRequest)
-        commands.register("restart", self.restart, NoArguments)
+        commands.register("restart", self.restart, NoArguments, mutating=True)
 
     async def config_get(self, _request: NoArguments) -> ConfigGetReply:
         files = self._files

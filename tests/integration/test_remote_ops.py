@@ -123,6 +123,27 @@ def test_an_expired_command_is_not_run_and_is_reported(
     assert len(operator.command("logs", {"lines": 2})["lines"]) == 2
 
 
+def test_restart_reexecutes_the_agent_and_a_retained_one_is_not_run(
+    tmp_path: Path, broker: PrivateBroker, operator: Operator, processes: list[ManagedProcess]
+) -> None:
+    # Retained without a deadline: it would restart the agent at every start if it ran.
+    left_behind = operator.send("restart", {}, retain=True)
+    agent = _agent(tmp_path, broker.port)
+    processes.append(agent.start())
+    assert operator.reply(left_behind)["error"].startswith("retained")
+    assert agent.process is not None
+    pid = agent.process.pid
+    assert _starts(agent) == 1
+
+    reply = operator.command("restart")
+
+    assert reply["ok"] is True and reply["restarting"] is True
+    wait_until(lambda: _starts(agent) == 2, 30, "the agent to start again")
+    assert agent.alive and agent.process.pid == pid  # re-executed in place
+    assert operator.command("ping")["pong"] is True
+    assert _starts(agent) == 2  # and the retained one, delivered again, still not run
+
+
 def test_config_set_refused_then_applied_by_a_restart(
     tmp_path: Path, broker: PrivateBroker, operator: Operator, processes: list[ManagedProcess]
 ) -> None:

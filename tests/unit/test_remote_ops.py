@@ -65,12 +65,14 @@ class FakeLink:
         return future
 
 
-def _ping_message(body: dict[str, Any]) -> InboundMessage:
-    return InboundMessage(f"fleet/{DEVICE}/cmd/ping", json.dumps(body).encode(), 1, False)
+def _ping_message(body: dict[str, Any], *, retain: bool = False) -> InboundMessage:
+    return InboundMessage(f"fleet/{DEVICE}/cmd/ping", json.dumps(body).encode(), 1, retain)
 
 
 class TestExpiredCommands:
-    def _dispatch(self, body: dict[str, Any]) -> tuple[list[str], FakeLink, InboundRejections]:
+    def _dispatch(
+        self, body: dict[str, Any], *, retain: bool = False, mutating: bool = False
+    ) -> tuple[list[str], FakeLink, InboundRejections]:
         link, rejections, ran = FakeLink(), InboundRejections(), []
         dispatcher = CommandDispatcher(DEVICE, cast(MqttLink, link), rejections, clock=lambda: NOW)
 
@@ -78,8 +80,8 @@ class TestExpiredCommands:
             ran.append("ping")
             return PingReply(pong=True)
 
-        dispatcher.register("ping", ping, NoArguments)
-        asyncio.run(dispatcher.dispatch(_ping_message(body)))
+        dispatcher.register("ping", ping, NoArguments, mutating=mutating)
+        asyncio.run(dispatcher.dispatch(_ping_message(body, retain=retain)))
         return ran, link, rejections
 
     def test_an_expired_command_is_not_run_and_is_answered_and_counted(self) -> None:
@@ -94,6 +96,14 @@ class TestExpiredCommands:
         assert ran == ["ping"]
         assert link.published[0]["pong"] is True
         assert rejections.snapshot()["total"] == 0
+
+    def test_a_mutating_command_is_not_run_from_a_retained_message(self) -> None:
+        ran, link, rejections = self._dispatch({}, retain=True, mutating=True)
+        assert ran == []
+        assert link.published[0]["error"].startswith("retained")
+        assert rejections.snapshot()["by_reason"] == {"retained": 1}
+        ran, _link, _rejections = self._dispatch({}, retain=True)  # a read may be retained
+        assert ran == ["ping"]
 
     def test_a_malformed_deadline_is_a_schema_refusal(self) -> None:
         ran, _link, rejections = self._dispatch({"expires_at": "soon"})
