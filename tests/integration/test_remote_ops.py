@@ -228,3 +228,23 @@ def test_fleet_devices_cmd_over_a_selection_names_the_device_that_did_not_answer
     assert one.returncode == 0, one.stderr
     [answer] = json.loads(one.stdout)
     assert answer["ok"] is True and answer["reply"]["health"]["status"] in ("ok", "degraded")
+
+
+def test_a_pending_config_that_does_not_load_is_rolled_back_at_start(
+    tmp_path: Path, broker: PrivateBroker, operator: Operator, processes: list[ManagedProcess]
+) -> None:
+    """As after a config-set whose file stops loading (an environment that changed since)."""
+    config = tmp_path / "agent.toml"
+    good = '[log]\nlevel = "info"\n'
+    config.write_text('[log]\nlevel = "loud"\n')
+    Path(f"{config}.previous").write_text(good)
+    Path(f"{config}.pending").write_text("")
+    agent = _agent(tmp_path, broker.port, config)
+    processes.append(agent.start())
+
+    operator.wait_online()
+
+    assert "restored" in agent.log()
+    assert config.read_text() == good
+    assert operator.command("config-get")["config"]["log"]["level"] == "info"
+    assert not Path(f"{config}.pending").exists()
