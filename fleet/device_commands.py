@@ -141,7 +141,8 @@ async def send(
                 message_expiry_s=max(1, math.ceil(timeout)),
             )
             topic = topic_for(device, Channel.CMD, name)
-            link.publish(topic, payloads.encode(body), qos=1, options=options)
+            sent = link.publish(topic, payloads.encode(body), qos=1, options=options)
+            sent.add_done_callback(_ignore_outcome)  # a lost request is a silent device
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await done.wait()
@@ -152,6 +153,11 @@ async def send(
         with contextlib.suppress(asyncio.CancelledError):
             await runner
     return [decode(name, d, got[d]) if d in got else Outcome(d, None) for d in device_ids]
+
+
+def _ignore_outcome(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _connect(config: FleetConfig, link: MqttLink, timeout: float) -> None:

@@ -119,9 +119,11 @@ class RemoteOps:
             async with asyncio.timeout(deadline_s):
                 await link.wait_connected()
         except TimeoutError:
-            rolled = await asyncio.to_thread(configfile.roll_back, files)
-            log.error("config.rolled_back", path=str(files.path), restored=rolled)
-            self._restart("config rollback")
+            if await asyncio.to_thread(configfile.roll_back, files):
+                log.error("config.rolled_back", path=str(files.path), deadline_s=deadline_s)
+                self._restart("config rollback")
+            else:  # no .previous to go back to: restarting would only repeat this
+                log.error("config.rollback_impossible", path=str(files.path))
             return
         await asyncio.to_thread(configfile.confirm, files)
         log.info("config.confirmed", path=str(files.path))
