@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import agent
 from agent.config import DEFAULT_CONFIG_PATH, load_config, masked_dump
@@ -107,11 +109,37 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
+        if args.command == "run" and _roll_back_pending(args.config):
+            _reexec()  # the config a remote config-set wrote does not load: the old one does
         return _config_error(exc)
     if args.command == "check-config":
         sys.stdout.write(json.dumps(masked_dump(config), indent=2) + "\n")
         return 0
-    return _needing_extras(lambda: _run(config))
+    return _needing_extras(lambda: _run(config, args.config))
+
+
+def _config_file(path: Path | None) -> Path | None:
+    """The file ``run`` reads: ``--config``, else the default one where it exists."""
+    if path is not None:
+        return path
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def _roll_back_pending(path: Path | None) -> bool:
+    from agent.control.configfile import ConfigFiles, roll_back  # noqa: PLC0415
+
+    file = _config_file(path)
+    if file is None or not roll_back(ConfigFiles(file)):
+        return False
+    sys.stderr.write(f"edge-agent: {file} did not load: restored {file}.previous\n")
+    return True
+
+
+def _reexec() -> NoReturn:
+    """Start again in this process (same pid: systemd's unit stays active), same arguments."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606 - our own argv
 
 
 def _needing_extras(command: Callable[[], int]) -> int:
@@ -162,15 +190,16 @@ def _config_error(exc: ConfigError) -> int:
     return exc.exit_code
 
 
-def _run(config: object) -> int:
+def _run(config: object, config_path: Path | None = None) -> int:
     from agent.config import AgentConfig  # noqa: PLC0415
     from agent.daemon.app import Agent  # noqa: PLC0415 - keep check-config light and fast
     from edge_runtime.log import configure_logging  # noqa: PLC0415
 
     assert isinstance(config, AgentConfig)
     configure_logging(config.log.level, config.log.format)
+    daemon = Agent(config, _config_file(config_path))
     try:
-        eventloop.run(Agent(config).run(), config.event_loop)
+        eventloop.run(daemon.run(), config.event_loop)
     except ConfigError as exc:
         return _config_error(exc)
     except (AgentError, ContractError, SharedRuntimeError) as exc:
@@ -178,6 +207,8 @@ def _run(config: object) -> int:
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 0
+    if daemon.restart_requested is not None:
+        _reexec()
     return 0
 
 

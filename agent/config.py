@@ -97,6 +97,13 @@ class MqttConfig(_Section):
         description="Most QoS 1 messages awaiting PUBACK at once (capped by the broker's "
         "Receive Maximum).",
     )
+    confirm_config_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="After a remote config-set, how long the restarted agent has to reach "
+        "the broker before the previous config is restored, seconds.",
+    )
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
 
 

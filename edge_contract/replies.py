@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     SerializerFunctionWrapHandler,
     StringConstraints,
     model_serializer,
@@ -159,9 +160,42 @@ class CaptureUploadReply(CommandReply):
     uploaded: Count
 
 
+class ConfigGetReply(CommandReply):
+    """``config-get``: the effective config (file and environment), secrets masked."""
+
+    config: dict[Key, JsonValue] = Field(max_length=256)
+    path: Text | None  # the config file the agent was started with (None: defaults and env)
+    pending: bool  # a config-set not yet confirmed by a connection after the restart
+
+
+class ConfigSetReply(CommandReply):
+    """``config-set``: the patch was valid and written; the agent restarts to apply it."""
+
+    path: Text
+    previous: Text  # the file it replaced, kept for the automatic rollback
+    restarting: bool
+
+
+class LogsReply(CommandReply):
+    """``logs``: the newest lines of the agent's own log, oldest first."""
+
+    lines: list[Annotated[str, StringConstraints(max_length=4096)]] = Field(max_length=1000)
+
+
+class RestartReply(CommandReply):
+    """``restart``: the agent stops gracefully once this reply is sent, then starts again."""
+
+    restarting: bool
+
+
 COMMAND_REPLIES: dict[str, tuple[type[CommandReply], ...]] = {
     "ping": (PingReply,),
     "health": (HealthReply,),
+    "health-check": (HealthReply,),
+    "config-get": (ConfigGetReply,),
+    "config-set": (ConfigSetReply,),
+    "logs": (LogsReply,),
+    "restart": (RestartReply,),
     "capture": (CaptureListReply, CaptureClearReply, CaptureUploadReply),
 }
 

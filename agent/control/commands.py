@@ -12,21 +12,28 @@ unknown command) and a handler that raises anything but ``CancelledError`` are a
 ``ok: false`` with the reason, recorded in the agent's ``InboundRejections`` (counted by
 reason, dead-lettered) and the loop goes on; so does a reply that cannot be sent (a response
 topic with wildcards, a packet over the broker's limit).
+
+A request may carry a deadline (``expires_at``, Unix seconds: ``edge_contract.commands``):
+one that arrives after it (queued in the session while the device was offline, or retained)
+is not run; it is answered ``ok: false`` with reason ``expired`` and counted as a rejection.
+A command that changes the device is not run from a retained message either (``retained``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import structlog
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.control.inbound import InboundRejections
 from agent.errors import AgentError, CommandError
 from edge_contract import payloads
+from edge_contract.commands import is_expired, split_deadline
 from edge_contract.errors import PayloadError, TopicError
 from edge_contract.replies import CommandReply
 from edge_contract.topics import Channel, parse, topic_for
@@ -41,6 +48,7 @@ REPLY_EXPIRY_S = 60
 MAX_COMMAND_BYTES = 16 * 1024
 # Replies echo the correlation data; a peer's oversized one is not echoed (or published).
 MAX_CORRELATION_BYTES = 64
+EXCERPT_BYTES = 80  # as edge_contract.payloads
 
 
 class NoArguments(BaseModel):
@@ -61,6 +69,7 @@ class CaptureRequest(BaseModel):
 class _Route:
     request: type[BaseModel]
     handler: Callable[[Any], Awaitable[CommandReply]]
+    mutating: bool = False
 
 
 class _Refused(AgentError):
@@ -81,7 +90,9 @@ class CommandDispatcher:
         rejections: InboundRejections,
         *,
         queue_size: int = 32,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
         self._device_id = device_id
         self._link = link
         self._rejections = rejections
@@ -93,10 +104,14 @@ class CommandDispatcher:
         name: str,
         handler: Callable[[RequestT], Awaitable[CommandReply]],
         request: type[RequestT],
+        *,
+        mutating: bool = False,
     ) -> None:
         """``handler`` runs with the body validated into ``request`` and returns its reply
-        (``ok``, ``command``, ``device_id`` and ``ts`` are filled in here)."""
-        self._routes[name] = _Route(request, handler)
+        (``ok``, ``command``, ``device_id`` and ``ts`` are filled in here). A ``mutating``
+        command (restart, config-set) is never run from a retained message: one left on the
+        broker would run again at every start."""
+        self._routes[name] = _Route(request, handler, mutating)
 
     def on_message(self, message: InboundMessage) -> None:
         """Link callback (loop thread): queue, or refuse when the queue is full."""
@@ -151,11 +166,22 @@ class CommandDispatcher:
         route = self._routes.get(name)
         if route is None:
             raise _Refused("unknown_command", f"unknown command {name[:64]!r}")
+        payload = message.payload if message.payload else b"{}"
         try:
-            payload = message.payload if message.payload else b"{}"
-            request = payloads.decode_model(route.request, payload, max_bytes=MAX_COMMAND_BYTES)
+            body = payloads.decode_object(payload, max_bytes=MAX_COMMAND_BYTES)
+            deadline, arguments = split_deadline(body)
         except PayloadError as exc:
             raise _Refused(exc.reason, str(exc)) from None
+        if is_expired(deadline, self._clock()):
+            raise _Refused("expired", f"expired: {name} was due by {deadline}, not run")
+        if route.mutating and message.retain:
+            raise _Refused("retained", f"retained: {name} is not run from a retained message")
+        try:
+            request = route.request.model_validate(arguments)
+        except ValidationError as exc:
+            # Worded as decode_model's refusal: the field, then the start of the body.
+            excerpt = payload[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+            raise _Refused("schema", f"{payloads.schema_problem(exc)}: {excerpt!r}") from None
         return name, route, request
 
     def _reply(self, message: InboundMessage, reply: CommandReply) -> None:

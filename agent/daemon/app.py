@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -26,6 +27,7 @@ from agent.control.commands import CaptureRequest, CommandDispatcher, NoArgument
 from agent.control.events import EventEmitter
 from agent.control.inbound import InboundRejections
 from agent.control.presence import Presence
+from agent.control.remote import RemoteOps
 from agent.daemon.sdnotify import SystemdNotifier
 from agent.errors import CommandError, InferenceError
 from agent.loop.background import BackgroundTasks
@@ -74,6 +76,8 @@ if TYPE_CHECKING:
     from agent.telemetry.prometheus import AgentMetrics
 
 log = structlog.get_logger("agent.daemon.app")
+# Between a restart command's reply and the graceful stop: the reply is on its way first.
+RESTART_GRACE_S = 0.3
 
 
 class LinkWatcher:
@@ -167,8 +171,11 @@ def link_settings(config: AgentConfig, presence: Presence) -> LinkSettings:
 class Agent:
     """All parts of a running agent, wired together."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, config_path: Path | None = None) -> None:
         self.config = config
+        # Set by `restart` and `config-set`: the CLI re-executes the process after run().
+        self.restart_requested: str | None = None
+        self._stop = asyncio.Event()
         state_dir = config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.health = HealthMonitor()
@@ -233,6 +240,16 @@ class Agent:
         self.commands.register("ping", self._ping, NoArguments)
         self.commands.register("health", self._health_report, NoArguments)
         self.commands.register("capture", self._capture, CaptureRequest)
+        self.commands.register("health-check", self._health_report, NoArguments)
+        self.remote = RemoteOps(config, config_path, self.request_restart)
+        self.remote.register(self.commands)
+
+    def request_restart(self, why: str) -> None:
+        """Stop gracefully soon (the command's reply goes out first), then start again."""
+        if self.restart_requested is None:
+            self.restart_requested = why
+            log.info("agent.restart_requested", why=why)
+            asyncio.get_running_loop().call_later(RESTART_GRACE_S, self._stop.set)
 
     def _build_ota(self, inference: InferenceService) -> OtaUpdater:
         # Imported here: an agent without OTA never loads the TUF client.
@@ -514,7 +531,7 @@ class Agent:
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT, then stop gracefully."""
-        stop = asyncio.Event()
+        stop = self._stop
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -536,6 +553,10 @@ class Agent:
                     group.create_task(self.commands.run(), name="commands"),
                     group.create_task(self.board.run(), name="board"),
                     group.create_task(self._watchdog(), name="watchdog"),
+                    group.create_task(
+                        self.remote.confirm_pending(self.link, self.config.mqtt.confirm_config_s),
+                        name="config-confirm",
+                    ),
                 ]
                 if self.relay is not None:
                     workers.append(group.create_task(self.relay.run(), name="serial"))

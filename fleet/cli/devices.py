@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from edge_contract.controller import (
     AcceptReply,
@@ -35,6 +38,9 @@ from fleet.cli.common import (
 from fleet.errors import FleetError
 from fleet.prometheus_targets import DEFAULT_TEMPLATE, check_template, file_sd, write_atomically
 from fleet.view import device_detail_view, devices_table, tags_table
+
+if TYPE_CHECKING:
+    from fleet.device_commands import Outcome
 
 devices_app = typer.Typer(no_args_is_help=True, help="Devices seen by the controller.")
 
@@ -224,6 +230,79 @@ def devices_untag(
     missing = sorted(set(keys) - set(reply.removed))
     note = f" (not set: {', '.join(missing)})" if missing else ""
     Console().print(f"{device_id}: {_tags_text(reply.tags)}{note}", highlight=False)
+
+
+@devices_app.command("cmd")
+@with_connection
+def devices_cmd(
+    connection: Connection,
+    target: Annotated[
+        list[str], typer.Argument(help="ID NAME, or NAME alone with --select", metavar="[ID] NAME")
+    ],
+    arg: Annotated[
+        list[str] | None,
+        typer.Option("--arg", help="key=value of the command's body (a JSON value or a string)"),
+    ] = None,
+    select: SelectOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Send a command to one device, or every device --select matches, and print the replies
+    (within --timeout; the devices that did not answer are named). See
+    docs/remote-operations.md."""
+    from fleet.device_commands import parse_arguments, send  # noqa: PLC0415
+
+    try:
+        device_ids, name = _command_targets(connection, target, select)
+        arguments = parse_arguments(arg or [])
+        outcomes = asyncio.run(send(connection.load(), device_ids, name, arguments))
+    except FleetError as exc:
+        fail(exc)
+    if json_out:
+        print_json(
+            [
+                {"device_id": o.device_id, "answered": o.answered, "ok": o.ok}
+                | ({"reply": o.reply.body()} if o.reply is not None else {})
+                | ({"problem": o.problem} if o.problem is not None else {})
+                for o in outcomes
+            ]
+        )
+    else:
+        _print_outcomes(name, outcomes)
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _command_targets(
+    connection: Connection, target: list[str], select: str | None
+) -> tuple[list[str], str]:
+    """The devices and the command name: ``ID NAME``, or ``NAME`` and the selector's devices."""
+    if select is None:
+        if len(target) != 2:
+            raise FleetError("give ID NAME (or NAME with --select)")
+        return [target[0]], target[1]
+    if len(target) != 1:
+        raise FleetError("with --select give the command NAME only")
+    listing = request("devices-list", DevicesListRequest, select=select)
+    reply = ask(
+        connection, None, "devices-list", listing, DevicesReply, lambda a: a.list_devices(listing)
+    )
+    if not reply.devices:
+        raise FleetError(f"no device matches {select!r}")
+    return [device.device_id for device in reply.devices], target[0]
+
+
+def _print_outcomes(name: str, outcomes: list[Outcome]) -> None:
+    table = Table(title=f"{name}: {sum(o.answered for o in outcomes)}/{len(outcomes)} answered")
+    for column in ("device", "ok", "summary"):
+        table.add_column(column, overflow="fold")
+    for outcome in outcomes:
+        ok = "-" if not outcome.answered else ("yes" if outcome.ok else "no")
+        table.add_row(outcome.device_id, ok, escape(outcome.summary()))
+    console = Console()
+    console.print(table)
+    silent = [o.device_id for o in outcomes if not o.answered]
+    if silent:
+        console.print(f"no answer in time: {', '.join(silent)}", highlight=False, soft_wrap=True)
 
 
 def _tag(text: str) -> tuple[str, str]:
