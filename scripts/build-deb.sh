@@ -27,7 +27,7 @@ stage=$work/root
 # shellcheck disable=SC2086 # PASS holds option/value pairs, none with spaces
 PYTHON=$PYTHON "$SRC/scripts/install.sh" --destdir "$stage" --unit-dir /lib/systemd/system $PASS
 # The state directory is made by postinst (owned by the service user), not shipped.
-rm -rf "$stage/var"
+rm -rf "${stage:?}/var"
 
 version=$("$stage/opt/edge-agent/bin/python" -c \
     'import importlib.metadata as m; print(m.version("edge-fleet"))')

@@ -132,7 +132,7 @@ ensure_venv() {
     wheel=$WHEEL
     [ -n "$wheel" ] || wheel=$(build_wheel)
     requirement=$wheel
-    [ -z "$EXTRAS" ] || requirement="$wheel[$EXTRAS]"
+    [ -z "$EXTRAS" ] || requirement="${wheel}[${EXTRAS}]"
     set -- --disable-pip-version-check
     [ -z "$FIND_LINKS" ] || set -- "$@" --no-index --find-links "$FIND_LINKS"
     [ "$FORCE" = 0 ] || set -- "$@" --force-reinstall --no-deps
