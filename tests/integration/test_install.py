@@ -220,3 +220,63 @@ def test_make_deb_installs_upgrades_and_purges_in_a_scratch_root(tmp_path: Path)
     _dpkg(root, "--purge", "edge-agent")
     assert not config.exists()
     assert not (root / "var/lib/edge-agent").exists()
+
+
+def test_an_offline_install_from_a_wheel_and_a_wheelhouse(tmp_path: Path) -> None:
+    """``--wheel FILE --find-links DIR``: pip gets nothing but that directory (``--no-index``;
+    pip's own configuration is switched off and its index is an empty directory, so neither
+    a configured index nor find-links can help)."""
+    source = tmp_path / "src"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "models", "firmware", "bench", "tests", "dist", "build", "*cache*"
+        ),
+    )
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        ["python3", "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(source)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheels.glob("edge_fleet-*.whl")
+    # The wheelhouse a person copies to the board: the agent's dependencies, fetched here.
+    house = tmp_path / "house"
+    fetched = subprocess.run(
+        ["python3", "-m", "pip", "download", "--quiet", "-d", str(house), str(wheel)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    root = tmp_path / "root"
+    offline = {k: v for k, v in _env().items() if not k.startswith("PIP_")}
+    offline["PIP_CONFIG_FILE"] = os.devnull
+    # An index that has nothing: without --no-index pip would look here and find no package.
+    offline["PIP_INDEX_URL"] = (tmp_path / "no-index").as_uri()
+    result = subprocess.run(
+        [
+            str(REPO / "scripts/install.sh"),
+            "--destdir",
+            str(root),
+            "--wheel",
+            str(wheel),
+            "--find-links",
+            str(house),
+        ],
+        env=offline,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Successfully installed" in result.stdout
+    assert _run_agent(root, "version").stdout.startswith("edge-agent ")
