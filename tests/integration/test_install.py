@@ -72,6 +72,7 @@ def _run_agent(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(bin_dir / "python"), str(bin_dir / "edge-agent"), *args],
         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(root)},
+        cwd=root,  # not the checkout: `python -c` would import this tree from there
         capture_output=True,
         text=True,
         timeout=60,
@@ -102,6 +103,19 @@ def test_make_install_lays_out_the_board(installed: Path) -> None:
     result = _run_agent(root, "version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("edge-agent "), result.stdout
+    # The daemon itself imports from the installed environment (what `run` needs first).
+    python = root / PREFIX / "bin/python"
+    probe = subprocess.run(
+        [str(python), "-c", "import agent.daemon.app, agent; print(agent.__file__)"],
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.startswith(str(root / PREFIX)), probe.stdout
     unit = (root / "etc/systemd/system" / UNIT).read_text()
     assert "ExecStart=/opt/edge-agent/bin/edge-agent run --config" in unit
     assert "\nUser=edge-agent\nGroup=edge-agent\n" in unit and "DynamicUser" not in unit
