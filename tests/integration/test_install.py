@@ -131,18 +131,30 @@ def test_a_second_install_changes_nothing_and_keeps_the_config(installed: Path) 
     assert config.read_text() == 'device_id = "pi-017"\n'
 
 
-def _analysable_unit(installed: Path, tmp_path: Path) -> Path:
+def _jetson_drop_in() -> str:
+    """The drop-in docs/install.md shows for Jetson GPU access (its ``ini`` block)."""
+    match = re.search(r"```ini\n(.*?)```", (REPO / "docs/install.md").read_text(), re.S)
+    assert match, "no ini block in docs/install.md"
+    return match.group(1)
+
+
+def _analysable_unit(installed: Path, tmp_path: Path, *, jetson: bool) -> Path:
     """The installed unit with ExecStart= pointing into the staging root, where the script
-    exists (verify insists the binary is there)."""
+    exists (verify insists the binary is there); with the Jetson drop-in's lines appended
+    (a second [Service] section: what systemd makes of a drop-in)."""
     text = (installed / "etc/systemd/system" / UNIT).read_text()
+    text = text.replace("ExecStart=/opt/", f"ExecStart={installed}/opt/")
     copy = tmp_path / UNIT
-    copy.write_text(text.replace("ExecStart=/opt/", f"ExecStart={installed}/opt/"))
+    copy.write_text(text + ("\n" + _jetson_drop_in() if jetson else ""))
     return copy
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
-def test_the_installed_unit_verifies_and_stays_locked_down(installed: Path, tmp_path: Path) -> None:
-    unit = _analysable_unit(installed, tmp_path)
+@pytest.mark.parametrize("jetson", [False, True], ids=["unit", "with-jetson-drop-in"])
+def test_the_installed_unit_verifies_and_stays_locked_down(
+    installed: Path, tmp_path: Path, jetson: bool
+) -> None:
+    unit = _analysable_unit(installed, tmp_path, jetson=jetson)
     verified = subprocess.run(
         ["systemd-analyze", "verify", str(unit)],
         capture_output=True,
