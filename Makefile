@@ -26,7 +26,7 @@ PYTEST_ARGS ?=
 # `make test TEST_WORKERS=0` runs the first pass in one process.
 TEST_WORKERS ?= 4
 
-.PHONY: test demo deps system-deps lint typecheck unit integration bench bench-models models clean
+.PHONY: test demo deps system-deps lint typecheck unit integration bench bench-models models clean install deb
 
 system-deps:
 	@scripts/ensure-system-packages.sh $(SYSTEM_PACKAGES)
@@ -94,6 +94,18 @@ bench: deps
 
 bench-models: deps $(MINILM)
 	@$(PY) -m bench.bench_models
+
+# On a board: the agent in /opt/edge-agent, its unit, config, state directory and user
+# (scripts/install.sh, docs/install.md). `make install DESTDIR=/tmp/root` stages it instead and
+# touches nothing outside DESTDIR. INSTALL_ARGS passes options, e.g. --extras inference.
+DESTDIR ?=
+INSTALL_ARGS ?=
+install:
+	@DESTDIR="$(DESTDIR)" scripts/install.sh $(INSTALL_ARGS)
+
+# dist/edge-agent_<version>_<arch>.deb from the same staging (scripts/build-deb.sh).
+deb:
+	@scripts/build-deb.sh $(INSTALL_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TFLITE_VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -26,6 +26,7 @@ from edge_contract.controller import RolloutSummary, ShowRequest
 from edge_contract.topics import CONTROLLER_ROOT, all_devices, controller_rpc_filter
 from edge_runtime.mqtt.base import InboundMessage
 from edge_runtime.mqtt.link import MqttLink
+from edge_runtime.sdnotify import SystemdNotifier
 from fleet.app.replies import Publish
 from fleet.app.usecases import FleetApp
 from fleet.broker import link_settings_for
@@ -192,7 +193,11 @@ class Controller:
                 tasks.append(group.create_task(self.ota.run()))
             if self.rollouts is not None:
                 tasks.append(group.create_task(self.rollouts.run()))
+            notifier = SystemdNotifier()
+            tasks.append(group.create_task(self._watchdog(notifier)))
+            notifier.notify("READY=1")
             await stop.wait()
+            notifier.notify("STOPPING=1")
             if self.http is not None:
                 await self.http.stop()
             await self.link.close()
@@ -206,3 +211,26 @@ class Controller:
         await self._thread.run(self.store.close)
         self._thread.shutdown()
         log.info("controller.stopped")
+
+    async def _watchdog(self, notifier: SystemdNotifier) -> None:
+        """Ping systemd's watchdog (``WatchdogSec=``) while the event loop runs and the store
+        thread answers: every write and read goes through that one thread, so a hung
+        database call stops the pings (``STATUS=`` says so) and systemd restarts the
+        controller."""
+        interval = notifier.watchdog_interval_s
+        if interval is None:
+            return
+        while True:
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(interval):
+                    await self._thread.run(_nothing)
+            except TimeoutError:
+                notifier.notify(f"STATUS=store thread has not answered for {interval:.0f} s")
+            else:
+                notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def _nothing() -> None:
+    """The watchdog's probe: returns as soon as the store thread gets to it."""

@@ -411,9 +411,14 @@ class TestAgentUnit:
 class TestFleetUnit:
     unit = parse_unit(FLEET_UNIT)
 
+    def test_type_is_notify_with_a_watchdog(self) -> None:
+        """`fleet serve` sends READY=1, STOPPING=1 and WATCHDOG=1 (fleet/service.py)."""
+        assert one(self.unit, "Service", "Type") == "notify"
+        assert one(self.unit, "Service", "NotifyAccess") == "main"
+        assert seconds(one(self.unit, "Service", "WatchdogSec")) >= 30
+
     def test_execstart_runs_fleet_serve(self) -> None:
         """ExecStart runs `fleet serve` with the controller's default config path."""
-        assert one(self.unit, "Service", "Type") in ("simple", "exec")
         argv = shlex.split(one(self.unit, "Service", "ExecStart"))
         assert Path(argv[0]).is_absolute()
         assert Path(argv[0]).name == "fleet"
