@@ -45,6 +45,7 @@ from tests.integration.harness import (
     ManagedProcess,
     agent_process,
     controller_process,
+    register_operator,
     wait_until,
 )
 
@@ -438,3 +439,105 @@ class TestCli:
             ("pi-1", False),
         ]
         assert all(c["days_left"] >= 364 and not c["expired"] for c in listing)
+
+
+class TestSignedDeployThroughTheLockedBroker:
+    def test_provisioned_agent_installs_a_signed_deploy(
+        self, bench: Bench, processes: list[ManagedProcess], tmp_path: Path
+    ) -> None:
+        """The whole path on the generated configuration: the controller (its certificate,
+        `--repo`) serves the release, an agent from `fleet devices provision --repo` (the
+        bundle's TUF root, OTA on) connects with its device certificate, a registered
+        operator (its certificate and signing key) accepts and deploys it, and the agent
+        fetches through `fleet/<id>/fetch` / `file` and commits digits@1."""
+        from fleet.release.publish import publish_model
+        from fleet.release.repo import Repository
+
+        repo_dir = tmp_path / "repo"
+        repo = Repository.init(repo_dir)
+        digits = REPO / "models" / "digits" / "digits-fp32.onnx"
+        publish_model(repo, digits, name="digits", version="1", hardware=["generic"])
+        out = tmp_path / "bundles"
+        provision = _fleet(
+            "devices", "provision", "pi-ota", "--ca-dir", bench.ca_dir, "--out", out,
+            "--broker-host", "127.0.0.1", "--broker-port", str(bench.port),
+            "--install-dir", out / "pi-ota", "--repo", repo_dir,
+        )  # fmt: skip
+        assert provision.returncode == 0, provision.stderr
+        assert (out / "pi-ota" / "root.json").exists()
+        url = f"mqtts://127.0.0.1:{bench.port}"
+
+        def tls_env(identity: str) -> dict[str, str]:
+            cert, key = bench.identities[identity]
+            return {
+                "FLEET_TLS__CA_FILE": str(bench.ca_file),
+                "FLEET_TLS__CERT_FILE": str(cert),
+                "FLEET_TLS__KEY_FILE": str(key),
+            }
+
+        operator_key = register_operator(tmp_path, tmp_path / "fleet.sqlite3")
+        template = controller_process(tmp_path, bench.port, OTA__REPO=str(repo_dir))
+        argv = [url if a.startswith("mqtt://") else a for a in template.argv]
+        controller = ManagedProcess(argv, template.env | tls_env("controller"), template.log_path)
+        processes.append(controller.start())
+        wait_until(lambda: b'"mqtt.connected"' in controller.log_path.read_bytes(), 30, "link")
+
+        # Only the state dir and the test's timings come from the environment; the device
+        # id, the broker, the TLS files and the TUF root come from the bundle's agent.toml.
+        agent_template = agent_process(
+            tmp_path,
+            bench.port,
+            "pi-ota",
+            OTA__HEALTH__DURATION_S="1",
+            OTA__HEALTH__MIN_INFERENCES="0",
+            OTA__RETRY_S="2",
+            INFERENCE__REST="false",
+        )
+        env = {
+            k: v
+            for k, v in agent_template.env.items()
+            if k not in ("EDGE_AGENT_DEVICE_ID", "EDGE_AGENT_MQTT__HOST", "EDGE_AGENT_MQTT__PORT")
+        }
+        config = out / "pi-ota" / "agent.toml"
+        agent = ManagedProcess(
+            [*agent_template.argv, "--config", str(config)], env, agent_template.log_path
+        )
+        processes.append(agent.start())
+
+        clean_env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "EDGE_AGENT_"))
+        }
+        operator_env = (
+            clean_env | tls_env("operator") | {"FLEET_OPERATOR__KEY_FILE": str(operator_key)}
+        )
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "fleet", *args, "--broker", url, "--timeout", "5"],
+                env=operator_env, capture_output=True, text=True, timeout=30, check=False,
+                cwd=REPO,
+            )  # fmt: skip
+
+        def reported() -> dict[str, Any] | None:
+            shown = cli("devices", "show", "pi-ota", "--json")
+            if shown.returncode != 0:
+                return None
+            body: dict[str, Any] | None = json.loads(shown.stdout).get("reported")
+            return body
+
+        wait_until(reported, 30, "pi-ota and its reported state known to the controller")
+        accepted = cli("devices", "accept", "pi-ota")
+        assert accepted.returncode == 0, accepted.stderr + accepted.stdout
+        deployed = cli("deploy", "digits@1", "--device", "pi-ota", "--json")
+        assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+        assert json.loads(deployed.stdout)["devices"] == ["pi-ota"]
+
+        def active() -> str | None:
+            models = (reported() or {}).get("models") or {}
+            version: str | None = ((models.get("digits") or {}).get("active") or {}).get("version")
+            return version
+
+        wait_until(lambda: active() == "1", 45, "digits@1 active on pi-ota")
+        assert '"ota_committed"' in agent.log() or "ota_committed" in agent.log()
+        assert "not authorized" not in agent.log().lower()
+        assert "not authorized" not in controller.log().lower()
