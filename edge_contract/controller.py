@@ -189,6 +189,8 @@ def decode_request(method: str, model: type[RequestT], body: Mapping[str, object
 # A JSON object as a device sent it (stored, then shown): any JSON value under string keys.
 JsonObject = dict[str, JsonValue]
 ACCEPTED, PENDING = "accepted", "pending"
+# `fleet devices revoke ID --db`: its certificate is revoked; never a deploy target again.
+REVOKED = "revoked"
 
 
 class _Reply(BaseModel):

@@ -134,6 +134,18 @@ class DeviceNotAcceptedError(FleetError):
         )
 
 
+class DeviceRevokedError(DeviceNotAcceptedError):
+    """A device whose certificate was revoked (``fleet devices revoke ID --db``): it is
+    neither accepted again nor a deploy or rollback target; provision it anew instead."""
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        FleetError.__init__(
+            self,
+            f"device {device_id!r} is revoked: provision it again under a new device id",
+        )
+
+
 # -- staged rollouts (fleet.rollouts) --------------------------------------------------------
 
 

@@ -47,12 +47,17 @@ from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
 from fleet.app.replies import Publish
 from fleet.config import OtaOptions
-from fleet.errors import DeviceNotAcceptedError, FleetError, UnknownDeviceError
+from fleet.errors import (
+    DeviceNotAcceptedError,
+    DeviceRevokedError,
+    FleetError,
+    UnknownDeviceError,
+)
 from fleet.records import Directive
 from fleet.release.allocator import keep_large_buffers
 from fleet.release.fileserver import FileService, RepositoryFiles
 from fleet.release.repo import Repository, repository_lock, sign_desired
-from fleet.store import ACCEPTED, PENDING, FleetStore, Sign
+from fleet.store import ACCEPTED, PENDING, REVOKED, FleetStore, Sign
 
 log = structlog.get_logger("fleet.ota")
 
@@ -231,6 +236,8 @@ class ReleaseService:
         state = self._store.admission(device_id)
         if state is None:
             raise UnknownDeviceError(device_id)
+        if state == REVOKED:
+            raise DeviceRevokedError(device_id)
         if state != ACCEPTED:
             raise DeviceNotAcceptedError(device_id)
 
@@ -268,6 +275,8 @@ OTA_DISABLED = "OTA disabled (no reported state)"
 
 def _not_a_target(admission: str | None, has_reported: bool) -> str | None:
     """Why ``deploy --all`` leaves a device out, or None when it is a target."""
+    if admission == REVOKED:
+        return REVOKED
     if admission != ACCEPTED:
         return PENDING
     if not has_reported:

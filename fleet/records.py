@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from edge_contract.controller import (
     ACCEPTED,
     PENDING,
+    REVOKED,
     DesiredRow,
     DeviceDetail,
     DeviceSummary,
@@ -34,6 +35,7 @@ from fleet.rollouts.model import DeviceInstall, RolloutState, Transition
 __all__ = [
     "ACCEPTED",
     "PENDING",
+    "REVOKED",
     "DesiredRow",
     "DeviceDetail",
     "DeviceSummary",
@@ -137,6 +139,8 @@ class FleetStore(Protocol):
     ) -> None: ...
 
     def accept_device(self, device_id: str, *, operator: str, now: float) -> bool: ...
+
+    def revoke_device(self, device_id: str, *, operator: str, now: float) -> bool: ...
 
     def admission(self, device_id: str) -> str | None: ...
 

@@ -57,6 +57,7 @@ from fleet.errors import StoreError, UnknownDeviceError
 from fleet.records import (
     ACCEPTED,
     PENDING,
+    REVOKED,
     DesiredRow,
     DeviceDetail,
     DeviceDocuments,
@@ -76,6 +77,7 @@ __all__ = [
     "ACCEPTED",
     "DEAD_LETTERS_KEPT",
     "PENDING",
+    "REVOKED",
     "FleetStore",
     "Inbound",
     "Retention",

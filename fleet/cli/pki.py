@@ -1,8 +1,9 @@
 """``fleet ca``, ``fleet certs``, ``fleet broker`` and ``fleet devices provision/revoke``.
 
 Local commands on the operator's machine around a CA directory (``fleet.pki.CaDir``); none
-talks to the controller. Revoking writes the CA's CRL: copy it to the broker (``crlfile``)
-and restart Mosquitto for it to take effect (docs/provisioning.md).
+talks to the controller (``devices revoke --db`` writes its database, on its host). Revoking
+writes the CA's CRL: copy it to the broker (``crlfile``) and restart Mosquitto for it to take
+effect (docs/provisioning.md).
 """
 
 from __future__ import annotations
@@ -131,18 +132,41 @@ def devices_revoke(
     device_id: Annotated[str, typer.Argument(help="the device id")],
     ca_dir: CaDirOpt,
     passphrase_file: PassOpt = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            help="the controller's database (on its host): also mark the device revoked "
+            "there, so deploy and rollouts refuse it",
+        ),
+    ] = None,
 ) -> None:
     """Revoke the device's certificates and re-sign the CRL (then copy it to the broker)."""
     ca = _ca(ca_dir, passphrase_file)
     try:
+        if db is not None and not db.is_file():  # before the CRL changes
+            raise FleetError(f"no controller database at {db}")
         revoked = ca.revoke(device_common_name(device_id), now=_now())
+        if db is not None:
+            _revoke_in_store(db, device_id)
     except FleetError as exc:
         fail(exc)
     serials = ", ".join(e.serial for e in revoked) or "none still valid"
+    stored = f" Marked revoked in {db}." if db is not None else ""
     _say(
-        f"{device_id}: revoked {serials}. Copy {ca.crl_path} to the broker's crlfile and "
-        "restart Mosquitto."
+        f"{device_id}: revoked {serials}.{stored} Copy {ca.crl_path} to the broker's crlfile "
+        "and restart Mosquitto."
     )
+
+
+def _revoke_in_store(db: Path, device_id: str) -> None:
+    from fleet.store import SqlFleetStore  # noqa: PLC0415 (the CA commands need no database)
+
+    store = SqlFleetStore(db)
+    try:
+        store.revoke_device(device_id, operator="--db", now=_now().timestamp())
+    finally:
+        store.close()
 
 
 def _entry_json(entry: IssuedEntry, now: dt.datetime) -> dict[str, object]:

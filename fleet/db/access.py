@@ -22,11 +22,12 @@ from fleet.db.tables import (
     operators,
     request_nonces,
 )
-from fleet.errors import FleetError, UnknownDeviceError
+from fleet.errors import DeviceRevokedError, FleetError, UnknownDeviceError
 from fleet.operators import TrustedKey, key_id
 from fleet.records import (
     ACCEPTED,
     PENDING,
+    REVOKED,
     JsonObject,
     Operator,
     OperatorLogEntry,
@@ -117,11 +118,17 @@ class AccessRecords(StoreBase):
 
         Raises:
             UnknownDeviceError: the controller has never seen the device.
+            DeviceRevokedError: its certificate was revoked (``revoke_device``).
         """
         with self._tx() as db:
             known = db.execute(select(devices.c.device_id).where(devices.c.device_id == device_id))
             if known.first() is None:
                 raise UnknownDeviceError(device_id)
+            state = db.execute(
+                select(admissions.c.state).where(admissions.c.device_id == device_id)
+            ).first()
+            if state is not None and state[0] == REVOKED:
+                raise DeviceRevokedError(device_id)
             added = db.execute(
                 self._insert(admissions)
                 .values(device_id=device_id, state=ACCEPTED, operator=operator, updated=now)
@@ -129,8 +136,27 @@ class AccessRecords(StoreBase):
             )
         return added.rowcount == 1
 
+    def revoke_device(self, device_id: str, *, operator: str, now: float) -> bool:
+        """Mark the device revoked (its certificate is in the CRL); False if it already was.
+
+        A device the controller has not seen yet is recorded too, so that it is refused
+        when it first shows up.
+        """
+        with self._tx() as db:
+            insert = self._insert(admissions).values(
+                device_id=device_id, state=REVOKED, operator=operator, updated=now
+            )
+            changed = db.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[admissions.c.device_id],
+                    set_={"state": REVOKED, "operator": operator, "updated": now},
+                    where=admissions.c.state != REVOKED,
+                )
+            )
+        return changed.rowcount == 1
+
     def admission(self, device_id: str) -> str | None:
-        """accepted, pending, or None for a device never seen."""
+        """accepted, pending, revoked, or None for a device never seen."""
         if not self._query(select(devices.c.device_id).where(devices.c.device_id == device_id)):
             return None
         rows = self._query(select(admissions.c.state).where(admissions.c.device_id == device_id))

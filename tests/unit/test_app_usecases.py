@@ -17,6 +17,7 @@ import pytest
 
 from edge_contract import payloads
 from edge_contract.controller import (
+    REVOKED,
     AcceptReply,
     AcceptRequest,
     DeployReply,
@@ -42,6 +43,7 @@ from fleet.broker import link_settings_for
 from fleet.config import FleetConfig, OtaOptions
 from fleet.errors import (
     DeviceNotAcceptedError,
+    DeviceRevokedError,
     FleetError,
     OperatorKeyError,
     UnknownDeviceError,
@@ -320,3 +322,55 @@ def test_every_request_field_is_in_the_documents_controller_rpc_section(model: A
         if f'"{name}"' not in section and f"`{name}`" not in section
     ]
     assert not missing, f"{model.__name__}: {missing} not in docs/mqtt-api.md"
+
+
+class TestRevokedDevices:
+    """``fleet devices revoke ID --db``: the admission becomes "revoked" (no migration: the
+    admissions table's free-text state), and a revoked device is refused like a pending one."""
+
+    def test_revoke_is_recorded_once_and_overrides_acceptance(
+        self, store: SqliteFleetStore
+    ) -> None:
+        _seen(store, "pi-1", reported=True)
+        store.accept_device("pi-1", operator="t", now=NOW)
+        assert store.revoke_device("pi-1", operator="--db", now=NOW) is True
+        assert store.revoke_device("pi-1", operator="--db", now=NOW) is False
+        assert store.admission("pi-1") == REVOKED
+        with pytest.raises(DeviceRevokedError, match="is revoked"):
+            store.accept_device("pi-1", operator="t", now=NOW)
+        assert store.admission("pi-1") == REVOKED
+        assert not next(d for d in store.tagged_devices() if d.device_id == "pi-1").target
+
+    def test_a_device_revoked_before_it_is_seen_stays_revoked(
+        self, store: SqliteFleetStore
+    ) -> None:
+        assert store.revoke_device("pi-9", operator="--db", now=NOW) is True
+        assert store.admission("pi-9") is None  # never seen
+        _seen(store, "pi-9", reported=True)
+        assert store.admission("pi-9") == REVOKED
+
+    def test_deploy_and_rollback_refuse_a_revoked_device(
+        self, tmp_path: Path, store: SqliteFleetStore
+    ) -> None:
+        repo = Repository.init(tmp_path / "repo")
+        publish_model(repo, MODEL, name="digits", version="2", hardware=["generic"])
+        config = FleetConfig(db=tmp_path / "fleet.db", broker="mqtt://127.0.0.1:1")
+        link = MqttLink(link_settings_for(config, client_id="t", persistent=True))
+        releases = ReleaseService(OtaOptions(repo=repo.directory), link, store)
+        app = FleetApp(store, releases=releases, clock=lambda: NOW)
+        try:
+            for device in ("pi-1", "pi-2"):
+                _seen(store, device, reported=True)
+                store.accept_device(device, operator="t", now=NOW)
+            store.revoke_device("pi-2", operator="--db", now=NOW)
+            with pytest.raises(DeviceRevokedError, match="'pi-2' is revoked"):
+                app.deploy(DeployRequest(model="digits", version="2", devices=["pi-2"]))
+            with pytest.raises(DeviceRevokedError):
+                app.rollback(RollbackRequest(device_id="pi-2"))
+            reply, messages = app.deploy(DeployRequest(model="digits", version="2", all=True))
+            assert isinstance(reply, DeployReply)
+            assert reply.devices == ["pi-1"]
+            assert reply.skipped == [Skipped(device_id="pi-2", reason=REVOKED)]
+            assert [topic for topic, _ in messages] == ["fleet/pi-1/desired"]
+        finally:
+            releases.close()

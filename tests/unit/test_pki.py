@@ -246,3 +246,34 @@ class TestBrokerConfig:
         assert san.get_values_for_type(x509.DNSName) == ["localhost", "mqtt.example.net"]
         assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
         assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+
+
+class TestRevokeInTheStore:
+    def test_devices_revoke_with_db_marks_the_device_revoked(
+        self, ca: CaDir, tmp_path: Path
+    ) -> None:
+        from typer.testing import CliRunner
+
+        from fleet.cli import app
+        from fleet.store import REVOKED, Inbound, SqliteFleetStore
+
+        ca.issue("pi-1", Role.DEVICE, now=NOW)
+        db = tmp_path / "fleet.db"
+        store = SqliteFleetStore(db)
+        store.ingest([Inbound("pi-1", "status", {"state": "online"}, NOW.timestamp())])
+        store.accept_device("pi-1", operator="t", now=NOW.timestamp())
+        store.close()
+        missing = CliRunner().invoke(
+            app, ["devices", "revoke", "pi-1", "--ca-dir", str(ca.path), "--db", str(tmp_path)]
+        )
+        assert missing.exit_code != 0 and "no controller database" in missing.output
+        done = CliRunner().invoke(
+            app, ["devices", "revoke", "pi-1", "--ca-dir", str(ca.path), "--db", str(db)]
+        )
+        assert done.exit_code == 0, done.output
+        assert f"Marked revoked in {db}" in done.output
+        store = SqliteFleetStore(db)
+        try:
+            assert store.admission("pi-1") == REVOKED
+        finally:
+            store.close()
