@@ -47,6 +47,4 @@ class Liveness:
 
     def late(self, now: float) -> list[str]:
         """The loops whose last beat is older than their deadline, by name."""
-        return sorted(
-            name for name, e in self._entries.items() if now - e.last_beat > e.deadline_s
-        )
+        return sorted(name for name, e in self._entries.items() if now - e.last_beat > e.deadline_s)
