@@ -607,7 +607,9 @@ class Agent:
             inference=self.inference,
             relay=self.relay,
         )
-        stall = stall_for_test(link=self.link, outbox=self.outbox, inference=self.inference)
+        stall = stall_for_test(
+            link=self.link, outbox=self.outbox, inference=self.inference, relay=self.relay
+        )
         if stall is not None:
             asyncio.get_running_loop().call_later(2 * interval, stall)
         await Watchdog(self.notifier, interval, loops).run()

@@ -12,7 +12,8 @@ the lateness outlasts ``WatchdogSec=``. The evidence, per loop:
   only comes back if the thread is not stuck in a hung call.
 
 A loop that is idle by design is not watched: no serial port configured, no models.
-Test-only: ``EDGE_TEST_STALL=<loop>`` (``forwarder``, ``inference`` or ``mqtt``) blocks
+Test-only: ``EDGE_TEST_STALL=<loop>`` (``forwarder``, ``inference``, ``mqtt`` or
+``serial``) blocks
 that loop's thread for good a moment after start, so an integration test can see the pings
 stop; it is read from the environment only when the agent runs under a watchdog.
 """
@@ -135,7 +136,11 @@ class Watchdog:
 
 
 def stall_for_test(
-    *, link: MqttLink, outbox: DiskOutbox, inference: InferenceService | None
+    *,
+    link: MqttLink,
+    outbox: DiskOutbox,
+    inference: InferenceService | None,
+    relay: SerialRelay | None,
 ) -> Callable[[], None] | None:
     """Test-only: the stall ``EDGE_TEST_STALL`` asks for (see the module docstring)."""
     which = os.environ.get(STALL_ENV, "")
@@ -154,5 +159,7 @@ def stall_for_test(
             inference.registry.probe_workers(block)
         elif which == "mqtt":
             link.stall_for_test(block)
+        elif which == "serial" and relay is not None:
+            relay.stall_for_test(block)
 
     return stall

@@ -85,6 +85,7 @@ class SerialRelay:
         self._started = time.monotonic()
         # When the relay's loop last went round (monotonic), for the systemd watchdog.
         self.last_progress = self._started
+        self._stall: Callable[[], None] | None = None  # test-only, see stall_for_test
         self.stats = LinkStats()
         self.connected = False
         self.refused: str | None = None
@@ -155,8 +156,14 @@ class SerialRelay:
         opening = self._reset_wait_s + self._handshake_timeout_s + 2 * frame
         return 2 * max(opening, self._heartbeat_s + frame, 1.0)
 
+    def stall_for_test(self, block: Callable[[], None]) -> None:
+        """Test-only (``agent.daemon.watchdog``): the next port opening hangs in ``block``."""
+        self._stall = block
+
     async def _serve_once(self) -> None:
         self.last_progress = time.monotonic()
+        if self._stall is not None:
+            await asyncio.to_thread(self._stall)
         transport = await self._open()
         session = PeripheralSession(
             transport,

@@ -3,7 +3,8 @@
 Each case starts the agent under a real notify socket with ``WATCHDOG_USEC`` set and the
 test-only ``EDGE_TEST_STALL`` hook (``agent.daemon.watchdog``), which blocks one loop's
 thread for good shortly after start: the outbox's worker thread (the forwarder), every
-inference worker thread (a hung model call), or the link's reconnect loop (a hung connect).
+inference worker thread (a hung model call), the link's reconnect loop (a hung connect), or
+the serial relay's loop (a hung port opening).
 The pings must run first, then stop, with ``STATUS=late: ...`` naming that loop.
 """
 
@@ -29,6 +30,16 @@ CASES = {
     },
     # The link's deadline is 2 * connect_timeout_s + 10 s: keep it short here.
     "mqtt": {"mqtt__connect_timeout_s": "1"},
+    # No peripheral: the relay retries a missing port (idle by design, still progress) until
+    # the stall hangs its next opening. Short timeouts give it a deadline of about 2 s.
+    "serial": {
+        "serial__port": "/nonexistent/ttyACM-watchdog",
+        "serial__reset_wait_s": "0.05",
+        "serial__handshake_timeout_s": "0.5",
+        "serial__ack_timeout_s": "0.1",
+        "serial__max_retries": "1",
+        "serial__reconnect_max_s": "1",
+    },
 }
 
 
