@@ -29,6 +29,7 @@ from agent.control.inbound import InboundRejections
 from agent.control.presence import Presence
 from agent.control.remote import RemoteOps
 from agent.daemon.sdnotify import SystemdNotifier
+from agent.daemon.watchdog import Watchdog, agent_loops, stall_for_test
 from agent.errors import CommandError, InferenceError
 from agent.loop.background import BackgroundTasks
 from agent.pipelines.pipeline import (
@@ -594,12 +595,21 @@ class Agent:
         await self.link.close()
 
     async def _watchdog(self) -> None:
-        """Ping systemd's watchdog only while the telemetry loop is alive."""
+        """Ping systemd's watchdog only while every loop makes progress (agent.daemon.watchdog)."""
         interval = self.notifier.watchdog_interval_s
         if interval is None:
             return
-        limit = max(self.config.telemetry.interval_s * 3, interval * 2)
-        while True:
-            if time.monotonic() - self.telemetry.last_tick < limit:
-                self.notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
+        loops = agent_loops(
+            telemetry=self.telemetry,
+            telemetry_interval_s=self.config.telemetry.interval_s,
+            link=self.link,
+            outbox=self.outbox,
+            inference=self.inference,
+            relay=self.relay,
+        )
+        stall = stall_for_test(
+            link=self.link, outbox=self.outbox, inference=self.inference, relay=self.relay
+        )
+        if stall is not None:
+            asyncio.get_running_loop().call_later(2 * interval, stall)
+        await Watchdog(self.notifier, interval, loops).run()

@@ -446,6 +446,10 @@ class ModelRegistry:
         self._workers.stop()
         self._loader.shutdown(wait=False, cancel_futures=True)
 
+    def probe_workers(self, call: Callable[[], None] | None = None) -> list[asyncio.Future[None]]:
+        """A call (a no-op by default) on every inference thread; see ``InferenceWorkers``."""
+        return self._workers.probe() if call is None else self._workers.probe(call)
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _set_status(

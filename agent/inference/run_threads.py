@@ -95,6 +95,10 @@ def _serve(jobs: queue.SimpleQueue[_Job[Any] | None]) -> None:
             log.exception("inference_worker.job_failed")
 
 
+def _nothing() -> None:
+    return None
+
+
 class InferenceWorkers:
     """``count`` threads; ``run`` one blocking call on one of them and await its result."""
 
@@ -129,6 +133,22 @@ class InferenceWorkers:
         self._queued[index] += 1
         self._queues[index].put(_Job(call, future, self._queued, index, on_finished))
         return future
+
+    def probe(self, call: Callable[[], None] = _nothing) -> list[asyncio.Future[None]]:
+        """A no-op on every thread: each future settles once its thread is free to take it.
+
+        The systemd watchdog's evidence that no thread is stuck in a hung model call.
+        """
+        if self._stopped:
+            return []
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for index, jobs in enumerate(self._queues):
+            future: asyncio.Future[None] = loop.create_future()
+            self._queued[index] += 1
+            jobs.put(_Job(call, future, self._queued, index, None))
+            futures.append(future)
+        return futures
 
     def stop(self) -> None:
         """Let every thread finish what it was given, then end (does not wait)."""

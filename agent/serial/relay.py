@@ -83,6 +83,9 @@ class SerialRelay:
         self._session: PeripheralSession | None = None
         self._sensor_queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue(maxsize=256)
         self._started = time.monotonic()
+        # When the relay's loop last went round (monotonic), for the systemd watchdog.
+        self.last_progress = self._started
+        self._stall: Callable[[], None] | None = None  # test-only, see stall_for_test
         self.stats = LinkStats()
         self.connected = False
         self.refused: str | None = None
@@ -136,11 +139,31 @@ class SerialRelay:
                     log.warning("serial.link_failed", error=str(exc))
                 delay = backoff_delay(failures, *self._reconnect, self._rng)
                 failures += 1
-                await asyncio.sleep(delay)
+                await self._backoff(delay)
         finally:
             feeder.cancel()
 
+    async def _backoff(self, delay: float) -> None:
+        # In slices, so that waiting for a peripheral (idle by design) still shows progress.
+        end = time.monotonic() + delay
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 1.0))
+            self.last_progress = time.monotonic()
+
+    def progress_deadline_s(self) -> float:
+        """The longest one round of the relay's loop may take without being stuck."""
+        frame = self._ack_timeout_s * (self._max_retries + 1)
+        opening = self._reset_wait_s + self._handshake_timeout_s + 2 * frame
+        return 2 * max(opening, self._heartbeat_s + frame, 1.0)
+
+    def stall_for_test(self, block: Callable[[], None]) -> None:
+        """Test-only (``agent.daemon.watchdog``): the next port opening hangs in ``block``."""
+        self._stall = block
+
     async def _serve_once(self) -> None:
+        self.last_progress = time.monotonic()
+        if self._stall is not None:
+            await asyncio.to_thread(self._stall)
         transport = await self._open()
         session = PeripheralSession(
             transport,
@@ -189,6 +212,7 @@ class SerialRelay:
 
     async def _heartbeats(self, session: PeripheralSession, reader: asyncio.Task[None]) -> None:
         while True:
+            self.last_progress = time.monotonic()
             uptime_ms = int((time.monotonic() - self._started) * 1000)
             await self._race(reader, session.heartbeat(uptime_ms))
             done, _ = await asyncio.wait({reader}, timeout=self._heartbeat_s)

@@ -176,6 +176,10 @@ class DiskOutbox:
     async def stats(self) -> OutboxStats:
         return await self._call(self._outbox.stats)
 
+    async def probe(self, call: Callable[[], None] = lambda: None) -> None:
+        """Return once the worker thread ran ``call``: the watchdog's sign it is not stuck."""
+        await self._call(call)
+
     async def close(self) -> None:
         self._worker.cancel_every()
         await self._call(self._outbox.close)

@@ -25,6 +25,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,10 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._client = self._make_client()
+        # When the network loop last went round (monotonic): the systemd watchdog's evidence
+        # that the link is not stuck in a hung call (agent.daemon.liveness).
+        self.last_progress = time.monotonic()
+        self._stall: Callable[[], None] | None = None  # test-only, see stall_for_test
 
     # -- public API -------------------------------------------------------------------------
 
@@ -240,6 +245,7 @@ class MqttLink:
         self._loop_thread = threading.get_ident()
         failures = 0
         while not self._closing:
+            self.last_progress = time.monotonic()
             try:
                 info = await self._connect_once()
             except (OSError, MqttError, TimeoutError, ssl.SSLError) as exc:
@@ -257,10 +263,23 @@ class MqttLink:
                     error=str(exc) or type(exc).__name__,
                     retry_in_s=round(delay, 2),
                 )
-                await asyncio.sleep(delay)
+                await self._backoff(delay)
                 continue
             failures = 0
             await self._serve(info)
+
+    async def _backoff(self, delay: float) -> None:
+        # In slices, so that a long backoff (idle by design) still shows progress.
+        end = time.monotonic() + delay
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, self._misc_period_s))
+            self.last_progress = time.monotonic()
+
+    def stall_for_test(self, block: Callable[[], None]) -> None:
+        """Test-only (``agent.daemon.watchdog``): drop the connection and hang the next
+        connect attempt in ``block``, so the reconnect loop is stuck in a hung call."""
+        self._stall = block
+        self._client.disconnect()
 
     async def close(self, timeout: float = 3.0) -> None:
         """Disconnect cleanly (the broker then discards the Last Will)."""
@@ -292,6 +311,8 @@ class MqttLink:
             properties=self._connect_properties(),
         )
         try:
+            if self._stall is not None:
+                await asyncio.to_thread(self._stall)
             rc = await asyncio.to_thread(self._client.reconnect)
             if rc != paho.MQTT_ERR_SUCCESS:
                 raise MqttError(f"connect failed: {paho.error_string(rc)}")
@@ -319,6 +340,7 @@ class MqttLink:
             listener.link_up(info)
         try:
             while not self._disconnected.is_set():
+                self.last_progress = time.monotonic()
                 self._client.loop_misc()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._misc_period_s):

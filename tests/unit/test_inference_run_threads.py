@@ -127,3 +127,22 @@ async def _stop_lets_queued_calls_finish_then_refuses_new_ones() -> None:
         workers.run(lambda: "third")
     gate.set()
     assert (await first, await second) == ("first", "second")
+
+
+def test_a_probe_comes_back_only_from_threads_that_are_free() -> None:
+    """The watchdog's probe reaches every thread; one stuck in a call holds its probe back."""
+    asyncio.run(_a_probe_comes_back_only_from_threads_that_are_free())
+
+
+async def _a_probe_comes_back_only_from_threads_that_are_free() -> None:
+    with _running(2) as workers:
+        await asyncio.gather(*workers.probe())  # both threads free: both answer
+        gate = threading.Event()
+        stuck = workers.run(gate.wait)  # a hung model call on one thread
+        probes = workers.probe()
+        assert len(probes) == 2
+        done, pending = await asyncio.wait(probes, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1  # the free thread answered while the other is still stuck
+        assert not pending.pop().done()
+        gate.set()
+        await asyncio.gather(stuck, *probes)
