@@ -5,7 +5,8 @@ release code (``fleet.release``) and the committed fp32 digits model is publishe
 digits@3 (the model devices, ``MODEL_DEVICES``, start on the int8 model from their config).
 The controller serves it (``fleet serve --repo``, its rollout driver ticking every
 ``TICK_S``); part-way through the demo, ``fleet rollout start digits@3 --all --stages 1,100%
---health-window 5s`` runs as an operator would type it. ``--all`` is every accepted device
+--health-window 5s --min-accuracy-drop 5pt --max-p95-regression 50%`` runs as an operator
+would type it. ``--all`` is every accepted device
 with OTA on: the model devices. The controller sends the canary its signed desired state;
 the agent checks the signed metadata, downloads the model over MQTT, installs it in an A/B
 slot, switches to it while the demo keeps sending it requests, and commits it after a short
@@ -53,8 +54,14 @@ OPERATOR = "demo-operator"
 TICK_S = 0.5  # the controller's [rollouts] tick_s
 WINDOW = "5s"
 # A 5 s window holds about 50 labelled predictions per device, where one wrong answer is
-# 2 points of accuracy: the demo allows a drop of 5 points (the default is 2).
-ROLLOUT = ("--all", "--stages", "1,100%", "--health-window", WINDOW, "--min-accuracy-drop", "5pt")
+# 2 points of accuracy: the demo allows a drop of 5 points (the default is 2). Its p95 is of
+# batches of one row, a fraction of a millisecond, on a machine running everything else the
+# demo starts: from run to run it moved by more than the default 20% between two copies of
+# the same work, so the demo allows 50% (a version twice as slow still halts).
+ROLLOUT = (
+    "--all", "--stages", "1,100%", "--health-window", WINDOW,
+    "--min-accuracy-drop", "5pt", "--max-p95-regression", "50%",
+)  # fmt: skip
 ACTIVE = {Phase.INSTALLING, Phase.WATCHING, Phase.AWAITING_APPROVAL, Phase.PAUSED}
 
 
