@@ -26,22 +26,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent.control.inbound import RejectedSnapshot
+from agent.ota.report import STEPS
 from agent.telemetry.service import LinkSnapshot
 from agent.uplink.outbox import OutboxStats
 
 # A model's update step when none is under way (the reporter's ``step`` is None).
 IDLE = "idle"
-UPDATE_STEPS = (
-    IDLE,
-    "downloading",
-    "verifying",
-    "installed",
-    "activating",
-    "health_check",
-    "committed",
-    "rejected",
-    "rolled_back",
-)
+UPDATE_STEPS = (IDLE, *STEPS)
 HEALTH_STATES = ("ok", "degraded", "failed")
 
 

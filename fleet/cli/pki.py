@@ -243,13 +243,7 @@ def certs_crl(ca_dir: CaDirOpt, passphrase_file: PassOpt = None) -> None:
 @certs_app.command("controller")
 def certs_controller(ca_dir: CaDirOpt, out: OutOpt, passphrase_file: PassOpt = None) -> None:
     """The controller's client certificate (CN fleet-controller): OUT/controller.pem, .key."""
-    ca = _ca(ca_dir, passphrase_file)
-    try:
-        issued = ca.issue(CONTROLLER_CN, Role.CONTROLLER, now=_now())
-        write_identity(issued, out, "controller", ca)
-    except FleetError as exc:
-        fail(exc)
-    _say(f"{CONTROLLER_CN}: certificate {issued.entry.serial} in {out}")
+    _issue_identity(_ca(ca_dir, passphrase_file), CONTROLLER_CN, Role.CONTROLLER, out)
 
 
 @certs_app.command("operator")
@@ -266,8 +260,16 @@ def certs_operator(
     ca = _ca(ca_dir, passphrase_file)
     try:
         cn = operator_common_name(name)
-        issued = ca.issue(cn, Role.OPERATOR, now=_now())
-        write_identity(issued, out, "operator", ca)
+    except FleetError as exc:
+        fail(exc)
+    _issue_identity(ca, cn, Role.OPERATOR, out)
+
+
+def _issue_identity(ca: CaDir, cn: str, role: Role, out: Path) -> None:
+    """A controller's or operator's client certificate and key in OUT (``<role>.pem``)."""
+    try:
+        issued = ca.issue(cn, role, now=_now())
+        write_identity(issued, out, role.value, ca)
     except FleetError as exc:
         fail(exc)
     _say(f"{cn}: certificate {issued.entry.serial} in {out}")
