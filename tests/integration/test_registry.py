@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from agent.errors import (
     ServiceBusyError,
     UnknownModelError,
 )
+from agent.inference import registry as registry_module
 from agent.inference.backends import BackendOptions, open_backend
 from agent.inference.cardfile import load_card
 from agent.inference.monitoring import ModelMonitor
@@ -146,19 +148,77 @@ class Swap:
             self.answers.append(Answer(prediction.version, outputs, started_after, self.switched))
 
 
-class SwapAction:
-    """Loads v2 and records v1's state at the very moment the load returned."""
+class HeldBackend:
+    """A real backend whose next run, once ``hold()`` is called, waits in its worker thread
+    until ``release()``: a request is then provably running on this version while another is
+    switched in, however fast the machine's workers are."""
 
-    def __init__(self, registry: ModelRegistry, swap: Swap, path: Path, **kwargs: Any) -> None:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._armed = False
+        self.entered = threading.Event()
+        self._released = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def hold(self) -> None:
+        with self._lock:
+            self._armed = True
+
+    def release(self) -> None:
+        self._released.set()
+
+    def run(self, feeds: Any) -> Any:
+        with self._lock:
+            held, self._armed = self._armed, False
+        if held:
+            self.entered.set()
+            self._released.wait(timeout=20)  # bounded: the test releases it right after the switch
+        return self._inner.run(feeds)
+
+
+class SwapAction:
+    """Holds one request on v1, loads v2, records v1's state at the very moment the load
+    returned, then lets the held request finish."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        swap: Swap,
+        path: Path,
+        held: HeldBackend,
+        **kwargs: Any,
+    ) -> None:
         self.registry, self.swap, self.path, self.kwargs = registry, swap, path, kwargs
+        self.held = held
         self.v1_state_at_switch: VersionState | None = None
 
     async def __call__(self) -> ModelCard:
-        card = await self.registry.load(self.path, **self.kwargs)
-        # No await between the switch and this line: requests on v1 are still counted.
-        self.swap.switched = True
-        self.v1_state_at_switch = _state(self.registry, "1")
+        held = self.held
+        held.hold()
+        entered = await asyncio.to_thread(held.entered.wait, 20)
+        assert entered, "no request reached v1's backend"
+        try:
+            card = await self.registry.load(self.path, **self.kwargs)
+            # No await between the switch and this line: requests on v1 are still counted.
+            self.swap.switched = True
+            self.v1_state_at_switch = _state(self.registry, "1")
+        finally:
+            held.release()
         return card
+
+
+def _opening_held(opened: list[HeldBackend]) -> Callable[..., Any]:
+    """``open_backend`` that wraps what it opens in a HeldBackend, kept in ``opened``."""
+
+    def open_held(*args: Any, **kwargs: Any) -> HeldBackend:
+        backend = HeldBackend(open_backend(*args, **kwargs))
+        opened.append(backend)
+        return backend
+
+    return open_held
 
 
 def _state(registry: ModelRegistry, version: str) -> VersionState | None:
@@ -187,20 +247,24 @@ def run(coroutine: Awaitable[Any]) -> Any:
 def test_hot_swap_under_load_fails_no_request_and_drains_v1() -> None:
     rows, _ = eval_split()
     # Batches big enough (~10 ms each) that the two workers, not the event loop, are the
-    # bottleneck: requests are always queued on v1 when the switch happens.
+    # bottleneck; and one request is held on v1 across the switch (HeldBackend), since on a
+    # fast or idle machine every v1 request could otherwise have finished by then.
     inputs = np.tile(rows, (40, 1))
     expected = {"1": direct_outputs(FP32, inputs), "2": direct_outputs(INT8, inputs)}
     assert not np.allclose(expected["1"], expected["2"])  # the two versions are distinguishable
     events: list[str] = []
+    held_backends: list[HeldBackend] = []
 
     async def scenario() -> tuple[Swap, SwapAction]:
         monitor = ModelMonitor()
         registry = ModelRegistry(
             BackendOptions(), observer=monitor, on_event=lambda name, _: events.append(name)
         )
-        assert (await registry.load(FP32)).version == "1"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(registry_module, "open_backend", _opening_held(held_backends))
+            assert (await registry.load(FP32)).version == "1"
         swap = Swap(registry, inputs)
-        action = SwapAction(registry, swap, INT8)
+        action = SwapAction(registry, swap, INT8, held=held_backends[0])
         card = await swap.run_during(action)
         assert card.version == "2"
         assert _state(registry, "1") == VersionState.END  # closed once its requests finished
