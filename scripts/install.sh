@@ -95,9 +95,13 @@ ensure_user() {
 }
 
 ensure_dirs() {
-    install -d -m 0755 "$ROOT/etc/edge-agent"
+    # /etc/edge-agent is root's, group-writable by the service user: a remote `config-set`
+    # replaces agent.toml there (atomically, by rename, with agent.toml.previous beside it).
+    # Others get nothing: a device key or agent.env may sit in it.
+    install -d -m 0770 "$ROOT/etc/edge-agent"
     install -d -m 0700 "$ROOT/var/lib/edge-agent"
     if ! staged; then
+        chgrp "$SERVICE_USER" /etc/edge-agent
         chown "$SERVICE_USER:$SERVICE_USER" /var/lib/edge-agent
     fi
 }
@@ -163,8 +167,11 @@ ensure_unit() {
     # the environment's script as the static service user that owns the state directory.
     install -d -m 0755 "$ROOT$UNIT_DIR"
     unit=$ROOT$UNIT_DIR/$UNIT
+    # ProtectSystem=strict keeps /etc read-only; ReadWritePaths opens /etc/edge-agent (and
+    # its group mode, above, opens it to the service user alone) for `config-set`.
     sed -e "s|^ExecStart=/usr/bin/edge-agent |ExecStart=$PREFIX/bin/edge-agent |" \
         -e "s|^DynamicUser=yes$|User=$SERVICE_USER\nGroup=$SERVICE_USER|" \
+        -e "s|^ConfigurationDirectory=edge-agent$|ReadWritePaths=/etc/edge-agent|" \
         "$SRC/systemd/$UNIT" >"$work/$UNIT"
     # Written only when it differs, so a second run leaves the directory's mtime alone too.
     if ! cmp -s "$work/$UNIT" "$unit"; then

@@ -119,6 +119,11 @@ def test_make_install_lays_out_the_board(installed: Path) -> None:
     unit = (root / "etc/systemd/system" / UNIT).read_text()
     assert "ExecStart=/opt/edge-agent/bin/edge-agent run --config" in unit
     assert "\nUser=edge-agent\nGroup=edge-agent\n" in unit and "DynamicUser" not in unit
+    # A remote config-set replaces agent.toml: the installed unit opens /etc/edge-agent to
+    # the service user (ProtectSystem=strict would keep it read-only), and the directory is
+    # group-writable and closed to others (root:edge-agent on a board).
+    assert "\nReadWritePaths=/etc/edge-agent\n" in unit and "ConfigurationDirectory" not in unit
+    assert (root / "etc/edge-agent").stat().st_mode & 0o777 == 0o770
 
 
 def test_a_second_install_changes_nothing_and_keeps_the_config(installed: Path) -> None:
@@ -221,6 +226,7 @@ def test_make_deb_installs_upgrades_and_purges_in_a_scratch_root(tmp_path: Path)
     ):
         assert f" {path}" in contents, path
     assert "./var/lib/edge-agent" not in contents  # postinst makes it
+    assert re.search(r"^drwxrwx--- \S+ .* \./etc/edge-agent/$", contents, re.M), contents
     assert deb_query("--info", "conffiles").split() == ["/etc/edge-agent/agent.toml"]
 
     root = tmp_path / "root"
