@@ -429,6 +429,13 @@ class CaDir:
     def crl(self) -> x509.CertificateRevocationList:
         return x509.load_pem_x509_crl(self.crl_path.read_bytes())
 
+    def cut_off(self, role: Role) -> list[str]:
+        """Common names of ``role`` whose every certificate is revoked, sorted: the broker's
+        ACL denies them everything, so a revoked client still connected gets nothing more."""
+        entries = [e for e in self.index().issued if e.role == role]
+        usable = {e.common_name for e in entries if e.revoked_at is None}
+        return sorted({e.common_name for e in entries if e.revoked_at is not None} - usable)
+
     def active(self, role: Role) -> list[IssuedEntry]:
         """Unrevoked certificates of ``role``, one per common name (the latest)."""
         latest: dict[str, IssuedEntry] = {}

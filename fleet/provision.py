@@ -15,7 +15,6 @@ import datetime as dt
 import grp
 import json
 import os
-import shutil
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,8 +152,11 @@ DEVICE_WRITE = (
 CONTROLLER_WRITE = ("fleet/+/cmd/#", "fleet/+/desired", "fleet/+/file")
 
 
-def acl_text(operators: Sequence[str], controller: str = CONTROLLER_CN) -> str:
-    """The Mosquitto ACL: ``%u`` patterns for devices, named users for the rest.
+def acl_text(
+    operators: Sequence[str], controller: str = CONTROLLER_CN, cut_off: Sequence[str] = ()
+) -> str:
+    """The Mosquitto ACL: ``%u`` patterns for devices, named users for the rest, and a
+    ``deny #`` for each revoked device in ``cut_off``.
 
     Never ``%c``: with ``use_identity_as_username`` the client id is the client's own claim,
     the username is the certificate's CN.
@@ -163,6 +165,15 @@ def acl_text(operators: Sequence[str], controller: str = CONTROLLER_CN) -> str:
         "# Written by `fleet broker config`. The username is the client certificate's CN",
         "# (use_identity_as_username); anything not granted here is denied.",
         "",
+    ]
+    if cut_off:
+        # The CRL refuses a revoked certificate's next handshake; a device still connected
+        # keeps its session, so its grants are withdrawn too (Mosquitto checks denials first,
+        # re-reads this file on SIGHUP, and applies it to connected clients).
+        lines.append("# Revoked devices (fleet devices revoke): nothing, even on their own topics.")
+        for name in cut_off:
+            lines += [f"user {name}", "topic deny #", ""]
+    lines += [
         f"user {controller}",
         "topic read fleet/#",
         *(f"topic write {topic}" for topic in CONTROLLER_WRITE),
@@ -245,10 +256,8 @@ def write_broker_config(
         options.hosts[0] if options.hosts else "localhost", Role.BROKER, now=now, server_names=names
     )
     out.mkdir(parents=True, exist_ok=True)
-    operators = [e.common_name for e in ca.active(Role.OPERATOR)]
     files = {
         "mosquitto.conf": mosquitto_conf(options).encode(),
-        "acl": acl_text(operators).encode(),
         "broker.pem": cert_pem(issued.cert),
         "ca.pem": cert_pem(ca.ca_cert()),
     }
@@ -256,15 +265,24 @@ def write_broker_config(
     for name, data in files.items():
         write_private(out / name, data, 0o644)
         written.append(out / name)
-    shutil.copyfile(ca.crl_path, out / "crl.pem")
-    os.chmod(out / "crl.pem", 0o644)
-    written.append(out / "crl.pem")
+    written += write_broker_trust(ca, out)
     assert issued.key is not None
     key_path = out / "broker.key"
     write_private(key_path, key_pem(issued.key), 0o600)
     _give_to_mosquitto(key_path)
     written.append(key_path)
     return written
+
+
+def write_broker_trust(ca: CaDir, out: Path) -> list[Path]:
+    """The parts of the broker's configuration that revocation changes: ``acl`` (revoked
+    devices denied everything) and ``crl.pem``, both world-readable (Mosquitto drops to its
+    own user). Mosquitto re-reads both on SIGHUP (``systemctl reload mosquitto``)."""
+    operators = [e.common_name for e in ca.active(Role.OPERATOR)]
+    acl = acl_text(operators, cut_off=ca.cut_off(Role.DEVICE))
+    write_private(out / "acl", acl.encode(), 0o644)
+    write_private(out / "crl.pem", ca.crl_path.read_bytes(), 0o644)
+    return [out / "acl", out / "crl.pem"]
 
 
 def _give_to_mosquitto(path: Path) -> None:

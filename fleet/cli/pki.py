@@ -2,8 +2,8 @@
 
 Local commands on the operator's machine around a CA directory (``fleet.pki.CaDir``); none
 talks to the controller (``devices revoke --db`` writes its database, on its host). Revoking
-writes the CA's CRL: copy it to the broker (``crlfile``) and restart Mosquitto for it to take
-effect (docs/provisioning.md).
+writes the CA's CRL, and with ``--broker-dir`` the broker's CRL and ACL: Mosquitto re-reads
+them on SIGHUP (docs/provisioning.md).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from fleet.provision import (
     BrokerOptions,
     BundleOptions,
     write_broker_config,
+    write_broker_trust,
     write_bundle,
     write_identity,
 )
@@ -140,22 +141,42 @@ def devices_revoke(
             "there, so deploy and rollouts refuse it",
         ),
     ] = None,
+    broker_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--broker-dir",
+            help="the broker's configuration directory (from fleet broker config): rewrite "
+            "its crl.pem and acl; then reload Mosquitto (SIGHUP)",
+        ),
+    ] = None,
 ) -> None:
-    """Revoke the device's certificates and re-sign the CRL (then copy it to the broker)."""
+    """Revoke the device's certificates and re-sign the CRL (then give it to the broker)."""
     ca = _ca(ca_dir, passphrase_file)
     try:
-        if db is not None and not db.is_file():  # before the CRL changes
+        # Checked before the CRL changes.
+        if db is not None and not db.is_file():
             raise FleetError(f"no controller database at {db}")
+        if broker_dir is not None and not broker_dir.is_dir():
+            raise FleetError(f"no broker directory at {broker_dir}")
         revoked = ca.revoke(device_common_name(device_id), now=_now())
         if db is not None:
             _revoke_in_store(db, device_id)
+        if broker_dir is not None:
+            write_broker_trust(ca, broker_dir)
     except FleetError as exc:
         fail(exc)
+    except OSError as exc:
+        fail(FleetError(f"cannot write {exc.filename}: {exc.strerror}"))
     serials = ", ".join(e.serial for e in revoked) or "none still valid"
     stored = f" Marked revoked in {db}." if db is not None else ""
+    if broker_dir is None:
+        then = f"Copy {ca.crl_path} to the broker's crlfile, rewrite its acl (--broker-dir)"
+    else:
+        then = f"Wrote {broker_dir / 'crl.pem'} and {broker_dir / 'acl'}"
     _say(
-        f"{device_id}: revoked {serials}.{stored} Copy {ca.crl_path} to the broker's crlfile "
-        "and restart Mosquitto."
+        f"{device_id}: revoked {serials}.{stored} {then} and reload Mosquitto "
+        "(systemctl reload mosquitto, or SIGHUP): its next handshake is refused and, "
+        "connected, it gets nothing more."
     )
 
 

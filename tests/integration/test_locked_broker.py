@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -60,6 +61,8 @@ class Bench:
     ca_dir: Path
     log: Path
     identities: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+    config_dir: Path = Path()
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def ca_file(self) -> Path:
@@ -194,7 +197,7 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
     try:
         wait_until(lambda: port_is_open(port) or process.poll() is not None, 10, "mosquitto up")
         assert process.poll() is None, log.read_text() if log.exists() else "mosquitto exited"
-        yield Bench(port, ca.path, log, identities)
+        yield Bench(port, ca.path, log, identities, out, process)
     finally:
         process.terminate()
         process.wait(10)
@@ -276,6 +279,41 @@ class TestLockedBroker:
         }[identity]
         assert _tls_refusal(bench, identity) == expected
         assert _tls_refusal(bench, "pi-a") == ""
+
+    def test_a_revocation_takes_effect_on_a_reload_without_a_restart(
+        self, bench: Bench, clients: list[Client]
+    ) -> None:
+        controller = _open(bench, clients, "controller")
+        controller.subscribe("fleet/+/telemetry")
+        a, b = _open(bench, clients, "pi-a"), _open(bench, clients, "pi-b")
+        a.subscribe("fleet/pi-a/cmd/+")
+        b.subscribe("fleet/pi-b/cmd/+")
+        assert controller.publish("fleet/pi-a/cmd/before") == 0
+        wait_until(lambda: a.topics() == ["fleet/pi-a/cmd/before"], 10, "A's command")
+
+        revoked = _fleet(
+            "devices", "revoke", "pi-a", "--ca-dir", bench.ca_dir, "--broker-dir", bench.config_dir
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        assert "deny #" in (bench.config_dir / "acl").read_text()
+        broker = bench.process
+        assert broker is not None
+        reloads = bench.log.read_text().count("Reloading config")
+        broker.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: bench.log.read_text().count("Reloading config") > reloads, 10, "the reload"
+        )
+        # Still connected, A is cut off: what it publishes is refused, nothing reaches it.
+        wait_until(lambda: a.publish("fleet/pi-a/telemetry") == 135, 10, "A's publish refused")
+        assert controller.publish("fleet/pi-a/cmd/after") == 0
+        assert controller.publish("fleet/pi-b/cmd/marker") == 0
+        wait_until(lambda: "fleet/pi-b/cmd/marker" in b.topics(), 10, "B's command")
+        assert "fleet/pi-a/cmd/after" not in a.topics(), a.topics()
+        assert b.publish("fleet/pi-b/telemetry") == 0  # B is untouched
+        # A new handshake with A's certificate is refused, by the same broker process.
+        assert _tls_refusal(bench, "pi-a") == "SSLV3_ALERT_CERTIFICATE_REVOKED"
+        assert _tls_refusal(bench, "pi-b") == ""
+        assert broker.poll() is None
 
 
 # MQTT v5 CONNECT: clean start, keepalive 10, no properties, client id "x".

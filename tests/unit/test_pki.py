@@ -140,6 +140,15 @@ class TestRevocation:
         assert crl.get_revoked_certificate_by_serial_number(kept.cert.serial_number) is None
         assert [e.common_name for e in ca.active(Role.DEVICE)] == ["pi-2"]
 
+    def test_only_a_device_with_no_usable_certificate_left_is_cut_off(self, ca: CaDir) -> None:
+        for device in ("pi-1", "pi-2", "pi-3"):
+            ca.issue(device, Role.DEVICE, now=NOW)
+        ca.revoke("pi-1", now=NOW)
+        ca.revoke("pi-2", now=NOW)
+        ca.issue("pi-2", Role.DEVICE, now=NOW)  # re-provisioned after its revocation
+        assert ca.cut_off(Role.DEVICE) == ["pi-1"]
+        assert ca.cut_off(Role.OPERATOR) == []
+
     def test_revoking_an_unknown_device_is_an_error(self, ca: CaDir) -> None:
         with pytest.raises(PkiError, match="no certificate to 'pi-9'"):
             ca.revoke("pi-9", now=NOW)
@@ -213,6 +222,12 @@ class TestBrokerConfig:
         assert "topic write fleet-controller/rpc/+" in operator
         controller = next(b for b in blocks if b.startswith(f"user {CONTROLLER_CN}"))
         assert "topic read fleet/#" in controller
+
+    def test_a_revoked_device_is_denied_everything_before_any_grant(self) -> None:
+        text = acl_text(["operator:alice"], cut_off=["pi-1"])
+        blocks = text.split("\n\n")
+        assert any(b.splitlines()[-2:] == ["user pi-1", "topic deny #"] for b in blocks), text
+        assert "pi-1" not in acl_text(["operator:alice"])
 
     def test_listener_requires_certificates_and_the_crl(self) -> None:
         conf = mosquitto_conf(BrokerOptions(port=8884, config_dir=Path("/etc/m")))
