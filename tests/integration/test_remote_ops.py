@@ -123,6 +123,34 @@ def test_an_expired_command_is_not_run_and_is_reported(
     assert len(operator.command("logs", {"lines": 2})["lines"]) == 2
 
 
+def test_a_command_sent_while_the_device_is_away_expires_in_the_broker(
+    tmp_path: Path, broker: PrivateBroker, operator: Operator, processes: list[ManagedProcess]
+) -> None:
+    agent = _agent(tmp_path, broker.port)
+    processes.append(agent.start())
+    operator.wait_online()
+    assert operator.command("ping")["ok"] is True
+    # A clean stop: the broker keeps the agent's session (clean start false, a session
+    # expiry), so QoS 1 commands sent meanwhile are queued for it.
+    assert agent.terminate() == 0
+
+    # `fleet devices cmd` gives its command the wait as the MQTT Message Expiry Interval
+    # (1 s here) as well as the deadline in the body.
+    sent = fleet_cli(broker.port, "devices", "cmd", DEVICE, "ping", "--timeout", "1")
+    assert sent.returncode == 1 and f"no answer in time: {DEVICE}" in sent.stdout, sent
+    # The control: a deadline in the body only, no expiry: the broker keeps it.
+    control = operator.send("ping", {"expires_at": time.time() - 1})
+    time.sleep(2.5)  # past the 1 s expiry (Mosquitto counts whole seconds)
+    agent.start()
+
+    reply = operator.reply(control)
+    assert reply["ok"] is False and reply["error"].startswith("expired"), reply
+    # The CLI's command was queued before the control; had the broker delivered it, the agent
+    # would have refused it as expired too and counted two.
+    health = operator.command("health")
+    assert health["rejected"]["by_reason"].get("expired") == 1, health["rejected"]
+
+
 def test_restart_reexecutes_the_agent_and_a_retained_one_is_not_run(
     tmp_path: Path, broker: PrivateBroker, operator: Operator, processes: list[ManagedProcess]
 ) -> None:
