@@ -252,6 +252,16 @@ class Agent:
             log.info("agent.restart_requested", why=why)
             asyncio.get_running_loop().call_later(RESTART_GRACE_S, self._stop.set)
 
+    def _stopping_message(self) -> str:
+        """What systemd is told as the loop winds down. A restart re-executes in place
+        (agent/cli.py): RELOADING=1 keeps the unit active until the new image's READY=1,
+        where STOPPING=1 would have systemd wait for an exit that never comes, then kill it."""
+        if self.restart_requested is None:
+            return "STOPPING=1"
+        # MONOTONIC_USEC: systemd >= 253 ties the reload to this moment (CLOCK_MONOTONIC).
+        now_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return f"RELOADING=1\nMONOTONIC_USEC={now_us}\nSTATUS=restarting: {self.restart_requested}"
+
     def _build_ota(self, inference: InferenceService) -> OtaUpdater:
         # Imported here: an agent without OTA never loads the TUF client.
         from agent import __version__  # noqa: PLC0415
@@ -569,7 +579,7 @@ class Agent:
                 self.notifier.notify("READY=1")
                 await stop.wait()
                 log.info("agent.stopping")
-                self.notifier.notify("STOPPING=1")
+                self.notifier.notify(self._stopping_message())
                 await self._shutdown()
                 for task in workers:
                     task.cancel()

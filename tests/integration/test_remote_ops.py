@@ -157,15 +157,26 @@ def test_restart_reexecutes_the_agent_and_a_retained_one_is_not_run(
     # Retained without a deadline: it would restart the agent at every start if it ran.
     left_behind = operator.send("restart", {}, retain=True)
     agent = _agent(tmp_path, broker.port)
-    processes.append(agent.start())
-    assert operator.reply(left_behind)["error"].startswith("retained")
-    assert agent.process is not None
-    pid = agent.process.pid
-    assert _starts(agent) == 1
+    # systemd's side of it, through a real notify socket: the unit must stay active.
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    agent.env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
+    with notify:
+        processes.append(agent.start())
+        assert notify.recv(256) == b"READY=1"
+        assert operator.reply(left_behind)["error"].startswith("retained")
+        assert agent.process is not None
+        pid = agent.process.pid
+        assert _starts(agent) == 1
 
-    reply = operator.command("restart")
+        reply = operator.command("restart")
 
-    assert reply["ok"] is True and reply["restarting"] is True
+        assert reply["ok"] is True and reply["restarting"] is True
+        reloading = notify.recv(256).decode()
+        assert reloading.startswith("RELOADING=1\nMONOTONIC_USEC="), reloading  # not STOPPING=1
+        assert "STATUS=restarting: " in reloading
+        assert notify.recv(256) == b"READY=1"  # the new image, in the same process
     wait_until(lambda: _starts(agent) == 2, 30, "the agent to start again")
     assert agent.alive and agent.process.pid == pid  # re-executed in place
     assert operator.command("ping")["pong"] is True
