@@ -74,6 +74,13 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default="CPUExecutionProvider",
         help="ONNX Runtime execution providers in order of preference, comma-separated",
     )
+    serve.add_argument(
+        "--spinning",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ONNX Runtime threads spin between runs (per-model pools only; default auto: the "
+        "runtime's choice, on)",
+    )
     serve.add_argument("--workers", type=int, default=2, help="model runs at once (default 2)")
     serve.add_argument(
         "--onnx-thread-pools",
@@ -212,6 +219,17 @@ def _run(config: object, config_path: Path | None = None) -> int:
     return 0
 
 
+def _spinning(args: argparse.Namespace) -> bool | None:
+    if args.spinning == "auto":
+        return None
+    if args.onnx_thread_pools == "shared":
+        raise ConfigError(
+            "--spinning applies to --onnx-thread-pools per-model only "
+            "(ONNX Runtime's shared pools always spin)"
+        )
+    return bool(args.spinning == "on")
+
+
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: serving needs numpy and a runtime, the daemon's other commands do not.
     from agent.inference.backends import BackendOptions  # noqa: PLC0415
@@ -229,6 +247,7 @@ def _serve(args: argparse.Namespace) -> int:
             backend=BackendOptions(
                 onnx_providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
                 intra_op_threads=threads,
+                intra_op_spinning=_spinning(args),
                 tflite_threads=threads or None,
                 onnx_thread_pools=args.onnx_thread_pools,
             ),

@@ -224,6 +224,11 @@ class InferenceConfig(_Section):
     )
     intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads (0: auto).")
     inter_op_threads: int = Field(default=0, ge=0, description="ORT inter-op threads (0: auto).")
+    intra_op_spinning: bool | None = Field(
+        default=None,
+        description="ORT threads spin between runs (unset: the runtime's default, on); "
+        "false needs onnx_thread_pools = 'per-model' (the shared pools always spin).",
+    )
     onnx_thread_pools: Literal["shared", "per-model"] = Field(
         default="shared",
         description="shared: all ONNX models run on one pair of thread pools (a swap starts "
@@ -246,6 +251,15 @@ class InferenceConfig(_Section):
         description="A model_drift event when a signal's PSI rises above this (default: the "
         "'significant' level); model_drift_recovered once it is back under min(0.1, half of it).",
     )
+
+    @model_validator(mode="after")
+    def _spinning_needs_own_pools(self) -> InferenceConfig:
+        if self.intra_op_spinning is not None and self.onnx_thread_pools == "shared":
+            raise ValueError(
+                "intra_op_spinning applies to onnx_thread_pools = 'per-model' only "
+                "(ONNX Runtime's shared pools always spin)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _budget_holds_one_body(self) -> InferenceConfig:

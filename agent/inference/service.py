@@ -78,6 +78,7 @@ class InferenceService:
                 or config.state_dir / "tensorrt-cache",
                 intra_op_threads=inference.intra_op_threads,
                 inter_op_threads=inference.inter_op_threads,
+                intra_op_spinning=inference.intra_op_spinning,
                 onnx_thread_pools=inference.onnx_thread_pools,
                 tflite_threads=inference.tflite_threads,
                 tflite_runtime=inference.tflite_runtime,

@@ -73,6 +73,9 @@ class BackendOptions:
     tensorrt_cache_dir: Path | None = None
     intra_op_threads: int = 0  # 0: the runtime's default
     inter_op_threads: int = 0
+    # Whether idle intra-op threads spin before they sleep (None: the runtime's default, on).
+    # Per-model pools only: ONNX Runtime's shared pools always spin.
+    intra_op_spinning: bool | None = None
     tflite_threads: int | None = None  # None: the runtime's default
     tflite_runtime: TfliteRuntimeChoice = "auto"  # auto: LiteRT preferred, else tflite-runtime
     # shared: every ONNX session of the process runs on one pair of thread pools, made at the

@@ -187,6 +187,12 @@ def _session_options(options: BackendOptions, path: Path) -> ort.SessionOptions:
             session_options.intra_op_num_threads = options.intra_op_threads
         if options.inter_op_threads:
             session_options.inter_op_num_threads = options.inter_op_threads
+        if options.intra_op_spinning is not None:
+            # Spinning threads keep a core busy between runs: the fastest for a lone caller
+            # on an idle machine, a tax on the event loop and other callers elsewhere.
+            spin = "1" if options.intra_op_spinning else "0"
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+            session_options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return session_options
 
 
