@@ -25,7 +25,7 @@ import json
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol, TypedDict, TypeVar
+from typing import Any, ClassVar, Protocol, TypedDict, TypeVar
 from urllib.parse import quote
 
 import numpy as np
@@ -43,6 +43,7 @@ from agent.errors import (
 )
 from agent.inference.backends import caller_dtype, conform_feeds
 from agent.inference.metrics import RestMetrics
+from agent.inference.oip_http import OipApi
 from agent.inference.registry import ModelRegistry, Prediction
 from edge_contract.card import ModelCard, TensorSpec
 
@@ -182,6 +183,8 @@ class _Api:
         router.add_post(f"/v1/models/{_NAME}:feedback", self.feedback)
         router.add_get("/metrics", self.metrics)
         router.add_get("/healthz", self.healthz)
+        # The Open Inference Protocol (v2) beside TF Serving's: same body cap, budget, errors.
+        OipApi(self._registry, self._read_body).add_routes(router)
 
     async def status(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version")
@@ -326,6 +329,8 @@ class _Api:
 
 class MalformedBodyError(InvalidInputError):
     """A request body that is not a JSON object (reason ``bad_json``)."""
+
+    reason: ClassVar[str] = "bad_json"
 
 
 class _BodyBudgetFull(AgentError):
@@ -575,10 +580,8 @@ _HTTP_REASONS = {
 
 
 def _status_for(error: InferenceError) -> tuple[int, str]:
-    if isinstance(error, MalformedBodyError):
-        return 400, "bad_json"
     if isinstance(error, InvalidInputError):
-        return 400, "bad_input"
+        return 400, error.reason
     if isinstance(error, UnknownModelError):
         return 404, "unknown_model"
     if isinstance(error, UnknownPredictionError):
