@@ -30,8 +30,6 @@ from tests.integration.test_rest_api import MAX_BODY, ServerThread
 pytestmark = pytest.mark.integration
 
 
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
     async def setup(registry: ModelRegistry) -> None:
