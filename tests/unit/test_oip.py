@@ -113,6 +113,11 @@ class TestJsonTensors:
             error = refusal(body)
             assert isinstance(error, MalformedRequestError)
             assert error.reason == "bad_json"
+        # Nested deeper than any tensor, yet shallow enough for the parser: refused unparsed.
+        deep = refusal(
+            json_body(tensor([[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[0.5]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]))
+        )
+        assert "nests 35 levels, limit 32" in str(deep)
 
     def test_the_schema_is_strict(self) -> None:
         cases = {
