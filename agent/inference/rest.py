@@ -5,17 +5,20 @@ predict in the row (``instances``) and columnar (``inputs``) formats, on the def
 an explicit one; errors are ``{"error": "..."}`` with TF Serving's status codes. Our additions
 ride along without breaking those clients: ``prediction_ids`` and ``model_spec`` in predict
 responses, ``POST /v1/models/<name>:feedback`` (labelled feedback for the monitor),
-``GET /metrics`` (Prometheus text) and ``GET /healthz``. See docs/inference-api.md.
+``GET /metrics`` (Prometheus text) and ``GET /healthz``. The Open Inference Protocol (v2)
+routes (``agent.inference.oip_http``) ride on the same app, behind the same middlewares. See
+docs/inference-api.md.
 
-One of the two agent modules that import aiohttp (the other serves ``[metrics] port``:
-agent/telemetry/metrics_http.py). Bodies are capped (413 before buffering more than
-the cap), and so are the body bytes of all requests in progress together (a byte budget taken
-from Content-Length before the body is read, the per-request cap for a body without one; 503
-with Retry-After when it is spent): a parsed JSON body holds about eight times its size while
-it becomes arrays, so the budget, not the request count, is what bounds the process's memory.
-Large bodies are parsed and large results encoded in a worker thread so that one big request
-does not stall the event loop for everyone else. Every error answer is counted by a bounded
-reason (``RestMetrics``) and shown on ``/metrics`` beside the monitor's families.
+One of the agent modules that import aiohttp (with its v2 routes, oip_http.py; the other
+serves ``[metrics] port``: agent/telemetry/metrics_http.py). Bodies are capped (413 before
+buffering more than the cap), and so are the body bytes of all requests in progress together
+(a byte budget taken from Content-Length before the body is read, the per-request cap for a
+body without one; 503 with Retry-After when it is spent): a parsed JSON body holds about
+eight times its size while it becomes arrays, so the budget, not the request count, is what
+bounds the process's memory. Large bodies are parsed and large results encoded in a worker
+thread so that one big request does not stall the event loop for everyone else. Every error
+answer is counted by a bounded reason (``RestMetrics``) and shown on ``/metrics`` beside the
+monitor's families.
 """
 
 from __future__ import annotations
