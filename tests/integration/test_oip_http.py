@@ -95,7 +95,7 @@ def test_health_and_metadata_through_the_triton_client(
 
 
 def test_json_and_binary_tensors_give_the_golden_output(
-    client: triton.InferenceServerClient,
+    server: ServerThread, client: triton.InferenceServerClient
 ) -> None:
     card = load_card(card_path_for(FP32))
     golden = np.asarray(card.golden.inputs["pixels"], dtype=np.float32)
@@ -118,6 +118,11 @@ def test_json_and_binary_tensors_give_the_golden_output(
     np.testing.assert_allclose(
         result.as_numpy("probabilities"), direct_outputs(INT8, rows[:50]), atol=1e-6
     )
+    # The monitor saw them: their ids take feedback on the TF Serving route.
+    ids = result.get_response()["parameters"]["prediction_ids"].split(",")
+    assert len(ids) == 50
+    feedback = json.dumps({"prediction_id": ids[0], "label": 3}).encode()
+    assert post(f"{server.url}/v1/models/digits:feedback", feedback)[0] == 200
 
 
 def test_bad_requests_get_the_protocols_error_and_the_service_lives(
