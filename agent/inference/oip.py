@@ -139,7 +139,8 @@ class DecodedRequest:
     """A request whose inputs passed the model's input contract, and what it asked back."""
 
     id: str
-    feeds: dict[str, Array]
+    # ``CheckedFeeds``: the registry takes them without checking them again.
+    feeds: Mapping[str, Array]
     outputs: tuple[str, ...] | None  # None: every output
     binary: Mapping[str, bool]  # an output's own ``binary_data``, where it says
     binary_default: bool  # ``binary_data_output``: the others
@@ -178,7 +179,7 @@ def decode_request(body: bytes, length: int | None, card: ModelCard) -> DecodedR
     _check_finite(feeds, arrays, card.name)
     return DecodedRequest(
         id=request.id or "",
-        feeds=dict(feeds),
+        feeds=feeds,
         outputs=_requested_outputs(request, card),
         binary={
             out.name: flag
