@@ -15,6 +15,7 @@ runtime's (``edge_runtime.errors``): the agent catches those bases beside ``Agen
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from edge_contract.errors import UpdateError
 
@@ -129,6 +130,9 @@ class GoldenMismatchError(InferenceError):
 
 class InvalidInputError(InferenceError, ValueError):
     """A request's input has the wrong name, shape or dtype for the model."""
+
+    # What the REST edge counts it as (``agent.inference.metrics.REST_ERROR_REASONS``).
+    reason: ClassVar[str] = "bad_input"
 
     def __init__(self, message: str, *, model: str, detail: str = "") -> None:
         self.model = model

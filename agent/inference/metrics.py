@@ -181,6 +181,7 @@ def _capture_families(capture: CaptureBuffer | None) -> Iterator[Metric]:
 REST_ERROR_REASONS: dict[str, int] = {
     "bad_json": 400,  # not JSON, NaN/Infinity literals, too deep, not an object
     "bad_input": 400,  # valid JSON the model cannot take (shape, dtype, non-finite, ...)
+    "bad_framing": 400,  # v2 binary tensors: header length or binary_data_size do not add up
     "unknown_model": 404,
     "unknown_prediction": 404,  # feedback naming an id that is unknown, aged out or answered
     "unknown_route": 404,

@@ -5,17 +5,20 @@ predict in the row (``instances``) and columnar (``inputs``) formats, on the def
 an explicit one; errors are ``{"error": "..."}`` with TF Serving's status codes. Our additions
 ride along without breaking those clients: ``prediction_ids`` and ``model_spec`` in predict
 responses, ``POST /v1/models/<name>:feedback`` (labelled feedback for the monitor),
-``GET /metrics`` (Prometheus text) and ``GET /healthz``. See docs/inference-api.md.
+``GET /metrics`` (Prometheus text) and ``GET /healthz``. The Open Inference Protocol (v2)
+routes (``agent.inference.oip_http``) ride on the same app, behind the same middlewares. See
+docs/inference-api.md.
 
-One of the two agent modules that import aiohttp (the other serves ``[metrics] port``:
-agent/telemetry/metrics_http.py). Bodies are capped (413 before buffering more than
-the cap), and so are the body bytes of all requests in progress together (a byte budget taken
-from Content-Length before the body is read, the per-request cap for a body without one; 503
-with Retry-After when it is spent): a parsed JSON body holds about eight times its size while
-it becomes arrays, so the budget, not the request count, is what bounds the process's memory.
-Large bodies are parsed and large results encoded in a worker thread so that one big request
-does not stall the event loop for everyone else. Every error answer is counted by a bounded
-reason (``RestMetrics``) and shown on ``/metrics`` beside the monitor's families.
+One of the agent modules that import aiohttp (with its v2 routes, oip_http.py; the other
+serves ``[metrics] port``: agent/telemetry/metrics_http.py). Bodies are capped (413 before
+buffering more than the cap), and so are the body bytes of all requests in progress together
+(a byte budget taken from Content-Length before the body is read, the per-request cap for a
+body without one; 503 with Retry-After when it is spent): a parsed JSON body holds about
+eight times its size while it becomes arrays, so the budget, not the request count, is what
+bounds the process's memory. Large bodies are parsed and large results encoded in a worker
+thread so that one big request does not stall the event loop for everyone else. Every error
+answer is counted by a bounded reason (``RestMetrics``) and shown on ``/metrics`` beside the
+monitor's families.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol, TypedDict, TypeVar
+from typing import Any, ClassVar, Protocol, TypedDict, TypeVar
 from urllib.parse import quote
 
 import numpy as np
@@ -43,6 +46,7 @@ from agent.errors import (
 )
 from agent.inference.backends import caller_dtype, conform_feeds
 from agent.inference.metrics import RestMetrics
+from agent.inference.oip_http import OipApi
 from agent.inference.registry import ModelRegistry, Prediction
 from edge_contract.card import ModelCard, TensorSpec
 
@@ -182,6 +186,8 @@ class _Api:
         router.add_post(f"/v1/models/{_NAME}:feedback", self.feedback)
         router.add_get("/metrics", self.metrics)
         router.add_get("/healthz", self.healthz)
+        # The Open Inference Protocol (v2) beside TF Serving's: same body cap, budget, errors.
+        OipApi(self._registry, self._read_body).add_routes(router)
 
     async def status(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version")
@@ -326,6 +332,8 @@ class _Api:
 
 class MalformedBodyError(InvalidInputError):
     """A request body that is not a JSON object (reason ``bad_json``)."""
+
+    reason: ClassVar[str] = "bad_json"
 
 
 class _BodyBudgetFull(AgentError):
@@ -575,10 +583,8 @@ _HTTP_REASONS = {
 
 
 def _status_for(error: InferenceError) -> tuple[int, str]:
-    if isinstance(error, MalformedBodyError):
-        return 400, "bad_json"
     if isinstance(error, InvalidInputError):
-        return 400, "bad_input"
+        return 400, error.reason
     if isinstance(error, UnknownModelError):
         return 404, "unknown_model"
     if isinstance(error, UnknownPredictionError):

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.http as triton
 
 from agent.errors import EXIT_CONFIG
 from tests.integration.harness import ManagedProcess, wait_until
@@ -83,6 +84,14 @@ def test_serve_answers_predict_and_exits_0_on_sigterm(
         assert np.mean(np.argmax(body["predictions"], axis=1) == labels) > 0.9
         assert len(body["prediction_ids"]) == len(rows)
     assert "edge_model_requests_total" in urllib.request.urlopen(f"{url}/metrics").read().decode()
+    # The same port speaks the Open Inference Protocol (v2), binary tensors included.
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    pixels = triton.InferInput("pixels", list(rows.shape), "FP32")
+    pixels.set_data_from_numpy(rows, binary_data=True)
+    answer = client.infer("lite", [pixels]).as_numpy("probabilities")
+    assert np.mean(np.argmax(answer, axis=1) == labels) > 0.9
+    assert client.get_model_metadata("lite")["platform"] == "tflite"
+    client.close()
 
     assert process.terminate() == 0
     assert "serve.stopping" in process.log()

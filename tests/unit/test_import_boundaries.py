@@ -24,6 +24,7 @@ DOORS: dict[str, frozenset[str]] = {
     "agent/serial/transport.py": frozenset({"serial"}),
     "agent/inference/backends/onnx.py": frozenset({"onnxruntime"}),
     "agent/inference/backends/litert.py": frozenset({"ai_edge_litert", "tflite_runtime"}),
+    "agent/inference/oip_http.py": frozenset({"aiohttp"}),
     "agent/inference/rest.py": frozenset({"aiohttp"}),
     "agent/telemetry/metrics_http.py": frozenset({"aiohttp"}),
     "agent/ota/trust.py": frozenset({"tuf", "securesystemslib"}),
