@@ -11,6 +11,8 @@ import pytest
 from agent import config as config_module
 from agent.config import load_config, masked_dump, unknown_env_keys
 from agent.errors import EXIT_CONFIG, ConfigError
+from agent.inference.backends import BackendOptions
+from agent.inference.backends.onnx import session_options_for
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +88,10 @@ class TestErrors:
                 "[inference]\nmax_body_bytes = 4096\nbody_budget_bytes = 2048\n",
                 "body_budget_bytes (2048) must hold one body of max_body_bytes (4096)",
             ),
+            (
+                "[inference]\nintra_op_spinning = false\n",
+                "intra_op_spinning applies to onnx_thread_pools = 'per-model' only",
+            ),
         ],
     )
     def test_bad_files_name_the_key(self, tmp_path: Path, text: str, expected: str) -> None:
@@ -140,3 +146,26 @@ class TestCommandLine:
             )
             assert result.returncode == EXIT_CONFIG
             assert "telemetry.intervall_s: unknown key" in result.stderr
+
+
+class TestSpinning:
+    @pytest.mark.parametrize(("spinning", "entry"), [(False, "0"), (True, "1"), (None, "")])
+    def test_per_model_sessions_get_the_spinning_asked_for(
+        self, tmp_path: Path, spinning: bool | None, entry: str
+    ) -> None:
+        text = "[inference]\nonnx_thread_pools = 'per-model'\n"
+        if spinning is not None:
+            text += f"intra_op_spinning = {str(spinning).lower()}\n"
+        inference = load_config(_write(tmp_path, text)).inference
+        assert inference.intra_op_spinning is spinning
+        options = BackendOptions(
+            intra_op_spinning=inference.intra_op_spinning,
+            onnx_thread_pools=inference.onnx_thread_pools,
+        )
+        session = session_options_for(options, tmp_path / "model.onnx")
+        key = "session.intra_op.allow_spinning"
+        if spinning is None:  # the runtime's own default stands
+            with pytest.raises(RuntimeError, match="does not have configuration"):
+                session.get_session_config_entry(key)
+        else:
+            assert session.get_session_config_entry(key) == entry

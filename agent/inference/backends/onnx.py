@@ -109,7 +109,7 @@ class OnnxBackend:
 def open_onnx(path: Path, options: BackendOptions, *, model: str) -> OnnxBackend:
     """An ``OnnxBackend`` for ``path``; ``ModelLoadError`` if onnxruntime rejects the file."""
     providers = choose_providers(options.onnx_providers, model=model)
-    session_options = _session_options(options, path)
+    session_options = session_options_for(options, path)
 
     def create(chosen: list[str]) -> Any:
         return ort.InferenceSession(
@@ -171,7 +171,7 @@ def session_with_fallback(
             remaining = remaining[1:]
 
 
-def _session_options(options: BackendOptions, path: Path) -> ort.SessionOptions:
+def session_options_for(options: BackendOptions, path: Path) -> ort.SessionOptions:
     session_options = ort.SessionOptions()
     if options.onnx_thread_pools == "shared":
         try:
