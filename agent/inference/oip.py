@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from agent.errors import InvalidInputError
+from agent.inference import jsonwire
 from agent.inference.backends import caller_dtype, conform_feeds
 from edge_contract.card import ModelCard, TensorSpec
 from edge_contract.payloads import nesting_depth, schema_problem
@@ -417,13 +418,13 @@ def encode_response(
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = array.reshape(-1).tolist()
+            tensor["data"] = array.reshape(-1)
         described.append(tensor)
     doc: dict[str, object] = {"model_name": model, "model_version": version, "id": request.id}
     if parameters:
         doc["parameters"] = dict(parameters)
     doc["outputs"] = described
-    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    header = jsonwire.dumps(doc)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

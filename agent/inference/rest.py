@@ -44,6 +44,7 @@ from agent.errors import (
     UnknownModelError,
     UnknownPredictionError,
 )
+from agent.inference import jsonwire
 from agent.inference.backends import caller_dtype, conform_feeds
 from agent.inference.metrics import RestMetrics
 from agent.inference.oip_http import OipApi
@@ -459,21 +460,21 @@ def _encode_predict(prediction: Prediction, row_format: bool) -> bytes:
     if row_format:
         doc["predictions"] = _rows(outputs, len(prediction.ids), prediction.model)
     elif len(outputs) == 1:
-        doc["outputs"] = next(iter(outputs.values())).tolist()
+        doc["outputs"] = next(iter(outputs.values()))
     else:
-        doc["outputs"] = {name: array.tolist() for name, array in outputs.items()}
+        doc["outputs"] = dict(outputs)
     doc["prediction_ids"] = list(prediction.ids)
     doc["model_spec"] = {
         "name": prediction.model,
         "version": prediction.version,
         "signature_name": SIGNATURE_NAME,
     }
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return jsonwire.dumps(doc)
 
 
-def _rows(outputs: dict[str, Array], batch: int, model: str) -> list[Any]:
+def _rows(outputs: dict[str, Array], batch: int, model: str) -> Any:
     if len(outputs) == 1:
-        return list(next(iter(outputs.values())).tolist())
+        return next(iter(outputs.values()))  # its rows are the predictions
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != batch:
             raise InferenceError(

@@ -1,0 +1,557 @@
+"""Serving benchmark: what a client on the same machine pays for a prediction, end to end.
+
+The baseline is the fastest bare ``onnxruntime.InferenceSession.run`` this machine offers
+for the model, in the client's own process: ONNX Runtime's defaults, spinning off, one
+intra-op thread, one thread with spinning off; the fastest p50 at each input length is the
+baseline (the table names it). Against it, in alternating blocks (the order flips every
+block, so the drift of a shared machine falls on every path):
+
+- **end to end**: a real ``edge-agent serve`` process on loopback, called by real clients
+  on one keep-alive connection each: TF Serving's REST ``:predict`` (JSON, ``http.client`` and
+  the standard ``json`` module, as a plain Python client would), the Open Inference Protocol
+  v2 over HTTP with JSON tensors and with binary tensors (``tritonclient.http``), and v2 over
+  gRPC (``tritonclient.grpc``) where the agent serves it. The client's own encoding and
+  decoding count: that is what a client pays;
+- **in process**, to split the cost: the agent's own session configuration run bare (what
+  the session costs), and ``ModelRegistry.predict`` with the agent's monitor on it (what the
+  path inside the agent adds), both in this process with the agent's default settings.
+
+Second, **the agent's session configuration**: candidate settings (shared pools, per-model
+pools with spinning on and off, thread counts), each in an ``edge-agent serve`` process of
+its own, called over REST by a lone client (p50, alternating blocks) and by concurrent
+clients (requests per second and p50, rounds in alternating order).
+
+MiniLM fp32 (``make bench-models`` builds it), a sentence of 17 tokens and a paragraph of
+128. Targets: end to end at most 1.10 of the baseline at p50 for 17 tokens and 1.05 for
+128, at most 1.25 at p99. Nothing asserts on timing: the table says PASS or MISS and the
+exit code stays 0. Traffic stays on 127.0.0.1; every loop is bounded.
+
+    .venv/bin/python -m bench.bench_serving [--quick] [--json PATH] [--skip-configs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from agent.inference.backends import BackendOptions
+from agent.inference.backends.onnx import OnnxBackend
+from agent.inference.cardfile import load_card
+from agent.inference.monitoring import ModelMonitor
+from agent.inference.registry import ModelRegistry
+from bench import report
+from bench.bench_models import MINILM_FP32, load_inputs, paragraph_inputs, percentile
+from devtools.localbroker import free_port, port_is_open
+from edge_contract.card import ModelCard, card_path_for
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "minilm"
+Feeds = Mapping[str, np.ndarray]
+Timer = Callable[[Feeds], float]
+TARGETS = {17: (1.10, 1.25), 128: (1.05, 1.25)}  # tokens: (p50, p99) end-to-end ratios
+
+
+@dataclass(frozen=True)
+class Profile:
+    runs: dict[int, int]  # timed calls per path, by tokens
+    block: int
+    config_runs: int  # lone-client calls per agent configuration
+    clients: int  # concurrent clients
+    concurrent_requests: int  # per client per round
+    rounds: int
+
+
+FULL = Profile(
+    runs={17: 2000, 128: 400},
+    block=40,
+    config_runs=600,
+    clients=4,
+    concurrent_requests=60,
+    rounds=3,
+)
+QUICK = Profile(
+    runs={17: 400, 128: 120},
+    block=20,
+    config_runs=200,
+    clients=4,
+    concurrent_requests=25,
+    rounds=2,
+)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """An ``edge-agent serve`` configuration: its flags and a label for the tables."""
+
+    label: str
+    flags: tuple[str, ...] = ()
+
+
+# The agent's defaults (no flags) first; the other candidates of the configuration study.
+DEFAULT_AGENT = AgentSettings("agent defaults")
+CANDIDATES = (
+    DEFAULT_AGENT,
+    AgentSettings("shared pools, ORT threads (spinning)", ("--onnx-thread-pools", "shared")),
+    AgentSettings(
+        "per-model, ORT threads, spinning on",
+        ("--onnx-thread-pools", "per-model", "--spinning", "on"),
+    ),
+    AgentSettings(
+        "per-model, ORT threads, spinning off",
+        ("--onnx-thread-pools", "per-model", "--spinning", "off"),
+    ),
+    AgentSettings(
+        "per-model, 1 thread, spinning off",
+        ("--onnx-thread-pools", "per-model", "--threads", "1", "--spinning", "off"),
+    ),
+)
+
+
+@dataclass
+class Results:
+    meta: dict[str, Any]
+    figures: dict[str, Any] = field(default_factory=dict)
+    rows: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
+    config_rows: list[tuple[str, ...]] = field(default_factory=list)
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a server did not start)."""
+
+
+# -- the pieces: bare sessions, agent processes, clients ---------------------------------------
+
+
+def bare_session(threads: int = 0, spinning: bool | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+    return ort.InferenceSession(str(MINILM_FP32), options, providers=["CPUExecutionProvider"])
+
+
+BARE_CONFIGS: dict[str, Callable[[], ort.InferenceSession]] = {
+    "ORT defaults": bare_session,
+    "spinning off": lambda: bare_session(spinning=False),
+    "1 thread": lambda: bare_session(threads=1),
+    "1 thread, spinning off": lambda: bare_session(threads=1, spinning=False),
+}
+
+
+def session_timer(session: ort.InferenceSession) -> Timer:
+    def call(feeds: Feeds) -> float:
+        start = time.perf_counter()
+        session.run(None, dict(feeds))
+        return time.perf_counter() - start
+
+    return call
+
+
+@contextmanager
+def agent_server(settings: AgentSettings, log_dir: Path) -> Iterator[int]:
+    """A real ``edge-agent serve`` of MiniLM fp32 on a free loopback port; yields the port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "agent", "serve", "--model", f"{MODEL}={MINILM_FP32}"]
+    argv += ["--port", str(port), *settings.flags]
+    log = log_dir / f"serve-{port}.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_is_open(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"edge-agent serve {settings.flags} did not start: {log}")
+            time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def rest_json_timer(port: int) -> Timer:
+    """TF Serving's ``:predict`` (columnar ``inputs``) on one keep-alive connection, with the
+    standard ``json`` module on both ends of the client: encode, send, read, decode."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    path = f"/v1/models/{MODEL}:predict"
+    headers = {"Content-Type": "application/json"}
+
+    def call(feeds: Feeds) -> float:
+        start = time.perf_counter()
+        body = json.dumps({"inputs": {k: v.tolist() for k, v in feeds.items()}})
+        connection.request("POST", path, body, headers)
+        response = connection.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise BenchError(f"REST predict answered {response.status}: {payload[:200]!r}")
+        np.asarray(json.loads(payload)["outputs"], dtype=np.float32)
+        return time.perf_counter() - start
+
+    return call
+
+
+def v2_http_timer(port: int, *, binary: bool) -> Timer:
+    """Open Inference Protocol v2 over HTTP with ``tritonclient.http`` (one connection)."""
+    import tritonclient.http as triton  # noqa: PLC0415 (test extra; only this front needs it)
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}", concurrency=1)
+    outputs = [triton.InferRequestedOutput("sentence_embedding", binary_data=binary)]
+
+    def call(feeds: Feeds) -> float:
+        start = time.perf_counter()
+        inputs = []
+        for name, array in feeds.items():
+            tensor = triton.InferInput(name, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array, binary_data=binary)
+            inputs.append(tensor)
+        result = client.infer(MODEL, inputs, outputs=outputs)
+        result.as_numpy("sentence_embedding")
+        return time.perf_counter() - start
+
+    return call
+
+
+def v2_grpc_timer(port: int) -> Timer:
+    """Open Inference Protocol v2 over gRPC with ``tritonclient.grpc`` (one channel)."""
+    import tritonclient.grpc as triton  # noqa: PLC0415
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    outputs = [triton.InferRequestedOutput("sentence_embedding")]
+
+    def call(feeds: Feeds) -> float:
+        start = time.perf_counter()
+        inputs = []
+        for name, array in feeds.items():
+            tensor = triton.InferInput(name, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        client.infer(MODEL, inputs, outputs=outputs).as_numpy("sentence_embedding")
+        return time.perf_counter() - start
+
+    return call
+
+
+def alternate(
+    paths: Mapping[str, Timer], inputs: Sequence[Feeds], runs: int, block: int
+) -> dict[str, list[float]]:
+    """Each path's latencies (s) in alternating blocks, after one untimed warm-up block."""
+    names = list(paths)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(runs // block + 1):
+        for name in names if index % 2 == 0 else names[::-1]:
+            for i in range(block):
+                elapsed = paths[name](inputs[(index * block + i) % len(inputs)])
+                if index > 0:
+                    samples[name].append(elapsed)
+    return samples
+
+
+def input_sets(card: ModelCard) -> dict[int, list[dict[str, np.ndarray]]]:
+    sentence = load_inputs(card)
+    return {int(sentence[0]["input_ids"].shape[1]): sentence, 128: paragraph_inputs()}
+
+
+def _ms(samples: Sequence[float], q: float) -> float:
+    return percentile(samples, q) * 1e3
+
+
+# -- 1: the bare baseline ----------------------------------------------------------------------
+
+
+def fastest_bare(
+    inputs: dict[int, list[dict[str, np.ndarray]]], profile: Profile, results: Results
+) -> dict[int, str]:
+    """The bare configuration with the lowest p50 at each length (all timed alternately)."""
+    sessions = {label: make() for label, make in BARE_CONFIGS.items()}
+    chosen: dict[int, str] = {}
+    figures: dict[str, Any] = {}
+    for tokens, feeds in inputs.items():
+        runs = max(profile.block * 4, profile.runs[tokens] // 4)
+        samples = alternate(
+            {label: session_timer(s) for label, s in sessions.items()}, feeds, runs, profile.block
+        )
+        p50 = {label: _ms(values, 50) for label, values in samples.items()}
+        chosen[tokens] = min(p50, key=p50.__getitem__)
+        figures[str(tokens)] = {"p50_ms": p50, "fastest": chosen[tokens]}
+    results.figures["bare_configs"] = figures
+    return chosen
+
+
+# -- 2: end to end and in process --------------------------------------------------------------
+
+
+def _fronts(port: int, grpc_port: int | None) -> dict[str, Timer]:
+    fronts = {
+        "REST :predict, JSON": rest_json_timer(port),
+        "v2 HTTP, JSON tensors": v2_http_timer(port, binary=False),
+        "v2 HTTP, binary tensors": v2_http_timer(port, binary=True),
+    }
+    if grpc_port is not None:
+        fronts["v2 gRPC"] = v2_grpc_timer(grpc_port)
+    return fronts
+
+
+async def _in_process_timers(registry: ModelRegistry, card: ModelCard) -> dict[str, Timer]:
+    await registry.load(MINILM_FP32, card=card)
+    backend = registry.backend(card.name)
+    assert isinstance(backend, OnnxBackend)
+    loop = asyncio.get_running_loop()
+
+    def predict(feeds: Feeds) -> float:
+        start = time.perf_counter()
+        asyncio.run_coroutine_threadsafe(registry.predict(card.name, feeds), loop).result(60)
+        return time.perf_counter() - start
+
+    return {"agent's session, bare": session_timer(backend.session), "agent predict": predict}
+
+
+@contextmanager
+def in_process_agent(card: ModelCard) -> Iterator[dict[str, Timer]]:
+    """The registry with the agent's default settings on an event loop of its own thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="agent-loop", daemon=True)
+    thread.start()
+    defaults = BackendOptions(onnx_thread_pools=DEFAULT_POOLS)
+    registry = ModelRegistry(defaults, workers=2, max_queue=64, observer=ModelMonitor())
+    try:
+        future = asyncio.run_coroutine_threadsafe(_in_process_timers(registry, card), loop)
+        yield future.result(120)
+    finally:
+        asyncio.run_coroutine_threadsafe(registry.close(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+# The in-process registry runs with per-model pools: ONNX Runtime's shared pools are process
+# state, and once made they would carry this process's bare sessions too.
+DEFAULT_POOLS: Any = "per-model"
+
+
+def end_to_end(
+    inputs: dict[int, list[dict[str, np.ndarray]]],
+    chosen: dict[int, str],
+    profile: Profile,
+    results: Results,
+    log_dir: Path,
+    card: ModelCard,
+) -> None:
+    with ExitStack() as stack:
+        port = stack.enter_context(agent_server(DEFAULT_AGENT, log_dir))
+        fronts = _fronts(port, None)
+        in_process = stack.enter_context(in_process_agent(card))
+        results.figures["end_to_end"] = {}
+        for tokens, feeds in inputs.items():
+            baseline = BARE_CONFIGS[chosen[tokens]]()
+            paths = {"bare": session_timer(baseline), **in_process, **fronts}
+            samples = alternate(paths, feeds, profile.runs[tokens], profile.block)
+            _end_to_end_rows(results, tokens, chosen[tokens], samples)
+            del baseline
+
+
+def _end_to_end_rows(
+    results: Results, tokens: int, bare_label: str, samples: dict[str, list[float]]
+) -> None:
+    bare = {q: _ms(samples["bare"], q) for q in (50, 99)}
+    figures = {path: {q: _ms(values, q) for q in (50, 99)} for path, values in samples.items()}
+    figures["runs"] = len(samples["bare"])
+    figures["baseline"] = bare_label
+    results.figures["end_to_end"][str(tokens)] = figures
+    p50_target, p99_target = TARGETS[tokens]
+    for path, values in samples.items():
+        if path == "bare":
+            continue
+        end_to_end = path not in ("agent's session, bare", "agent predict")
+        for q, target in ((50, p50_target), (99, p99_target)):
+            ratio = _ms(values, q) / bare[q]
+            verdict = ("PASS" if ratio <= target else "MISS") if end_to_end else "info"
+            results.rows.append(
+                (
+                    f"{tokens} tokens, {path}{'' if end_to_end else ' (in process)'}: p{q} ms",
+                    f"{_ms(values, q):.2f}",
+                    f"{bare[q]:.2f} bare ({bare_label})",
+                    f"{ratio:.3f}",
+                    f"<= {target:.2f}" if end_to_end else "-",
+                    verdict,
+                )
+            )
+
+
+# -- 3: the agent's session configuration ------------------------------------------------------
+
+
+def _concurrent_round(
+    port: int, feeds: Sequence[Feeds], profile: Profile
+) -> tuple[float, list[float]]:
+    """``clients`` threads, each on its own connection, ``concurrent_requests`` calls each:
+    requests per second over the round and every call's latency."""
+    timers = [rest_json_timer(port) for _ in range(profile.clients)]
+    latencies: list[list[float]] = [[] for _ in timers]
+    start = threading.Barrier(len(timers) + 1)
+
+    def client(index: int) -> None:
+        start.wait(30)
+        for i in range(profile.concurrent_requests):
+            latencies[index].append(timers[index](feeds[(index + i) % len(feeds)]))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(timers))]
+    for thread in threads:
+        thread.start()
+    start.wait(30)
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join(300)
+    elapsed = time.perf_counter() - began
+    flat = [value for values in latencies for value in values]
+    return len(flat) / elapsed, flat
+
+
+def configurations(
+    inputs: dict[int, list[dict[str, np.ndarray]]],
+    profile: Profile,
+    results: Results,
+    log_dir: Path,
+) -> None:
+    figures: dict[str, Any] = {}
+    with ExitStack() as stack:
+        ports = {c.label: stack.enter_context(agent_server(c, log_dir)) for c in CANDIDATES}
+        for tokens, feeds in inputs.items():
+            lone = alternate(
+                {label: rest_json_timer(port) for label, port in ports.items()},
+                feeds,
+                profile.config_runs if tokens < 128 else profile.config_runs // 4,
+                profile.block,
+            )
+            rates: dict[str, list[float]] = {label: [] for label in ports}
+            loaded: dict[str, list[float]] = {label: [] for label in ports}
+            labels = list(ports)
+            for index in range(profile.rounds):
+                for label in labels if index % 2 == 0 else labels[::-1]:
+                    rate, latencies = _concurrent_round(ports[label], feeds, profile)
+                    rates[label].append(rate)
+                    loaded[label].extend(latencies)
+            figures[str(tokens)] = {}
+            for label in labels:
+                row = {
+                    "lone_p50_ms": _ms(lone[label], 50),
+                    "lone_p99_ms": _ms(lone[label], 99),
+                    "concurrent_rps": float(np.median(rates[label])),
+                    "concurrent_p50_ms": _ms(loaded[label], 50),
+                }
+                figures[str(tokens)][label] = row
+                results.config_rows.append(
+                    (
+                        f"{tokens} tokens, {label}",
+                        f"{row['lone_p50_ms']:.2f}",
+                        f"{row['lone_p99_ms']:.2f}",
+                        f"{row['concurrent_rps']:.1f}",
+                        f"{row['concurrent_p50_ms']:.2f}",
+                    )
+                )
+    results.figures["configurations"] = figures
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def render(results: Results) -> str:
+    m = results.meta
+    out = [
+        f"Serving benchmark, {m['when']}: Python {m['python']}, onnxruntime {m['onnxruntime']}, "
+        f"{m['cpu_count']} cores; MiniLM fp32; clients on 127.0.0.1",
+        "",
+    ]
+    bare = results.figures.get("bare_configs", {})
+    for tokens, figures in bare.items():
+        p50 = ", ".join(f"{label} {value:.2f}" for label, value in figures["p50_ms"].items())
+        out.append(f"- bare p50 (ms) at {tokens} tokens: {p50}; baseline: {figures['fastest']}")
+    if results.rows:
+        header = ("figure", "value", "baseline", "ratio", "target", "result")
+        out += ["", report.render_table(results.rows, header)]
+    if results.config_rows:
+        header = (
+            "agent configuration",
+            "lone p50 ms",
+            "lone p99 ms",
+            f"{results.meta['profile']['clients']} clients req/s",
+            "their p50 ms",
+        )
+        out += ["", report.render_table(results.config_rows, header)]
+    return "\n".join(out)
+
+
+def run(profile: Profile, *, skip_configs: bool, log_dir: Path) -> Results:
+    card = load_card(card_path_for(MINILM_FP32))
+    results = Results(
+        meta={
+            "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "cpu_count": os.cpu_count(),
+            "profile": profile.__dict__,
+        }
+    )
+    inputs = input_sets(card)
+    print("1/3 the fastest bare session.run ...", flush=True)
+    chosen = fastest_bare(inputs, profile, results)
+    print("2/3 end to end and in process ...", flush=True)
+    end_to_end(inputs, chosen, profile, results, log_dir, card)
+    if not skip_configs:
+        print("3/3 the agent's session configuration ...", flush=True)
+        configurations(inputs, profile, results, log_dir)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--skip-configs", action="store_true", help="no configuration study")
+    args = parser.parse_args(argv)
+    if not MINILM_FP32.exists():
+        sys.exit("the large model is not built: run `make bench-models` once")
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
+        results = report.run_or_exit(
+            lambda: run(
+                QUICK if args.quick else FULL, skip_configs=args.skip_configs, log_dir=Path(scratch)
+            ),
+            BenchError,
+            "servers stopped",
+        )
+    print()
+    print(render(results))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"meta": results.meta, "figures": results.figures, "rows": results.rows}, indent=2
+            )
+        )
+        print(f"\nfigures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
