@@ -212,9 +212,26 @@ def rest_json_timer(port: int) -> Timer:
     return call
 
 
+def floor_timer(port: int) -> Timer:
+    """``GET /v2/health/live`` on one keep-alive connection: the HTTP round trip with nothing
+    to compute, the transport's floor on this machine (the feeds are ignored)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def call(_feeds: Feeds) -> float:
+        start = time.perf_counter()
+        connection.request("GET", "/v2/health/live")
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise BenchError(f"/v2/health/live answered {response.status}")
+        return time.perf_counter() - start
+
+    return call
+
+
 def v2_http_timer(port: int, *, binary: bool) -> Timer:
     """Open Inference Protocol v2 over HTTP with ``tritonclient.http`` (one connection)."""
-    import tritonclient.http as triton  # noqa: PLC0415 (test extra; only this front needs it)
+    import tritonclient.http as triton
 
     client = triton.InferenceServerClient(f"127.0.0.1:{port}", concurrency=1)
     outputs = [triton.InferRequestedOutput("sentence_embedding", binary_data=binary)]
@@ -235,7 +252,7 @@ def v2_http_timer(port: int, *, binary: bool) -> Timer:
 
 def v2_grpc_timer(port: int) -> Timer:
     """Open Inference Protocol v2 over gRPC with ``tritonclient.grpc`` (one channel)."""
-    import tritonclient.grpc as triton  # noqa: PLC0415
+    import tritonclient.grpc as triton
 
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
     outputs = [triton.InferRequestedOutput("sentence_embedding")]
@@ -368,6 +385,8 @@ def end_to_end(
             samples = alternate(paths, feeds, profile.runs[tokens], profile.block)
             _end_to_end_rows(results, tokens, chosen[tokens], samples)
             del baseline
+        floor = alternate({"floor": floor_timer(port)}, [{}], profile.runs[17], profile.block)
+        results.figures["transport_floor_ms"] = {q: _ms(floor["floor"], q) for q in (50, 99)}
 
 
 def _end_to_end_rows(
@@ -486,6 +505,12 @@ def render(results: Results) -> str:
     for tokens, figures in bare.items():
         p50 = ", ".join(f"{label} {value:.2f}" for label, value in figures["p50_ms"].items())
         out.append(f"- bare p50 (ms) at {tokens} tokens: {p50}; baseline: {figures['fastest']}")
+    floor = results.figures.get("transport_floor_ms")
+    if floor:
+        out.append(
+            f"- the transport's floor, GET /v2/health/live on one keep-alive connection: "
+            f"p50 {floor[50]:.3f} ms, p99 {floor[99]:.3f} ms"
+        )
     if results.rows:
         header = ("figure", "value", "baseline", "ratio", "target", "result")
         out += ["", report.render_table(results.rows, header)]
@@ -531,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not MINILM_FP32.exists():
         sys.exit("the large model is not built: run `make bench-models` once")
-    import tempfile  # noqa: PLC0415
+    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         results = report.run_or_exit(
