@@ -67,6 +67,13 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--port", type=int, default=8501, help="TCP port, 0 for any (default 8501)")
     serve.add_argument("--unix", type=Path, default=None, help="serve on this Unix socket instead")
     serve.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve gRPC (Open Inference Protocol v2, TF Serving PredictionService) on "
+        "this TCP port at --host, 0 for any (default: no gRPC)",
+    )
+    serve.add_argument(
         "--threads", type=int, default=0, help="threads per model run (default: the runtime's)"
     )
     serve.add_argument(
@@ -226,6 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             unix_path=args.unix,
+            grpc_port=args.grpc_port,
             backend=BackendOptions(
                 onnx_providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
                 intra_op_threads=threads,
