@@ -24,9 +24,19 @@ from edge_contract.errors import ContractError
 from edge_runtime.errors import SharedRuntimeError
 
 # Import names of what the `inference` extra brings (pyproject.toml). tflite-runtime is left
-# out: the LiteRT backend names a missing interpreter itself.
+# out: the LiteRT backend names a missing interpreter itself. "google" is protobuf's
+# (google.protobuf), which the gRPC APIs' generated messages import.
 INFERENCE_MODULES = frozenset(
-    {"numpy", "onnxruntime", "ai_edge_litert", "aiohttp", "prometheus_client", "uvloop"}
+    {
+        "numpy",
+        "onnxruntime",
+        "ai_edge_litert",
+        "aiohttp",
+        "prometheus_client",
+        "uvloop",
+        "grpc",
+        "google",
+    }
 )
 
 
