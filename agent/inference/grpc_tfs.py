@@ -206,8 +206,6 @@ def model_status(statuses: Sequence[VersionStatus]) -> pb.GetModelStatusResponse
         response.model_version_status.add(
             version=int64_version(status.version) or 0,
             state=_STATES[status.state],
-            status=pb.StatusProto(
-                error_code=code, error_message=status.error_message
-            ),
+            status=pb.StatusProto(error_code=code, error_message=status.error_message),
         )
     return response
