@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,6 +35,7 @@ from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
 from edge_contract.card import card_path_for
 from tests.integration.test_registry import FP32, INT8, eval_split
+from tests.integration.test_rest_api import write_slow_model
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +47,9 @@ Setup = Callable[[ModelRegistry], Awaitable[None]]
 class GrpcThread:
     """A registry and the gRPC service on an event loop in a thread of its own."""
 
-    def __init__(self, setup: Setup) -> None:
+    def __init__(self, setup: Setup, registry_options: dict[str, Any] | None = None) -> None:
         self._setup = setup
+        self._registry_options = registry_options or {}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -80,7 +83,9 @@ class GrpcThread:
 
     async def _main(self) -> None:
         self.loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self.registry = ModelRegistry(BackendOptions(), observer=ModelMonitor())
+        self.registry = ModelRegistry(
+            BackendOptions(), observer=ModelMonitor(), **self._registry_options
+        )
         try:
             await self._setup(self.registry)
             self.server = await start_grpc(
@@ -299,3 +304,31 @@ def test_hot_swap_under_grpc_load_fails_no_call() -> None:
     assert set(versions) == {"1", "2"}
     # Each client's last calls started after the swap: the new version answered them.
     assert all(got[-4:] == ["2"] * 4 for got, _ in results)
+
+
+def test_a_full_queue_is_unavailable_and_the_service_recovers(tmp_path: Path) -> None:
+    """With room for one request, concurrent calls are refused at once with UNAVAILABLE."""
+    slow = write_slow_model(tmp_path)
+    batch = np.random.default_rng(1).random((1024, 64), dtype=np.float32)
+
+    async def setup(registry: ModelRegistry) -> None:
+        await registry.load(slow)
+
+    def call(rows: np.ndarray[Any, Any]) -> str:
+        with triton.InferenceServerClient(running.address) as client:
+            tensor = triton.InferInput("x", list(rows.shape), "FP32")
+            tensor.set_data_from_numpy(rows)
+            try:
+                client.infer("slow", [tensor])
+            except InferenceServerException as exc:
+                return f"{exc.status()}: {'queued' in exc.message()}"
+            return "OK"
+
+    with GrpcThread(setup, {"workers": 1, "max_queue": 1}) as running:
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: call(batch), range(8)))
+        after = call(batch[:1])
+        busy = running.metrics.errors[(V2, "busy", "UNAVAILABLE")]
+    assert set(codes) == {"OK", "StatusCode.UNAVAILABLE: True"}, codes
+    assert busy == codes.count("StatusCode.UNAVAILABLE: True")
+    assert after == "OK"
