@@ -2,8 +2,10 @@
 
 Pure (numpy only, no protocol library): the gRPC adapters (``grpc_v2``, ``grpc_tfs``) turn
 their messages into arrays here, with every size checked against the shape before numpy
-sees it, and then through ``checked_feeds``: the same input check the REST API applies
-(names, shapes, dtypes, and values finite in the input's dtype; ``conform_feeds``).
+sees it (a shape never makes the server allocate more than the message carries, but for
+TensorFlow's one-value fill, capped at ``MAX_FILL_ELEMENTS``), and then through
+``checked_feeds``: the same input check the REST API applies (names, shapes, dtypes, and
+values finite in the input's dtype; ``conform_feeds``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from agent.inference.backends import CheckedFeeds, conform_feeds
 from edge_contract.card import ModelCard
 
 Array = npt.NDArray[Any]
+# The most elements one value may fill (TensorProto's broadcast form). Every other form carries
+# its values in the message, so the message size bounds it; this one would let a few bytes
+# claim gigabytes. 16 Mi elements: 64 MiB of float32, four times the default message limit.
+MAX_FILL_ELEMENTS = 16 * 1024 * 1024
 
 # The Open Inference Protocol's datatype names (BYTES and BF16 are not served: no model
 # here takes strings, and numpy has no bfloat16).
@@ -84,6 +90,13 @@ def array_from_values(
     filling the whole shape, where the protocol allows it: TensorFlow's TensorProto)."""
     count = element_count(shape, model=model, name=name)
     if broadcast_one and len(values) == 1 and count > 1:
+        if count > MAX_FILL_ELEMENTS:
+            raise InvalidInputError(
+                f"input {name!r} asks one value to fill shape {list(shape)} ({count} elements; "
+                f"at most {MAX_FILL_ELEMENTS})",
+                model=model,
+                detail=name,
+            )
         return np.full(tuple(shape), values[0], dtype=dtype)
     if len(values) != count:
         raise InvalidInputError(

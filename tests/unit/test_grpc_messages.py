@@ -150,6 +150,14 @@ class TestTfServing:
         proto.tensor_shape.dim.add(size=2)
         np.testing.assert_array_equal(grpc_tfs.tensor_to_array(proto, model="m", name="x"), halves)
 
+    def test_one_value_may_not_claim_gigabytes(self) -> None:
+        """A few bytes asking for 2**40 floats are refused before anything is allocated."""
+        proto = tf_pb.TensorProto(dtype=tf_pb.DT_FLOAT, float_val=[1.0])
+        proto.tensor_shape.dim.add(size=2**20)
+        proto.tensor_shape.dim.add(size=2**20)
+        with pytest.raises(InvalidInputError, match="at most 16777216"):
+            grpc_tfs.tensor_to_array(proto, model="m", name="x")
+
     @pytest.mark.parametrize(
         ("proto", "fragment"),
         [
