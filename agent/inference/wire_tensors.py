@@ -74,7 +74,15 @@ def array_from_bytes(
             model=model,
             detail=name,
         )
-    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    flat = np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype)
+    try:
+        return flat.reshape(shape)
+    except ValueError as exc:  # an empty tensor of absurd sizes, or more dimensions than numpy's
+        raise InvalidInputError(
+            f"input {name!r} has shape {list(shape)}, which numpy cannot hold ({exc})",
+            model=model,
+            detail=name,
+        ) from exc
 
 
 def array_from_values(

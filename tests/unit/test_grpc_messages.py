@@ -73,6 +73,14 @@ class TestV2:
             # A shape claiming 2**80 elements is refused by its size, never allocated.
             (lambda r: r.inputs[0].shape.__setitem__(0, 2**40), "bytes of data"),
             (lambda r: r.inputs[0].shape.__setitem__(0, -1), "must not be negative"),
+            (
+                lambda r: (
+                    r.inputs[0].ClearField("shape"),
+                    r.inputs[0].shape.extend([0, 2**62]),
+                    r.raw_input_contents.__setitem__(0, b""),
+                ),
+                "numpy cannot hold",
+            ),
         ],
     )
     def test_inconsistent_requests_are_refused_naming_the_problem(
