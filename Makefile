@@ -65,7 +65,8 @@ $(TFS_STAMP): pyproject.toml
 	@echo "installing tensorflow-cpu and tensorflow-serving-api into $(TFS_VENV)"
 	@$(TFS_PY) -m pip install -q --disable-pip-version-check 'tensorflow-cpu==2.21.*' pytest 2>&1 | grep -v '^WARNING: Location' || true
 	@$(TFS_PY) -m pip install -q --disable-pip-version-check --no-deps 'tensorflow-serving-api==2.21.*' 2>&1 | grep -v '^WARNING: Location' || true
-	@TF_CPP_MIN_LOG_LEVEL=3 $(TFS_PY) -c 'import tensorflow_serving.apis.prediction_service_pb2_grpc, pytest'
+	@$(TFS_PY) -c 'import tensorflow_serving.apis.prediction_service_pb2_grpc, pytest' >/dev/null 2>&1 \
+		|| { echo 'tensorflow-serving-api does not import in $(TFS_VENV)' >&2; exit 1; }
 	@touch $(TFS_STAMP)
 
 $(MODELS_STAMP): pyproject.toml
@@ -103,7 +104,7 @@ test: lint typecheck $(TFLITE_STAMP) $(TFS_STAMP)
 	@$(PY) -m pytest -n $(TEST_WORKERS) --ignore=$(TFLITE_COMPAT_TESTS) --ignore=$(TFS_CLIENT_TESTS) $(PYTEST_ARGS)
 	@$(PY) -m pytest --serial-only --ignore=$(TFLITE_COMPAT_TESTS) --ignore=$(TFS_CLIENT_TESTS) $(PYTEST_ARGS)
 	@$(TFLITE_PY) -m pytest -q -p no:cacheprovider --noconftest $(TFLITE_COMPAT_TESTS)
-	@EDGE_AGENT_PYTHON=$(abspath $(PY)) $(TFS_PY) -m pytest -q -p no:cacheprovider --noconftest $(TFS_CLIENT_TESTS)
+	@EDGE_AGENT_PYTHON=$(abspath $(PY)) TF_CPP_MIN_LOG_LEVEL=2 $(TFS_PY) -m pytest -q -p no:cacheprovider --noconftest $(TFS_CLIENT_TESTS)
 
 demo: deps
 	@$(PY) -m devtools.demo
