@@ -62,9 +62,10 @@ def _parser() -> argparse.ArgumentParser:
 def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
-        help="serve models over TensorFlow Serving's REST API, without a fleet",
+        help="serve models over TensorFlow Serving's REST API (and gRPC), without a fleet",
         description="Load each model (its card beside the file) and serve it over TensorFlow "
-        "Serving's REST API until SIGINT or SIGTERM.",
+        "Serving's REST API (and, with --grpc-port, over gRPC: Open Inference Protocol v2 and "
+        "TF Serving's PredictionService) until SIGINT or SIGTERM.",
     )
     serve.add_argument(
         "--model",
