@@ -24,9 +24,19 @@ from edge_contract.errors import ContractError
 from edge_runtime.errors import SharedRuntimeError
 
 # Import names of what the `inference` extra brings (pyproject.toml). tflite-runtime is left
-# out: the LiteRT backend names a missing interpreter itself.
+# out: the LiteRT backend names a missing interpreter itself. "google" is protobuf's
+# (google.protobuf), which the gRPC APIs' generated messages import.
 INFERENCE_MODULES = frozenset(
-    {"numpy", "onnxruntime", "ai_edge_litert", "aiohttp", "prometheus_client", "uvloop"}
+    {
+        "numpy",
+        "onnxruntime",
+        "ai_edge_litert",
+        "aiohttp",
+        "prometheus_client",
+        "uvloop",
+        "grpc",
+        "google",
+    }
 )
 
 
@@ -52,9 +62,10 @@ def _parser() -> argparse.ArgumentParser:
 def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
-        help="serve models over TensorFlow Serving's REST API, without a fleet",
+        help="serve models over TensorFlow Serving's REST API (and gRPC), without a fleet",
         description="Load each model (its card beside the file) and serve it over TensorFlow "
-        "Serving's REST API until SIGINT or SIGTERM.",
+        "Serving's REST API (and, with --grpc-port, over gRPC: Open Inference Protocol v2 and "
+        "TF Serving's PredictionService) until SIGINT or SIGTERM.",
     )
     serve.add_argument(
         "--model",
@@ -66,6 +77,13 @@ def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8501, help="TCP port, 0 for any (default 8501)")
     serve.add_argument("--unix", type=Path, default=None, help="serve on this Unix socket instead")
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve gRPC (Open Inference Protocol v2, TF Serving PredictionService) on "
+        "this TCP port at --host, 0 for any (default: no gRPC)",
+    )
     serve.add_argument(
         "--threads", type=int, default=0, help="threads per model run (default: the runtime's)"
     )
@@ -244,6 +262,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             unix_path=args.unix,
+            grpc_port=args.grpc_port,
             backend=BackendOptions(
                 onnx_providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
                 intra_op_threads=threads,

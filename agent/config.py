@@ -207,6 +207,29 @@ class InferenceConfig(_Section):
         description="Request body bytes all requests in progress may hold together; more is "
         "refused with 503 and Retry-After (default: twice max_body_bytes).",
     )
+    # gRPC front ends (agent/inference/grpc_server.py), off unless a port is set.
+    grpc_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve the gRPC APIs (Open Inference Protocol v2; TF Serving's "
+        "PredictionService and ModelService) on this TCP port at `grpc_host` (0: any free); "
+        "unset: no gRPC.",
+    )
+    grpc_host: str = Field(default="127.0.0.1", description="gRPC address; loopback by default.")
+    grpc_max_message_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest gRPC request message accepted, bytes (larger: RESOURCE_EXHAUSTED).",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="gRPC calls in progress at once (more: RESOURCE_EXHAUSTED); with "
+        "grpc_max_message_bytes, bounds the request messages held in memory.",
+    )
     workers: int = Field(default=2, ge=1, le=64, description="Inference threads.")
     max_queue: int = Field(
         default=64, ge=1, description="Requests queued or running before new ones are refused."

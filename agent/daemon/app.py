@@ -401,8 +401,13 @@ class Agent:
             failed = self.inference.load_failures
             reason = "; ".join(failed.values())
             conditions = [("models", Status.DEGRADED if failed else Status.OK, reason)]
-            if self.inference.rest_error is not None:
-                conditions.append(("inference_api", Status.DEGRADED, self.inference.rest_error))
+            api_errors = [
+                error
+                for error in (self.inference.rest_error, self.inference.grpc_error)
+                if error is not None
+            ]
+            if api_errors:
+                conditions.append(("inference_api", Status.DEGRADED, "; ".join(api_errors)))
             for subsystem, status, why in conditions:
                 change = self.health.update(subsystem, status, why)
                 if change is not None:

@@ -239,3 +239,61 @@ class RestMetrics:
             "Body bytes that requests in progress may hold at once; more is refused (503).",
             value=self.body_budget_bytes,
         )
+
+
+# Why a gRPC front end (agent/inference/grpc_server.py) refused a call, and the status code
+# it answered with. Fixed here like REST_ERROR_REASONS; anything else is ``other``.
+GRPC_ERROR_REASONS: dict[str, str] = {
+    "bad_message": "INVALID_ARGUMENT",  # bytes that do not parse as the method's request
+    "bad_input": "INVALID_ARGUMENT",  # a request the model cannot take (shape, dtype, ...)
+    "unknown_model": "NOT_FOUND",
+    "busy": "UNAVAILABLE",  # the inference queue is full
+    "model_error": "INTERNAL",  # the model failed or answered NaN/Inf
+    "internal": "INTERNAL",
+}
+GRPC_SERVICES = (
+    "inference.GRPCInferenceService",
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+)
+
+
+class GrpcMetrics:
+    """Calls the gRPC front ends refused, by service, reason and status code (name).
+
+    The sibling of ``RestMetrics``, rendered beside it on ``/metrics``. Calls gRPC itself
+    refuses before a handler runs (a message over the size limit, more calls than the
+    concurrency limit) are not seen here. Updated and rendered on the event loop only.
+    """
+
+    def __init__(self) -> None:
+        self.errors: Counter[tuple[str, str, str]] = Counter(
+            {
+                (service, reason, code): 0
+                for service in GRPC_SERVICES
+                for reason, code in GRPC_ERROR_REASONS.items()
+            }
+        )
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
+
+    def refused(self, service: str, reason: str, code: str) -> None:
+        if service not in GRPC_SERVICES:
+            service = "other"
+        if GRPC_ERROR_REASONS.get(reason) != code:
+            reason = "other"  # keeps the label set bounded whatever raised
+        self.errors[(service, reason, code)] += 1
+
+    def render(self) -> bytes:
+        data: bytes = generate_latest(self._registry)
+        return data
+
+    def collect(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "edge_grpc_errors",
+            "Calls the gRPC APIs answered with an error status, by reason.",
+            labels=["service", "reason", "code"],
+        )
+        for (service, reason, code), count in sorted(self.errors.items()):
+            errors.add_metric([service, reason, code], count)
+        yield errors

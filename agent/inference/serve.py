@@ -1,5 +1,9 @@
 """``edge-agent serve``: models served locally over the REST API, with no fleet at all.
 
+With ``--grpc-port`` the same models are also served over gRPC (Open Inference Protocol v2
+and TensorFlow Serving's PredictionService/ModelService, ``agent.inference.grpc_server``),
+on the same address, and the gRPC refusals are counted on the REST port's ``/metrics``.
+
 The equivalent of ``tensorflow_model_server --model_name --model_base_path``: each
 ``--model NAME=PATH`` is loaded with the card beside its file (NAME overrides the card's name;
 naming the same NAME twice serves both versions, the later one by default), the REST service
@@ -28,6 +32,8 @@ from pydantic import ValidationError
 from agent.errors import ConfigError, InferenceError
 from agent.inference.backends import BackendOptions
 from agent.inference.cardfile import load_card
+from agent.inference.grpc_server import GrpcServer, start_grpc
+from agent.inference.metrics import GrpcMetrics
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
 from agent.inference.rest import DEFAULT_MAX_BODY_BYTES, RestServer, start_rest
@@ -63,6 +69,7 @@ class ServeSettings:
     workers: int = 2
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     body_budget_bytes: int | None = None  # default: twice max_body_bytes
+    grpc_port: int | None = None  # the gRPC APIs on host:grpc_port; None: off
 
 
 def parse_model_arg(text: str) -> ModelArg:
@@ -86,8 +93,14 @@ async def serve(settings: ServeSettings, *, stop: asyncio.Event | None = None) -
     monitor = ModelMonitor()
     registry = ModelRegistry(settings.backend, workers=settings.workers, observer=monitor)
     server: RestServer | None = None
+    grpc: GrpcServer | None = None
+    grpc_metrics = GrpcMetrics() if settings.grpc_port is not None else None
     try:
         await _load_all(registry, settings.models)
+        if settings.grpc_port is not None:
+            grpc = await start_grpc(
+                registry, host=settings.host, port=settings.grpc_port, metrics=grpc_metrics
+            )
         server = await start_rest(
             registry,
             monitor,
@@ -96,14 +109,18 @@ async def serve(settings: ServeSettings, *, stop: asyncio.Event | None = None) -
             unix_path=settings.unix_path,
             max_body_bytes=settings.max_body_bytes,
             body_budget_bytes=budget,
+            extra_metrics=grpc_metrics.render if grpc_metrics is not None else None,
         )
-        log.info("serve.listening", url=server.url, models=registry.serving())
+        grpc_address = grpc.address if grpc is not None else None
+        log.info("serve.listening", url=server.url, grpc=grpc_address, models=registry.serving())
         with _stop_on_signals(stop):
             await stop.wait()
         log.info("serve.stopping")
     finally:
         if server is not None:
             await server.close()
+        if grpc is not None:
+            await grpc.close()
         await registry.close()
 
 

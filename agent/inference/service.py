@@ -1,4 +1,5 @@
-"""The agent's inference service: models from config, monitoring, capture and the REST API.
+"""The agent's inference service: models from config, monitoring, capture, the REST API and,
+where ``[inference] grpc_port`` is set, the gRPC APIs (``agent.inference.grpc_server``).
 
 Built by the agent's composition root only when the config names models (the agent core
 never imports numpy or a runtime otherwise). A model that fails to load is reported as a
@@ -14,7 +15,7 @@ import asyncio
 import base64
 import io
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -27,6 +28,7 @@ from agent.inference.capture import CaptureBuffer, CaptureInfo
 from agent.inference.cardfile import load_card
 from agent.inference.classify import RegistryClassifier, check_classifier
 from agent.inference.drift_alarm import DriftAlarm
+from agent.inference.metrics import GrpcMetrics
 from agent.inference.monitoring import ModelMonitor, MonitorSnapshot
 from agent.inference.registry import ModelRegistry, ObserverGroup
 from agent.inference.rest import RestServer, start_rest
@@ -40,6 +42,9 @@ from edge_contract.replies import (
     CaptureUploadReply,
     CommandReply,
 )
+
+if TYPE_CHECKING:
+    from agent.inference.grpc_server import GrpcServer
 
 log = structlog.get_logger("agent.inference")
 
@@ -89,6 +94,9 @@ class InferenceService:
             on_event=self._registry_event,
         )
         self.rest: RestServer | None = None
+        self.grpc: GrpcServer | None = None
+        self.grpc_error: str | None = None
+        self._grpc_metrics = GrpcMetrics() if inference.grpc_port is not None else None
         # The agent's own /metrics families, served beside the models' (set by the agent).
         self.extra_metrics: Callable[[], bytes] | None = None
         self.rest_error: str | None = None
@@ -117,8 +125,34 @@ class InferenceService:
                 await self.registry.load(model.path, card=card)
             except InferenceError as exc:
                 self._load_failed(str(model.path), exc)  # the registry emitted the event
+        if self._config.inference.grpc_port is not None:
+            await self._start_grpc()
         if self._config.inference.rest:
             await self._start_rest()
+
+    async def _start_grpc(self) -> None:
+        """Serve the gRPC APIs; like REST, a port in use is reported, not fatal."""
+        # Imported here: grpc is loaded only where the config turns gRPC on.
+        from agent.inference.grpc_server import start_grpc  # noqa: PLC0415
+
+        inference = self._config.inference
+        port = inference.grpc_port
+        assert port is not None  # checked by the caller
+        try:
+            self.grpc = await start_grpc(
+                self.registry,
+                host=inference.grpc_host,
+                port=port,
+                max_message_bytes=inference.grpc_max_message_bytes,
+                max_concurrent_rpcs=inference.grpc_max_concurrent_rpcs,
+                metrics=self._grpc_metrics,
+            )
+        except OSError as exc:
+            self.grpc_error = f"cannot serve gRPC on {inference.grpc_host}:{port}: {exc}"
+            log.error("inference.grpc_failed", error=self.grpc_error)
+            await self._emit("inference_api_failed", reason=self.grpc_error)
+            return
+        log.info("inference.grpc_listening", address=self.grpc.address)
 
     async def _start_rest(self) -> None:
         """Serve the REST API; a port in use is reported, and the models still serve pipelines."""
@@ -133,7 +167,7 @@ class InferenceService:
                 unix_path=inference.unix_socket,
                 max_body_bytes=inference.max_body_bytes,
                 body_budget_bytes=inference.body_budget_bytes,
-                extra_metrics=self.extra_metrics,
+                extra_metrics=self._metrics_beside_rest(),
             )
         except OSError as exc:
             self.rest_error = f"cannot serve the REST API on {where}: {exc.strerror or exc}"
@@ -141,6 +175,15 @@ class InferenceService:
             await self._emit("inference_api_failed", reason=self.rest_error)
             return
         log.info("inference.rest_listening", url=self.rest.url)
+
+    def _metrics_beside_rest(self) -> Callable[[], bytes] | None:
+        """The agent's own families (``extra_metrics``) and the gRPC refusals, if served."""
+        agent_metrics, grpc_metrics = self.extra_metrics, self._grpc_metrics
+        if grpc_metrics is None:
+            return agent_metrics
+        if agent_metrics is None:
+            return grpc_metrics.render
+        return lambda: agent_metrics() + grpc_metrics.render()
 
     def _load_failed(self, path: str, exc: InferenceError) -> None:
         self.load_failures[path] = str(exc)
@@ -203,6 +246,8 @@ class InferenceService:
     async def close(self) -> None:
         if self.rest is not None:
             await self.rest.close()
+        if self.grpc is not None:
+            await self.grpc.close()
         await self.registry.close()
         if self.capture is not None:
             await asyncio.to_thread(self.capture.close)

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from tests.integration.ota_harness import Fleet
 
 # Runs only in .venv-tflite (numpy<2 + tflite-runtime 2.14); `make test` runs it there by path.
-collect_ignore = ["test_tflite_runtime_compat.py"]
+# Likewise the TF Serving client's test, in .venv-tfserving (TensorFlow).
+collect_ignore = ["test_tflite_runtime_compat.py", "test_grpc_tf_serving.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,9 +1,10 @@
-"""The agent with models: an MQTT-sourced pipeline, results, telemetry, REST, capture.
+"""The agent with models: an MQTT-sourced pipeline, results, telemetry, REST, gRPC, capture.
 
 The real agent process runs the committed digits model against a private broker. Inputs are
 rows of the held-out split published on ``fleet/<id>/input/digits``; results come back on
 ``fleet/<id>/results``, model metrics in telemetry, and the same model answers the local TF
-Serving-compatible REST API. A corrupt second model is reported and skipped, never fatal.
+Serving-compatible REST API and the v2 gRPC API (``[inference] grpc_port``). A corrupt second
+model is reported and skipped, never fatal; ports in use are reported, never fatal.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
+import tritonclient.grpc as triton
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -53,7 +55,7 @@ def _corrupt_copy(tmp_path: Path) -> Path:
     return target
 
 
-def _agent(tmp_path: Path, port: int, rest_port: int) -> ManagedProcess:
+def _agent(tmp_path: Path, port: int, rest_port: int, grpc_port: int) -> ManagedProcess:
     models = [{"path": str(DIGITS / "digits-int8.onnx")}, {"path": str(_corrupt_copy(tmp_path))}]
     pipelines = [
         {
@@ -72,6 +74,7 @@ def _agent(tmp_path: Path, port: int, rest_port: int) -> ManagedProcess:
         models=json.dumps(models),
         pipelines=json.dumps(pipelines),
         inference__port=str(rest_port),
+        inference__grpc_port=str(grpc_port),
         inference__low_confidence_threshold="0.999",
     )
 
@@ -89,10 +92,10 @@ class TestAgentServesModels:
     def test_pipeline_results_telemetry_rest_and_capture(
         self, tmp_path: Path, broker: PrivateBroker, processes: list[ManagedProcess]
     ) -> None:
-        rest_port = free_port()
+        rest_port, grpc_port = free_port(), free_port()
         recorder = Recorder(broker.port, "fleet/pi-m1/#").start()
         replies = Recorder(broker.port, "test/replies", client_id="replies").start()
-        agent = _agent(tmp_path, broker.port, rest_port).start()
+        agent = _agent(tmp_path, broker.port, rest_port, grpc_port).start()
         processes.append(agent)
         wait_until(lambda: recorder.bodies("/status"), 30, "agent online")
 
@@ -123,6 +126,15 @@ class TestAgentServesModels:
         url = f"http://127.0.0.1:{rest_port}/v1/models/digits:predict"
         answer = _post(url, {"instances": x[:1].tolist()})
         assert int(np.argmax(answer["predictions"][0])) == labels[0]
+        # And the v2 gRPC API; its refusals are counted on the REST port's /metrics.
+        with triton.InferenceServerClient(f"127.0.0.1:{grpc_port}") as grpc_client:
+            pixels = triton.InferInput("pixels", [1, 64], "FP32")
+            pixels.set_data_from_numpy(x[:1].astype(np.float32))
+            grpc_answer = grpc_client.infer("digits", [pixels]).as_numpy("probabilities")
+            assert int(np.argmax(grpc_answer[0])) == labels[0]
+            assert not grpc_client.is_model_ready("broken")
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/metrics", timeout=10) as page:
+            assert b"edge_grpc_errors_total{" in page.read()
 
         def telemetry_with_requests() -> dict[str, Any] | None:
             for body in reversed(recorder.bodies("/telemetry")):
@@ -169,7 +181,8 @@ class TestRestPortInUse:
     def test_agent_reports_the_port_and_keeps_serving_pipelines(
         self, tmp_path: Path, broker: PrivateBroker, processes: list[ManagedProcess]
     ) -> None:
-        """A REST port held by another process is an event and a degraded health, not a crash."""
+        """REST and gRPC ports held by another process are events and a degraded health, not
+        a crash."""
         with socket.socket() as holder:
             holder.bind(("127.0.0.1", 0))
             holder.listen()
@@ -185,16 +198,24 @@ class TestRestPortInUse:
                 models=json.dumps([{"path": str(DIGITS / "digits-fp32.onnx")}]),
                 pipelines=json.dumps(pipelines),
                 inference__port=str(taken),
+                inference__grpc_port=str(taken),
             ).start()
             processes.append(agent)
+
+            def failures() -> list[str]:
+                events = recorder.bodies("/events")
+                return [b["reason"] for b in events if b["event"] == "inference_api_failed"]
+
             failed = wait_until(
-                lambda: [
-                    b for b in recorder.bodies("/events") if b["event"] == "inference_api_failed"
-                ],
+                lambda: len(failures()) >= 2 and failures(),
                 30,
-                "inference_api_failed event",
+                "inference_api_failed events for gRPC and REST",
             )
-            assert f"127.0.0.1:{taken}" in failed[0]["reason"]
+            assert [f"127.0.0.1:{taken}" in reason for reason in failed] == [True, True]
+            assert sorted(reason.split(" on ")[0] for reason in failed) == [
+                "cannot serve gRPC",
+                "cannot serve the REST API",
+            ]
             client = _client(broker.port)
             row = np.load(DIGITS / "data" / "eval.npz")["x"][0]
             client.publish("fleet/pi-m2/input/digits", json.dumps(row.tolist()), qos=1)
@@ -202,6 +223,7 @@ class TestRestPortInUse:
             telemetry = wait_until(lambda: recorder.bodies("/telemetry"), 20, "telemetry")
             subsystems = telemetry[-1]["health"]["subsystems"]
             assert subsystems["inference_api"]["status"] == "degraded"
+            assert "gRPC" in subsystems["inference_api"]["reason"]
             assert agent.alive
             client.loop_stop()
             client.disconnect()

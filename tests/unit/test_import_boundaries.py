@@ -26,6 +26,7 @@ DOORS: dict[str, frozenset[str]] = {
     "agent/inference/backends/litert.py": frozenset({"ai_edge_litert", "tflite_runtime"}),
     "agent/inference/oip_http.py": frozenset({"aiohttp"}),
     "agent/inference/rest.py": frozenset({"aiohttp"}),
+    "agent/inference/grpc_server.py": frozenset({"grpc"}),
     "agent/telemetry/metrics_http.py": frozenset({"aiohttp"}),
     "agent/ota/trust.py": frozenset({"tuf", "securesystemslib"}),
     "agent/uplink/outbox.py": frozenset({"sqlite3"}),

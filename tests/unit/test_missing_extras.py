@@ -19,7 +19,9 @@ def _missing(name: str) -> ModuleNotFoundError:
     return ModuleNotFoundError(f"No module named {name!r}", name=name)
 
 
-@pytest.mark.parametrize("name", ["numpy", "numpy.typing", "onnxruntime", "aiohttp"])
+@pytest.mark.parametrize(
+    "name", ["numpy", "numpy.typing", "onnxruntime", "aiohttp", "grpc", "google.protobuf"]
+)
 def test_an_inference_module_names_the_inference_extra(name: str) -> None:
     message = agent_cli.missing_extra_message(_missing(name))
     assert message is not None

@@ -1,0 +1,244 @@
+"""The gRPC front ends of the local inference service: Open Inference Protocol v2
+(``inference.GRPCInferenceService``) and TensorFlow Serving's ``PredictionService`` and
+``ModelService``, on one port, on the agent's event loop (``grpc.aio``).
+
+The one module that imports grpc. Thin: each method parses its request (the bytes are
+parsed here, so that garbage is an INVALID_ARGUMENT counted as ``bad_message`` rather than
+gRPC's own INTERNAL), converts it with the pure modules ``grpc_v2`` / ``grpc_tfs``, and calls
+the one request path, ``ModelRegistry.predict``, whose observer is the model monitor: the
+same input checks, monitoring, hot swap and back-pressure as the REST API. Errors are status
+codes (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE for a full queue, INTERNAL), counted by
+reason in ``GrpcMetrics``. Bounded: a request message over ``max_message_bytes`` is refused
+by gRPC (RESOURCE_EXHAUSTED) before it is buffered whole, and at most
+``max_concurrent_rpcs`` calls are in progress (more are refused with RESOURCE_EXHAUSTED), so
+request messages in memory stay under their product. Messages above 256 KiB are parsed and
+converted in a worker thread, as the REST API does with large bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError, Message
+
+import agent
+from agent.errors import InferenceError, InvalidInputError, ServiceBusyError, UnknownModelError
+from agent.inference import grpc_tfs, grpc_v2
+from agent.inference.metrics import GrpcMetrics
+from agent.inference.protos import oip_v2_pb2 as v2_pb
+from agent.inference.protos import tf_serving_pb2 as tfs_pb
+from agent.inference.registry import ModelRegistry
+
+log = structlog.get_logger("agent.inference.grpc")
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_CONCURRENT_RPCS = 16
+_OFFLOAD_MESSAGE_BYTES = 256 * 1024
+_GRACE_S = 2.0
+V2_SERVICE = "inference.GRPCInferenceService"
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+_Work = Callable[[M], Awaitable[Message]]
+
+
+@dataclass
+class GrpcServer:
+    """A running gRPC service; ``close()`` stops it (calls in progress get a short grace)."""
+
+    server: grpc.aio.Server
+    port: int
+    address: str
+    metrics: GrpcMetrics
+
+    async def close(self) -> None:
+        await self.server.stop(_GRACE_S)
+
+
+async def start_grpc(
+    registry: ModelRegistry,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8500,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+    metrics: GrpcMetrics | None = None,
+) -> GrpcServer:
+    """Serve both APIs on ``host:port`` (0: any free port); OSError if it cannot bind."""
+    metrics = metrics or GrpcMetrics()
+    server = grpc.aio.server(
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a second listener
+        ],
+    )
+    api = _Api(registry, metrics)
+    server.add_generic_rpc_handlers(api.handlers())
+    shown_host = f"[{host}]" if ":" in host else host
+    address = f"{shown_host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc.aio's way of saying the port is taken
+        raise OSError(f"cannot bind {address}: {exc}") from exc
+    await server.start()
+    return GrpcServer(server, bound, f"{shown_host}:{bound}", metrics)
+
+
+class _Api:
+    """The methods of the three services, bound to one registry."""
+
+    def __init__(self, registry: ModelRegistry, metrics: GrpcMetrics) -> None:
+        self._registry = registry
+        self._metrics = metrics
+
+    def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
+        v2: dict[str, tuple[type[Message], _Work[Any]]] = {
+            "ServerLive": (v2_pb.ServerLiveRequest, self.server_live),
+            "ServerReady": (v2_pb.ServerReadyRequest, self.server_ready),
+            "ModelReady": (v2_pb.ModelReadyRequest, self.model_ready),
+            "ServerMetadata": (v2_pb.ServerMetadataRequest, self.server_metadata),
+            "ModelMetadata": (v2_pb.ModelMetadataRequest, self.v2_model_metadata),
+            "ModelInfer": (v2_pb.ModelInferRequest, self.model_infer),
+        }
+        prediction: dict[str, tuple[type[Message], _Work[Any]]] = {
+            "Predict": (tfs_pb.PredictRequest, self.predict),
+            "GetModelMetadata": (tfs_pb.GetModelMetadataRequest, self.tfs_model_metadata),
+        }
+        status: dict[str, tuple[type[Message], _Work[Any]]] = {
+            "GetModelStatus": (tfs_pb.GetModelStatusRequest, self.model_status),
+        }
+        return tuple(
+            grpc.method_handlers_generic_handler(
+                service,
+                {
+                    name: grpc.unary_unary_rpc_method_handler(
+                        self._method(service, request_type, work),
+                        response_serializer=_serialize,
+                    )
+                    for name, (request_type, work) in methods.items()
+                },
+            )
+            for service, methods in (
+                (V2_SERVICE, v2),
+                (PREDICTION_SERVICE, prediction),
+                (MODEL_SERVICE, status),
+            )
+        )
+
+    def _method(
+        self, service: str, request_type: type[Message], work: _Work[Any]
+    ) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, Message]], Awaitable[Message]]:
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext[bytes, Message]) -> Message:
+            try:
+                request = await _off_loop_if(len(raw), request_type.FromString, raw)
+                return await work(request)
+            except DecodeError as exc:
+                code, reason, message = (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "bad_message",
+                    f"the request is not a {request_type.DESCRIPTOR.full_name}: {exc}",
+                )
+            except Exception as exc:
+                code, reason, message = _refusal(service, exc)
+            self._metrics.refused(service, reason, code.name)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises")  # for the type checker
+
+        return handle
+
+    # -- Open Inference Protocol v2 --------------------------------------------------------
+
+    async def server_live(self, _: v2_pb.ServerLiveRequest) -> v2_pb.ServerLiveResponse:
+        return v2_pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, _: v2_pb.ServerReadyRequest) -> v2_pb.ServerReadyResponse:
+        # Ready once a model serves: what a client can do anything with.
+        return v2_pb.ServerReadyResponse(ready=bool(self._registry.serving()))
+
+    async def model_ready(self, request: v2_pb.ModelReadyRequest) -> v2_pb.ModelReadyResponse:
+        try:
+            self._registry.card(request.name, grpc_v2.version_of(request.version))
+        except UnknownModelError:
+            return v2_pb.ModelReadyResponse(ready=False)
+        return v2_pb.ModelReadyResponse(ready=True)
+
+    async def server_metadata(self, _: v2_pb.ServerMetadataRequest) -> v2_pb.ServerMetadataResponse:
+        return grpc_v2.server_metadata(agent.__version__)
+
+    async def v2_model_metadata(
+        self, request: v2_pb.ModelMetadataRequest
+    ) -> v2_pb.ModelMetadataResponse:
+        card = self._registry.card(request.name, grpc_v2.version_of(request.version))
+        return grpc_v2.model_metadata(card, self._registry.status(request.name))
+
+    async def model_infer(self, request: v2_pb.ModelInferRequest) -> v2_pb.ModelInferResponse:
+        name, version = request.model_name, grpc_v2.version_of(request.model_version)
+        card = self._registry.card(name, version)  # NOT_FOUND before any conversion
+        size = request.ByteSize()
+        feeds, wanted = await _off_loop_if(size, grpc_v2.decode_infer, request, card)
+        prediction = await self._registry.predict(name, feeds, version=version)
+        return await _off_loop_if(size, grpc_v2.encode_infer, prediction, request.id, wanted, card)
+
+    # -- TensorFlow Serving ----------------------------------------------------------------
+
+    async def predict(self, request: tfs_pb.PredictRequest) -> tfs_pb.PredictResponse:
+        name, version = grpc_tfs.requested(request.model_spec)
+        card = self._registry.card(name, version)
+        size = request.ByteSize()
+        feeds, wanted = await _off_loop_if(size, grpc_tfs.decode_predict, request, card)
+        prediction = await self._registry.predict(name, feeds, version=version)
+        return await _off_loop_if(size, grpc_tfs.encode_predict, prediction, wanted, card)
+
+    async def tfs_model_metadata(
+        self, request: tfs_pb.GetModelMetadataRequest
+    ) -> tfs_pb.GetModelMetadataResponse:
+        name, version = grpc_tfs.requested(request.model_spec)
+        return grpc_tfs.model_metadata(request, self._registry.card(name, version))
+
+    async def model_status(
+        self, request: tfs_pb.GetModelStatusRequest
+    ) -> tfs_pb.GetModelStatusResponse:
+        name, version = grpc_tfs.requested(request.model_spec)
+        statuses = self._registry.status(name)
+        if version is not None:
+            statuses = [status for status in statuses if status.version == version]
+            if not statuses:
+                raise UnknownModelError(name, version)
+        return grpc_tfs.model_status(statuses)
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+T = TypeVar("T")
+
+
+async def _off_loop_if(size: int, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)``, in a worker thread when the message is large (parse, convert)."""
+    if size > _OFFLOAD_MESSAGE_BYTES:
+        return await asyncio.to_thread(work, *args)
+    return work(*args)
+
+
+def _refusal(service: str, exc: Exception) -> tuple[grpc.StatusCode, str, str]:
+    """The status code, counted reason and message of a call that raised ``exc``."""
+    if isinstance(exc, InvalidInputError):
+        return grpc.StatusCode.INVALID_ARGUMENT, "bad_input", str(exc)
+    if isinstance(exc, UnknownModelError):
+        return grpc.StatusCode.NOT_FOUND, "unknown_model", str(exc)
+    if isinstance(exc, ServiceBusyError):
+        return grpc.StatusCode.UNAVAILABLE, "busy", f"server busy: {exc}; retry later"
+    if isinstance(exc, InferenceError):
+        return grpc.StatusCode.INTERNAL, "model_error", str(exc)
+    # The service keeps serving whatever one call hit.
+    log.error("grpc.unexpected_error", service=service, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal", f"internal error: {type(exc).__name__}: {exc}"
