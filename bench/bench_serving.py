@@ -165,23 +165,29 @@ def session_timer(session: ort.InferenceSession) -> Timer:
     return call
 
 
+@dataclass(frozen=True)
+class Ports:
+    http: int
+    grpc: int
+
+
 @contextmanager
-def agent_server(settings: AgentSettings, log_dir: Path) -> Iterator[int]:
-    """A real ``edge-agent serve`` of MiniLM fp32 on a free loopback port; yields the port."""
-    port = free_port()
+def agent_server(settings: AgentSettings, log_dir: Path) -> Iterator[Ports]:
+    """A real ``edge-agent serve`` of MiniLM fp32 on free loopback ports (HTTP and gRPC)."""
+    port, grpc_port = free_port(), free_port()
     argv = [sys.executable, "-m", "agent", "serve", "--model", f"{MODEL}={MINILM_FP32}"]
-    argv += ["--port", str(port), *settings.flags]
+    argv += ["--port", str(port), "--grpc-port", str(grpc_port), *settings.flags]
     log = log_dir / f"serve-{port}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
         deadline = time.monotonic() + 60
-        while not port_is_open(port):
+        while not (port_is_open(port) and port_is_open(grpc_port)):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"edge-agent serve {settings.flags} did not start: {log}")
             time.sleep(0.1)
-        yield port
+        yield Ports(port, grpc_port)
     finally:
         process.terminate()
         try:
@@ -319,15 +325,13 @@ def fastest_bare(
 # -- 2: end to end and in process --------------------------------------------------------------
 
 
-def _fronts(port: int, grpc_port: int | None) -> dict[str, Timer]:
-    fronts = {
-        "REST :predict, JSON": rest_json_timer(port),
-        "v2 HTTP, JSON tensors": v2_http_timer(port, binary=False),
-        "v2 HTTP, binary tensors": v2_http_timer(port, binary=True),
+def _fronts(ports: Ports) -> dict[str, Timer]:
+    return {
+        "REST :predict, JSON": rest_json_timer(ports.http),
+        "v2 HTTP, JSON tensors": v2_http_timer(ports.http, binary=False),
+        "v2 HTTP, binary tensors": v2_http_timer(ports.http, binary=True),
+        "v2 gRPC": v2_grpc_timer(ports.grpc),
     }
-    if grpc_port is not None:
-        fronts["v2 gRPC"] = v2_grpc_timer(grpc_port)
-    return fronts
 
 
 async def _in_process_timers(registry: ModelRegistry, card: ModelCard) -> dict[str, Timer]:
@@ -375,8 +379,8 @@ def end_to_end(
     card: ModelCard,
 ) -> None:
     with ExitStack() as stack:
-        port = stack.enter_context(agent_server(DEFAULT_AGENT, log_dir))
-        fronts = _fronts(port, None)
+        ports = stack.enter_context(agent_server(DEFAULT_AGENT, log_dir))
+        fronts = _fronts(ports)
         in_process = stack.enter_context(in_process_agent(card))
         results.figures["end_to_end"] = {}
         for tokens, feeds in inputs.items():
@@ -385,7 +389,7 @@ def end_to_end(
             samples = alternate(paths, feeds, profile.runs[tokens], profile.block)
             _end_to_end_rows(results, tokens, chosen[tokens], samples)
             del baseline
-        floor = alternate({"floor": floor_timer(port)}, [{}], profile.runs[17], profile.block)
+        floor = alternate({"floor": floor_timer(ports.http)}, [{}], profile.runs[17], profile.block)
         results.figures["transport_floor_ms"] = {q: _ms(floor["floor"], q) for q in (50, 99)}
 
 
@@ -393,7 +397,9 @@ def _end_to_end_rows(
     results: Results, tokens: int, bare_label: str, samples: dict[str, list[float]]
 ) -> None:
     bare = {q: _ms(samples["bare"], q) for q in (50, 99)}
-    figures = {path: {q: _ms(values, q) for q in (50, 99)} for path, values in samples.items()}
+    figures: dict[str, Any] = {
+        path: {q: _ms(values, q) for q in (50, 99)} for path, values in samples.items()
+    }
     figures["runs"] = len(samples["bare"])
     figures["baseline"] = bare_label
     results.figures["end_to_end"][str(tokens)] = figures
@@ -457,7 +463,7 @@ def configurations(
         ports = {c.label: stack.enter_context(agent_server(c, log_dir)) for c in CANDIDATES}
         for tokens, feeds in inputs.items():
             lone = alternate(
-                {label: rest_json_timer(port) for label, port in ports.items()},
+                {label: rest_json_timer(port.http) for label, port in ports.items()},
                 feeds,
                 profile.config_runs if tokens < 128 else profile.config_runs // 4,
                 profile.block,
@@ -467,7 +473,7 @@ def configurations(
             labels = list(ports)
             for index in range(profile.rounds):
                 for label in labels if index % 2 == 0 else labels[::-1]:
-                    rate, latencies = _concurrent_round(ports[label], feeds, profile)
+                    rate, latencies = _concurrent_round(ports[label].http, feeds, profile)
                     rates[label].append(rate)
                     loaded[label].extend(latencies)
             figures[str(tokens)] = {}
@@ -515,14 +521,14 @@ def render(results: Results) -> str:
         header = ("figure", "value", "baseline", "ratio", "target", "result")
         out += ["", report.render_table(results.rows, header)]
     if results.config_rows:
-        header = (
+        config_header = (
             "agent configuration",
             "lone p50 ms",
             "lone p99 ms",
             f"{results.meta['profile']['clients']} clients req/s",
             "their p50 ms",
         )
-        out += ["", report.render_table(results.config_rows, header)]
+        out += ["", report.render_table(results.config_rows, config_header)]
     return "\n".join(out)
 
 
