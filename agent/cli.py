@@ -240,9 +240,9 @@ def _run(config: object, config_path: Path | None = None) -> int:
 def _spinning(args: argparse.Namespace) -> bool | None:
     if args.spinning == "auto":
         return None
-    if args.onnx_thread_pools == "shared":
+    if args.spinning == "off" and args.onnx_thread_pools == "shared":
         raise ConfigError(
-            "--spinning applies to --onnx-thread-pools per-model only "
+            "--spinning off needs --onnx-thread-pools per-model "
             "(ONNX Runtime's shared pools always spin)"
         )
     return bool(args.spinning == "on")

@@ -277,9 +277,9 @@ class InferenceConfig(_Section):
 
     @model_validator(mode="after")
     def _spinning_needs_own_pools(self) -> InferenceConfig:
-        if self.intra_op_spinning is not None and self.onnx_thread_pools == "shared":
+        if self.intra_op_spinning is False and self.onnx_thread_pools == "shared":
             raise ValueError(
-                "intra_op_spinning applies to onnx_thread_pools = 'per-model' only "
+                "intra_op_spinning = false needs onnx_thread_pools = 'per-model' "
                 "(ONNX Runtime's shared pools always spin)"
             )
         return self

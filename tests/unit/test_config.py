@@ -90,7 +90,7 @@ class TestErrors:
             ),
             (
                 "[inference]\nintra_op_spinning = false\n",
-                "intra_op_spinning applies to onnx_thread_pools = 'per-model' only",
+                "intra_op_spinning = false needs onnx_thread_pools = 'per-model'",
             ),
         ],
     )
