@@ -118,6 +118,7 @@ bench: deps
 
 bench-models: deps $(MINILM)
 	@$(PY) -m bench.bench_models
+	@$(PY) -m bench.bench_serving
 
 # On a board: the agent in /opt/edge-agent, its unit, config, state directory and user
 # (scripts/install.sh, docs/install.md). `make install DESTDIR=/tmp/root` stages it instead and
