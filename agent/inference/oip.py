@@ -41,7 +41,7 @@ from pydantic import (
 
 from agent.errors import InvalidInputError
 from agent.inference import jsonwire
-from agent.inference.backends import caller_dtype, conform_feeds
+from agent.inference.backends import caller_dtype, conform_caller_feeds
 from edge_contract.card import ModelCard, TensorSpec
 from edge_contract.payloads import nesting_depth, schema_problem
 
@@ -176,8 +176,7 @@ def decode_request(body: bytes, length: int | None, card: ModelCard) -> DecodedR
     request = parse_request(bytes(header), model=card.name)
     binary = memoryview(body)[length:] if length is not None else memoryview(b"")
     arrays = input_arrays(request.inputs, binary, card)
-    feeds = conform_feeds(card.name, card.inputs, arrays)
-    _check_finite(feeds, arrays, card.name)
+    feeds = conform_caller_feeds(card.name, card.inputs, arrays)
     return DecodedRequest(
         id=request.id or "",
         feeds=feeds,
@@ -347,18 +346,6 @@ def _count_mismatch(tensor: RequestInput, got: int, want: int, model: str) -> In
         model=model,
         detail=tensor.name,
     )
-
-
-def _check_finite(feeds: Mapping[str, Array], given: Mapping[str, Array], model: str) -> None:
-    """Float arrays that already had the model's dtype skip ``conform_feeds``'s conversion
-    (and its finiteness check): a binary FP32 tensor of NaN is refused here."""
-    for name, array in feeds.items():
-        if array is given[name] and array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise InvalidInputError(
-                f"input {name!r} contains NaN or Infinity: non-finite inputs are refused",
-                model=model,
-                detail=name,
-            )
 
 
 def _requested_outputs(request: InferRequest, card: ModelCard) -> tuple[str, ...] | None:

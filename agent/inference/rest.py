@@ -45,7 +45,7 @@ from agent.errors import (
     UnknownPredictionError,
 )
 from agent.inference import jsonwire
-from agent.inference.backends import caller_dtype, conform_feeds
+from agent.inference.backends import caller_dtype, conform_caller_feeds
 from agent.inference.metrics import RestMetrics
 from agent.inference.oip_http import OipApi
 from agent.inference.registry import ModelRegistry, Prediction
@@ -394,16 +394,8 @@ def _decode_predict(body: bytes, card: ModelCard) -> tuple[dict[str, Array], boo
         arrays[name] = _to_array(columns.pop(name), name, card.name)
     # Converted here, in the thread that parsed a large body, not later on the event loop;
     # the conversion refuses values that are not finite in the input's dtype (1e39 in
-    # float32). An array that needed no conversion (a float64 input) is checked here.
-    feeds = conform_feeds(card.name, card.inputs, arrays)
-    for name, array in feeds.items():
-        if array is arrays[name] and array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise InvalidInputError(
-                f"input {name!r} contains NaN or Infinity: non-finite inputs are refused",
-                model=card.name,
-                detail=name,
-            )
-    return feeds, row_format
+    # float32).
+    return conform_caller_feeds(card.name, card.inputs, arrays), row_format
 
 
 def _rows_to_columns(instances: object, card: ModelCard) -> dict[str, list[object]]:

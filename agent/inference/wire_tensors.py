@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import InvalidInputError
-from agent.inference.backends import CheckedFeeds, conform_feeds
+from agent.inference.backends import CheckedFeeds, conform_caller_feeds
 from edge_contract.card import ModelCard
 
 Array = npt.NDArray[Any]
@@ -126,15 +126,7 @@ def checked_feeds(card: ModelCard, arrays: Mapping[str, Array]) -> CheckedFeeds:
     An array that already has its input's float dtype is passed as given by that check, so
     its finiteness is checked here, as the REST API does after parsing.
     """
-    feeds = conform_feeds(card.name, card.inputs, arrays)
-    for name, array in feeds.items():
-        if array is arrays[name] and array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise InvalidInputError(
-                f"input {name!r} contains NaN or Infinity: non-finite inputs are refused",
-                model=card.name,
-                detail=name,
-            )
-    return feeds
+    return conform_caller_feeds(card.name, card.inputs, arrays)
 
 
 def pick_outputs(

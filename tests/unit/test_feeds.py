@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from agent.errors import InvalidInputError
-from agent.inference.backends import CheckedFeeds, conform_feeds, input_contract
+from agent.inference.backends import (
+    CheckedFeeds,
+    conform_caller_feeds,
+    conform_feeds,
+    input_contract,
+)
 from edge_contract.card import Quantization, TensorSpec
 
 TOKENS = (
@@ -151,3 +156,25 @@ class TestNonFinite:
         checked = conform_feeds("digits", PIXELS, {"pixels": rows})
         assert checked["pixels"].dtype == np.float32
         assert np.isfinite(checked["pixels"]).all()
+
+
+class TestCallerFeeds:
+    """``conform_caller_feeds``: what every front end (REST, v2, gRPC) applies."""
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+    def test_a_non_finite_float32_array_given_as_is_is_refused(self, bad: float) -> None:
+        pixels = np.zeros((1, 64), dtype=np.float32)
+        pixels[0, 3] = bad
+        with pytest.raises(InvalidInputError, match="'pixels' contains NaN or Infinity"):
+            conform_caller_feeds("digits", PIXELS, {"pixels": pixels})
+
+    def test_a_float64_value_beyond_float32_is_refused_by_the_conversion(self) -> None:
+        pixels = np.zeros((1, 64), dtype=np.float64)
+        pixels[0, 0] = 1e39
+        with pytest.raises(InvalidInputError, match="pixels"):
+            conform_caller_feeds("digits", PIXELS, {"pixels": pixels})
+
+    def test_finite_inputs_pass_unchanged(self) -> None:
+        pixels = np.ones((2, 64), dtype=np.float32)
+        feeds = conform_caller_feeds("digits", PIXELS, {"pixels": pixels})
+        assert feeds["pixels"] is pixels

@@ -31,6 +31,7 @@ from agent.inference.backends.feeds import (
     Tensor,
     batch_sizes,
     caller_dtype,
+    conform_caller_feeds,
     conform_feeds,
     input_contract,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "caller_dtype",
     "check_model_file",
     "check_signature",
+    "conform_caller_feeds",
     "conform_feeds",
     "input_contract",
     "open_backend",

@@ -147,6 +147,24 @@ def conform_feeds(
     return input_contract(model, specs).conform(feeds)
 
 
+def conform_caller_feeds(
+    model: str, specs: tuple[TensorSpec, ...], arrays: Mapping[str, Tensor]
+) -> CheckedFeeds:
+    """Arrays a caller sent (REST, v2, gRPC), checked as every front end checks them:
+    ``conform_feeds``, and finiteness for a float array that already had its input's dtype
+    (the conversion, which refuses values not finite in the input's dtype, passed it as
+    given: a float32 NaN sent as binary bytes, or a float64 input)."""
+    feeds = conform_feeds(model, specs, arrays)
+    for name, array in feeds.items():
+        if array is arrays[name] and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInputError(
+                f"input {name!r} contains NaN or Infinity: non-finite inputs are refused",
+                model=model,
+                detail=name,
+            )
+    return feeds
+
+
 def batch_sizes(arrays: Iterable[Tensor]) -> set[int]:
     """The batch size of each array: its first dimension, 1 for a scalar."""
     return {array.shape[0] if array.ndim else 1 for array in arrays}
