@@ -278,6 +278,9 @@ def test_hot_swap_under_grpc_load_fails_no_call() -> None:
         registry = running.registry
         swapped = threading.Event()
         deadline = time.monotonic() + 60
+        # The swap waits until every client has had an answer (from v1): on a loaded
+        # machine the clients may otherwise only start once v2 serves.
+        answered = threading.Semaphore(0)
 
         def hammer() -> tuple[list[str], list[BaseException]]:
             versions: list[str] = []
@@ -291,11 +294,15 @@ def test_hot_swap_under_grpc_load_fails_no_call() -> None:
                         versions.append(result.get_response().model_version)
                     except InferenceServerException as exc:
                         failures.append(exc)
+                    if len(versions) + len(failures) == 1:
+                        answered.release()
                     after += swapped.is_set()
             return versions, failures
 
         with ThreadPoolExecutor(4) as pool:
             clients = [pool.submit(hammer) for _ in range(4)]
+            for _ in clients:
+                assert answered.acquire(timeout=30), "a client got no answer before the swap"
             running.run(registry.load(INT8))
             swapped.set()
             results = [future.result(90) for future in clients]
@@ -314,10 +321,16 @@ def test_a_full_queue_is_unavailable_and_the_service_recovers(tmp_path: Path) ->
     async def setup(registry: ModelRegistry) -> None:
         await registry.load(slow)
 
-    def call(rows: np.ndarray[Any, Any]) -> str:
+    # The 8 clients call at once (each set up first), so the calls overlap however slowly
+    # the threads start on a loaded machine.
+    together = threading.Barrier(8)
+
+    def call(rows: np.ndarray[Any, Any], barrier: threading.Barrier | None = None) -> str:
         with triton.InferenceServerClient(running.address) as client:
             tensor = triton.InferInput("x", list(rows.shape), "FP32")
             tensor.set_data_from_numpy(rows)
+            if barrier is not None:
+                barrier.wait(timeout=30)
             try:
                 client.infer("slow", [tensor])
             except InferenceServerException as exc:
@@ -326,7 +339,7 @@ def test_a_full_queue_is_unavailable_and_the_service_recovers(tmp_path: Path) ->
 
     with GrpcThread(setup, {"workers": 1, "max_queue": 1}) as running:
         with ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(lambda _: call(batch), range(8)))
+            codes = list(pool.map(lambda _: call(batch, together), range(8)))
         after = call(batch[:1])
         busy = running.metrics.errors[(V2, "busy", "UNAVAILABLE")]
     assert set(codes) == {"OK", "StatusCode.UNAVAILABLE: True"}, codes
