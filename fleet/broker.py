@@ -6,9 +6,16 @@ need not import the server.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
 from edge_runtime.mqtt.base import LinkSettings, TlsSettings
 from fleet.config import FleetConfig, parse_broker_url
 from fleet.errors import FleetError
+
+if TYPE_CHECKING:
+    from edge_runtime.mqtt.link import MqttLink
 
 
 def link_settings_for(
@@ -32,3 +39,12 @@ def link_settings_for(
         max_inflight=100,
         manual_ack=persistent,
     )
+
+
+async def close_link(link: MqttLink, runner: asyncio.Task[None]) -> None:
+    """A CLI call's short-lived link closed (a second at most) and its network loop ended."""
+    with contextlib.suppress(Exception):
+        await link.close(timeout=1.0)
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner

@@ -30,7 +30,7 @@ from edge_contract.topics import Channel, reply_inbox, topic_for
 from edge_runtime.errors import MqttError
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
-from fleet.broker import link_settings_for
+from fleet.broker import close_link, link_settings_for
 from fleet.config import FleetConfig
 from fleet.errors import BrokerUnreachableError, FleetError
 
@@ -147,11 +147,7 @@ async def send(
             async with asyncio.timeout(timeout):
                 await done.wait()
     finally:
-        with contextlib.suppress(Exception):
-            await link.close(timeout=1.0)
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        await close_link(link, runner)
     return [decode(name, d, got[d]) if d in got else Outcome(d, None) for d in device_ids]
 
 

@@ -30,7 +30,7 @@ from edge_contract.topics import controller_rpc, reply_inbox
 from edge_runtime.errors import MqttError
 from edge_runtime.mqtt.base import InboundMessage, PublishOptions
 from edge_runtime.mqtt.link import MqttLink
-from fleet.broker import link_settings_for
+from fleet.broker import close_link, link_settings_for
 from fleet.config import FleetConfig, parse_broker_url
 from fleet.errors import (
     BrokerUnreachableError,
@@ -134,11 +134,7 @@ async def _exchange(config: FleetConfig, method: str, payload: JsonObject) -> by
             raise BrokerUnreachableError(config.broker, await _why_unreachable(config)) from None
         raise ControllerUnavailableError(config.broker, config.rpc_timeout_s) from None
     finally:
-        with contextlib.suppress(Exception):
-            await link.close(timeout=1.0)
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        await close_link(link, runner)
 
 
 async def _why_unreachable(config: FleetConfig) -> str:
