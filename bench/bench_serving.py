@@ -12,9 +12,11 @@ block, so the drift of a shared machine falls on every path):
   v2 over HTTP with JSON tensors and with binary tensors (``tritonclient.http``), and v2 over
   gRPC (``tritonclient.grpc``) where the agent serves it. The client's own encoding and
   decoding count: that is what a client pays;
-- **in process**, to split the cost: the agent's own session configuration run bare (what
-  the session costs), and ``ModelRegistry.predict`` with the agent's monitor on it (what the
-  path inside the agent adds), both in this process with the agent's default settings.
+- **in process**, to split the cost: the agent's own session run bare (what the session
+  costs), and ``ModelRegistry.predict`` with the agent's monitor on it (what the path inside
+  the agent adds), both in this process. They use per-model pools, not the agent's shared
+  default: the shared pools are process state and would carry the bare sessions too (the
+  configuration study below finds the two alike for a lone caller).
 
 Second, **the agent's session configuration**: candidate settings (shared pools, per-model
 pools with spinning on and off, thread counts), each in an ``edge-agent serve`` process of
@@ -39,6 +41,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,7 +54,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from agent.inference.backends import BackendOptions
+from agent.inference.backends import BackendOptions, OnnxThreadPools
 from agent.inference.backends.onnx import OnnxBackend
 from agent.inference.cardfile import load_card
 from agent.inference.monitoring import ModelMonitor
@@ -348,13 +351,18 @@ async def _in_process_timers(registry: ModelRegistry, card: ModelCard) -> dict[s
     return {"agent's session, bare": session_timer(backend.session), "agent predict": predict}
 
 
+# The in-process registry runs with per-model pools: ONNX Runtime's shared pools are process
+# state, and once made they would carry this process's bare sessions too.
+IN_PROCESS_POOLS: OnnxThreadPools = "per-model"
+
+
 @contextmanager
 def in_process_agent(card: ModelCard) -> Iterator[dict[str, Timer]]:
     """The registry with the agent's default settings on an event loop of its own thread."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="agent-loop", daemon=True)
     thread.start()
-    defaults = BackendOptions(onnx_thread_pools=DEFAULT_POOLS)
+    defaults = BackendOptions(onnx_thread_pools=IN_PROCESS_POOLS)
     registry = ModelRegistry(defaults, workers=2, max_queue=64, observer=ModelMonitor())
     try:
         future = asyncio.run_coroutine_threadsafe(_in_process_timers(registry, card), loop)
@@ -363,11 +371,6 @@ def in_process_agent(card: ModelCard) -> Iterator[dict[str, Timer]]:
         asyncio.run_coroutine_threadsafe(registry.close(), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
-
-
-# The in-process registry runs with per-model pools: ONNX Runtime's shared pools are process
-# state, and once made they would carry this process's bare sessions too.
-DEFAULT_POOLS: Any = "per-model"
 
 
 def end_to_end(
@@ -562,8 +565,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not MINILM_FP32.exists():
         sys.exit("the large model is not built: run `make bench-models` once")
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         results = report.run_or_exit(
             lambda: run(
