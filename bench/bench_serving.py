@@ -23,6 +23,10 @@ pools with spinning on and off, thread counts), each in an ``edge-agent serve`` 
 its own, called over REST by a lone client (p50, alternating blocks) and by concurrent
 clients (requests per second and p50, rounds in alternating order).
 
+Third, **where the REST time goes**: the REST call again against a traced ``serve``
+(``bench.serving_trace``), its time split into stages stamped on one clock by the client and
+the server: the client and the kernel, aiohttp, the agent's own steps, the model.
+
 MiniLM fp32 (``make bench-models`` builds it), a sentence of 17 tokens and a paragraph of
 128. Targets: end to end at most 1.10 of the baseline at p50 for 17 tokens and 1.05 for
 128, at most 1.25 at p99. Nothing asserts on timing: the table says PASS or MISS and the
@@ -59,7 +63,7 @@ from agent.inference.backends.onnx import OnnxBackend
 from agent.inference.cardfile import load_card
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
-from bench import report
+from bench import report, serving_trace
 from bench.bench_models import MINILM_FP32, load_inputs, paragraph_inputs, percentile
 from devtools.localbroker import free_port, port_is_open
 from edge_contract.card import ModelCard, card_path_for
@@ -500,6 +504,81 @@ def configurations(
     results.figures["configurations"] = figures
 
 
+# -- 4: where the REST time goes ----------------------------------------------------------------
+
+
+def trace_stages(
+    inputs: dict[int, list[dict[str, np.ndarray]]],
+    profile: Profile,
+    results: Results,
+    log_dir: Path,
+) -> None:
+    """The REST path's stages (bench.serving_trace), per input length; the first tenth of the
+    calls warm up and are left out."""
+    port = free_port()
+    stamps = log_dir / "stamps.json"
+    figures: dict[str, Any] = {}
+    client: dict[int, list[serving_trace.ClientStamps]] = {}
+    with serving_trace.traced_server(
+        MODEL, MINILM_FP32, port, stamps, log_dir / "traced.log", lambda: port_is_open(port)
+    ):
+        for tokens, feeds in inputs.items():
+            calls = profile.runs[tokens]
+            client[tokens] = serving_trace.rest_calls(port, MODEL, feeds, calls)[calls // 10 :]
+    server = json.loads(stamps.read_text())
+    for tokens, stamped in client.items():
+        events = serving_trace.per_request(server, stamped)
+        if not events:
+            raise BenchError(f"no traced call at {tokens} tokens had every stamp")
+        medians = serving_trace.stage_medians(events)
+        figures[str(tokens)] = {
+            "calls": len(events),
+            "stages_us": medians,
+            "by_owner_us": serving_trace.by_owner(medians),
+        }
+    results.figures["rest_stages"] = figures
+
+
+def render_stages(figures: Mapping[str, Any], end_to_end: Mapping[str, Any]) -> list[str]:
+    lengths = list(figures)
+    rows: list[tuple[str, ...]] = [
+        (label, owner, *(f"{figures[t]['stages_us'][label]:.0f}" for t in lengths))
+        for (label, _, _), owner in zip(serving_trace.STAGES, serving_trace.OWNERS, strict=True)
+    ]
+    rows.append(
+        ("whole call (median)", "", *(f"{figures[t]['stages_us']['total']:.0f}" for t in lengths))
+    )
+    for owner in ("client+kernel", "aiohttp", "agent", "model"):
+        rows.append(
+            (
+                f"sum of {owner}'s stages",
+                "",
+                *(f"{figures[t]['by_owner_us'][owner]:.0f}" for t in lengths),
+            )
+        )
+    header = ("REST :predict, traced: stage (p50, us)", "owner", *(f"{t} tokens" for t in lengths))
+    return ["", report.render_table(rows, header), *_budget_lines(figures, end_to_end)]
+
+
+def _budget_lines(figures: Mapping[str, Any], end_to_end: Mapping[str, Any]) -> list[str]:
+    """What each p50 target leaves over the bare run, against what the client and the kernel
+    take in the traced calls (which no server can save)."""
+    lines = []
+    for tokens, traced in figures.items():
+        if tokens not in end_to_end:
+            continue
+        bare_us = end_to_end[tokens]["bare"][50] * 1e3
+        budget_us = (TARGETS[int(tokens)][0] - 1) * bare_us
+        client_us = traced["by_owner_us"]["client+kernel"]
+        lines.append(
+            f"- {tokens} tokens: the p50 target leaves {budget_us:.0f} us over the bare run "
+            f"({bare_us:.0f} us); the client's and the kernel's stages take {client_us:.0f} us, "
+            f"aiohttp's {traced['by_owner_us']['aiohttp']:.0f} us, the agent's "
+            f"{traced['by_owner_us']['agent']:.0f} us"
+        )
+    return lines
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -523,6 +602,9 @@ def render(results: Results) -> str:
     if results.rows:
         header = ("figure", "value", "baseline", "ratio", "target", "result")
         out += ["", report.render_table(results.rows, header)]
+    stages = results.figures.get("rest_stages")
+    if stages:
+        out += render_stages(stages, results.figures.get("end_to_end", {}))
     if results.config_rows:
         config_header = (
             "agent configuration",
@@ -547,13 +629,15 @@ def run(profile: Profile, *, skip_configs: bool, log_dir: Path) -> Results:
         }
     )
     inputs = input_sets(card)
-    print("1/3 the fastest bare session.run ...", flush=True)
+    print("1/4 the fastest bare session.run ...", flush=True)
     chosen = fastest_bare(inputs, profile, results)
-    print("2/3 end to end and in process ...", flush=True)
+    print("2/4 end to end and in process ...", flush=True)
     end_to_end(inputs, chosen, profile, results, log_dir, card)
     if not skip_configs:
-        print("3/3 the agent's session configuration ...", flush=True)
+        print("3/4 the agent's session configuration ...", flush=True)
         configurations(inputs, profile, results, log_dir)
+    print("4/4 where the REST time goes (a traced server) ...", flush=True)
+    trace_stages(inputs, profile, results, log_dir)
     return results
 
 
