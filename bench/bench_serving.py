@@ -73,6 +73,7 @@ MODEL = "minilm"
 Feeds = Mapping[str, np.ndarray]
 Timer = Callable[[Feeds], float]
 TARGETS = {17: (1.10, 1.25), 128: (1.05, 1.25)}  # tokens: (p50, p99) end-to-end ratios
+TAIL_SHARE = 0.02  # the traced calls whose stages are shown apart: the slowest 2 %
 
 
 @dataclass(frozen=True)
@@ -531,32 +532,34 @@ def trace_stages(
         if not events:
             raise BenchError(f"no traced call at {tokens} tokens had every stamp")
         medians = serving_trace.stage_medians(events)
+        tail = serving_trace.stage_medians(serving_trace.slowest(events, TAIL_SHARE))
         figures[str(tokens)] = {
             "calls": len(events),
             "stages_us": medians,
             "by_owner_us": serving_trace.by_owner(medians),
+            "tail_stages_us": tail,
+            "tail_by_owner_us": serving_trace.by_owner(tail),
         }
     results.figures["rest_stages"] = figures
 
 
 def render_stages(figures: Mapping[str, Any], end_to_end: Mapping[str, Any]) -> list[str]:
     lengths = list(figures)
+
+    def cells(key: str, name: str) -> list[str]:
+        # Each length's median over all calls, then over its slowest calls.
+        return [f"{figures[t][k][name]:.0f}" for t in lengths for k in (key, f"tail_{key}")]
+
     rows: list[tuple[str, ...]] = [
-        (label, owner, *(f"{figures[t]['stages_us'][label]:.0f}" for t in lengths))
+        (label, owner, *cells("stages_us", label))
         for (label, _, _), owner in zip(serving_trace.STAGES, serving_trace.OWNERS, strict=True)
     ]
-    rows.append(
-        ("whole call (median)", "", *(f"{figures[t]['stages_us']['total']:.0f}" for t in lengths))
-    )
+    rows.append(("whole call (median)", "", *cells("stages_us", "total")))
     for owner in ("client+kernel", "aiohttp", "agent", "model"):
-        rows.append(
-            (
-                f"sum of {owner}'s stages",
-                "",
-                *(f"{figures[t]['by_owner_us'][owner]:.0f}" for t in lengths),
-            )
-        )
-    header = ("REST :predict, traced: stage (p50, us)", "owner", *(f"{t} tokens" for t in lengths))
+        rows.append((f"sum of {owner}'s stages", "", *cells("by_owner_us", owner)))
+    tail = f"slowest {TAIL_SHARE:.0%}"
+    columns = [f"{t} tokens{suffix}" for t in lengths for suffix in ("", f", {tail}")]
+    header = ("REST :predict, traced: stage (median, us)", "owner", *columns)
     return ["", report.render_table(rows, header), *_budget_lines(figures, end_to_end)]
 
 

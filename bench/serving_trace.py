@@ -211,6 +211,12 @@ def stage_medians(events: Sequence[Mapping[str, int]]) -> dict[str, float]:
     return medians
 
 
+def slowest(events: Sequence[Mapping[str, int]], share: float) -> list[Mapping[str, int]]:
+    """The calls whose whole time is in the slowest ``share`` (at least one call)."""
+    ranked = sorted(events, key=lambda e: e["decoded"] - e["sent"], reverse=True)
+    return ranked[: max(1, round(len(ranked) * share))]
+
+
 def by_owner(medians: Mapping[str, float]) -> dict[str, float]:
     """The stage medians summed by who owns them (client+kernel, aiohttp, agent, model)."""
     sums: dict[str, float] = {}
