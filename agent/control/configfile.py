@@ -3,12 +3,14 @@
 A patch (a JSON merge patch, RFC 7396: objects merge, ``null`` removes a key, anything else
 replaces) is applied to the TOML the agent was started with, and the result is validated by
 the agent's own config models (``load_config``, the same check as at start) before anything
-is replaced. A valid one is written atomically (temporary file in the same directory,
-fsync, rename, fsync of the directory); the file it replaces is kept as ``<config>.previous``
-and a ``<config>.pending`` marker says that the new one is not yet confirmed. The agent
-restarts to apply it; on start, a pending config is confirmed once the MQTT link is up, and
-restored from ``.previous`` when the link does not come up within the deadline (or when the
-new file does not even load), so a change that cuts the device off undoes itself.
+is replaced. A valid one is written atomically (``agent.ota.fsutil``: temporary file in the
+same directory, fsync, rename, fsync of the directory), with the config file's permission
+bits, as is every file written beside it; the file it replaces is kept as
+``<config>.previous`` and a ``<config>.pending`` marker says that the new one is not yet
+confirmed. The agent restarts to apply it; on start, a pending config is confirmed once the
+MQTT link is up, and restored from ``.previous`` when the link does not come up within the
+deadline (or when the new file does not even load), so a change that cuts the device off
+undoes itself.
 
 File IO only (no MQTT, no loop): the daemon calls these off the loop.
 """
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, load_config
-from agent.errors import CommandError, ConfigError
+from agent.errors import CommandError, ConfigError, StoreError
+from agent.ota.fsutil import atomic_write_bytes, fsync_dir
 
 # A patch names a few keys; the dispatcher's body cap bounds it before it gets here.
 MAX_PATCH_KEYS = 256
@@ -157,11 +160,11 @@ def prepare(files: ConfigFiles, patch: Mapping[str, Any]) -> tuple[str, AgentCon
     text = dump_toml(merge_patch(read_toml(files.path), patch))
     candidate = files.path.with_name(f".{files.path.name}.check-{os.getpid()}")
     try:
-        _write_atomically(candidate, text)
+        _write(files, candidate, text)
         config = load_config(candidate)
     except ConfigError as exc:
         raise CommandError(f"invalid config, nothing changed: {exc}") from None
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         raise _unwritable(files, exc) from None
     finally:
         candidate.unlink(missing_ok=True)
@@ -176,18 +179,21 @@ def install(files: ConfigFiles, text: str) -> None:
             worst ``.previous`` and the marker exist beside it: the rollback undoes that).
     """
     try:
-        _write_atomically(files.previous, files.path.read_text(encoding="utf-8"))
-        _write_atomically(files.pending, "")
-        _write_atomically(files.path, text)
-    except OSError as exc:
+        _write(files, files.previous, files.path.read_text(encoding="utf-8"))
+        _write(files, files.pending, "")
+        _write(files, files.path, text)
+    except (OSError, StoreError) as exc:
         raise _unwritable(files, exc) from None
 
 
-def _unwritable(files: ConfigFiles, exc: OSError) -> CommandError:
+def _unwritable(files: ConfigFiles, exc: OSError | StoreError) -> CommandError:
     # The shipped unit has ProtectSystem=strict: /etc/edge-agent is read-only unless the
     # unit makes it writable (docs/remote-operations.md).
     where = files.path.parent
-    return CommandError(f"cannot write beside {files.path} ({exc.strerror}): is {where} writable?")
+    # fsutil's StoreError wraps the OSError: name the OS's reason, as for a bare one.
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+    return CommandError(f"cannot write beside {files.path} ({reason}): is {where} writable?")
 
 
 def confirm(files: ConfigFiles) -> bool:
@@ -195,7 +201,7 @@ def confirm(files: ConfigFiles) -> bool:
     if not files.pending.exists():
         return False
     files.pending.unlink(missing_ok=True)
-    _fsync_dir(files.path.parent)
+    fsync_dir(files.path.parent)
     return True
 
 
@@ -203,31 +209,20 @@ def roll_back(files: ConfigFiles) -> bool:
     """Restore ``.previous`` over a pending config. False when nothing was pending."""
     if not files.pending.exists() or not files.previous.exists():
         return False
-    _write_atomically(files.path, files.previous.read_text(encoding="utf-8"))
+    _write(files, files.path, files.previous.read_text(encoding="utf-8"))
     files.pending.unlink(missing_ok=True)
-    _fsync_dir(files.path.parent)
+    fsync_dir(files.path.parent)
     return True
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a part; durable once this returns."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)  # keep the file's permissions
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+def _write(files: ConfigFiles, path: Path, text: str) -> None:
+    """``text`` to ``path`` atomically, with the config file's permission bits.
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+    Its companions get them too: ``.previous`` is the config as it was. With no config file
+    left (a roll-back after it was deleted), ``fsutil``'s default: ``0600``.
+    """
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        mode: int | None = files.path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = None
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)

@@ -1,10 +1,12 @@
-"""Crash-safe file writes for the OTA store: temp file, fsync, rename, fsync the directory.
+"""Crash-safe file writes for the agent: temp file, fsync, rename, fsync the directory.
 
 Every file the update path leaves on disk (chunks, slot files, state files) goes through
-here, so a ``kill -9`` or a power cut at any instant leaves either the old file or the new
-one complete under the final name, never a mix. What a crash can leave behind is a temp file
-named ``TEMP_PREFIX...`` in the same directory; ``is_temp`` recognises them so that sweepers
-can delete them.
+here, and so do the config file and its companions that ``config-set`` writes
+(``agent.control.configfile``), so a ``kill -9`` or a power cut at any instant leaves either
+the old file or the new one complete under the final name, never a mix. What a crash can
+leave behind is a temp file named ``TEMP_PREFIX...`` in the same directory; ``is_temp``
+recognises them so that sweepers can delete them. A new file is ``0600`` (``mkstemp``)
+unless the writer is given a ``mode``.
 
 OS errors are wrapped in ``StoreError`` naming the path.
 """
@@ -57,12 +59,18 @@ def ensure_dir(path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_blocks(path: Path, blocks: Iterable[bytes]) -> str:
-    """Write ``blocks`` to ``path`` atomically; returns the sha256 hex of what was written."""
+def atomic_write_blocks(path: Path, blocks: Iterable[bytes], *, mode: int | None = None) -> str:
+    """Write ``blocks`` to ``path`` atomically; returns the sha256 hex of what was written.
+
+    ``mode``: the permission bits the file gets (else ``mkstemp``'s ``0600``), set on the
+    temp file before the rename, so that the final name never has other bits.
+    """
     ensure_dir(path.parent)
     digest = hashlib.sha256()
     with _temp_beside(path) as (handle, temp):
         try:
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
             for block in blocks:
                 digest.update(block)
                 handle.write(block)
@@ -76,9 +84,9 @@ def atomic_write_blocks(path: Path, blocks: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``, all or nothing."""
-    atomic_write_blocks(path, [data])
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data``, all or nothing (``mode`` as in ``atomic_write_blocks``)."""
+    atomic_write_blocks(path, [data], mode=mode)
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

@@ -34,6 +34,15 @@ def test_write_creates_parents_replaces_and_leaves_no_temp(tmp_path: Path) -> No
     assert _temps(path.parent) == []
 
 
+def test_a_new_file_is_private_unless_a_mode_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "file.bin"
+    atomic_write_bytes(path, b"first")
+    assert path.stat().st_mode & 0o777 == 0o600
+    atomic_write_bytes(path, b"second", mode=0o640)
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert path.read_bytes() == b"second"
+
+
 def test_interrupted_write_keeps_the_old_file(tmp_path: Path) -> None:
     """A failure mid-write (here: the producer raises) leaves the previous content whole."""
     path = tmp_path / "state.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, cast
@@ -180,6 +181,7 @@ class TestConfigFile:
         assert files.previous.read_text() == BASE
         assert files.pending.exists()
         assert files.path.stat().st_mode & 0o777 == 0o640
+        assert files.previous.stat().st_mode & 0o777 == 0o640  # the config as it was
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
 
     def test_roll_back_restores_the_previous_file(self, tmp_path: Path) -> None:
@@ -291,15 +293,17 @@ class TestDeviceCommands:
 def test_an_unwritable_config_directory_is_a_clear_refusal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As under the shipped unit (ProtectSystem=strict): EROFS on every write there."""
+    """As under the shipped unit (ProtectSystem=strict): EROFS on every rename there."""
     files = _files(tmp_path, BASE)
 
     def read_only(*_args: object) -> None:
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(Path, "replace", read_only)
-    with pytest.raises(CommandError, match=r"cannot write beside .*Read-only file system"):
+    # configfile writes through agent.ota.fsutil, whose rename is os.replace.
+    monkeypatch.setattr(os, "replace", read_only)
+    with pytest.raises(CommandError, match=r"cannot write beside .*\(Read-only file system\): is "):
         configfile.prepare(files, {"log": {"level": "debug"}})
-    with pytest.raises(CommandError, match="cannot write beside"):
+    with pytest.raises(CommandError, match=r"cannot write beside .*\(Read-only file system\): is "):
         configfile.install(files, BASE)
     assert files.path.read_text() == BASE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.toml"]  # no temp left
