@@ -250,6 +250,9 @@ GRPC_ERROR_REASONS: dict[str, str] = {
     "busy": "UNAVAILABLE",  # the inference queue is full
     "model_error": "INTERNAL",  # the model failed or answered NaN/Inf
     "internal": "INTERNAL",
+    "unknown_method": "UNIMPLEMENTED",  # a method or service not served
+    "too_many_calls": "RESOURCE_EXHAUSTED",  # grpc_max_concurrent_rpcs calls in progress
+    "too_large": "RESOURCE_EXHAUSTED",  # a request message over grpc_max_message_bytes
 }
 GRPC_SERVICES = (
     "inference.GRPCInferenceService",
@@ -261,9 +264,10 @@ GRPC_SERVICES = (
 class GrpcMetrics:
     """Calls the gRPC front ends refused, by service, reason and status code (name).
 
-    The sibling of ``RestMetrics``, rendered beside it on ``/metrics``. Calls gRPC itself
-    refuses before a handler runs (a message over the size limit, more calls than the
-    concurrency limit) are not seen here. Updated and rendered on the event loop only.
+    The sibling of ``RestMetrics``, rendered beside it on ``/metrics``. What gRPC itself
+    would refuse is refused first by the server (unknown methods, calls over the concurrency
+    limit, messages over the size limit) and counted here; only gRPC's backstops above those
+    limits refuse uncounted (see ``grpc_server``). Updated and rendered on the event loop only.
     """
 
     def __init__(self) -> None:
