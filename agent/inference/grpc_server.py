@@ -13,9 +13,10 @@ served (UNIMPLEMENTED, ``unknown_method``) and a call over ``max_concurrent_rpcs
 (RESOURCE_EXHAUSTED, ``too_many_calls``), both refused by ``CallGate``; a request
 message over ``max_message_bytes`` (RESOURCE_EXHAUSTED, ``too_large``), refused by the method
 on the raw bytes before they are parsed. gRPC's own limits stay as backstops above ours
-(``HARD_LIMIT_FACTOR`` times each): a message larger than that is refused by gRPC's C core
-before it reaches Python at all (so it is not counted), and request messages in memory stay
-under ``max_concurrent_rpcs`` times the hard message limit. Messages above 256 KiB are parsed
+(``HARD_LIMIT_FACTOR`` times each). What those refuse never reaches a handler, and grpcio
+does not say why: such calls are counted only as ``unread`` (with calls whose client gave up
+before sending its message; see ``_AdmittedCall``). Request messages in memory stay under
+``max_concurrent_rpcs`` times the hard message limit. Messages above 256 KiB are parsed
 and converted in a worker thread, as the REST API does with large bodies.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import grpc
 import structlog
@@ -241,6 +242,7 @@ if TYPE_CHECKING:  # the stubs' generics; not subscriptable at run time
     Continuation = Callable[
         [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
     ]
+    _AioBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 class CallGate(grpc.aio.ServerInterceptor):
@@ -258,7 +260,7 @@ class CallGate(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: GrpcMetrics, max_calls: int) -> None:
         if max_calls < 1:
             raise ValueError(f"max_calls must be at least 1, not {max_calls}")
-        self._metrics = metrics
+        self.metrics = metrics
         self.max_calls = max_calls
         self.in_progress = 0
 
@@ -269,22 +271,52 @@ class CallGate(grpc.aio.ServerInterceptor):
         service = service_of(method)
         handler = await continuation(handler_call_details)
         if handler is None:
-            self._metrics.refused(service, "unknown_method", "UNIMPLEMENTED")
+            self.metrics.refused(service, "unknown_method", "UNIMPLEMENTED")
             return _refuse_unread(grpc.StatusCode.UNIMPLEMENTED, f"method not found: {method}")
         if self.in_progress >= self.max_calls:
-            self._metrics.refused(service, "too_many_calls", "RESOURCE_EXHAUSTED")
+            self.metrics.refused(service, "too_many_calls", "RESOURCE_EXHAUSTED")
             return _refuse_unread(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.in_progress} calls already in progress (the limit); retry later",
             )
         task = asyncio.current_task()
-        if task is not None:  # grpc.aio runs every call in a task of its own
-            self.in_progress += 1
-            task.add_done_callback(self._ended)
-        return handler
+        if task is None or handler.unary_unary is None:  # neither happens on this server
+            return handler
+        call = _AdmittedCall(self, service)
+        self.in_progress += 1
+        task.add_done_callback(call.ended)
+        return call.wrap(handler)
 
-    def _ended(self, _: asyncio.Task[Any]) -> None:
-        self.in_progress -= 1
+
+class _AdmittedCall:
+    """A call the gate let through: counted in progress until its task ends; if its handler
+    never ran by then, gRPC ended it first (a backstop) or the client gave up before sending
+    its request message, which gRPC reports alike (an ended call, no handler run)."""
+
+    def __init__(self, gate: CallGate, service: str) -> None:
+        self._gate = gate
+        self._service = service
+        self._handled = False
+
+    def wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        # Every method of this server is a coroutine (``_Api._method``); the stubs type
+        # handlers as the synchronous server's.
+        behavior = cast("_AioBehavior", handler.unary_unary)
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            self._handled = True
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def ended(self, _: asyncio.Task[Any]) -> None:
+        self._gate.in_progress -= 1
+        if not self._handled:
+            self._gate.metrics.ended_unread(self._service)
 
 
 def service_of(method: str) -> str:

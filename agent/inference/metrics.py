@@ -266,8 +266,11 @@ class GrpcMetrics:
 
     The sibling of ``RestMetrics``, rendered beside it on ``/metrics``. What gRPC itself
     would refuse is refused first by the server (unknown methods, calls over the concurrency
-    limit, messages over the size limit) and counted here; only gRPC's backstops above those
-    limits refuse uncounted (see ``grpc_server``). Updated and rendered on the event loop only.
+    limit, messages over the size limit) and counted here. gRPC's backstops above those
+    limits refuse without telling Python why: such a call only shows as one that ended before
+    its request message reached a handler, which is also how a client that gave up early
+    shows; ``unread`` counts those, by service (see ``grpc_server``). Updated and rendered on
+    the event loop only.
     """
 
     def __init__(self) -> None:
@@ -278,6 +281,7 @@ class GrpcMetrics:
                 for reason, code in GRPC_ERROR_REASONS.items()
             }
         )
+        self.unread: Counter[str] = Counter(dict.fromkeys(GRPC_SERVICES, 0))
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
 
@@ -287,6 +291,10 @@ class GrpcMetrics:
         if GRPC_ERROR_REASONS.get(reason) != code:
             reason = "other"  # keeps the label set bounded whatever raised
         self.errors[(service, reason, code)] += 1
+
+    def ended_unread(self, service: str) -> None:
+        """A call ended before its request message reached a handler."""
+        self.unread[service if service in GRPC_SERVICES else "other"] += 1
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self._registry)
@@ -301,3 +309,13 @@ class GrpcMetrics:
         for (service, reason, code), count in sorted(self.errors.items()):
             errors.add_metric([service, reason, code], count)
         yield errors
+        unread = CounterMetricFamily(
+            "edge_grpc_unread_calls",
+            "Calls that ended before their request message reached a handler: refused by "
+            "gRPC's own backstops (a message over twice the size limit; a burst over twice the "
+            "concurrency limit), or given up by the client first (gRPC does not say which).",
+            labels=["service"],
+        )
+        for service, count in sorted(self.unread.items()):
+            unread.add_metric([service], count)
+        yield unread

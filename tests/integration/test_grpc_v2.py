@@ -373,6 +373,7 @@ def test_unknown_methods_and_oversized_messages_are_refused_and_counted(
 ) -> None:
     """What gRPC would refuse on its own is refused by the server first, and counted."""
     before = counted(server.metrics)
+    unread = server.metrics.unread[V2]
     with grpc.insecure_channel(server.address) as channel:
         for method in (f"/{V2}/NoSuchMethod", "/no.such.Service/Call"):
             with pytest.raises(grpc.RpcError) as caught:
@@ -383,10 +384,12 @@ def test_unknown_methods_and_oversized_messages_are_refused_and_counted(
             infer(b"\x0a" + b"\x00" * MAX_MESSAGE, timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "over the limit" in str(caught.value.details())
-        # Beyond gRPC's own (hard) limit the C core refuses it before Python sees it.
+        # Beyond gRPC's own (hard) limit its C core refuses the message unread by Python: the
+        # call shows only as one that ended before its message reached a handler.
         with pytest.raises(grpc.RpcError) as caught:
             infer(b"\x0a" + b"\x00" * (2 * MAX_MESSAGE), timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        wait_until(lambda: server.metrics.unread[V2] == unread + 1, 30, "the unread call")
     pixels, expected, atol = golden(INT8)
     answer = client.infer("digits", [infer_input(pixels)]).as_numpy("probabilities")
     np.testing.assert_allclose(answer, expected, atol=atol)
@@ -426,3 +429,4 @@ def test_calls_over_the_concurrency_limit_are_refused_and_counted() -> None:
             answer = channel.unary_unary(live)(b"", timeout=30)
             assert service_pb2.ServerLiveResponse.FromString(answer).live
         assert counted(running.metrics)[(V2, "too_many_calls", "RESOURCE_EXHAUSTED")] == 1
+        assert running.metrics.unread[V2] == 0  # the held call's message did arrive
