@@ -268,7 +268,7 @@ class CallGate(grpc.aio.ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = handler_call_details.method
-        service = service_of(method)
+        service = _service_of(method)
         handler = await continuation(handler_call_details)
         if handler is None:
             self.metrics.refused(service, "unknown_method", "UNIMPLEMENTED")
@@ -319,7 +319,7 @@ class _AdmittedCall:
             self._gate.metrics.ended_unread(self._service)
 
 
-def service_of(method: str) -> str:
+def _service_of(method: str) -> str:
     """``/package.Service/Method`` -> ``package.Service`` (anything else: the whole path)."""
     parts = method.split("/")
     return parts[1] if len(parts) == 3 and not parts[0] else method
