@@ -221,14 +221,15 @@ class InferenceConfig(_Section):
         default=16 * 1024 * 1024,
         ge=1024,
         le=1024 * 1024 * 1024,
-        description="Largest gRPC request message accepted, bytes (larger: RESOURCE_EXHAUSTED).",
+        description="Largest gRPC request message accepted, bytes (larger: RESOURCE_EXHAUSTED, "
+        "counted up to twice this; gRPC itself refuses, uncounted, beyond that).",
     )
     grpc_max_concurrent_rpcs: int = Field(
         default=16,
         ge=1,
         le=1024,
-        description="gRPC calls in progress at once (more: RESOURCE_EXHAUSTED); with "
-        "grpc_max_message_bytes, bounds the request messages held in memory.",
+        description="gRPC calls in progress at once (more: RESOURCE_EXHAUSTED, counted); "
+        "request messages held in memory stay under this times twice grpc_max_message_bytes.",
     )
     workers: int = Field(default=2, ge=1, le=64, description="Inference threads.")
     max_queue: int = Field(

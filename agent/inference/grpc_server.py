@@ -8,19 +8,24 @@ gRPC's own INTERNAL), converts it with the pure modules ``grpc_v2`` / ``grpc_tfs
 the one request path, ``ModelRegistry.predict``, whose observer is the model monitor: the
 same input checks, monitoring, hot swap and back-pressure as the REST API. Errors are status
 codes (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE for a full queue, INTERNAL), counted by
-reason in ``GrpcMetrics``. Bounded: a request message over ``max_message_bytes`` is refused
-by gRPC (RESOURCE_EXHAUSTED) before it is buffered whole, and at most
-``max_concurrent_rpcs`` calls are in progress (more are refused with RESOURCE_EXHAUSTED), so
-request messages in memory stay under their product. Messages above 256 KiB are parsed and
-converted in a worker thread, as the REST API does with large bodies.
+reason in ``GrpcMetrics``, and so are the refusals gRPC would make on its own: a method not
+served (UNIMPLEMENTED, ``unknown_method``) and a call over ``max_concurrent_rpcs`` in progress
+(RESOURCE_EXHAUSTED, ``too_many_calls``), both refused by ``CallGate``; a request
+message over ``max_message_bytes`` (RESOURCE_EXHAUSTED, ``too_large``), refused by the method
+on the raw bytes before they are parsed. gRPC's own limits stay as backstops above ours
+(``HARD_LIMIT_FACTOR`` times each). What those refuse never reaches a handler, and grpcio
+does not say why: such calls are counted only as ``unread`` (with calls whose client gave up
+before sending its message; see ``_AdmittedCall``). Request messages in memory stay under
+``max_concurrent_rpcs`` times the hard message limit. Messages above 256 KiB are parsed
+and converted in a worker thread, as the REST API does with large bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import grpc
 import structlog
@@ -40,6 +45,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT_RPCS = 16
 _OFFLOAD_MESSAGE_BYTES = 256 * 1024
 _GRACE_S = 2.0
+# gRPC's own limits sit this many times above ours: backstops that are not reached in normal
+# refusals (ours answer first, and counted). A message between the two limits is refused by
+# us, counted; one over gRPC's is refused by its C core, which never hands it to Python.
+HARD_LIMIT_FACTOR = 2
 V2_SERVICE = "inference.GRPCInferenceService"
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
@@ -57,6 +66,7 @@ class GrpcServer:
     port: int
     address: str
     metrics: GrpcMetrics
+    gate: CallGate
 
     async def close(self) -> None:
         await self.server.stop(_GRACE_S)
@@ -73,14 +83,17 @@ async def start_grpc(
 ) -> GrpcServer:
     """Serve both APIs on ``host:port`` (0: any free port); OSError if it cannot bind."""
     metrics = metrics or GrpcMetrics()
+    gate = CallGate(metrics, max_concurrent_rpcs)
     server = grpc.aio.server(
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        interceptors=[gate],
+        # Counts the calls the gate refuses too (they end at once, unread), hence the room.
+        maximum_concurrent_rpcs=HARD_LIMIT_FACTOR * max_concurrent_rpcs,
         options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", HARD_LIMIT_FACTOR * max_message_bytes),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a second listener
         ],
     )
-    api = _Api(registry, metrics)
+    api = _Api(registry, metrics, max_message_bytes)
     server.add_generic_rpc_handlers(api.handlers())
     shown_host = f"[{host}]" if ":" in host else host
     address = f"{shown_host}:{port}"
@@ -89,15 +102,18 @@ async def start_grpc(
     except RuntimeError as exc:  # grpc.aio's way of saying the port is taken
         raise OSError(f"cannot bind {address}: {exc}") from exc
     await server.start()
-    return GrpcServer(server, bound, f"{shown_host}:{bound}", metrics)
+    return GrpcServer(server, bound, f"{shown_host}:{bound}", metrics, gate)
 
 
 class _Api:
     """The methods of the three services, bound to one registry."""
 
-    def __init__(self, registry: ModelRegistry, metrics: GrpcMetrics) -> None:
+    def __init__(
+        self, registry: ModelRegistry, metrics: GrpcMetrics, max_message_bytes: int
+    ) -> None:
         self._registry = registry
         self._metrics = metrics
+        self._max_message_bytes = max_message_bytes
 
     def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
         v2: dict[str, tuple[type[Message], _Work[Any]]] = {
@@ -137,6 +153,13 @@ class _Api:
         self, service: str, request_type: type[Message], work: _Work[Any]
     ) -> Callable[[bytes, grpc.aio.ServicerContext[bytes, Message]], Awaitable[Message]]:
         async def handle(raw: bytes, context: grpc.aio.ServicerContext[bytes, Message]) -> Message:
+            if len(raw) > self._max_message_bytes:
+                self._metrics.refused(service, "too_large", "RESOURCE_EXHAUSTED")
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the request message is {len(raw)} bytes, over the limit "
+                    f"({self._max_message_bytes})",
+                )
             try:
                 request = await _off_loop_if(len(raw), request_type.FromString, raw)
                 return await work(request)
@@ -213,6 +236,105 @@ class _Api:
             if not statuses:
                 raise UnknownModelError(name, version)
         return grpc_tfs.model_status(statuses)
+
+
+if TYPE_CHECKING:  # the stubs' generics; not subscriptable at run time
+    Continuation = Callable[
+        [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+    ]
+    _AioBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+class CallGate(grpc.aio.ServerInterceptor):
+    """Refuses, and counts, what gRPC would refuse on its own: unknown methods, and calls over
+    ``max_calls`` in progress.
+
+    gRPC runs it for every call once the call's headers arrive: before the request message is
+    read and before gRPC's own concurrency limit is applied (``_handle_rpc`` in grpcio's
+    ``aio/server.pyx.pxi``). A call is in progress from here until its task ends, however it
+    ends (answered, aborted, cancelled by the client), so the count cannot leak. A refusal
+    takes the request as a stream and never reads it: a refused call's message is not
+    buffered. Runs on the server's event loop only.
+    """
+
+    def __init__(self, metrics: GrpcMetrics, max_calls: int) -> None:
+        if max_calls < 1:
+            raise ValueError(f"max_calls must be at least 1, not {max_calls}")
+        self.metrics = metrics
+        self.max_calls = max_calls
+        self.in_progress = 0
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        service = _service_of(method)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            self.metrics.refused(service, "unknown_method", "UNIMPLEMENTED")
+            return _refuse_unread(grpc.StatusCode.UNIMPLEMENTED, f"method not found: {method}")
+        if self.in_progress >= self.max_calls:
+            self.metrics.refused(service, "too_many_calls", "RESOURCE_EXHAUSTED")
+            return _refuse_unread(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.in_progress} calls already in progress (the limit); retry later",
+            )
+        task = asyncio.current_task()
+        if task is None or handler.unary_unary is None:  # neither happens on this server
+            return handler
+        call = _AdmittedCall(self, service)
+        self.in_progress += 1
+        task.add_done_callback(call.ended)
+        return call.wrap(handler)
+
+
+class _AdmittedCall:
+    """A call the gate let through: counted in progress until its task ends; if its handler
+    never ran by then, gRPC ended it first (a backstop) or the client gave up before sending
+    its request message, which gRPC reports alike (an ended call, no handler run)."""
+
+    def __init__(self, gate: CallGate, service: str) -> None:
+        self._gate = gate
+        self._service = service
+        self._handled = False
+
+    def wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        # Every method of this server is a coroutine (``_Api._method``); the stubs type
+        # handlers as the synchronous server's.
+        behavior = cast("_AioBehavior", handler.unary_unary)
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            self._handled = True
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def ended(self, _: asyncio.Task[Any]) -> None:
+        self._gate.in_progress -= 1
+        if not self._handled:
+            self._gate.metrics.ended_unread(self._service)
+
+
+def _service_of(method: str) -> str:
+    """``/package.Service/Method`` -> ``package.Service`` (anything else: the whole path)."""
+    parts = method.split("/")
+    return parts[1] if len(parts) == 3 and not parts[0] else method
+
+
+def _refuse_unread(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler that refuses with ``code`` at once, without reading the request message."""
+
+    async def refuse(
+        _: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> NoReturn:
+        await context.abort(code, message)
+        raise AssertionError("unreachable: abort raises")  # for the type checker
+
+    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
 def _serialize(message: Message) -> bytes:

@@ -250,6 +250,9 @@ GRPC_ERROR_REASONS: dict[str, str] = {
     "busy": "UNAVAILABLE",  # the inference queue is full
     "model_error": "INTERNAL",  # the model failed or answered NaN/Inf
     "internal": "INTERNAL",
+    "unknown_method": "UNIMPLEMENTED",  # a method or service not served
+    "too_many_calls": "RESOURCE_EXHAUSTED",  # grpc_max_concurrent_rpcs calls in progress
+    "too_large": "RESOURCE_EXHAUSTED",  # a request message over grpc_max_message_bytes
 }
 GRPC_SERVICES = (
     "inference.GRPCInferenceService",
@@ -261,9 +264,13 @@ GRPC_SERVICES = (
 class GrpcMetrics:
     """Calls the gRPC front ends refused, by service, reason and status code (name).
 
-    The sibling of ``RestMetrics``, rendered beside it on ``/metrics``. Calls gRPC itself
-    refuses before a handler runs (a message over the size limit, more calls than the
-    concurrency limit) are not seen here. Updated and rendered on the event loop only.
+    The sibling of ``RestMetrics``, rendered beside it on ``/metrics``. What gRPC itself
+    would refuse is refused first by the server (unknown methods, calls over the concurrency
+    limit, messages over the size limit) and counted here. gRPC's backstops above those
+    limits refuse without telling Python why: such a call only shows as one that ended before
+    its request message reached a handler, which is also how a client that gave up early
+    shows; ``unread`` counts those, by service (see ``grpc_server``). Updated and rendered on
+    the event loop only.
     """
 
     def __init__(self) -> None:
@@ -274,6 +281,7 @@ class GrpcMetrics:
                 for reason, code in GRPC_ERROR_REASONS.items()
             }
         )
+        self.unread: Counter[str] = Counter(dict.fromkeys(GRPC_SERVICES, 0))
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
 
@@ -283,6 +291,10 @@ class GrpcMetrics:
         if GRPC_ERROR_REASONS.get(reason) != code:
             reason = "other"  # keeps the label set bounded whatever raised
         self.errors[(service, reason, code)] += 1
+
+    def ended_unread(self, service: str) -> None:
+        """A call ended before its request message reached a handler."""
+        self.unread[service if service in GRPC_SERVICES else "other"] += 1
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self._registry)
@@ -297,3 +309,13 @@ class GrpcMetrics:
         for (service, reason, code), count in sorted(self.errors.items()):
             errors.add_metric([service, reason, code], count)
         yield errors
+        unread = CounterMetricFamily(
+            "edge_grpc_unread_calls",
+            "Calls that ended before their request message reached a handler: refused by "
+            "gRPC's own backstops (a message over twice the size limit; a burst over twice the "
+            "concurrency limit), or given up by the client first (gRPC does not say which).",
+            labels=["service"],
+        )
+        for service, count in sorted(self.unread.items()):
+            unread.add_metric([service], count)
+        yield unread

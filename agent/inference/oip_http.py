@@ -61,9 +61,10 @@ class OipApi:
 
     async def ready(self, request: web.Request) -> web.Response:
         # Ready when a model serves: the agent keeps running with none loaded (load failures
-        # are reported), and a load balancer should not send it requests then.
+        # are reported), and a load balancer should not send it requests then. The protocol
+        # says 200 for true and a 4xx for false (tritonclient's is_server_ready checks 200).
         ready = bool(self._registry.names())
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        return web.json_response({"ready": ready}, status=200 if ready else 400)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response(oip.server_metadata(SERVER_NAME, __version__))

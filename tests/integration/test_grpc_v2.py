@@ -13,6 +13,7 @@ tests/integration/test_grpc_tf_serving.py (a separate environment: `make test`).
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -24,6 +25,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -34,6 +36,7 @@ from agent.inference.metrics import GrpcMetrics
 from agent.inference.monitoring import ModelMonitor
 from agent.inference.registry import ModelRegistry
 from edge_contract.card import card_path_for
+from tests.integration.harness import wait_until
 from tests.integration.test_registry import FP32, INT8, eval_split
 from tests.integration.test_rest_api import write_slow_model
 
@@ -47,9 +50,12 @@ Setup = Callable[[ModelRegistry], Awaitable[None]]
 class GrpcThread:
     """A registry and the gRPC service on an event loop in a thread of its own."""
 
-    def __init__(self, setup: Setup, registry_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, setup: Setup, registry_options: dict[str, Any] | None = None, **grpc_options: Any
+    ) -> None:
         self._setup = setup
         self._registry_options = registry_options or {}
+        self._grpc_options = grpc_options
         self._ready = threading.Event()
         self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -89,7 +95,11 @@ class GrpcThread:
         try:
             await self._setup(self.registry)
             self.server = await start_grpc(
-                self.registry, port=0, max_message_bytes=MAX_MESSAGE, metrics=self.metrics
+                self.registry,
+                port=0,
+                max_message_bytes=MAX_MESSAGE,
+                metrics=self.metrics,
+                **self._grpc_options,
             )
         except BaseException as exc:
             self.error = exc
@@ -345,3 +355,78 @@ def test_a_full_queue_is_unavailable_and_the_service_recovers(tmp_path: Path) ->
     assert set(codes) == {"OK", "StatusCode.UNAVAILABLE: True"}, codes
     assert busy == codes.count("StatusCode.UNAVAILABLE: True")
     assert after == "OK"
+
+
+def counted(metrics: GrpcMetrics) -> dict[tuple[str, str, str], float]:
+    """``edge_grpc_errors_total`` as ``/metrics`` shows it, by (service, reason, code)."""
+    return {
+        (sample.labels["service"], sample.labels["reason"], sample.labels["code"]): sample.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        if family.name == "edge_grpc_errors"
+        for sample in family.samples
+        if sample.name == "edge_grpc_errors_total"
+    }
+
+
+def test_unknown_methods_and_oversized_messages_are_refused_and_counted(
+    server: GrpcThread, client: triton.InferenceServerClient
+) -> None:
+    """What gRPC would refuse on its own is refused by the server first, and counted."""
+    before = counted(server.metrics)
+    unread = server.metrics.unread[V2]
+    with grpc.insecure_channel(server.address) as channel:
+        for method in (f"/{V2}/NoSuchMethod", "/no.such.Service/Call"):
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.unary_unary(method)(b"", timeout=30)
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, method
+        infer = channel.unary_unary(f"/{V2}/ModelInfer")
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(b"\x0a" + b"\x00" * MAX_MESSAGE, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "over the limit" in str(caught.value.details())
+        # Beyond gRPC's own (hard) limit its C core refuses the message unread by Python: the
+        # call shows only as one that ended before its message reached a handler.
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(b"\x0a" + b"\x00" * (2 * MAX_MESSAGE), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        wait_until(lambda: server.metrics.unread[V2] == unread + 1, 30, "the unread call")
+    pixels, expected, atol = golden(INT8)
+    answer = client.infer("digits", [infer_input(pixels)]).as_numpy("probabilities")
+    np.testing.assert_allclose(answer, expected, atol=atol)
+    after = counted(server.metrics)
+    rose = {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key)}
+    assert rose == {
+        (V2, "unknown_method", "UNIMPLEMENTED"): 1,
+        ("other", "unknown_method", "UNIMPLEMENTED"): 1,
+        (V2, "too_large", "RESOURCE_EXHAUSTED"): 1,
+    }
+
+
+def test_calls_over_the_concurrency_limit_are_refused_and_counted() -> None:
+    """With room for one call in progress, a second is refused at once and counted; the one
+    in progress finishes, and the server serves the next."""
+
+    async def nothing(_: ModelRegistry) -> None:
+        return None
+
+    live = f"/{V2}/ServerLive"
+    with GrpcThread(nothing, max_concurrent_rpcs=1) as running:
+        assert running.server is not None
+        gate = running.server.gate
+        with grpc.insecure_channel(running.address) as channel:
+            # A call in progress for as long as the test wants: its message is held back.
+            held: queue.Queue[bytes | None] = queue.Queue()
+            pending = channel.stream_unary(live).future(iter(held.get, None), timeout=30)
+            wait_until(lambda: gate.in_progress == 1, 30, "the held call is in progress")
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.unary_unary(live)(b"", timeout=30)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "in progress" in str(caught.value.details())
+            held.put(b"")  # an empty ServerLiveRequest
+            held.put(None)
+            assert service_pb2.ServerLiveResponse.FromString(pending.result(30)).live
+            wait_until(lambda: gate.in_progress == 0, 30, "the held call ended")
+            answer = channel.unary_unary(live)(b"", timeout=30)
+            assert service_pb2.ServerLiveResponse.FromString(answer).live
+        assert counted(running.metrics)[(V2, "too_many_calls", "RESOURCE_EXHAUSTED")] == 1
+        assert running.metrics.unread[V2] == 0  # the held call's message did arrive

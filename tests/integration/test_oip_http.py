@@ -8,6 +8,7 @@ hand-written bytes, each followed by a good request to show the service lives.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import urllib.error
@@ -25,7 +26,7 @@ from agent.inference.cardfile import load_card
 from agent.inference.registry import ModelRegistry
 from edge_contract.card import card_path_for
 from tests.integration.test_registry import FP32, INT8, direct_outputs, eval_split
-from tests.integration.test_rest_api import MAX_BODY, ServerThread
+from tests.integration.test_rest_api import MAX_BODY, ServerThread, call
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +180,25 @@ def test_bad_requests_get_the_protocols_error_and_the_service_lives(
     assert errors[("bad_framing", "400")] >= 2
     assert errors[("too_large", "413")] >= 1
     assert errors[("unknown_model", "404")] >= 1
+
+
+def test_ready_is_false_until_a_model_serves() -> None:
+    """The protocol's server-ready answer: a 4xx while no model serves, 200 once one does."""
+    held: dict[str, Any] = {}
+
+    async def setup(registry: ModelRegistry) -> None:
+        held["registry"], held["loop"] = registry, asyncio.get_running_loop()
+
+    with ServerThread(setup) as running:
+        ready = f"{running.url}/v2/health/ready"
+        client = triton.InferenceServerClient(url=running.url.removeprefix("http://"))
+        try:
+            assert call(ready) == (400, {"ready": False})
+            assert call(f"{running.url}/v2/health/live") == (200, {"live": True})
+            assert not client.is_server_ready()
+            load = held["registry"].load(FP32)
+            asyncio.run_coroutine_threadsafe(load, held["loop"]).result(60)
+            assert call(ready) == (200, {"ready": True})
+            assert client.is_server_ready()
+        finally:
+            client.close()

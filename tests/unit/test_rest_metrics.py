@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.inference.metrics import REST_ERROR_REASONS, RestMetrics, _QuantileSummary
+from agent.inference.metrics import (
+    GRPC_ERROR_REASONS,
+    GRPC_SERVICES,
+    REST_ERROR_REASONS,
+    GrpcMetrics,
+    RestMetrics,
+    _QuantileSummary,
+)
 
 
 def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -50,3 +57,24 @@ def test_latency_quantiles_are_a_summary_with_cumulative_count_and_sum() -> None
         ("edge_model_latency_quantile_seconds_count", {"model": "m", "version": "1"}),
         ("edge_model_latency_quantile_seconds_sum", {"model": "m", "version": "1"}),
     ]
+
+
+def test_grpc_refusals_and_unread_calls_keep_a_bounded_label_set() -> None:
+    metrics = GrpcMetrics()
+    v2 = "inference.GRPCInferenceService"
+    metrics.refused(v2, "too_many_calls", "RESOURCE_EXHAUSTED")
+    metrics.refused("/a service a client chose", "unknown_method", "UNIMPLEMENTED")
+    metrics.ended_unread(v2)
+    metrics.ended_unread("another service a client chose")
+    samples = _samples(metrics.render())
+    for reason, code in GRPC_ERROR_REASONS.items():  # each from zero, on every service
+        key = (("code", code), ("reason", reason), ("service", v2))
+        assert ("edge_grpc_errors_total", key) in samples
+    busy = (("code", "RESOURCE_EXHAUSTED"), ("reason", "too_many_calls"), ("service", v2))
+    unknown = (("code", "UNIMPLEMENTED"), ("reason", "unknown_method"), ("service", "other"))
+    assert samples[("edge_grpc_errors_total", busy)] == 1
+    assert samples[("edge_grpc_errors_total", unknown)] == 1
+    assert samples[("edge_grpc_unread_calls_total", (("service", v2),))] == 1
+    assert samples[("edge_grpc_unread_calls_total", (("service", "other"),))] == 1
+    unread = {labels for (name, labels) in samples if name == "edge_grpc_unread_calls_total"}
+    assert len(unread) == len(GRPC_SERVICES) + 1
