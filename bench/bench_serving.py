@@ -43,7 +43,6 @@ import http.client
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -185,24 +184,14 @@ def agent_server(settings: AgentSettings, log_dir: Path) -> Iterator[Ports]:
     port, grpc_port = free_port(), free_port()
     argv = [sys.executable, "-m", "agent", "serve", "--model", f"{MODEL}={MINILM_FP32}"]
     argv += ["--port", str(port), "--grpc-port", str(grpc_port), *settings.flags]
-    log = log_dir / f"serve-{port}.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 60
-        while not (port_is_open(port) and port_is_open(grpc_port)):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"edge-agent serve {settings.flags} did not start: {log}")
-            time.sleep(0.1)
+    with report.child_server(
+        argv,
+        log_dir / f"serve-{port}.log",
+        lambda: port_is_open(port) and port_is_open(grpc_port),
+        BenchError,
+        cwd=REPO,
+    ):
         yield Ports(port, grpc_port)
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def rest_json_timer(port: int) -> Timer:
@@ -521,7 +510,7 @@ def trace_stages(
     figures: dict[str, Any] = {}
     client: dict[int, list[serving_trace.ClientStamps]] = {}
     with serving_trace.traced_server(
-        MODEL, MINILM_FP32, port, stamps, log_dir / "traced.log", lambda: port_is_open(port)
+        MODEL, MINILM_FP32, port, stamps, log_dir / "traced.log", BenchError
     ):
         for tokens, feeds in inputs.items():
             calls = profile.runs[tokens]

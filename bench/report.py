@@ -1,4 +1,5 @@
-"""What every benchmark does the same way: the figures table, and stopping on Ctrl-C or SIGTERM.
+"""What every benchmark does the same way: the figures table, stopping on Ctrl-C or SIGTERM,
+and a server in a child process.
 
 Each benchmark builds its own rows (figure, value, ..., target, result); this module only
 lays them out: the first column left-aligned, the others right-aligned, a rule under the
@@ -7,9 +8,14 @@ header.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
@@ -52,3 +58,34 @@ def stop_on_sigterm() -> None:
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+@contextmanager
+def child_server(
+    argv: Sequence[str],
+    log: Path,
+    ready: Callable[[], bool],
+    failure: type[Exception],
+    *,
+    cwd: Path,
+) -> Iterator[None]:
+    """``argv`` in a child process (output to ``log``), until ``ready()``; stopped with
+    SIGTERM on the way out (killed after 15 s). ``failure`` if it exits or is not ready
+    within 60 s."""
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise failure(f"{' '.join(argv[1:4])} ... did not start: see {log}")
+            time.sleep(0.1)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

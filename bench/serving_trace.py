@@ -25,17 +25,18 @@ from __future__ import annotations
 import functools
 import http.client
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench import report
+from devtools.localbroker import port_is_open
 
 REPO = Path(__file__).resolve().parents[1]
 Stamp = tuple[str, int]  # (event, time.monotonic_ns())
@@ -127,28 +128,18 @@ def serve_traced(argv: Sequence[str], stamps_path: Path) -> int:
 
 @contextmanager
 def traced_server(
-    model: str, path: Path, port: int, stamps_path: Path, log: Path, started: Callable[[], bool]
+    model: str,
+    path: Path,
+    port: int,
+    stamps_path: Path,
+    log: Path,
+    failure: type[Exception],
 ) -> Iterator[None]:
     """The traced ``serve`` in a child process; stopped with SIGTERM, so it writes its stamps."""
     argv = [sys.executable, "-m", "bench.serving_trace", "serve", str(stamps_path)]
     argv += ["--model", f"{model}={path}", "--port", str(port)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    try:
-        deadline = time.monotonic() + 60
-        while not started():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the traced serve did not start: {log}")
-            time.sleep(0.1)
+    with report.child_server(argv, log, lambda: port_is_open(port), failure, cwd=REPO):
         yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def rest_calls(
