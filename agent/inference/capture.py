@@ -4,13 +4,20 @@ The monitor hands over each input row whose top-1 confidence is under the config
 threshold (``CaptureBuffer.add``). ``add`` never blocks and never touches the disk: it puts
 the record on a bounded queue served by one writer thread, and a full queue drops the record
 and counts it. The writer stores each record as one ``.npz`` file (the input arrays plus a
-JSON metadata member) named by a sequence number, written atomically: temp file, fsync,
-rename, fsync of the directory. After each write the oldest records are deleted until the
+JSON metadata member) named by a sequence number, written atomically by the agent's one
+crash-safe writer (``agent.ota.fsutil.atomic_write_with``: temp file beside it, fsync,
+rename, fsync of the directory). After each write the oldest records are deleted until the
 directory holds at most ``max_bytes`` (counted as evictions).
 
+Records and exported bundles are ``0600`` (fsutil's ``mkstemp`` default): they hold raw
+model inputs, which can be private data (camera frames, audio), and only the agent itself
+reads them back (``load``, ``export``, the ``capture`` command's upload).
+
 The buffer survives a restart: files already in the directory are indexed at start in
-sequence order, and temp files a crash left behind are removed. A corrupt record is skipped
-with a log line wherever records are read; it still counts against the cap until evicted.
+sequence order, and temp files a crash left behind are removed: fsutil's (``fsutil.is_temp``)
+and the ``NNNNNNNNNNNN.npz.tmp`` names that agents before it wrote, which a board upgraded
+after a crash may still hold. A corrupt record is skipped with a log line wherever records
+are read; it still counts against the cap until evicted.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
 import queue
 import re
 import tarfile
@@ -29,16 +35,19 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, BinaryIO, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
+from agent.ota import fsutil
+
 log = structlog.get_logger("agent.inference.capture")
 
 _RECORD_NAME = re.compile(r"^(\d{12})\.npz$")
-_TEMP_NAME = re.compile(r"^\d{12}\.npz\.tmp$")
+# Temp names of the capture writer before it used fsutil: still swept at start.
+_LEGACY_TEMP_NAME = re.compile(r"^\d{12}\.npz\.tmp$")
 _META_KEY = "__capture__"
 _STOP = object()
 
@@ -206,16 +215,7 @@ class CaptureBuffer:
             first = infos[0].sequence if infos else 0
             last = infos[-1].sequence if infos else 0
             dest = dest / f"capture-{first:012d}-{last:012d}.tar"
-        manifest = [_manifest_entry(info) for info in infos]
-        temp = dest.with_name(dest.name + ".tmp")
-        with tarfile.open(temp, "w") as bundle:
-            for info in infos:
-                with contextlib.suppress(FileNotFoundError):  # evicted since it was listed
-                    bundle.add(info.path, arcname=info.path.name)
-            _add_bytes(bundle, "manifest.json", json.dumps(manifest, indent=1).encode())
-        _fsync_file(temp)
-        temp.replace(dest)
-        _fsync_dir(dest.parent)
+        fsutil.atomic_write_with(dest, lambda handle: _write_bundle(handle, infos))
         return dest
 
     def close(self, timeout: float = 5.0) -> None:
@@ -253,17 +253,12 @@ class CaptureBuffer:
         sequence = self._next_sequence
         self._next_sequence += 1
         path = self.directory / f"{sequence:012d}.npz"
-        temp = path.with_name(path.name + ".tmp")
-        try:
-            with temp.open("wb") as handle:
-                np.savez(handle, allow_pickle=False, **_archive_members(record))
-                handle.flush()
-                os.fsync(handle.fileno())
-            temp.replace(path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.directory)
+        members = _archive_members(record)
+        # Raises StoreError (disk full, ...) or numpy's error (e.g. an object array); either
+        # way no temp file is left, and _run counts it.
+        fsutil.atomic_write_with(
+            path, lambda handle: np.savez(handle, allow_pickle=False, **members)
+        )
         self._admit(_Stored(sequence, path, path.stat().st_size))
 
     def _admit(self, stored: _Stored) -> None:
@@ -286,7 +281,7 @@ class CaptureBuffer:
         highest = 0
         found: list[_Stored] = []
         for entry in self.directory.iterdir():
-            if _TEMP_NAME.match(entry.name):
+            if fsutil.is_temp(entry) or _LEGACY_TEMP_NAME.match(entry.name):
                 log.info("capture_temp_removed", path=str(entry))
                 entry.unlink(missing_ok=True)
             elif match := _RECORD_NAME.match(entry.name):
@@ -368,21 +363,18 @@ def _manifest_entry(info: CaptureInfo) -> ManifestEntry:
     }
 
 
+def _write_bundle(handle: BinaryIO, infos: list[CaptureInfo]) -> None:
+    """The export's tar, written into ``handle`` (fsutil's temp file; it stays open)."""
+    manifest = [_manifest_entry(info) for info in infos]
+    with tarfile.open(fileobj=handle, mode="w") as bundle:
+        for info in infos:
+            with contextlib.suppress(FileNotFoundError):  # evicted since it was listed
+                bundle.add(info.path, arcname=info.path.name)
+        _add_bytes(bundle, "manifest.json", json.dumps(manifest, indent=1).encode())
+
+
 def _add_bytes(bundle: tarfile.TarFile, name: str, data: bytes) -> None:
     member = tarfile.TarInfo(name)
     member.size = len(data)
     member.mtime = int(time.time())
     bundle.addfile(member, io.BytesIO(data))
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -2,11 +2,12 @@
 
 Every file the update path leaves on disk (chunks, slot files, state files) goes through
 here, and so do the config file and its companions that ``config-set`` writes
-(``agent.control.configfile``), so a ``kill -9`` or a power cut at any instant leaves either
-the old file or the new one complete under the final name, never a mix. What a crash can
-leave behind is a temp file named ``TEMP_PREFIX...`` in the same directory; ``is_temp``
-recognises them so that sweepers can delete them. A new file is ``0600`` (``mkstemp``)
-unless the writer is given a ``mode``.
+(``agent.control.configfile``) and the inference capture's records and export
+(``agent.inference.capture``, through ``atomic_write_with``), so a ``kill -9`` or a power
+cut at any instant leaves either the old file or the new one complete under the final name,
+never a mix. What a crash can leave behind is a temp file named ``TEMP_PREFIX...`` in the
+same directory; ``is_temp`` recognises them so that sweepers can delete them. A new file is
+``0600`` (``mkstemp``) unless the writer is given a ``mode``.
 
 OS errors are wrapped in ``StoreError`` naming the path.
 """
@@ -18,9 +19,9 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.errors import StoreError
 
@@ -62,18 +63,37 @@ def ensure_dir(path: Path) -> None:
 def atomic_write_blocks(path: Path, blocks: Iterable[bytes], *, mode: int | None = None) -> str:
     """Write ``blocks`` to ``path`` atomically; returns the sha256 hex of what was written.
 
+    ``mode``: as in ``atomic_write_with``.
+    """
+    digest = hashlib.sha256()
+
+    def write(handle: BinaryIO) -> None:
+        for block in blocks:
+            digest.update(block)
+            handle.write(block)
+
+    atomic_write_with(path, write, mode=mode)
+    return digest.hexdigest()
+
+
+def atomic_write_with(
+    path: Path, write: Callable[[BinaryIO], None], *, mode: int | None = None
+) -> None:
+    """Replace ``path`` with what ``write`` writes into the temp file's handle, all or nothing.
+
+    For writers that want a file object (``np.savez``, ``tarfile``). ``write`` must not close
+    the handle. An ``OSError`` it raises becomes ``StoreError``; any other exception is
+    passed on unchanged. Either way the temp file is deleted and ``path`` is untouched.
+
     ``mode``: the permission bits the file gets (else ``mkstemp``'s ``0600``), set on the
     temp file before the rename, so that the final name never has other bits.
     """
     ensure_dir(path.parent)
-    digest = hashlib.sha256()
     with _temp_beside(path) as (handle, temp):
         try:
             if mode is not None:
                 os.fchmod(handle.fileno(), mode)
-            for block in blocks:
-                digest.update(block)
-                handle.write(block)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         except OSError as exc:
@@ -81,7 +101,6 @@ def atomic_write_blocks(path: Path, blocks: Iterable[bytes], *, mode: int | None
         handle.close()
         rename_into_place(temp, path)
     fsync_dir(path.parent)
-    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
@@ -140,7 +159,7 @@ def remove_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _temp_beside(path: Path) -> Iterator[tuple[Any, Path]]:
+def _temp_beside(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
     """An open temp file in ``path``'s directory; deleted again unless it was renamed."""
     try:
         descriptor, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import tarfile
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.inference.capture import CaptureBuffer, CaptureRecord
+from agent.ota.fsutil import TEMP_PREFIX
 
 FLUSH_S = 10.0
 
@@ -146,6 +148,35 @@ class TestCaptureBuffer:
         assert [r.prediction_id for r in after] == ["p0", "p1", "p2", "p9"]
         assert after[-1].sequence > before[-1].sequence
 
+    def test_restart_removes_the_temp_files_of_fsutil(
+        self, tmp_path: Path, buffers: list[CaptureBuffer]
+    ) -> None:
+        """Records are written through fsutil now: its temp names are what a crash leaves."""
+        first = _open(buffers, tmp_path)
+        first.add(_record(1))
+        assert first.flush(FLUSH_S)
+        before = first.records()
+        first.close()
+        crashed = tmp_path / f"{TEMP_PREFIX}k3j2_x9"
+        crashed.write_bytes(b"half a record")
+
+        second = _open(buffers, tmp_path)
+        assert not crashed.exists()
+        assert second.records() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == [before[0].path.name]
+
+    def test_records_and_exports_are_private(
+        self, tmp_path: Path, buffers: list[CaptureBuffer]
+    ) -> None:
+        """Captured inputs can be private data: owner-only, whatever the umask."""
+        buffer = _open(buffers, tmp_path / "capture")
+        buffer.add(_record(1))
+        assert buffer.flush(FLUSH_S)
+        [info] = buffer.records()
+        bundle = buffer.export(tmp_path / "bundle.tar")
+        assert info.path.stat().st_mode & 0o777 == 0o600
+        assert bundle.stat().st_mode & 0o777 == 0o600
+
     def test_corrupt_record_is_skipped_with_a_log_line(
         self, tmp_path: Path, buffers: list[CaptureBuffer]
     ) -> None:
@@ -239,6 +270,27 @@ class TestCaptureBuffer:
         buffer.add(_record(1))
         assert buffer.flush(FLUSH_S)
         assert [r.prediction_id for r in buffer.records()] == ["p1"]
+
+    def test_a_disk_error_is_counted_and_leaves_no_temp_file(
+        self, tmp_path: Path, buffers: list[CaptureBuffer], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An OSError mid-write (a full disk; fsutil makes it a StoreError): counted, no temp."""
+
+        def disk_full(handle: object, **members: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        buffer = _open(buffers, tmp_path)
+        monkeypatch.setattr(np, "savez", disk_full)
+        with capture_logs() as logs:
+            buffer.add(_record(1))
+            assert buffer.flush(FLUSH_S)
+        monkeypatch.undo()
+        assert [entry["event"] for entry in logs] == ["capture_write_failed"]
+        assert buffer.stats().write_errors == 1
+        assert list(tmp_path.iterdir()) == []
+        buffer.add(_record(2))
+        assert buffer.flush(FLUSH_S)
+        assert [r.prediction_id for r in buffer.records()] == ["p2"]
 
     @pytest.mark.parametrize(("max_bytes", "max_queue"), [(0, 4), (1000, 0)])
     def test_rejects_bad_limits(self, tmp_path: Path, max_bytes: int, max_queue: int) -> None:

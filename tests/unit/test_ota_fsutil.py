@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -15,6 +19,7 @@ from agent.ota.fsutil import (
     atomic_write_blocks,
     atomic_write_bytes,
     atomic_write_json,
+    atomic_write_with,
     file_sha256,
     fsync_dir,
     is_temp,
@@ -56,6 +61,49 @@ def test_interrupted_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write_blocks(path, blocks())
     assert path.read_bytes() == b"old"
     assert _temps(tmp_path) == []
+
+
+def test_write_with_hands_the_writer_a_file_object(tmp_path: Path) -> None:
+    """For writers that want a file object: tarfile writes into the temp file's handle."""
+    path = tmp_path / "out" / "bundle.tar"
+
+    def write(handle: BinaryIO) -> None:
+        with tarfile.open(fileobj=handle, mode="w") as bundle:
+            member = tarfile.TarInfo("a.txt")
+            member.size = 2
+            bundle.addfile(member, io.BytesIO(b"hi"))
+
+    atomic_write_with(path, write)
+    with tarfile.open(path) as bundle:
+        assert bundle.getnames() == ["a.txt"]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert _temps(path.parent) == []
+
+
+def test_write_with_an_os_error_is_a_store_error_and_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "record.npz"
+    atomic_write_bytes(path, b"old")
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(b"new half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StoreError, match="cannot write \\(No space left on device\\)") as caught:
+        atomic_write_with(path, write)
+    assert is_temp(Path(caught.value.path))
+    assert path.read_bytes() == b"old"
+    assert _temps(tmp_path) == []
+
+
+def test_write_with_passes_other_errors_on_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "record.npz"
+
+    def write(handle: BinaryIO) -> None:
+        raise ValueError("object arrays cannot be saved")
+
+    with pytest.raises(ValueError, match="object arrays"):
+        atomic_write_with(path, write)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_json_round_trip_and_missing_is_none(tmp_path: Path) -> None:
