@@ -20,7 +20,6 @@ and Triton's docs/protocol/extension_binary_data.md.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pydantic import (
 from agent.errors import InvalidInputError
 from agent.inference import jsonwire
 from agent.inference.backends import caller_dtype, conform_caller_feeds
+from agent.inference.jsonwire import MalformedJsonError, loads_object
 from edge_contract.card import ModelCard, TensorSpec
 from edge_contract.payloads import nesting_depth, schema_problem
 
@@ -80,10 +80,8 @@ PLATFORMS = {"onnx": "onnxruntime_onnx", "tflite": "tflite"}
 # -- refusals --------------------------------------------------------------------------------
 
 
-class MalformedRequestError(InvalidInputError):
-    """The JSON object is not JSON, too deep, or uses NaN/Infinity literals."""
-
-    reason: ClassVar[str] = "bad_json"
+# The JSON object is not JSON, too deep, or uses NaN/Infinity literals (the REST API's class).
+MalformedRequestError = MalformedJsonError
 
 
 class FramingError(InvalidInputError):
@@ -196,16 +194,9 @@ def parse_request(header: bytes, *, model: str) -> InferRequest:
     depth = nesting_depth(header)
     if depth > MAX_DEPTH:
         raise MalformedRequestError(f"request nests {depth} levels, limit {MAX_DEPTH}", model=model)
-    try:
-        # Plain json.loads with the number checks left to the arrays: a parse_float hook
-        # would cost a Python call per element of a large tensor.
-        doc = json.loads(header, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedRequestError(f"request is not valid JSON ({exc})", model=model) from exc
-    if not isinstance(doc, dict):
-        raise MalformedRequestError(
-            f"request must be a JSON object, got {type(doc).__name__}", model=model
-        )
+    # The number checks are left to the arrays: a parse_float hook would cost a Python call
+    # per element of a large tensor.
+    doc = loads_object(header, model=model, what="request")
     try:
         return InferRequest.model_validate(doc)
     except ValidationError as exc:
@@ -367,10 +358,6 @@ def _flag(parameters: Mapping[str, object] | None, key: str, model: str) -> bool
     if value is None or isinstance(value, bool):
         return value
     raise InvalidInputError(f"parameter {key!r} must be true or false, got {value!r}", model=model)
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number (non-finite inputs are refused)")
 
 
 # -- encoding ----------------------------------------------------------------------------------

@@ -24,11 +24,10 @@ monitor's families.
 from __future__ import annotations
 
 import asyncio
-import json
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypedDict, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 from urllib.parse import quote
 
 import numpy as np
@@ -233,7 +232,7 @@ class _Api:
     async def feedback(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         monitor = self._require_monitor()
-        doc = _parse_object(await self._read_body(request), model=name)
+        doc = jsonwire.loads_object(await self._read_body(request), model=name, what=_BODY)
         prediction_id, label = doc.get("prediction_id"), doc.get("label")
         if not isinstance(prediction_id, str) or not prediction_id:
             raise InvalidInputError(
@@ -330,11 +329,7 @@ class _Api:
 
 # -- JSON <-> tensors ------------------------------------------------------------------------
 
-
-class MalformedBodyError(InvalidInputError):
-    """A request body that is not a JSON object (reason ``bad_json``)."""
-
-    reason: ClassVar[str] = "bad_json"
+_BODY = "request body"  # what a JSON refusal calls it
 
 
 class _BodyBudgetFull(AgentError):
@@ -347,30 +342,9 @@ class _BodyBudgetFull(AgentError):
         )
 
 
-def _refuse_constant(name: str) -> float:
-    # Strict JSON has no NaN or Infinity; a non-finite input would only come out as a
-    # non-finite output the monitor blames on the model.
-    raise ValueError(f"{name} is not a JSON number (non-finite inputs are refused)")
-
-
-def _parse_object(body: bytes, *, model: str) -> dict[str, object]:
-    """A request body's JSON object; its values are checked by whoever reads them."""
-    try:
-        # parse_constant runs only for NaN/Infinity/-Infinity tokens: no cost for numbers.
-        # RecursionError: a body nested deeper than the parser recurses is refused as such.
-        doc = json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedBodyError(f"request body is not valid JSON ({exc})", model=model) from exc
-    if not isinstance(doc, dict):
-        raise MalformedBodyError(
-            f"request body must be a JSON object, got {type(doc).__name__}", model=model
-        )
-    return doc
-
-
 def _decode_predict(body: bytes, card: ModelCard) -> tuple[dict[str, Array], bool]:
     """A predict body to named input arrays, and whether it was in the row format."""
-    doc = _parse_object(body, model=card.name)
+    doc = jsonwire.loads_object(body, model=card.name, what=_BODY)
     signature = doc.get("signature_name", SIGNATURE_NAME)
     if signature not in (SIGNATURE_NAME, ""):
         raise InvalidInputError(
