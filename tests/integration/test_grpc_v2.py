@@ -276,6 +276,24 @@ def test_bad_calls_get_their_status_code_are_counted_and_the_server_keeps_servin
     assert b'edge_grpc_errors_total{code="NOT_FOUND"' in server.metrics.render()
 
 
+def test_a_message_nested_past_protobufs_limit_is_a_counted_bad_message(
+    server: GrpcThread, client: triton.InferenceServerClient
+) -> None:
+    # Unknown field 99 as groups nested 200 deep: protobuf's parser stops at its recursion
+    # limit (100) with a DecodeError instead of recursing on.
+    start, end = (
+        bytes([((99 << 3) | wire) & 0x7F | 0x80, ((99 << 3) | wire) >> 7]) for wire in (3, 4)
+    )
+    before = server.metrics.errors[(V2, "bad_message", "INVALID_ARGUMENT")]
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary(f"/{V2}/ModelInfer")(start * 200 + end * 200, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert server.metrics.errors[(V2, "bad_message", "INVALID_ARGUMENT")] == before + 1
+    pixels, expected, atol = golden(INT8)
+    answer = client.infer("digits", [infer_input(pixels)]).as_numpy("probabilities")
+    np.testing.assert_allclose(answer, expected, atol=atol)
+
+
 def test_hot_swap_under_grpc_load_fails_no_call() -> None:
     rows, _ = eval_split()
     batch = rows[:32]
