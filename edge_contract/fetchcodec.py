@@ -86,9 +86,9 @@ def encode_reply(
     Everything travels in the payload and the reply has no MQTT v5 property, not even the
     correlation data that v5 request/response usually echoes: paho decodes properties by
     slicing the rest of the packet, payload included, again and again. With the correlation
-    as a property paho took 2.0 ms to decode a 1 MiB reply instead of 0.5 ms, timed on its
-    own, and 1.2 instead of 0.8 ms per MiB during downloads (paho 2.2; three user properties
-    cost about 1.4 ms more; docs/benchmarks.md). The agent's own link no longer pays this
+    as a property paho 2.2 took several times as long to decode a 1 MiB reply, and user
+    properties cost more still (docs/benchmarks.md, "OTA: model transfer goodput and
+    verification time"). The agent's own link no longer pays this
     (``edge_runtime.mqtt.paho_client`` reads large packets in place); a client on plain paho does.
     """
     fields: dict[str, int | str] = {"status": status, "offset": offset}

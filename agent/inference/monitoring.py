@@ -400,8 +400,10 @@ class ModelMonitor:
         The result is queued, and the queue is folded into the stats in bulk (counters,
         latency, throughput and the output windows alike), unless the low-confidence capture
         has to look at this batch now. What runs right after an inference meets caches the
-        model has just flushed, where even a few microseconds of Python cost tens: a request
-        costs one append here (bench/bench_models.py measures the difference).
+        model has just flushed, where even a little Python costs several times what it does
+        in a tight loop: a request costs one append here (bench/bench_models.py measures the
+        difference; docs/benchmarks.md, "Models: serving overhead, int8 against fp32, hot
+        swap").
         """
         pending = _Pending(
             card, _first_output(card, prediction), prediction.ids, prediction.latency_s, self._now()

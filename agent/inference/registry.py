@@ -66,8 +66,8 @@ _STATUS_HISTORY = 8
 
 @dataclass(slots=True)
 class Prediction:
-    """The answer to one predict call (not frozen only because a frozen dataclass costs a
-    request several microseconds to make; nothing changes it)."""
+    """The answer to one predict call (not frozen only because a frozen dataclass is slower
+    to make, on every request; nothing changes it)."""
 
     model: str
     version: str

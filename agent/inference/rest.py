@@ -13,10 +13,11 @@ One of the agent modules that import aiohttp (with its v2 routes, oip_http.py; t
 serves ``[metrics] port``: agent/telemetry/metrics_http.py). Bodies are capped (413 before
 buffering more than the cap), and so are the body bytes of all requests in progress together
 (a byte budget taken from Content-Length before the body is read, the per-request cap for a
-body without one; 503 with Retry-After when it is spent): a parsed JSON body holds about
-eight times its size while it becomes arrays, so the budget, not the request count, is what
-bounds the process's memory. Large bodies are parsed and large results encoded in a worker
-thread so that one big request does not stall the event loop for everyone else. Every error
+body without one; 503 with Retry-After when it is spent): a parsed JSON body holds several
+times its size while it becomes arrays (docs/benchmarks.md, "REST edge: memory under
+concurrent large bodies"), so the budget, not the request count, is what bounds the
+process's memory. Large bodies are parsed and large results encoded in a worker thread so
+that one big request does not stall the event loop for everyone else. Every error
 answer is counted by a bounded reason (``RestMetrics``) and shown on ``/metrics`` beside the
 monitor's families.
 """
@@ -58,13 +59,15 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # Body bytes all requests in progress may hold together: two bodies at the largest size. A
-# parsed JSON body peaks at about 8x its size (Python lists of floats, then arrays), so this
-# bounds the request data in memory to a few hundred MiB however many clients send at once.
+# parsed JSON body peaks at several times its size (Python lists of floats, then arrays;
+# docs/benchmarks.md, "REST edge: memory under concurrent large bodies"), so this bounds the
+# request data in memory however many clients send at once.
 DEFAULT_BODY_BUDGET_BYTES = 2 * DEFAULT_MAX_BODY_BYTES
 RETRY_AFTER_S = 1
 SIGNATURE_NAME = "serving_default"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Above these sizes JSON work moves to a worker thread (a 16 MiB body takes ~100 ms to parse).
+# Above these sizes JSON work moves to a worker thread (parsing a large body would hold the
+# event loop, and every other request, for as long as it takes).
 _OFFLOAD_BODY_BYTES = 256 * 1024
 _OFFLOAD_OUTPUT_ELEMENTS = 64 * 1024
 _READ_CHUNK_BYTES = 1024 * 1024

@@ -1,18 +1,19 @@
 """The inference threads: a few threads that run ``Backend.run`` off the event loop.
 
 Why not a ``ThreadPoolExecutor`` or the agent's general ``WorkerThread``: on the large model
-a request's whole serving overhead must stay within a few percent of a bare
-``session.run`` of about 3 ms (bench/bench_models.py). Everything a request runs after the
-model has just streamed tens of megabytes of weights through the caches meets cold caches
-and costs several times what it does in a tight loop, so the path is kept short: a thread
-that only takes jobs off its queue, and a job that hands its outcome to the loop in one
-``call_soon_threadsafe`` that settles the awaited future directly. The executor's path back
+a request's whole serving overhead must stay within the models benchmark's target over a
+bare ``session.run`` (bench/bench_models.py; docs/benchmarks.md, "Models: serving overhead,
+int8 against fp32, hot swap"). Everything a request runs after the model has just streamed
+tens of megabytes of weights through the caches meets cold caches and costs several times
+what it does in a tight loop, so the path is kept short: a thread that only takes jobs off
+its queue, and a job that hands its outcome to the loop in one ``call_soon_threadsafe`` that
+settles the awaited future directly. The executor's path back
 costs two extra loop passes (the concurrent future is copied into an asyncio future, whose
 callbacks then wake the task on a later pass).
 
 Which thread: the first idle one, so a lone client always runs on the same thread. ONNX
 Runtime makes the calling thread one of its intra-op threads, and a caller that moves
-between threads ran about 3 % slower than one that stays on one thread. With every thread
+between threads ran measurably slower than one that stays on one thread. With every thread
 busy, a request queues on the thread with the fewest waiting.
 """
 

@@ -12,9 +12,10 @@ A model that fails to load is a configuration error: nothing is served.
 
 The process is set up for request bodies of megabytes (``unmap_large_blocks``): glibc's
 allocator returns every block above 128 KiB to the system when it is freed, instead of
-keeping it in the heap. Under rounds of 50 concurrent 10 MB bodies that (with the REST
-service's body budget) keeps the process at about 240 MiB after each round instead of growing
-round after round (bench/bench_rest_memory.py, docs/benchmarks.md).
+keeping it in the heap. Under rounds of concurrent large bodies that (with the REST
+service's body budget) keeps the process's memory level after each round instead of growing
+round after round (bench/bench_rest_memory.py; docs/benchmarks.md, "REST edge: memory under
+concurrent large bodies").
 """
 
 from __future__ import annotations
@@ -128,11 +129,11 @@ def unmap_large_blocks() -> bool:
     """Fix glibc's mmap threshold at 128 KiB, so that freed blocks above it (request bodies,
     parsed arrays, encoded answers) go back to the system; True if set.
 
-    The cost is a few page faults per large block (about a millisecond for 10 MB, against
-    some 100 ms to parse it). Left alone when ``MALLOC_MMAP_THRESHOLD_`` is set (the operator
-    chose) and where there is no glibc ``mallopt``. Same approach as
-    ``fleet.release.allocator``, for the opposite workload: that process reuses megabyte
-    buffers at a high rate, this one must not keep them.
+    The cost is a few page faults per large block, small against the cost of parsing the body
+    it came from. Left alone when ``MALLOC_MMAP_THRESHOLD_`` is set (the operator chose) and
+    where there is no glibc ``mallopt``. Same approach as ``fleet.release.allocator``, for
+    the opposite workload: that process reuses megabyte buffers at a high rate, this one must
+    not keep them.
     """
     return set_mallopt({M_MMAP_THRESHOLD: MMAP_THRESHOLD})
 

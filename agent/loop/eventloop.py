@@ -3,9 +3,9 @@
 Why uvloop: a model run hands its result back to the loop from an inference thread, and on a
 board that hop is part of every request's latency. asyncio's loop handles the wake-up in
 Python (selector bookkeeping, reading the self-pipe, a handle per callback); uvloop does the
-same in C. On the large reference model at 17 tokens (a 2.6-3.3 ms run) a bare thread hop
-cost 1.01-1.04 x a bare ``session.run`` with asyncio's loop and 1.00-1.03 x with uvloop
-(docs/benchmarks.md, the models section).
+same in C, and the models benchmark measured a bare thread hop back to the loop as cheaper
+with uvloop than with asyncio's loop, against a bare ``session.run`` of the large reference
+model (docs/benchmarks.md, "Models: serving overhead, int8 against fp32, hot swap").
 
 uvloop ships with the ``inference`` extra; without it (a board with no wheel for it, the
 tflite-runtime environment) the agent runs on asyncio's loop and says so in its log. The

@@ -5,9 +5,9 @@ is written at its offset only after its bytes matched the per-chunk hash of the 
 release, so no unverified byte is ever stored and nothing beyond a chunk's signed length.
 ``part`` is fdatasynced at most every ``SYNC_INTERVAL_S`` while chunks come in, which bounds
 the progress a power cut can lose; it is not synced when it is assembled, because the slot
-install copies the verified file and syncs that copy (an fsync per 256 KiB chunk cost the
-transfer about half its rate, and a sync of the whole file before the copy a quarter;
-bench/bench_ota.py).
+install copies the verified file and syncs that copy (an fsync per 256 KiB chunk, or a sync
+of the whole file before the copy, cost the transfer much of its rate: bench/bench_ota.py,
+docs/benchmarks.md, "OTA: model transfer goodput and verification time").
 
 Opening a staging hashes every chunk range of ``part`` and keeps the chunks whose bytes match
 their signed hash, whether or not they were synced: a killed agent resumes exactly where it
@@ -21,8 +21,9 @@ every chunk range matched its hash from the same signed targets metadata that si
 whole-file hash, the chunk size and the length, and ``assemble`` checks the length. TUF's own
 whole-file check runs once, when the slot install copies the file (``SlotStore.install``
 hashes what it copies and refuses a mismatch), before anything loads it. A second whole-file
-hash during the download cost about 0.7 ms of CPU per MiB on a CPU-bound transfer (on a board
-without SHA instructions, several times that): bench/bench_ota.py.
+hash during the download would add CPU to every MiB of a CPU-bound transfer, and more on a
+board without SHA instructions (bench/bench_ota.py; docs/benchmarks.md, "OTA: model transfer
+goodput and verification time").
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ class ChunkStaging:
         staging is checked again after a restart. A power cut that loses the rename leaves
         ``part``, whose chunks are checked one by one and kept; one that loses bytes leaves
         a file that fails its hash check and is fetched again. The slot install syncs its own
-        copy. (The two directory syncs took about 0.7 ms of a 50 ms download of 8 MiB here,
-        and an SD card takes far longer.)
+        copy. (The two directory syncs were a small but measurable part of a fast download
+        in the OTA benchmark, and an SD card takes far longer: docs/benchmarks.md, "OTA: model
+        transfer goodput and verification time".)
         """
         missing = self.missing()
         if missing:

@@ -44,8 +44,9 @@ T = TypeVar("T")
 # Deleting acknowledged rows costs a trip to the worker thread and a commit; batching them
 # trades possible resends after a crash (at most this many rows, plus the in-flight window)
 # for far fewer wake-ups. While a backlog drains, a few large deletes cost the event loop and
-# the broker much less than many small ones competing with them for the cores: a 5,000-row
-# drain ran at 0.86 of raw paho this way against 0.78 with a delete every 128 rows.
+# the broker much less than many small ones competing with them for the cores (the agent
+# benchmark's drain ran measurably faster this way than with a delete every 128 rows;
+# docs/benchmarks.md, "Agent core: telemetry publishing and footprint").
 DELETE_BATCH = 4096
 DELETE_DELAY_S = 5.0
 # After a backlog drains, delete at once rather than waiting out the delay.
@@ -257,9 +258,9 @@ class Forwarder:
         # the cap must be free to drop the oldest during an outage.
         # Refill only below half: each fetch is a round trip to the worker thread (several ms
         # when the cores are busy, the worker waiting for the GIL), so it must bring many rows,
-        # not top up a few, and the half left must outlast the trip: 1,024 rows last about
-        # 50 ms at 20,000 msgs/s. Same-run drains of 5,000 rows: 0.94 of raw paho with the
-        # default batch of 2,048, 0.90 with 1,024, 0.84 with 256, 0.70 with 64.
+        # not top up a few, and the half left must outlast the trip. The agent benchmark's
+        # drain rate fell with every smaller batch it tried (docs/benchmarks.md, "Agent core:
+        # telemetry publishing and footprint").
         if self._link.connected and not self._caught_up and len(self._ahead) <= self._batch // 2:
             limit = self._batch - len(self._ahead)
             rows = await self._outbox.fetch(after_id=self._last_fetched_id, limit=limit)

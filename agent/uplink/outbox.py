@@ -189,7 +189,8 @@ class Outbox:
         The rows come back as one aggregate row (see ``_FETCH_PACKED``): the sqlite3 module
         releases the GIL around every step, so a row-per-step fetch on the outbox thread
         hands the GIL back and forth with the event loop once per row while a backlog
-        drains, which cost the drain about a seventh of its rate (bench/bench_agent.py).
+        drains, which cost the drain a noticeable share of its rate (bench/bench_agent.py;
+        docs/benchmarks.md, "Agent core: telemetry publishing and footprint").
         """
         try:
             packed = self._db.execute(_FETCH_PACKED, (after_id, limit)).fetchone()

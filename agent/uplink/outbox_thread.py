@@ -1,12 +1,13 @@
 """One worker thread that runs calls in order and, optionally, one job on its own clock.
 
 ``DiskOutbox`` owns its SQLite connection through this thread. A thread pool would do for the
-calls; the periodic job is why this exists. An idle agent's CPU is almost all wake-ups (each
-costs about a millisecond of CPU on a small or virtual machine, against well under a
-millisecond of work per telemetry message). A timer on the event loop that hands the
-telemetry job to a worker wakes the loop, then the worker, which then waits for the GIL the
-loop still holds. A timer on the worker itself wakes only the worker, while the loop sleeps
-with the GIL released; the loop wakes once, when the result is handed back.
+calls; the periodic job is why this exists. An idle agent's CPU is almost all wake-ups (on
+a small or virtual machine each costs more CPU than the work of a telemetry message;
+docs/benchmarks.md, "Agent core: telemetry publishing and footprint"). A timer on the event
+loop that hands the telemetry job to a worker wakes the loop, then the worker, which then
+waits for the GIL the loop still holds. A timer on the worker itself wakes only the worker,
+while the loop sleeps with the GIL released; the loop wakes once, when the result is handed
+back.
 
 The periodic job keeps a fixed cadence from a monotonic clock and skips ticks rather than
 bursting when it falls behind. Calls are never starved by it, nor it by calls: after each

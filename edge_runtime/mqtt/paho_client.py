@@ -5,8 +5,8 @@ import paho. paho 2.x copies a PUBLISH's payload four times while decoding it (i
 the rest of the packet with ``struct`` after the topic length, after the topic, after the
 packet id, then slices it after the properties), and copies every queued packet again on
 its first write (``packet[pos:]`` of a ``bytearray``). For the 1 MiB replies of an OTA
-download that was about a tenth of the device's CPU per MiB (bench/bench_ota.py,
-docs/benchmarks.md).
+download that was a noticeable share of the device's CPU per MiB (bench/bench_ota.py;
+docs/benchmarks.md, "OTA: model transfer goodput and verification time").
 
 ``LinkClient`` overrides two of paho's internal methods, for large packets only (at least
 ``LARGE_PACKET_BYTES``):

@@ -6,7 +6,7 @@ before migrations existed (no ``alembic_version`` table): it adds only what is m
 upgrading such a database keeps every row. An empty database is created from
 ``fleet.db.tables`` and stamped at head (Alembic's recipe for a new database; a unit test
 checks that the migrations build the same schema). A database at ``HEAD`` is only read:
-Alembic (about 80 ms to import) is loaded only when there is something to do.
+Alembic (slow to import) is loaded only when there is something to do.
 """
 
 from __future__ import annotations

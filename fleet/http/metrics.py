@@ -4,9 +4,9 @@ Read at scrape time: one ``FleetFigures`` is taken on the store thread (``await 
 the thread every store call runs on, so a scrape queues behind ingest like any read and
 never races it), then joined by what the loop owns (ingest's counters and queue, refused
 HTTP requests, live-feed clients) and rendered by a prometheus_client collector in a worker
-thread (tens of milliseconds for 500 devices' gauges: not on the loop). Nothing runs
-between scrapes and nothing is stale: a periodic refresh would cost the store thread
-whether anyone scrapes or not, and would show figures up to one period old.
+thread (a large fleet's gauges take long enough to render that it is not on the loop).
+Nothing runs between scrapes and nothing is stale: a periodic refresh would cost the store
+thread whether anyone scrapes or not, and would show figures up to one period old.
 
 Families (units in the names; docs/monitoring.md lists them): devices by state
 (``online``, ``offline``, ``pending``: not yet accepted), by model, version and variant and
@@ -123,8 +123,8 @@ async def metrics(ctx: Ctx, _caller: Viewer) -> Response:
         live_published=ctx.hub.published,
         live_dropped_clients=ctx.hub.dropped_clients,
     )
-    # In a worker thread: the text of 500 devices' gauges takes tens of milliseconds, which
-    # the loop (ingest, the live feed) should not wait for. The figures are immutable.
+    # In a worker thread: the text of a large fleet's gauges takes long enough to render that
+    # the loop (ingest, the live feed) should not wait for it. The figures are immutable.
     body = await asyncio.to_thread(render, figures, loop, limit)
     return Response(body, media_type=None, headers=_TEXT)
 

@@ -5,9 +5,10 @@ disk, the encoded payload, paho's packet and the slice of it that paho hands to 
 glibc serves blocks above its mmap threshold (128 KiB at start, raised only to the largest
 block freed so far) with fresh pages from ``mmap`` and unmaps them on ``free``, so each reply
 faulted in and zeroed megabytes of pages and then unmapped them again. During a download that
-was about a quarter of the controller's CPU (``perf``: page faults, page clearing, TLB
-shootdowns), and the controller went from 3.8 to 2.6 ms of CPU per MiB served once those
-blocks stayed in the heap (bench/bench_ota.py, docs/benchmarks.md).
+was a large share of the controller's CPU (``perf``: page faults, page clearing, TLB
+shootdowns), and the controller's CPU per MiB served fell once those blocks stayed in the
+heap (bench/bench_ota.py; docs/benchmarks.md, "OTA: model transfer goodput and verification
+time").
 
 ``keep_large_buffers`` raises the mmap threshold and the trim threshold with ``mallopt``, the
 same settings as glibc's ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``

@@ -52,8 +52,9 @@ log = structlog.get_logger("fleet.release.fileserver")
 
 SERVED_DIRS = ("metadata", "targets")
 MAX_PATH_LENGTH = 1024
-# A device downloads with 1 MiB requests, four in flight: about 300 a second at the fastest
-# measured (docs/benchmarks.md). Above that it is a storm, not a download.
+# A device downloads with 1 MiB requests, four in flight: the default sits above the fastest
+# download measured (docs/benchmarks.md, "OTA: model transfer goodput and verification
+# time"). Above that it is a storm, not a download.
 DEFAULT_RATE_PER_S = 400.0
 DEFAULT_BURST = 400
 MAX_BUCKETS = 10_000  # devices tracked at once; the least recently seen is forgotten
@@ -255,8 +256,8 @@ class FileService:
         self._pending = 0
         # One reader by default: a range in the page cache is a memory copy, so parallel
         # readers on a small server only interleave the replies, and the first reply of a
-        # download then arrives with the last (bench/bench_ota.py: first chunk after about
-        # 8 ms instead of 15 with 4 readers). A slow disk may want more.
+        # download then arrives with the last (bench/bench_ota.py: the first chunk came
+        # sooner with one reader than with four). A slow disk may want more.
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="fileserver")
         self.dropped = 0  # requests refused because too many were pending
 

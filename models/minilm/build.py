@@ -13,8 +13,9 @@ The int8 variant is what ``fleet model optimize --attention-heads 12 --hidden-si
 of it through ``fleet.modelopt``: ONNX Runtime's transformer fusions, then dynamic int8.
 
 The export is TorchScript's (``dynamo=False``): ONNX Runtime's fusions recognise its attention
-pattern, and none in the dynamo exporter's graph (at 17 tokens the int8 file then ran at
-0.68 x fp32 instead of 0.53-0.59 x). The fp32 file stays unfused, plain ONNX.
+pattern, and none in the dynamo exporter's graph (whose int8 file, left unfused, gained
+clearly less over fp32: docs/benchmarks.md, "Models: serving overhead, int8 against fp32, hot
+swap"). The fp32 file stays unfused, plain ONNX.
 
 Everything goes to ``models/build/minilm/`` (git-ignored, ~110 MB): the two models with their
 cards, and ``data/calibration.npz`` / ``data/eval.npz`` of tokenized sentences (no labels, so

@@ -4,9 +4,10 @@ Every request is checked against its model's inputs (names, shapes, dtypes) befo
 sees it, and converted to the caller dtypes. Several layers need that guarantee: the REST
 parser, the registry (on the event loop, so a bad request fails before it takes a worker)
 and each backend (which must never hand a runtime unchecked memory). Checking three times
-cost a 3 ms model about 2 % of its latency (bench/bench_models.py), so the check is done
-once: ``InputContract.conform`` returns ``CheckedFeeds`` that remember which contract passed
-them, and the same contract accepts them again without looking. Equal input specs share one
+cost the large reference model a measurable share of its latency (bench/bench_models.py;
+docs/benchmarks.md, "Models: serving overhead, int8 against fp32, hot swap"), so the check is
+done once: ``InputContract.conform`` returns ``CheckedFeeds`` that remember which contract
+passed them, and the same contract accepts them again without looking. Equal input specs share one
 contract (``input_contract`` is cached), so a card that says what its file declares and the
 backend for that file agree on it; a model swapped in meanwhile has another contract, and
 its feeds are checked again.
