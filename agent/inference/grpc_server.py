@@ -38,6 +38,7 @@ from agent.inference.metrics import GrpcMetrics
 from agent.inference.protos import oip_v2_pb2 as v2_pb
 from agent.inference.protos import tf_serving_pb2 as tfs_pb
 from agent.inference.registry import ModelRegistry
+from agent.loop.eventloop import off_loop_if
 
 log = structlog.get_logger("agent.inference.grpc")
 
@@ -161,7 +162,9 @@ class _Api:
                     f"({self._max_message_bytes})",
                 )
             try:
-                request = await _off_loop_if(len(raw), request_type.FromString, raw)
+                request = await off_loop_if(
+                    len(raw) > _OFFLOAD_MESSAGE_BYTES, request_type.FromString, raw
+                )
                 return await work(request)
             except DecodeError as exc:
                 code, reason, message = (
@@ -205,20 +208,20 @@ class _Api:
     async def model_infer(self, request: v2_pb.ModelInferRequest) -> v2_pb.ModelInferResponse:
         name, version = request.model_name, grpc_v2.version_of(request.model_version)
         card = self._registry.card(name, version)  # NOT_FOUND before any conversion
-        size = request.ByteSize()
-        feeds, wanted = await _off_loop_if(size, grpc_v2.decode_infer, request, card)
+        large = request.ByteSize() > _OFFLOAD_MESSAGE_BYTES
+        feeds, wanted = await off_loop_if(large, grpc_v2.decode_infer, request, card)
         prediction = await self._registry.predict(name, feeds, version=version)
-        return await _off_loop_if(size, grpc_v2.encode_infer, prediction, request.id, wanted, card)
+        return await off_loop_if(large, grpc_v2.encode_infer, prediction, request.id, wanted, card)
 
     # -- TensorFlow Serving ----------------------------------------------------------------
 
     async def predict(self, request: tfs_pb.PredictRequest) -> tfs_pb.PredictResponse:
         name, version = grpc_tfs.requested(request.model_spec)
         card = self._registry.card(name, version)
-        size = request.ByteSize()
-        feeds, wanted = await _off_loop_if(size, grpc_tfs.decode_predict, request, card)
+        large = request.ByteSize() > _OFFLOAD_MESSAGE_BYTES
+        feeds, wanted = await off_loop_if(large, grpc_tfs.decode_predict, request, card)
         prediction = await self._registry.predict(name, feeds, version=version)
-        return await _off_loop_if(size, grpc_tfs.encode_predict, prediction, wanted, card)
+        return await off_loop_if(large, grpc_tfs.encode_predict, prediction, wanted, card)
 
     async def tfs_model_metadata(
         self, request: tfs_pb.GetModelMetadataRequest
@@ -339,16 +342,6 @@ def _refuse_unread(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler
 
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
-
-
-T = TypeVar("T")
-
-
-async def _off_loop_if(size: int, work: Callable[..., T], *args: Any) -> T:
-    """``work(*args)``, in a worker thread when the message is large (parse, convert)."""
-    if size > _OFFLOAD_MESSAGE_BYTES:
-        return await asyncio.to_thread(work, *args)
-    return work(*args)
 
 
 def _refusal(service: str, exc: Exception) -> tuple[grpc.StatusCode, str, str]:

@@ -18,15 +18,15 @@ routes, so one big request does not stall the event loop.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 
 from agent import __version__
 from agent.inference import oip
 from agent.inference.registry import ModelRegistry, VersionState
+from agent.loop.eventloop import off_loop_if
 
 T = TypeVar("T")
 ReadBody = Callable[[web.Request], Awaitable[bytes]]
@@ -92,7 +92,7 @@ class OipApi:
         length = oip.header_length(
             request.headers.get(oip.HEADER_LENGTH), len(body), model=card.name
         )
-        decoded = await _maybe_off_loop(
+        decoded = await off_loop_if(
             len(body) > _OFFLOAD_BODY_BYTES, oip.decode_request, body, length, card
         )
         del body  # the arrays are copies: the body's bytes go now, not after the answer
@@ -100,7 +100,7 @@ class OipApi:
         # Ours, beside the protocol's fields: the ids that POST /v1/models/<name>:feedback takes.
         parameters = {"prediction_ids": ",".join(prediction.ids)}
         elements = sum(array.size for array in prediction.outputs.values())
-        encoded, header = await _maybe_off_loop(
+        encoded, header = await off_loop_if(
             elements > _OFFLOAD_OUTPUT_ELEMENTS,
             oip.encode_response,
             prediction.model,
@@ -116,9 +116,3 @@ class OipApi:
             content_type="application/octet-stream",
             headers={oip.HEADER_LENGTH: str(header)},
         )
-
-
-async def _maybe_off_loop(off_loop: bool, work: Callable[..., T], *args: Any) -> T:
-    if off_loop:
-        return await asyncio.to_thread(work, *args)
-    return work(*args)

@@ -49,6 +49,7 @@ from agent.inference.backends import caller_dtype, conform_caller_feeds
 from agent.inference.metrics import RestMetrics
 from agent.inference.oip_http import OipApi
 from agent.inference.registry import ModelRegistry, Prediction
+from agent.loop.eventloop import off_loop_if
 from edge_contract.card import ModelCard, TensorSpec
 
 log = structlog.get_logger("agent.inference.rest")
@@ -219,7 +220,7 @@ class _Api:
         card = self._registry.card(name, version)
         # The body is referenced only by the parse (see _read_body), so it is freed as soon
         # as the arrays are built.
-        feeds, row_format = await _maybe_off_loop(
+        feeds, row_format = await off_loop_if(
             (request.content_length or _OFFLOAD_BODY_BYTES + 1) > _OFFLOAD_BODY_BYTES,
             _decode_predict,
             await self._read_body(request),
@@ -227,7 +228,7 @@ class _Api:
         )
         prediction = await self._registry.predict(name, feeds, version=version)
         elements = sum(array.size for array in prediction.outputs.values())
-        encoded = await _maybe_off_loop(
+        encoded = await off_loop_if(
             elements > _OFFLOAD_OUTPUT_ELEMENTS, _encode_predict, prediction, row_format
         )
         return web.Response(body=encoded, content_type="application/json")
@@ -510,12 +511,6 @@ def _tensor_info(spec: TensorSpec) -> TensorInfo:
         "tensor_shape": {"dim": dims, "unknown_rank": False},
         "name": spec.name,
     }
-
-
-async def _maybe_off_loop(off_loop: bool, work: Callable[..., T], *args: Any) -> T:
-    if off_loop:
-        return await asyncio.to_thread(work, *args)
-    return work(*args)
 
 
 # -- errors ----------------------------------------------------------------------------------

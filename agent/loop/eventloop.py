@@ -48,6 +48,18 @@ def loop_factory(choice: str = "auto") -> tuple[str, LoopFactory]:
     return "uvloop", factory
 
 
+async def off_loop_if(large: bool, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)``: on a worker thread when ``large``, on the loop otherwise.
+
+    For a parse or a conversion whose cost grows with a request: a large one would hold the
+    loop, and every other request with it, while a small one costs less than the two thread
+    hops it would take.
+    """
+    if large:
+        return await asyncio.to_thread(work, *args)
+    return work(*args)
+
+
 def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
     """``asyncio.run(main)`` on the loop ``choice`` stands for (see ``loop_factory``)."""
     try:

@@ -12,8 +12,9 @@ and ``seq``).
 Ordering and duplicates: rows are handed to the link in id order. Rows in flight when the
 link drops are resent by the link itself on reconnect (paho keeps them), so the forwarder
 never hands them over twice in one process; it continues after the last row it handed over.
-After an agent restart, rows not yet deleted are sent again: at-least-once, and the only case
-where a ``seq`` can arrive twice.
+Delivery is at-least-once, so a ``seq`` can arrive twice in two cases: a row in flight when
+the link drops whose PUBACK was lost with the connection (the link resends it), and, after
+an agent restart, rows not yet deleted (sent again).
 """
 
 from __future__ import annotations
