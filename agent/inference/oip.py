@@ -157,7 +157,8 @@ def header_length(value: str | None, body_size: int, *, model: str) -> int | Non
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 19:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise FramingError(f"{HEADER_LENGTH} must be a byte count, got {value[:40]!r}", model=model)
     length = int(text)
     if not 0 < length <= body_size:

@@ -172,7 +172,10 @@ class TestBinaryTensors:
         error = refusal(*binary_body(header, rows.tobytes()))
         assert "NaN or Infinity" in str(error)
 
-    @pytest.mark.parametrize("value", ["abc", "-1", "0", "1e3", "99999", "9" * 40, " "])
+    # "\u00b2" (superscript two) and "\u0661\u0662" (Arabic-Indic 12) pass str.isdigit().
+    @pytest.mark.parametrize(
+        "value", ["abc", "-1", "0", "1e3", "99999", "9" * 40, " ", "\u00b2", "\u0661\u0662"]
+    )
     def test_the_header_length_must_lie_within_the_body(self, value: str) -> None:
         with pytest.raises(FramingError):
             header_length(value, 1000, model="digits")
