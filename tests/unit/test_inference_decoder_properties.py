@@ -9,9 +9,11 @@ protobuf's ``DecodeError`` (``INVALID_ARGUMENT``, ``bad_message``). Anything els
 (``oip.header_length`` and ``oip.decode_request``, JSON and binary tensors), TensorFlow
 Serving's REST ``:predict`` (``rest._decode_predict``), the v2 gRPC ``ModelInferRequest``
 (``grpc_v2.decode_infer``) and TensorFlow Serving's ``PredictRequest``
-(``grpc_tfs.decode_predict``, ``tensor_to_array``): random bytes, random JSON or messages,
-and structurally plausible requests with odd names, shapes (negative, zero, 2**40, 2**63),
-datatypes, values and sizes.
+(``grpc_tfs.decode_predict``, ``tensor_to_array``), for four cards (the committed digits
+float32 and int8 ones, a MiniLM-like one of two int64 inputs, and one of bool, uint8 and
+float16 inputs): random bytes, random JSON, mutated messages, and plausible requests, intact
+(which must decode) or with one fault: a name, datatype, shape (negative, zero, 2**40, 2**63,
+[0, 2**40, 2**40], 61 axes), element count, value, size field, typed field or framing off.
 
 A decode that succeeds must hand over exactly the model's inputs in their callers' dtypes,
 of shapes the card accepts, finite where they are floats, and no more elements than the
@@ -118,9 +120,16 @@ json_values = st.recursive(
     ),
     max_leaves=30,
 )
-# Dimensions: mostly small, sometimes negative, zero or absurd.
+# Shapes: sizes negative, zero or absurd; no element but sizes numpy cannot hold; more axes
+# than numpy has.
 dims = st.integers(min_value=0, max_value=3) | st.integers(min_value=-3, max_value=-1) | huge_ints
-wild_shapes = st.lists(dims, max_size=6) | st.lists(st.just(1), min_size=30, max_size=70)
+wild_shapes = (
+    st.sampled_from(
+        [[0, 2**40, 2**40], [2**40, 0, 2**40], [0, 2**62], [2**40, 2**40], [2**63 - 1], [-1, 64]]
+    )
+    | st.lists(dims, max_size=6)
+    | st.lists(st.just(1), min_size=60, max_size=70).map(lambda ones: [*ones, 2])
+)
 weird_values = st.sampled_from(
     [None, "1", "", [], [1.0], {}, True, float("nan"), float("inf"), 2**64, 2**70, 1e308, -1]
 )
@@ -150,14 +159,20 @@ def _v2_name(spec: TensorSpec) -> str:
     return oip.v2_datatype(np.dtype(caller_dtype(spec)))
 
 
+# A damaged request has one fault, in one tensor or in the request itself, so that each kind
+# of bad input is drawn often on an otherwise valid request (and faults still combine across
+# the tensors of a request whose fault is its list of inputs).
+def _fault(draw: st.DrawFn, intact: bool, faults: list[str]) -> str | None:
+    return None if intact else draw(st.sampled_from(faults))
+
+
 @st.composite
-def _shape_for(draw: st.DrawFn, spec: TensorSpec, batch: int, intact: bool) -> list[int]:
-    """A shape the spec accepts for ``batch``; unless intact, sometimes another batch or a
-    wild shape."""
-    if not intact:
-        if draw(st.integers(0, 5)) == 0:
-            return draw(wild_shapes)
-        batch = draw(st.integers(1, 3))
+def _shape_for(draw: st.DrawFn, spec: TensorSpec, batch: int, fault: str | None) -> list[int]:
+    """A shape ``spec`` accepts for ``batch``; with the ``shape`` fault, a wild one or one of
+    another rank or sizes."""
+    if fault == "shape":
+        rank = len(spec.shape)
+        return draw(wild_shapes | st.lists(st.integers(0, 4), min_size=rank - 1, max_size=rank + 1))
     free = [draw(st.integers(1, 3)) for _ in spec.shape]
     return [
         (batch if axis == 0 else free[axis]) if size == -1 else size
@@ -183,34 +198,34 @@ def _good(dtype: np.dtype[Any]) -> st.SearchStrategy[Any]:
     return st.floats(-1e4, 1e4, width=16 if dtype.itemsize == 2 else 32)
 
 
-def _element(dtype: np.dtype[Any]) -> st.SearchStrategy[Any]:
-    """Values of ``dtype``'s kind, sometimes beyond what the model's input holds."""
-    if dtype.kind == "f":
-        return _good(dtype) | odd_floats
-    return _good(dtype)
-
-
 @st.composite
-def _values(draw: st.DrawFn, dtype: np.dtype[Any], count: int, intact: bool) -> list[Any]:
-    """``count`` values of ``dtype``; unless intact, sometimes one is odd, one too few or
-    one too many."""
-    if intact:
-        return draw(st.lists(_good(dtype), min_size=count, max_size=count))
-    values = draw(st.lists(_element(dtype), min_size=count, max_size=count))
-    damage = draw(st.integers(0, 7))
-    if damage == 0 and values:
-        values[draw(st.integers(0, len(values) - 1))] = draw(weird_values | json_scalars)
-    elif damage == 1 and values:
-        values.pop()
-    elif damage == 2:
-        values.append(draw(_element(dtype)))
+def _values(draw: st.DrawFn, dtype: np.dtype[Any], count: int, fault: str | None) -> list[Any]:
+    """``count`` values of ``dtype``; with the ``values`` fault one is odd (a string, NaN,
+    1e39, 2**70, a list, ...), with the ``count`` fault one is missing or one too many."""
+    values = draw(st.lists(_good(dtype), min_size=count, max_size=count))
+    if fault == "values":
+        odd = draw(weird_values | json_scalars | odd_floats)
+        if values:
+            values[draw(st.integers(0, len(values) - 1))] = odd
+        else:
+            values.append(odd)
+    elif fault == "count":
+        if values and draw(st.booleans()):
+            values.pop()
+        else:
+            values.append(draw(_good(dtype)))
     return values
 
 
 def _blob(values: list[Any], dtype: np.dtype[Any]) -> bytes:
-    """Values as little-endian bytes of ``dtype`` (1e308 as float16 is its Infinity)."""
+    """Values as little-endian bytes of ``dtype`` (zeros for values it cannot hold: NaN as an
+    integer). Converted straight to ``dtype``: numpy's own guess for [1, 2**64 - 1] is
+    float64."""
     with np.errstate(all="ignore"):
-        return np.array(values).astype(dtype.newbyteorder("<")).tobytes()
+        try:
+            return np.array(values, dtype=dtype.newbyteorder("<")).tobytes()
+        except (OverflowError, ValueError, TypeError):
+            return bytes(len(values) * dtype.itemsize)
 
 
 def _nested(values: list[Any], shape: list[int]) -> Any:
@@ -279,44 +294,44 @@ def assert_fits(feeds: Mapping[str, Any], card: ModelCard, max_elements: int) ->
 
 # -- Open Inference Protocol over HTTP (oip) ----------------------------------------------
 
+_V2_FAULTS = ["name", "datatype", "shape", "count", "values", "form"]
+
 
 @st.composite
 def _v2_input(
-    draw: st.DrawFn, spec: TensorSpec, batch: int, intact: bool
+    draw: st.DrawFn, spec: TensorSpec, batch: int, fault: str | None
 ) -> tuple[dict[str, Any], bytes]:
-    """One ``$request_input`` for ``spec`` and its binary bytes (empty for JSON data);
-    unless intact, with odd names, datatypes, shapes, values and sizes."""
+    """One ``$request_input`` for ``spec`` (JSON data, flat or nested, or binary) and its
+    binary bytes (empty for JSON), with ``fault`` if one is given."""
     name, datatype = spec.name, _v2_name(spec)
-    if not intact:
-        name = draw(st.just(name) | st.sampled_from(["", "x", "pixels", "input_ids", "flag"]))
-        datatype = draw(
-            st.just(datatype) | st.sampled_from([*oip.NUMPY_DTYPES, "BYTES", "fp32", "", "BF16"])
-        )
-    shape = draw(_shape_for(spec, batch, intact))
+    if fault == "name":
+        name = draw(st.sampled_from(["", "x", "pixels", "input_ids", "flag", "a" * 300]))
+    if fault == "datatype":
+        datatype = draw(st.sampled_from([*oip.NUMPY_DTYPES, "BYTES", "fp32", "", "BF16"]))
+    shape = draw(_shape_for(spec, batch, fault))
     dtype = oip.NUMPY_DTYPES.get(datatype, np.dtype("<f4"))
     count = _count(shape)
+    values = draw(_values(dtype, count or 0, fault))
     tensor: dict[str, Any] = {"name": name, "shape": shape, "datatype": datatype}
-    if draw(st.booleans()):  # JSON data, flat or nested
-        if count is None:
+    if draw(st.booleans()):  # JSON
+        if count is None or fault == "form":
             tensor["data"] = draw(json_values)
         else:
-            values = draw(_values(dtype, count, intact))
             tensor["data"] = _nested(values, shape) if draw(st.booleans()) else values
         return tensor, b""
-    # Binary: the bytes of well-formed values, or random ones; the size right or not.
-    if intact or (count is not None and draw(st.booleans())):
-        blob = _blob(draw(_values(dtype, count or 0, True)), dtype)
-    else:
-        blob = draw(st.binary(max_size=64))
+    blob = b""
+    if count is not None:
+        blob = _blob(draw(_values(dtype, count, None)), dtype)
+    if fault == "values":  # any bytes: NaN, Infinity, subnormals
+        blob = draw(st.binary(min_size=len(blob), max_size=len(blob)))
     size: object = len(blob)
-    if not intact:
+    if fault == "count":
         size = draw(
-            st.just(size)
-            | st.sampled_from([-1, 0, len(blob) + 1, len(blob) - 1, 2**64, 2**63 - 1])
+            st.sampled_from([-1, 0, len(blob) + 1, len(blob) - 1, 2**64, 2**63 - 1])
             | st.sampled_from(["4", 1.5, True, None])
         )
     tensor["parameters"] = {"binary_data_size": size}
-    if not intact and draw(st.integers(0, 5)) == 0:
+    if fault == "form":  # data as well
         tensor["data"] = draw(json_values)
     return tensor, blob
 
@@ -324,36 +339,43 @@ def _v2_input(
 @st.composite
 def v2_bodies(draw: st.DrawFn, card: ModelCard) -> tuple[bytes, int | None, bool]:
     """A v2 request body for ``card``, its header length (None: all JSON) and whether it is
-    intact (every input once, in any order, JSON or binary) or has odd parts."""
+    intact (every input once, in any order, JSON or binary) or has a fault."""
     intact, batch = draw(st.booleans()), draw(st.integers(1, 3))
-    if intact:
-        specs = draw(st.permutations(card.inputs))
-    else:
+    fault = _fault(draw, intact, ["tensor"] * 4 + ["inputs", "request", "trailing", "length"])
+    if fault == "inputs":
         specs = draw(st.lists(st.sampled_from(card.inputs), max_size=4))
-    tensors = [draw(_v2_input(spec, batch, intact)) for spec in specs]
+        faults = [draw(st.sampled_from([None, *_V2_FAULTS])) for _ in specs]
+    else:
+        specs = draw(st.permutations(card.inputs))
+        faults = [None] * len(specs)
+        if fault == "tensor":
+            faults[draw(st.integers(0, len(specs) - 1))] = draw(st.sampled_from(_V2_FAULTS))
+    tensors = [draw(_v2_input(spec, batch, one)) for spec, one in zip(specs, faults, strict=True)]
     request: dict[str, Any] = {"inputs": [tensor for tensor, _ in tensors]}
     if draw(st.booleans()):
-        request["id"] = draw(st.text(max_size=8) | st.integers()) if not intact else "r-1"
+        request["id"] = "r-1"
     if draw(st.booleans()):
-        names = st.sampled_from(["probabilities"] if intact else ["probabilities", "logits", ""])
-        flags = st.booleans() if intact else st.booleans() | st.sampled_from([1, "yes", None])
+        flags = st.booleans()
         request["outputs"] = [
             {"name": name, "parameters": {"binary_data": draw(flags)}}
-            for name in draw(st.lists(names, max_size=3, unique=intact))
+            for name in draw(st.lists(st.just("probabilities"), max_size=1))
         ]
         request["parameters"] = {"binary_data_output": draw(flags)}
-    if not intact and draw(st.integers(0, 7)) == 0:
-        request[draw(st.sampled_from(["model_name", "extra", "parameters"]))] = draw(json_values)
+    if fault == "request":
+        key = draw(st.sampled_from(["id", "outputs", "parameters", "model_name", "extra"]))
+        request[key] = draw(
+            json_values | st.just([{"name": "logits"}]) | st.just({"binary_data_output": 1})
+        )
     header = _dump(request)
     blobs = b"".join(blob for _, blob in tensors)
     binary = any("parameters" in tensor for tensor, _ in tensors)
-    if intact:
-        return header + blobs, len(header) if binary or draw(st.booleans()) else None, True
-    body = header + blobs + draw(st.sampled_from([b"", b"", b"\x00", b"\xff" * 7]))
+    body = header + blobs
+    if fault == "trailing":
+        body += draw(st.binary(min_size=1, max_size=8))
     length = len(header) if binary or draw(st.booleans()) else None
-    if length is not None and draw(st.integers(0, 7)) == 0:
+    if fault == "length":
         length = draw(st.integers(1, len(body)))  # a header length that lies
-    return body, length, False
+    return body, length, intact
 
 
 def _decode_v2(body: bytes, length: int | None, card: ModelCard, intact: bool = False) -> None:
@@ -383,11 +405,7 @@ def test_oip_header_length_is_a_byte_count_within_the_body(
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    card=cards,
-    payload=payloads,
-    header=st.none() | st.text(max_size=6),
-)
+@given(card=cards, payload=payloads, header=st.none() | st.text(max_size=6))
 def test_oip_decodes_any_bytes_or_refuses(
     card: ModelCard, payload: bytes, header: str | None
 ) -> None:
@@ -407,16 +425,21 @@ def test_oip_decodes_plausible_requests_or_refuses(data: st.DataObject, card: Mo
 
 # -- TensorFlow Serving REST :predict (rest) ----------------------------------------------
 
+_REST_FAULTS = ["shape", "count", "values", "flat", "json"]
+
 
 @st.composite
-def _column(draw: st.DrawFn, spec: TensorSpec, batch: int, intact: bool) -> Any:
-    """One input's values for ``batch`` instances, nested as the spec's shape (or not)."""
-    shape = draw(_shape_for(spec, batch, intact))
+def _column(draw: st.DrawFn, spec: TensorSpec, batch: int, fault: str | None) -> Any:
+    """One input's values for ``batch`` instances, nested as the spec's shape (``flat``
+    fault: not nested; ``json``: any JSON value)."""
+    if fault == "json":
+        return draw(json_values)
+    shape = draw(_shape_for(spec, batch, fault))
     count = _count(shape)
     if count is None:
         return draw(json_values)
-    values = draw(_values(np.dtype(caller_dtype(spec)), count, intact))
-    return _nested(values, shape) if intact or draw(st.integers(0, 5)) else values
+    values = draw(_values(np.dtype(caller_dtype(spec)), count, fault))
+    return values if fault == "flat" else _nested(values, shape)
 
 
 def _row(column: Any, row: int) -> Any:
@@ -426,14 +449,21 @@ def _row(column: Any, row: int) -> Any:
 @st.composite
 def predict_bodies(draw: st.DrawFn, card: ModelCard) -> tuple[bytes, bool]:
     """A ``:predict`` body, rows (``instances``) or columns (``inputs``), and whether it is
-    intact or has odd parts."""
+    intact or has a fault."""
     intact, batch = draw(st.booleans()), draw(st.integers(1, 3))
+    fault = _fault(draw, intact, ["tensor"] * 4 + ["inputs", "signature", "extra", "unnamed"])
     specs = list(card.inputs)
-    if not intact and draw(st.integers(0, 3)) == 0:
+    faults: list[str | None] = [None] * len(specs)
+    if fault == "inputs":
         specs = draw(st.lists(st.sampled_from(card.inputs), max_size=3))
-    columns = {spec.name: draw(_column(spec, batch, intact)) for spec in specs}
-    # A model of one input may take its values unnamed.
-    named = len(card.inputs) > 1 or draw(st.booleans())
+        faults = [draw(st.sampled_from([None, *_REST_FAULTS])) for _ in specs]
+    elif fault == "tensor":
+        faults[draw(st.integers(0, len(specs) - 1))] = draw(st.sampled_from(_REST_FAULTS))
+    columns = {
+        spec.name: draw(_column(spec, batch, one)) for spec, one in zip(specs, faults, strict=True)
+    }
+    # A model of one input may take its values unnamed (a fault for a model of several).
+    named = (len(card.inputs) > 1 and fault != "unnamed") or draw(st.booleans())
     doc: dict[str, Any] = {}
     if draw(st.booleans()):
         if named:
@@ -446,9 +476,10 @@ def predict_bodies(draw: st.DrawFn, card: ModelCard) -> tuple[bytes, bool]:
     else:
         doc["inputs"] = columns if named else next(iter(columns.values()), [])
     if draw(st.integers(0, 5)) == 0:
-        choices = ["", "serving_default"] if intact else ["", "serving_default", "other", 3]
-        doc["signature_name"] = draw(st.sampled_from(choices))
-    if not intact and draw(st.integers(0, 7)) == 0:
+        doc["signature_name"] = draw(st.sampled_from(["", "serving_default"]))
+    if fault == "signature":
+        doc["signature_name"] = draw(st.sampled_from(["other", 3, None, ["serving_default"]]))
+    if fault == "extra":
         doc[draw(st.sampled_from(["instances", "inputs", "extra"]))] = draw(json_values)
     return _dump(doc), intact
 
@@ -478,6 +509,7 @@ def test_rest_predict_decodes_plausible_bodies_or_refuses(
 # -- Open Inference Protocol over gRPC (grpc_v2) ------------------------------------------
 
 _INT32 = st.integers(-(2**31), 2**31 - 1)
+# Each typed field, over the whole range its type holds.
 _CONTENTS: dict[str, st.SearchStrategy[Any]] = {
     "bool_contents": st.booleans(),
     "int_contents": _INT32,
@@ -487,6 +519,7 @@ _CONTENTS: dict[str, st.SearchStrategy[Any]] = {
     "fp32_contents": st.floats(width=32),
     "fp64_contents": st.floats() | odd_floats,
 }
+_GRPC_V2_FAULTS = ["name", "datatype", "shape", "count", "values", "field", "both", "raw"]
 
 
 def _dims(shape: list[int]) -> list[int]:
@@ -496,60 +529,70 @@ def _dims(shape: list[int]) -> list[int]:
 
 @st.composite
 def _infer_input(
-    draw: st.DrawFn, request: v2_pb.ModelInferRequest, spec: TensorSpec, batch: int, intact: bool
+    draw: st.DrawFn,
+    request: v2_pb.ModelInferRequest,
+    spec: TensorSpec,
+    batch: int,
+    fault: str | None,
+    raw: bool,
 ) -> bytes:
-    """Adds one input for ``spec`` to ``request`` with typed contents, and returns its values
-    as raw bytes (the request takes one or the other, or both when it is not intact)."""
+    """Adds one input for ``spec`` to ``request``, with typed contents unless the request is
+    ``raw``; returns its raw bytes."""
     name, datatype = spec.name, _v2_name(spec)
-    if not intact:
-        name = draw(st.just(name) | st.sampled_from(["", "x", "pixels"]))
-        datatype = draw(st.just(datatype) | st.sampled_from([*V2_DATATYPES, "BYTES", ""]))
-    shape = draw(_shape_for(spec, batch, intact))
+    if fault == "name":
+        name = draw(st.sampled_from(["", "x", "pixels"]))
+    if fault == "datatype":
+        datatype = draw(st.sampled_from([*V2_DATATYPES, "BYTES", ""]))
+    shape = draw(_shape_for(spec, batch, fault))
     tensor = request.inputs.add(name=name, datatype=datatype, shape=_dims(shape))
     dtype = V2_DATATYPES.get(datatype, np.dtype(np.float32))
     count = _count(shape)
-    field = grpc_v2._CONTENTS_FIELD.get(datatype, "fp32_contents")
-    if intact or (count is not None and draw(st.booleans())):
-        values = draw(_values(dtype, count or 0, True))
-        if datatype != "FP16":  # raw only
-            getattr(tensor.contents, field).extend(values)
-        return _blob(values, dtype)
-    field = draw(st.just(field) | st.sampled_from(sorted(_CONTENTS)))
     size = count if count is not None else draw(st.integers(0, 8))
-    size = max(size + draw(st.sampled_from([0, 0, 0, -1, 1])), 0)
-    getattr(tensor.contents, field).extend(
-        draw(st.lists(_CONTENTS[field], min_size=size, max_size=size))
-    )
-    if draw(st.integers(0, 7)) == 0:
+    if fault == "count":
+        size = max(size + draw(st.sampled_from([-1, 1])), 0)
+    values = draw(st.lists(_good(dtype), min_size=size, max_size=size))
+    field = grpc_v2._CONTENTS_FIELD.get(datatype, "fp32_contents")
+    if fault == "field":
+        field = draw(st.sampled_from(sorted(_CONTENTS)))
+    if fault in ("values", "field"):  # anything the field holds: 2**32 for an int8, NaN, ...
+        values = draw(st.lists(_CONTENTS[field], min_size=size, max_size=size))
+    if not raw or fault == "both":
+        getattr(tensor.contents, field).extend(values)
+    if fault == "both":
         tensor.parameters["binary_data_size"].int64_param = draw(st.integers(-5, 100))
-    return draw(st.binary(max_size=64))
+    if fault == "raw":  # bytes of any length
+        return draw(st.binary(max_size=64))
+    return _blob(values, dtype)
 
 
 @st.composite
 def infer_requests(draw: st.DrawFn, card: ModelCard) -> tuple[v2_pb.ModelInferRequest, bool]:
     """A ``ModelInferRequest`` with typed contents or raw bytes, and whether it is intact
-    (every input once, in any order) or has odd parts."""
+    (every input once, in any order) or has a fault."""
     request = v2_pb.ModelInferRequest(model_name=card.name)
     intact, batch = draw(st.booleans()), draw(st.integers(1, 3))
-    if intact:
-        specs = draw(st.permutations(card.inputs))
-    else:
+    fault = _fault(draw, intact, ["tensor"] * 4 + ["inputs", "raw_count", "outputs", "mixed"])
+    if fault == "inputs":
         specs = draw(st.lists(st.sampled_from(card.inputs), max_size=4))
-    raw = [draw(_infer_input(request, spec, batch, intact)) for spec in specs]
-    if intact:
-        typed = all(tensor.datatype != "FP16" for tensor in request.inputs)
-        mode = draw(st.sampled_from(["typed", "raw"])) if typed else "raw"
+        faults = [draw(st.sampled_from([None, *_GRPC_V2_FAULTS])) for _ in specs]
     else:
-        mode = draw(st.sampled_from(["typed", "raw", "raw", "both"]))
-    if mode != "typed":
-        if mode == "raw":
-            for tensor in request.inputs:
-                tensor.ClearField("contents")
-        request.raw_input_contents.extend(raw)
-        if not intact and draw(st.integers(0, 5)) == 0:
-            request.raw_input_contents.append(draw(st.binary(max_size=16)))
-    names = ["probabilities"] if intact else ["probabilities", "logits", ""]
-    for name in draw(st.lists(st.sampled_from(names), max_size=2, unique=intact)):
+        specs = draw(st.permutations(card.inputs))
+        faults = [None] * len(specs)
+        if fault == "tensor":
+            faults[draw(st.integers(0, len(specs) - 1))] = draw(st.sampled_from(_GRPC_V2_FAULTS))
+    # FP16 comes raw only; a request carries all its inputs one way (the ``mixed`` fault:
+    # raw bytes for every input, and typed contents beside them for some).
+    raw = draw(st.booleans()) or any(_v2_name(spec) == "FP16" for spec in card.inputs)
+    blobs = []
+    for spec, one in zip(specs, faults, strict=True):
+        typed = not raw or (fault == "mixed" and draw(st.booleans()))
+        blobs.append(draw(_infer_input(request, spec, batch, one, not typed)))
+    if raw or fault == "mixed":
+        request.raw_input_contents.extend(blobs)
+    if fault == "raw_count":
+        request.raw_input_contents.append(draw(st.binary(max_size=16)))
+    names = ["probabilities", "logits", ""] if fault == "outputs" else ["probabilities"]
+    for name in draw(st.lists(st.sampled_from(names), max_size=2, unique=fault is None)):
         request.outputs.add(name=name)
     return request, intact
 
@@ -601,6 +644,7 @@ def test_grpc_v2_parses_any_bytes_or_refuses(data: st.DataObject, card: ModelCar
 
 # -- TensorFlow Serving gRPC (grpc_tfs) ---------------------------------------------------
 
+# Each typed field, over the whole range its type holds.
 _VALUE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "float_val": st.floats(width=32),
     "double_val": st.floats() | odd_floats,
@@ -614,6 +658,7 @@ _VALUE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
 }
 _ENUMS = sorted(tf_pb.DataType.values())
 _SERVED = sorted(grpc_tfs._DTYPES)
+_TFS_FAULTS = ["dtype", "shape", "rank", "count", "values", "field", "content"]
 
 
 def _typed_values(values: list[Any], dtype: np.dtype[Any]) -> list[Any]:
@@ -625,63 +670,66 @@ def _typed_values(values: list[Any], dtype: np.dtype[Any]) -> list[Any]:
 
 @st.composite
 def tensor_protos(
-    draw: st.DrawFn, spec: TensorSpec | None, batch: int, intact: bool
+    draw: st.DrawFn, spec: TensorSpec | None, batch: int, fault: str | None
 ) -> tf_pb.TensorProto:
     """A ``TensorProto`` (of ``spec``'s dtype, or any served one) as tensor_content or typed
-    values, one value filling the shape or one per element: intact, or with odd parts
-    (unknown dtypes, wild shapes, unknown rank, sizes off, values in another field)."""
+    values, one value filling the shape or one per element, with ``fault`` if one is given."""
     if spec is not None:
         enum = grpc_tfs._ENUMS[np.dtype(caller_dtype(spec))]
-        shape = draw(_shape_for(spec, batch, intact))
+        shape = draw(_shape_for(spec, batch, fault))
     else:
         enum = draw(st.sampled_from(_SERVED))
-        shape = draw(st.lists(st.integers(1, 3), max_size=3))
-    if not intact:
-        enum = draw(st.just(enum) | st.sampled_from(_ENUMS) | st.integers(-3, 400))
-        if spec is None and draw(st.booleans()):
-            shape = draw(wild_shapes)
+        shape = draw(wild_shapes if fault == "shape" else st.lists(st.integers(1, 3), max_size=3))
+    if fault == "dtype":
+        enum = draw(st.sampled_from(_ENUMS) | st.integers(-3, 400))
     tensor = tf_pb.TensorProto(dtype=enum)
     tensor.tensor_shape.dim.extend(tf_pb.TensorShapeProto.Dim(size=size) for size in _dims(shape))
-    tensor.tensor_shape.unknown_rank = not intact and draw(st.integers(0, 15)) == 0
+    tensor.tensor_shape.unknown_rank = fault == "rank"
     dtype, field = grpc_tfs._DTYPES.get(enum, (np.dtype(np.float32), "float_val"))
     count = _count(shape)
     form = draw(st.sampled_from(["content", "typed", "fill"]))
-    if intact or (count is not None and draw(st.booleans())):
-        if form == "fill" and count:
-            values = draw(_values(dtype, 1, True))
-            getattr(tensor, field).extend(_typed_values(values, dtype))
-        elif form == "typed":
-            values = draw(_values(dtype, count or 0, True))
-            getattr(tensor, field).extend(_typed_values(values, dtype))
-        else:
-            tensor.tensor_content = _blob(draw(_values(dtype, count or 0, True)), dtype)
-        return tensor
-    if form == "content":
+    if form == "fill" and (count is None or count > 1):
+        size = 1
+    else:
+        size = count if count is not None else draw(st.integers(0, 8))
+    if fault == "count":
+        size = max(size + draw(st.sampled_from([-1, 1])), 0)
+    if fault == "content":
         tensor.tensor_content = draw(st.binary(max_size=64))
         return tensor
-    field = draw(st.just(field) | st.sampled_from(sorted(_VALUE_FIELDS)))
-    size = 1 if form == "fill" else count if count is not None else draw(st.integers(0, 8))
-    size = max(size + draw(st.sampled_from([0, 0, 0, -1, 1])), 0)
-    getattr(tensor, field).extend(
-        draw(st.lists(_VALUE_FIELDS[field], min_size=size, max_size=size))
-    )
+    good = draw(st.lists(_good(dtype), min_size=size, max_size=size))
+    if form == "content" and fault not in ("values", "field"):
+        tensor.tensor_content = _blob(good, dtype)
+        return tensor
+    values = _typed_values(good, dtype)
+    if fault == "field":
+        field = draw(st.sampled_from(sorted(_VALUE_FIELDS)))
+    if fault in ("values", "field"):  # anything the field holds: -1 for a uint8, NaN, ...
+        values = draw(st.lists(_VALUE_FIELDS[field], min_size=size, max_size=size))
+    getattr(tensor, field).extend(values)
     return tensor
 
 
 @st.composite
 def predict_requests(draw: st.DrawFn, card: ModelCard) -> tuple[tfs_pb.PredictRequest, bool]:
-    """A ``PredictRequest``, and whether it is intact (every input once) or has odd parts."""
+    """A ``PredictRequest``, and whether it is intact (every input once) or has a fault."""
     intact, batch = draw(st.booleans()), draw(st.integers(1, 3))
+    fault = _fault(draw, intact, ["tensor"] * 4 + ["inputs", "signature", "outputs"])
     request = tfs_pb.PredictRequest()
     request.model_spec.name = card.name
-    signatures = ["", "serving_default"] if intact else ["", "serving_default", "other"]
-    request.model_spec.signature_name = draw(st.sampled_from(signatures))
+    request.model_spec.signature_name = draw(st.sampled_from(["", "serving_default"]))
+    if fault == "signature":
+        request.model_spec.signature_name = draw(st.sampled_from(["other", " ", "SERVING_DEFAULT"]))
     names = [spec.name for spec in card.inputs]
-    if not intact:
+    faults: list[str | None] = [None] * len(names)
+    if fault == "inputs":
         names = draw(st.lists(st.sampled_from([*names, "x"]), max_size=4, unique=True))
-    for name in names:
-        request.inputs[name].CopyFrom(draw(tensor_protos(card.input(name), batch, intact)))
-    outputs = ["probabilities"] if intact else ["probabilities", "logits"]
+        faults = [draw(st.sampled_from([None, *_TFS_FAULTS])) for _ in names]
+    elif fault == "tensor":
+        faults[draw(st.integers(0, len(names) - 1))] = draw(st.sampled_from(_TFS_FAULTS))
+    for name, one in zip(names, faults, strict=True):
+        request.inputs[name].CopyFrom(draw(tensor_protos(card.input(name), batch, one)))
+    outputs = ["probabilities", "logits"] if fault == "outputs" else ["probabilities"]
     request.output_filter.extend(draw(st.lists(st.sampled_from(outputs), max_size=2)))
     return request, intact
 
@@ -719,7 +767,7 @@ def test_grpc_tfs_tensor_to_array_builds_the_shape_it_names_or_refuses(
     data: st.DataObject,
 ) -> None:
     intact = data.draw(st.booleans())
-    tensor = data.draw(tensor_protos(None, 1, intact))
+    tensor = data.draw(tensor_protos(None, 1, _fault(data.draw, intact, _TFS_FAULTS)))
     size = tensor.ByteSize()
     array = refused_or(
         lambda: grpc_tfs.tensor_to_array(tensor, model="m", name="x"),
