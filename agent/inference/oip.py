@@ -157,7 +157,8 @@ def header_length(value: str | None, body_size: int, *, model: str) -> int | Non
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 19:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise FramingError(f"{HEADER_LENGTH} must be a byte count, got {value[:40]!r}", model=model)
     length = int(text)
     if not 0 < length <= body_size:
@@ -223,7 +224,7 @@ def input_arrays(
             arrays[tensor.name] = _json_array(tensor, dtype, card.name)
             continue
         chunk = _binary_chunk(tensor, size, dtype, binary, offset, card.name)
-        arrays[tensor.name] = _binary_array(chunk, tensor, dtype)
+        arrays[tensor.name] = _binary_array(chunk, tensor, dtype, card.name)
         offset += size
     if offset != len(binary):
         raise FramingError(
@@ -295,7 +296,7 @@ def _json_array(tensor: RequestInput, dtype: np.dtype[Any], model: str) -> Array
         )
     if array.size != count:
         raise _count_mismatch(tensor, array.size, count, model)
-    return array.reshape(tensor.shape)
+    return _reshaped(array, tensor, model)
 
 
 def _binary_chunk(
@@ -322,13 +323,27 @@ def _binary_chunk(
     return binary[offset : offset + size]
 
 
-def _binary_array(chunk: memoryview, tensor: RequestInput, dtype: np.dtype[Any]) -> Array:
+def _binary_array(
+    chunk: memoryview, tensor: RequestInput, dtype: np.dtype[Any], model: str
+) -> Array:
     if dtype.kind == "b":  # one byte per element; any non-zero byte is true
-        return np.frombuffer(chunk, dtype=np.uint8).astype(bool).reshape(tensor.shape)
-    array = np.frombuffer(chunk, dtype=dtype).reshape(tensor.shape)
+        return _reshaped(np.frombuffer(chunk, dtype=np.uint8).astype(bool), tensor, model)
+    array = _reshaped(np.frombuffer(chunk, dtype=dtype), tensor, model)
     # A copy in the machine's byte order, aligned: the runtime never reads the body's bytes
     # (and a big-endian board gets the values it expects).
     return array.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _reshaped(array: Array, tensor: RequestInput, model: str) -> Array:
+    """``array`` (its element count already the shape's) in ``tensor``'s shape."""
+    try:
+        return array.reshape(tensor.shape)
+    except ValueError as exc:  # an empty tensor of absurd sizes, [0, 2**40, 2**40]
+        raise InvalidInputError(
+            f"input {tensor.name!r} has shape {tensor.shape}, which numpy cannot hold ({exc})",
+            model=model,
+            detail=tensor.name,
+        ) from exc
 
 
 def _count_mismatch(tensor: RequestInput, got: int, want: int, model: str) -> InvalidInputError:

@@ -105,14 +105,15 @@ def array_from_values(
                 model=model,
                 detail=name,
             )
-        return np.full(tuple(shape), values[0], dtype=dtype)
-    if len(values) != count:
+    elif len(values) != count:
         raise InvalidInputError(
             f"input {name!r} has {len(values)} values, but shape {list(shape)} takes {count}",
             model=model,
             detail=name,
         )
     try:
+        if len(values) != count:  # one value filling the shape
+            return np.full(tuple(shape), values[0], dtype=dtype)
         return np.array(values, dtype=dtype).reshape(shape)
     except (OverflowError, ValueError) as exc:  # a uint32 value beyond int16, ...
         raise InvalidInputError(

@@ -167,6 +167,25 @@ class TestTfServing:
             grpc_tfs.tensor_to_array(proto, model="m", name="x")
 
     @pytest.mark.parametrize(
+        ("dtype", "field", "value", "sizes", "fragment"),
+        [
+            (tf_pb.DT_UINT8, "int_val", -1, [2, 3], "integer -1 out of bounds for uint8"),
+            (tf_pb.DT_INT8, "int_val", 1000, [2, 3], "integer 1000 out of bounds for int8"),
+            (tf_pb.DT_HALF, "half_val", 70000, [2], "integer 70000 out of bounds for uint16"),
+            (tf_pb.DT_FLOAT, "float_val", 1.0, [1] * 70 + [2], "maximum supported dimension"),
+        ],
+    )
+    def test_one_value_that_cannot_fill_the_shape_is_refused(
+        self, dtype: int, field: str, value: float, sizes: list[int], fragment: str
+    ) -> None:
+        """The fill form is checked as the value-per-element form is: no numpy error escapes."""
+        proto = tf_pb.TensorProto(dtype=dtype)
+        getattr(proto, field).append(value)
+        proto.tensor_shape.dim.extend(tf_pb.TensorShapeProto.Dim(size=size) for size in sizes)
+        with pytest.raises(InvalidInputError, match=fragment):
+            grpc_tfs.tensor_to_array(proto, model="m", name="x")
+
+    @pytest.mark.parametrize(
         ("proto", "fragment"),
         [
             (tf_pb.TensorProto(dtype=tf_pb.DT_STRING, string_val=[b"x"]), "DT_STRING"),

@@ -165,6 +165,15 @@ class TestBinaryTensors:
             assert fragment in str(error)
             assert error.reason == "bad_framing"
 
+    def test_an_empty_tensor_of_absurd_sizes_is_refused_as_json_and_binary(self) -> None:
+        """[0, 2**40, 2**40] has no element to send, but numpy cannot hold its shape."""
+        shape = [0, 2**40, 2**40]
+        as_json = refusal(json_body(tensor([], shape=shape)))
+        header = {"inputs": [tensor(shape=shape, parameters={"binary_data_size": 0})]}
+        as_binary = refusal(*binary_body(header))
+        for error in (as_json, as_binary):
+            assert "shape [0, 1099511627776, 1099511627776], which numpy cannot hold" in str(error)
+
     def test_a_nan_in_binary_float32_is_refused(self) -> None:
         rows = ROWS.copy()
         rows[1, 3] = np.nan
@@ -172,7 +181,10 @@ class TestBinaryTensors:
         error = refusal(*binary_body(header, rows.tobytes()))
         assert "NaN or Infinity" in str(error)
 
-    @pytest.mark.parametrize("value", ["abc", "-1", "0", "1e3", "99999", "9" * 40, " "])
+    # "\u00b2" (superscript two) and "\u0661\u0662" (Arabic-Indic 12) pass str.isdigit().
+    @pytest.mark.parametrize(
+        "value", ["abc", "-1", "0", "1e3", "99999", "9" * 40, " ", "\u00b2", "\u0661\u0662"]
+    )
     def test_the_header_length_must_lie_within_the_body(self, value: str) -> None:
         with pytest.raises(FramingError):
             header_length(value, 1000, model="digits")
