@@ -97,7 +97,8 @@ def array_from_values(
     """Flat typed values as an array of ``shape``; the count must match (or be one value
     filling the whole shape, where the protocol allows it: TensorFlow's TensorProto)."""
     count = element_count(shape, model=model, name=name)
-    if broadcast_one and len(values) == 1 and count > 1:
+    fill = broadcast_one and len(values) == 1 and count > 1
+    if fill:
         if count > MAX_FILL_ELEMENTS:
             raise InvalidInputError(
                 f"input {name!r} asks one value to fill shape {list(shape)} ({count} elements; "
@@ -112,7 +113,7 @@ def array_from_values(
             detail=name,
         )
     try:
-        if len(values) != count:  # one value filling the shape
+        if fill:
             return np.full(tuple(shape), values[0], dtype=dtype)
         return np.array(values, dtype=dtype).reshape(shape)
     except (OverflowError, ValueError) as exc:  # a uint32 value beyond int16, ...

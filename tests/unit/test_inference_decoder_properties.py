@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +50,7 @@ from agent.inference.wire_tensors import MAX_FILL_ELEMENTS, V2_DATATYPES
 from edge_contract.card import ModelCard, TensorSpec, card_path_for
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 DIGITS = Path(__file__).resolve().parents[2] / "models" / "digits"
 FP32 = load_card(card_path_for(DIGITS / "digits-fp32.onnx"))
 # Quantized: its callers still speak float32 (the backend quantizes).
@@ -606,6 +607,21 @@ def _decode_infer(request: v2_pb.ModelInferRequest, card: ModelCard, intact: boo
         assert all(card.output(name) is not None for name in wanted)
 
 
+def _parsed(
+    data: st.DataObject, requests: st.SearchStrategy[tuple[M, bool]], message_type: type[M]
+) -> M | None:
+    """Random bytes or a drawn request's bytes mutated, parsed as ``message_type``; None
+    where protobuf refuses them (``DecodeError``, the server's ``bad_message``)."""
+    if data.draw(st.booleans()):
+        raw = data.draw(st.binary(max_size=300))
+    else:
+        raw = _mutated(data.draw, data.draw(requests)[0].SerializeToString())
+    try:
+        return message_type.FromString(raw)
+    except DecodeError:
+        return None
+
+
 def _mutated(draw: st.DrawFn, message: bytes) -> bytes:
     """``message`` with a few bytes changed, cut short or lengthened."""
     data = bytearray(message)
@@ -631,15 +647,9 @@ def test_grpc_v2_decodes_plausible_requests_or_refuses(
 @given(data=st.data(), card=cards)
 def test_grpc_v2_parses_any_bytes_or_refuses(data: st.DataObject, card: ModelCard) -> None:
     """As ``grpc_server`` does: parse (``DecodeError`` is its refusal), then decode."""
-    if data.draw(st.booleans()):
-        raw = data.draw(st.binary(max_size=300))
-    else:
-        raw = _mutated(data.draw, data.draw(infer_requests(card))[0].SerializeToString())
-    try:
-        request = v2_pb.ModelInferRequest.FromString(raw)
-    except DecodeError:
-        return
-    _decode_infer(request, card)
+    request = _parsed(data, infer_requests(card), v2_pb.ModelInferRequest)
+    if request is not None:
+        _decode_infer(request, card)
 
 
 # -- TensorFlow Serving gRPC (grpc_tfs) ---------------------------------------------------
@@ -784,12 +794,6 @@ def test_grpc_tfs_tensor_to_array_builds_the_shape_it_names_or_refuses(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), card=cards)
 def test_grpc_tfs_parses_any_bytes_or_refuses(data: st.DataObject, card: ModelCard) -> None:
-    if data.draw(st.booleans()):
-        raw = data.draw(st.binary(max_size=300))
-    else:
-        raw = _mutated(data.draw, data.draw(predict_requests(card))[0].SerializeToString())
-    try:
-        request = tfs_pb.PredictRequest.FromString(raw)
-    except DecodeError:
-        return
-    _decode_tfs(request, card)
+    request = _parsed(data, predict_requests(card), tfs_pb.PredictRequest)
+    if request is not None:
+        _decode_tfs(request, card)
