@@ -167,6 +167,21 @@ def _fault(draw: st.DrawFn, intact: bool, faults: list[str]) -> str | None:
     return None if intact else draw(st.sampled_from(faults))
 
 
+def _specs_and_faults(
+    draw: st.DrawFn, card: ModelCard, fault: str | None, tensor_faults: list[str]
+) -> tuple[list[TensorSpec], list[str | None]]:
+    """The inputs a request carries and each one's fault: every input once, in any order,
+    with one faulty tensor for ``fault == "tensor"``; any inputs, any faults for "inputs"."""
+    if fault == "inputs":
+        specs = draw(st.lists(st.sampled_from(card.inputs), max_size=4))
+        return specs, [draw(st.sampled_from([None, *tensor_faults])) for _ in specs]
+    specs = list(draw(st.permutations(card.inputs)))
+    faults: list[str | None] = [None] * len(specs)
+    if fault == "tensor":
+        faults[draw(st.integers(0, len(specs) - 1))] = draw(st.sampled_from(tensor_faults))
+    return specs, faults
+
+
 @st.composite
 def _shape_for(draw: st.DrawFn, spec: TensorSpec, batch: int, fault: str | None) -> list[int]:
     """A shape ``spec`` accepts for ``batch``; with the ``shape`` fault, a wild one or one of
@@ -343,14 +358,7 @@ def v2_bodies(draw: st.DrawFn, card: ModelCard) -> tuple[bytes, int | None, bool
     intact (every input once, in any order, JSON or binary) or has a fault."""
     intact, batch = draw(st.booleans()), draw(st.integers(1, 3))
     fault = _fault(draw, intact, ["tensor"] * 4 + ["inputs", "request", "trailing", "length"])
-    if fault == "inputs":
-        specs = draw(st.lists(st.sampled_from(card.inputs), max_size=4))
-        faults = [draw(st.sampled_from([None, *_V2_FAULTS])) for _ in specs]
-    else:
-        specs = draw(st.permutations(card.inputs))
-        faults = [None] * len(specs)
-        if fault == "tensor":
-            faults[draw(st.integers(0, len(specs) - 1))] = draw(st.sampled_from(_V2_FAULTS))
+    specs, faults = _specs_and_faults(draw, card, fault, _V2_FAULTS)
     tensors = [draw(_v2_input(spec, batch, one)) for spec, one in zip(specs, faults, strict=True)]
     request: dict[str, Any] = {"inputs": [tensor for tensor, _ in tensors]}
     if draw(st.booleans()):
@@ -573,14 +581,7 @@ def infer_requests(draw: st.DrawFn, card: ModelCard) -> tuple[v2_pb.ModelInferRe
     request = v2_pb.ModelInferRequest(model_name=card.name)
     intact, batch = draw(st.booleans()), draw(st.integers(1, 3))
     fault = _fault(draw, intact, ["tensor"] * 4 + ["inputs", "raw_count", "outputs", "mixed"])
-    if fault == "inputs":
-        specs = draw(st.lists(st.sampled_from(card.inputs), max_size=4))
-        faults = [draw(st.sampled_from([None, *_GRPC_V2_FAULTS])) for _ in specs]
-    else:
-        specs = draw(st.permutations(card.inputs))
-        faults = [None] * len(specs)
-        if fault == "tensor":
-            faults[draw(st.integers(0, len(specs) - 1))] = draw(st.sampled_from(_GRPC_V2_FAULTS))
+    specs, faults = _specs_and_faults(draw, card, fault, _GRPC_V2_FAULTS)
     # FP16 comes raw only; a request carries all its inputs one way (the ``mixed`` fault:
     # raw bytes for every input, and typed contents beside them for some).
     raw = draw(st.booleans()) or any(_v2_name(spec) == "FP16" for spec in card.inputs)
