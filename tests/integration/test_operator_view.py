@@ -237,7 +237,9 @@ def _assert_rollout_shown(out: str) -> None:
     changes = [line for line in joined.splitlines() if "] rollout r-" in line]
     assert any(": start -> installing: stage 1/2 (1): 1 device(s)" in c for c in changes), out
     assert any("installing -> watching: stage 1/2 (1): 1 committed" in c for c in changes), out
-    gated = [c for c in changes if "watching -> " in c and "| gate " in c]
+    # A window without enough requests is extended ("gate insufficient", no figures); on a
+    # busy machine that can come first. The first verdict is the first pass or fail.
+    gated = [c for c in changes if "watching -> " in c and re.search(r"\| gate (pass|fail)", c)]
     assert gated, out
     # The figures of the p95 and error-rate verdicts, the new version against the old.
     assert re.search(r"p95 regression [+-][0-9.]+% (<=|>) \+50% \([0-9.]+ ms vs", gated[0]), out
