@@ -2,9 +2,10 @@
 
 The baseline is the fastest bare ``onnxruntime.InferenceSession.run`` this machine offers
 for the model, in the client's own process: ONNX Runtime's defaults, spinning off, one
-intra-op thread, one thread with spinning off; the fastest p50 at each input length is the
-baseline (the table names it). Against it, in alternating blocks (the order flips every
-block, so the drift of a shared machine falls on every path):
+intra-op thread, one thread with spinning off. All four are timed in the same alternating
+blocks as the paths below (the order flips every block, so the drift of a shared machine
+falls on every path), and the fastest p50 at each input length is the baseline (the table
+names it). The paths:
 
 - **end to end**: a real ``edge-agent serve`` process on loopback, called by real clients
   on one keep-alive connection each: TF Serving's REST ``:predict`` (JSON, ``http.client`` and
@@ -16,7 +17,11 @@ block, so the drift of a shared machine falls on every path):
   costs), and ``ModelRegistry.predict`` with the agent's monitor on it (what the path inside
   the agent adds), both in this process. They use per-model pools, not the agent's shared
   default: the shared pools are process state and would carry the bare sessions too (the
-  configuration study below finds the two alike for a lone caller).
+  configuration study below finds the two alike for a lone caller);
+- **the least server** (``bench.serving_floor``): the same REST client against a server
+  that only frames the request, parses it, runs the model on its loop and writes the
+  answer. What it costs over the baseline is the part of the gap that belongs to any Python
+  server on this machine, not to aiohttp or the agent.
 
 Second, **the agent's session configuration**: candidate settings (shared pools, per-model
 pools with spinning on and off, thread counts), each in an ``edge-agent serve`` process of
@@ -72,6 +77,20 @@ MODEL = "minilm"
 Feeds = Mapping[str, np.ndarray]
 Timer = Callable[[Feeds], float]
 TARGETS = {17: (1.10, 1.25), 128: (1.05, 1.25)}  # tokens: (p50, p99) end-to-end ratios
+BARE = "bare, "  # the prefix of the bare configurations' paths
+LEAST_SERVER = "REST :predict, JSON, to the least server"
+# ONNX Runtime's defaults: the fastest bare configuration at both lengths in nearly every run.
+LEAST_SERVER_CONFIG = "ORT defaults"
+# The paths that are not the agent end to end: no target, the row says what they are.
+INFO_PATHS = {
+    "agent's session, bare": " (in process)",
+    "agent predict": " (in process)",
+    LEAST_SERVER: " (bench.serving_floor)",
+}
+# Before each timed block: a pause longer than ONNX Runtime's spin after a run (2**20 spin
+# iterations: tens of milliseconds), then untimed calls (see ``alternate``).
+SETTLE_S = 0.06
+BLOCK_WARMUP = 2
 TAIL_SHARE = 0.02  # the traced calls whose stages are shown apart: the slowest 2 %
 
 
@@ -86,7 +105,7 @@ class Profile:
 
 
 FULL = Profile(
-    runs={17: 2000, 128: 400},
+    runs={17: 2000, 128: 800},
     block=40,
     config_runs=600,
     clients=4,
@@ -194,6 +213,17 @@ def agent_server(settings: AgentSettings, log_dir: Path) -> Iterator[Ports]:
         yield Ports(port, grpc_port)
 
 
+@contextmanager
+def least_server(config: str, log_dir: Path) -> Iterator[int]:
+    """``bench.serving_floor`` with the bare configuration ``config``, on a free port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.serving_floor", "--port", str(port), "--config", config]
+    with report.child_server(
+        argv, log_dir / f"least-{port}.log", lambda: port_is_open(port), BenchError, cwd=REPO
+    ):
+        yield port
+
+
 def rest_json_timer(port: int) -> Timer:
     """TF Serving's ``:predict`` (columnar ``inputs``) on one keep-alive connection, with the
     standard ``json`` module on both ends of the client: encode, send, read, decode."""
@@ -276,14 +306,20 @@ def v2_grpc_timer(port: int) -> Timer:
 def alternate(
     paths: Mapping[str, Timer], inputs: Sequence[Feeds], runs: int, block: int
 ) -> dict[str, list[float]]:
-    """Each path's latencies (s) in alternating blocks, after one untimed warm-up block."""
+    """Each path's latencies (s) in alternating blocks, after one untimed warm-up block.
+
+    Each block starts after ``SETTLE_S`` of quiet and ``BLOCK_WARMUP`` untimed calls: a
+    process whose ONNX Runtime workers spin (the default) keeps one of them busy for tens
+    of milliseconds after its last run, and without the pause the first calls of the next
+    path, in another process, would pay for it. A client calling one server does not."""
     names = list(paths)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for index in range(runs // block + 1):
         for name in names if index % 2 == 0 else names[::-1]:
-            for i in range(block):
+            time.sleep(SETTLE_S)
+            for i in range(-BLOCK_WARMUP, block):
                 elapsed = paths[name](inputs[(index * block + i) % len(inputs)])
-                if index > 0:
+                if index > 0 and i >= 0:
                     samples[name].append(elapsed)
     return samples
 
@@ -297,29 +333,7 @@ def _ms(samples: Sequence[float], q: float) -> float:
     return percentile(samples, q) * 1e3
 
 
-# -- 1: the bare baseline ----------------------------------------------------------------------
-
-
-def fastest_bare(
-    inputs: dict[int, list[dict[str, np.ndarray]]], profile: Profile, results: Results
-) -> dict[int, str]:
-    """The bare configuration with the lowest p50 at each length (all timed alternately)."""
-    sessions = {label: make() for label, make in BARE_CONFIGS.items()}
-    chosen: dict[int, str] = {}
-    figures: dict[str, Any] = {}
-    for tokens, feeds in inputs.items():
-        runs = max(profile.block * 4, profile.runs[tokens] // 4)
-        samples = alternate(
-            {label: session_timer(s) for label, s in sessions.items()}, feeds, runs, profile.block
-        )
-        p50 = {label: _ms(values, 50) for label, values in samples.items()}
-        chosen[tokens] = min(p50, key=p50.__getitem__)
-        figures[str(tokens)] = {"p50_ms": p50, "fastest": chosen[tokens]}
-    results.figures["bare_configs"] = figures
-    return chosen
-
-
-# -- 2: end to end and in process --------------------------------------------------------------
+# -- 1: end to end, in process and bare ------------------------------------------------------------
 
 
 def _fronts(ports: Ports) -> dict[str, Timer]:
@@ -369,25 +383,41 @@ def in_process_agent(card: ModelCard) -> Iterator[dict[str, Timer]]:
 
 def end_to_end(
     inputs: dict[int, list[dict[str, np.ndarray]]],
-    chosen: dict[int, str],
     profile: Profile,
     results: Results,
     log_dir: Path,
     card: ModelCard,
 ) -> None:
+    """Every bare configuration, the in-process paths, the least server and the agent's
+    front ends in one alternation per length; the fastest bare p50 there is the baseline."""
     with ExitStack() as stack:
         ports = stack.enter_context(agent_server(DEFAULT_AGENT, log_dir))
-        fronts = _fronts(ports)
+        least_port = stack.enter_context(least_server(LEAST_SERVER_CONFIG, log_dir))
+        fronts = {**_fronts(ports), LEAST_SERVER: rest_json_timer(least_port)}
         in_process = stack.enter_context(in_process_agent(card))
+        bare = {f"{BARE}{label}": session_timer(make()) for label, make in BARE_CONFIGS.items()}
         results.figures["end_to_end"] = {}
+        results.figures["bare_configs"] = {}
         for tokens, feeds in inputs.items():
-            baseline = BARE_CONFIGS[chosen[tokens]]()
-            paths = {"bare": session_timer(baseline), **in_process, **fronts}
+            paths = {**bare, **in_process, **fronts}
             samples = alternate(paths, feeds, profile.runs[tokens], profile.block)
-            _end_to_end_rows(results, tokens, chosen[tokens], samples)
-            del baseline
+            chosen = _take_baseline(samples)
+            results.figures["bare_configs"][str(tokens)] = {
+                "p50_ms": {label: _ms(samples[f"{BARE}{label}"], 50) for label in BARE_CONFIGS},
+                "fastest": chosen,
+            }
+            samples["bare"] = samples[f"{BARE}{chosen}"]
+            for label in BARE_CONFIGS:
+                del samples[f"{BARE}{label}"]
+            _end_to_end_rows(results, tokens, chosen, samples)
         floor = alternate({"floor": floor_timer(ports.http)}, [{}], profile.runs[17], profile.block)
         results.figures["transport_floor_ms"] = {q: _ms(floor["floor"], q) for q in (50, 99)}
+
+
+def _take_baseline(samples: Mapping[str, Sequence[float]]) -> str:
+    """The bare configuration with the lowest p50 in ``samples``."""
+    p50 = {label: _ms(samples[f"{BARE}{label}"], 50) for label in BARE_CONFIGS}
+    return min(p50, key=p50.__getitem__)
 
 
 def _end_to_end_rows(
@@ -404,13 +434,13 @@ def _end_to_end_rows(
     for path, values in samples.items():
         if path == "bare":
             continue
-        end_to_end = path not in ("agent's session, bare", "agent predict")
+        end_to_end = path not in INFO_PATHS
         for q, target in ((50, p50_target), (99, p99_target)):
             ratio = _ms(values, q) / bare[q]
             verdict = ("PASS" if ratio <= target else "MISS") if end_to_end else "info"
             results.rows.append(
                 (
-                    f"{tokens} tokens, {path}{'' if end_to_end else ' (in process)'}: p{q} ms",
+                    f"{tokens} tokens, {path}{INFO_PATHS.get(path, '')}: p{q} ms",
                     f"{_ms(values, q):.2f}",
                     f"{bare[q]:.2f} bare ({bare_label})",
                     f"{ratio:.3f}",
@@ -420,7 +450,7 @@ def _end_to_end_rows(
             )
 
 
-# -- 3: the agent's session configuration ------------------------------------------------------
+# -- 2: the agent's session configuration ------------------------------------------------------
 
 
 def _concurrent_round(
@@ -494,7 +524,7 @@ def configurations(
     results.figures["configurations"] = figures
 
 
-# -- 4: where the REST time goes ----------------------------------------------------------------
+# -- 3: where the REST time goes ----------------------------------------------------------------
 
 
 def trace_stages(
@@ -553,20 +583,21 @@ def render_stages(figures: Mapping[str, Any], end_to_end: Mapping[str, Any]) -> 
 
 
 def _budget_lines(figures: Mapping[str, Any], end_to_end: Mapping[str, Any]) -> list[str]:
-    """What each p50 target leaves over the bare run, against what the client and the kernel
-    take in the traced calls (which no server can save)."""
+    """What each p50 target leaves over the bare run, against what the least server
+    (``bench.serving_floor``) takes over it and what the traced stages take."""
     lines = []
     for tokens, traced in figures.items():
         if tokens not in end_to_end:
             continue
         bare_us = end_to_end[tokens]["bare"][50] * 1e3
         budget_us = (TARGETS[int(tokens)][0] - 1) * bare_us
-        client_us = traced["by_owner_us"]["client+kernel"]
+        least_us = end_to_end[tokens][LEAST_SERVER][50] * 1e3 - bare_us
+        owners = traced["by_owner_us"]
         lines.append(
             f"- {tokens} tokens: the p50 target leaves {budget_us:.0f} us over the bare run "
-            f"({bare_us:.0f} us); the client's and the kernel's stages take {client_us:.0f} us, "
-            f"aiohttp's {traced['by_owner_us']['aiohttp']:.0f} us, the agent's "
-            f"{traced['by_owner_us']['agent']:.0f} us"
+            f"({bare_us:.0f} us); the least server takes {least_us:.0f} us over it; in the "
+            f"traced calls, the client's and the kernel's stages take {owners['client+kernel']:.0f}"
+            f" us, aiohttp's {owners['aiohttp']:.0f} us, the agent's {owners['agent']:.0f} us"
         )
     return lines
 
@@ -621,14 +652,12 @@ def run(profile: Profile, *, skip_configs: bool, log_dir: Path) -> Results:
         }
     )
     inputs = input_sets(card)
-    print("1/4 the fastest bare session.run ...", flush=True)
-    chosen = fastest_bare(inputs, profile, results)
-    print("2/4 end to end and in process ...", flush=True)
-    end_to_end(inputs, chosen, profile, results, log_dir, card)
+    print("1/3 end to end, in process and bare ...", flush=True)
+    end_to_end(inputs, profile, results, log_dir, card)
     if not skip_configs:
-        print("3/4 the agent's session configuration ...", flush=True)
+        print("2/3 the agent's session configuration ...", flush=True)
         configurations(inputs, profile, results, log_dir)
-    print("4/4 where the REST time goes (a traced server) ...", flush=True)
+    print("3/3 where the REST time goes (a traced server) ...", flush=True)
     trace_stages(inputs, profile, results, log_dir)
     return results
 
