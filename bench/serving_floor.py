@@ -32,6 +32,8 @@ import numpy as np
 import orjson
 import uvloop
 
+from bench.serving_parts import BARE_CONFIGS
+
 Answer = Callable[[bytes], bytes]  # a request's body -> the whole HTTP response
 
 
@@ -113,9 +115,6 @@ async def _serve(answer: Answer, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Here, not at the top: bench.bench_serving imports this module.
-    from bench.bench_serving import BARE_CONFIGS
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--config", choices=list(BARE_CONFIGS), required=True)
