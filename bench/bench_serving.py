@@ -231,23 +231,13 @@ def end_to_end(
         for tokens, feeds in inputs.items():
             paths = {**bare, **in_process, **fronts}
             samples = alternate(paths, feeds, profile.runs[tokens], profile.block)
-            chosen = _take_baseline(samples)
-            results.figures["bare_configs"][str(tokens)] = {
-                "p50_ms": {label: _ms(samples[f"{BARE}{label}"], 50) for label in BARE_CONFIGS},
-                "fastest": chosen,
-            }
-            samples["bare"] = samples[f"{BARE}{chosen}"]
-            for label in BARE_CONFIGS:
-                del samples[f"{BARE}{label}"]
-            _end_to_end_rows(results, tokens, chosen, samples)
+            bare_samples = {label: samples.pop(f"{BARE}{label}") for label in BARE_CONFIGS}
+            p50 = {label: _ms(values, 50) for label, values in bare_samples.items()}
+            chosen = min(p50, key=p50.__getitem__)
+            results.figures["bare_configs"][str(tokens)] = {"p50_ms": p50, "fastest": chosen}
+            _end_to_end_rows(results, tokens, chosen, {"bare": bare_samples[chosen], **samples})
         floor = alternate({"floor": floor_timer(ports.http)}, [{}], profile.runs[17], profile.block)
         results.figures["transport_floor_ms"] = {q: _ms(floor["floor"], q) for q in (50, 99)}
-
-
-def _take_baseline(samples: Mapping[str, Sequence[float]]) -> str:
-    """The bare configuration with the lowest p50 in ``samples``."""
-    p50 = {label: _ms(samples[f"{BARE}{label}"], 50) for label in BARE_CONFIGS}
-    return min(p50, key=p50.__getitem__)
 
 
 def _end_to_end_rows(
